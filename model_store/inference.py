@@ -1,0 +1,126 @@
+"""Batched ResNet18 inference: uint8 crops in, class probabilities out.
+
+The front ships ``(N, 224, 224, 3)`` uint8 crops (``model_store.preprocess``); here they
+are converted to float, normalised exactly like torchvision's preset, and run in one forward.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from model_store.preprocess import MEAN, STD
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("eager", "channels_last")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    tag: str
+    weights_origin: str
+    device: str
+    backend: str
+    labels: tuple[str, ...]
+
+    @property
+    def demo(self) -> bool:
+        return self.weights_origin.startswith("random-init")
+
+
+def configure_threads(threads: int) -> int:
+    """Pin torch's intra-op threads (0 = all cores); oversubscription collapses throughput."""
+    import torch
+
+    n = threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(n)
+    return n
+
+
+def pick_device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+class BatchClassifier:
+    """A loaded ResNet18 that classifies uint8 crops in batches."""
+
+    def __init__(self, module: Any, info: ModelInfo) -> None:
+        import torch
+
+        self.module = module
+        self.info = info
+        self._device = torch.device(info.device)
+        self._mean = torch.tensor(MEAN, dtype=torch.float32, device=self._device).view(1, 3, 1, 1)
+        self._std = torch.tensor(STD, dtype=torch.float32, device=self._device).view(1, 3, 1, 1)
+        self._channels_last = info.backend == "channels_last"
+
+    def normalize_batch(self, crops: np.ndarray) -> Any:
+        """Turn ``(N, 224, 224, 3)`` uint8 into the normalised float tensor torchvision makes."""
+        import torch
+
+        if crops.dtype != np.uint8 or crops.ndim != 4 or crops.shape[-1] != 3:
+            raise ValueError(f"expected (N, H, W, 3) uint8 crops, got {crops.dtype} {crops.shape}")
+        batch = torch.from_numpy(np.ascontiguousarray(crops)).to(self._device)
+        batch = batch.permute(0, 3, 1, 2).to(torch.float32).div(255)
+        batch = batch.sub(self._mean).div(self._std)
+        if self._channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+
+    def predict_proba(self, crops: np.ndarray) -> np.ndarray:
+        """Return ``(N, 1000)`` float32 softmax probabilities."""
+        import torch
+
+        with torch.inference_mode():
+            logits = self.module(self.normalize_batch(crops))
+            probs = torch.softmax(logits, dim=1)
+        return probs.to("cpu", torch.float32).numpy()
+
+
+def load_classifier(
+    model_path: str,
+    tag: str,
+    weights_origin: str,
+    labels: tuple[str, ...],
+    device: str = "auto",
+    backend: str = "eager",
+) -> BatchClassifier:
+    """Load a stored state_dict into ResNet18 and return a ready ``BatchClassifier``."""
+    import torch
+    from torchvision.models import resnet18
+
+    from model_store.store import WEIGHTS_FILE
+
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown inference backend {backend!r}; choose from {BACKENDS}")
+    dev = pick_device(device)
+    state_dict = torch.load(
+        os.path.join(model_path, WEIGHTS_FILE), map_location="cpu", weights_only=True
+    )
+    module = resnet18(weights=None)
+    module.load_state_dict(state_dict, strict=True)
+    module.eval().to(dev)
+    if backend == "channels_last":
+        module = module.to(memory_format=torch.channels_last)
+    info = ModelInfo(tag, weights_origin, dev, backend, labels)
+    classifier = BatchClassifier(module, info)
+    classifier.predict_proba(np.zeros((1, 224, 224, 3), dtype=np.uint8))  # warm-up
+    return classifier
+
+
+def top_k(probs: np.ndarray, labels: tuple[str, ...] | list[str], k: int) -> list[dict[str, Any]]:
+    """Return the ``k`` most likely classes of one probability row, best first."""
+    k = max(1, min(k, probs.shape[-1]))
+    idx = np.argsort(-probs, kind="stable")[:k]
+    return [
+        {"class": labels[i], "index": int(i), "confidence": float(probs[i])} for i in idx
+    ]

@@ -1,0 +1,116 @@
+"""Save ResNet18 into the BentoML model store and find the version to serve."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from model_store.preprocess import PREPROCESSING_SPEC
+from model_store.weights import (
+    IMAGENET,
+    RANDOM,
+    WeightsError,
+    build_state_dict,
+    expected_origin,
+    is_demo,
+    random_origin,
+)
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "resnet18_state_dict.pt"
+ARCHITECTURE = "torchvision.models.resnet18"
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    tag: str
+    weights_origin: str
+    path: str
+
+    @property
+    def demo(self) -> bool:
+        return is_demo(self.weights_origin)
+
+
+def _as_stored(model: Any) -> StoredModel:
+    return StoredModel(
+        tag=str(model.tag),
+        weights_origin=str(model.info.metadata.get("weights_origin", "unknown")),
+        path=model.path,
+    )
+
+
+def import_model(spec: str, seed: int = 0, name: str = "resnet18") -> StoredModel:
+    """Build the weights for ``spec`` and save them as a new model version."""
+    import bentoml
+    import torch
+
+    from model_store.labels import imagenet_categories
+
+    state_dict, origin = build_state_dict(spec, seed)
+    metadata = {
+        "architecture": ARCHITECTURE,
+        "weights_origin": origin,
+        "num_classes": 1000,
+        "label_set": "imagenet1k",
+        "labels": list(imagenet_categories()),
+        "preprocessing": PREPROCESSING_SPEC,
+        "format": "torch state_dict (torch.load(weights_only=True))",
+    }
+    with bentoml.models.create(
+        name,
+        labels={"weights": origin.split(":")[0], "arch": "resnet18"},
+        metadata=metadata,
+        module=__name__,
+    ) as ref:
+        torch.save(state_dict, ref.path_of(WEIGHTS_FILE))
+    stored = bentoml.models.get(ref.tag)
+    logger.info("imported %s with weights %s", stored.tag, origin)
+    return _as_stored(stored)
+
+
+def find_model(origin: str, name: str = "resnet18") -> StoredModel | None:
+    """Return the newest stored version whose weights origin is ``origin``."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    try:
+        models = bentoml.models.list(name)
+    except NotFound:
+        return None
+    candidates = [m for m in models if m.info.metadata.get("weights_origin") == origin]
+    if not candidates:
+        return None
+    return _as_stored(max(candidates, key=lambda m: m.info.creation_time))
+
+
+def get_model(tag: str) -> StoredModel:
+    """Return a stored model by tag (``name:version`` or ``name:latest``)."""
+    import bentoml
+
+    return _as_stored(bentoml.models.get(tag))
+
+
+def ensure_model(
+    spec: str, seed: int = 0, name: str = "resnet18", allow_fallback: bool = False
+) -> StoredModel:
+    """Return a stored model for ``spec``, importing it when the store lacks it.
+
+    With ``allow_fallback`` an unreachable ``imagenet1k_v1`` download falls back to a
+    seeded random-init model; the caller must announce that loudly.
+    """
+    if spec != IMAGENET:
+        found = find_model(expected_origin(spec, seed), name)
+        return found or import_model(spec, seed, name)
+    found = find_model(IMAGENET, name)
+    if found:
+        return found
+    try:
+        return import_model(IMAGENET, seed, name)
+    except WeightsError:
+        if not allow_fallback:
+            raise
+        logger.warning("pretrained weights unavailable; falling back to %s", random_origin(seed))
+        return find_model(random_origin(seed), name) or import_model(RANDOM, seed, name)

@@ -1,0 +1,175 @@
+"""Bento services: ``Classifier`` (batched ResNet18) and ``VisionQueue`` (the public front).
+
+``bentoml serve service:VisionQueue`` starts both; the front calls the classifier through
+BentoML's inter-service client, so sync requests and async jobs (which call ``/predict``)
+share one adaptive-batching queue. Logic lives in ``model_store`` and ``visionqueue``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import anyio
+import bentoml
+import numpy as np
+from bentoml.exceptions import BentoMLException
+from starlette.responses import JSONResponse
+
+from visionqueue.api.app import create_api_app
+from visionqueue.api.envelope import FrontMiddleware
+from visionqueue.api.health import front_health
+from visionqueue.api.predict import check_top_k, classify_upload
+from visionqueue.errors import ModelNotReady, Unavailable, VQError
+from visionqueue.settings import get_settings
+
+logger = logging.getLogger("visionqueue.service")
+
+# Reading settings here only reads the environment: BentoML needs these values at
+# decoration time. Models, threads and clients are built in __init__ (worker start-up).
+_settings = get_settings()
+_model_cfg = _settings.model
+
+# BentoML 1.4.40 recycles the inter-service aiohttp session every 100 requests / 300 s
+# and closes it under in-flight requests (ServerDisconnectedError -> HTTP 500 at
+# concurrency >= 8). The upstream ``runner_connection`` setting turns recycling off;
+# tests/integration/test_predict_concurrency.py fails without it.
+_NO_SESSION_RECYCLING = {"max_requests": 2**62, "max_age": 1e12}
+
+
+@bentoml.service(
+    name="classifier",
+    workers=_model_cfg.classifier_workers,
+    threads=1,
+    traffic={"timeout": 120},
+    runner_connection=_NO_SESSION_RECYCLING,
+)
+class Classifier:
+    """ResNet18 over uint8 crops, batched adaptively across all callers."""
+
+    model_ref = bentoml.models.BentoModel(
+        _model_cfg.model_tag or f"{_model_cfg.model_name}:latest"
+    )
+
+    def __init__(self) -> None:
+        from model_store.inference import configure_threads, load_classifier
+
+        threads = configure_threads(_model_cfg.torch_threads)
+        stored = self.model_ref
+        meta = stored.info.metadata
+        self.model = load_classifier(
+            stored.path,
+            tag=str(stored.tag),
+            weights_origin=str(meta.get("weights_origin", "unknown")),
+            labels=tuple(meta["labels"]),
+            device=_model_cfg.device,
+            backend=_model_cfg.inference_backend,
+        )
+        info = self.model.info
+        logger.info(
+            "classifier ready: %s weights=%s device=%s backend=%s threads=%d",
+            info.tag, info.weights_origin, info.device, info.backend, threads,
+        )
+        if info.demo:
+            logger.warning(
+                "SERVING A RANDOM-INIT DEMO MODEL (%s): predictions are meaningless. "
+                "Set VQ_WEIGHTS to imagenet1k_v1 (online) or a checkpoint path.",
+                info.weights_origin,
+            )
+
+    @bentoml.api(
+        batchable=True,
+        batch_dim=(0, 0),
+        max_batch_size=_model_cfg.batch_max_size,
+        max_latency_ms=_model_cfg.batch_max_latency_ms,
+    )
+    def classify(self, crops: np.ndarray) -> np.ndarray:
+        """Return softmax probabilities for ``(N, 224, 224, 3)`` uint8 crops."""
+        return self.model.predict_proba(crops)
+
+    @bentoml.api
+    def model_info(self) -> dict[str, Any]:
+        """Describe the served model: tag, weights origin, device, backend, labels."""
+        info = self.model.info
+        return {
+            "tag": info.tag,
+            "weights": info.weights_origin,
+            "device": info.device,
+            "backend": info.backend,
+            "labels": list(info.labels),
+        }
+
+
+@bentoml.service(
+    name="visionqueue",
+    workers=_settings.server.front_workers,
+    traffic={"timeout": 120},
+    http={"port": _settings.server.port, "host": _settings.server.host},
+)
+@bentoml.asgi_app(create_api_app(), path="/")
+class VisionQueue:
+    """The public API: ``/predict`` here, jobs and health in ``visionqueue.api``."""
+
+    classifier = bentoml.depends(Classifier)
+
+    def __init__(self) -> None:
+        self.settings = get_settings()
+        self._model_info: dict[str, Any] | None = None
+        self._limiter = anyio.CapacityLimiter(self.settings.model.preprocess_threads)
+
+    async def model_info(self) -> dict[str, Any]:
+        """Return (and cache) the classifier's model description; 503 while it loads."""
+        if self._model_info is None:
+            try:
+                self._model_info = await self.classifier.to_async.model_info()
+            except Exception as exc:
+                raise ModelNotReady("the classifier is not ready yet", retry_after=2) from exc
+        return self._model_info
+
+    async def classify_crops(self, crops: np.ndarray) -> np.ndarray:
+        try:
+            return await self.classifier.to_async.classify(crops)
+        except BentoMLException as exc:
+            raise Unavailable(
+                "the classifier is overloaded or unavailable; retry shortly", retry_after=1
+            ) from exc
+
+    async def readiness(self) -> tuple[int, dict[str, Any]]:
+        """Report readiness with the model and weights that will answer."""
+        try:
+            info = await self.model_info()
+        except VQError as exc:
+            return 503, {"status": "not_ready", "ready": False, "reason": exc.message}
+        body = {
+            "status": "ready",
+            "ready": True,
+            "model": {k: info[k] for k in ("tag", "weights", "device", "backend")},
+        }
+        if info["weights"].startswith("random-init"):
+            body["warning"] = "serving a random-init demo model: predictions are meaningless"
+        return 200, body
+
+    @bentoml.api(route="/predict")
+    async def predict(self, image: Path, top_k: int = 5) -> Any:
+        """Classify one image (multipart field ``image``); return the top ``top_k`` classes."""
+        try:
+            k = check_top_k(top_k)
+            data = await anyio.to_thread.run_sync(Path(image).read_bytes)
+            return await classify_upload(
+                data,
+                k,
+                classify=self.classify_crops,
+                model_info=await self.model_info(),
+                max_pixels=self.settings.server.max_image_pixels,
+                limiter=self._limiter,
+            )
+        except VQError as exc:
+            return JSONResponse(exc.to_body(), status_code=exc.status, headers=exc.headers())
+
+
+VisionQueue.add_asgi_middleware(
+    FrontMiddleware,
+    max_body_bytes=_settings.server.max_upload_bytes,
+    health=front_health,
+)

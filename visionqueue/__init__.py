@@ -1,0 +1,1 @@
+"""VisionQueue core: settings, errors, image intake and the HTTP front (``visionqueue.api``)."""

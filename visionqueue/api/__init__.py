@@ -1,0 +1,1 @@
+"""The HTTP front: predict handling, job routes, health and the error envelope."""

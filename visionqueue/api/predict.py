@@ -1,0 +1,68 @@
+"""``POST /predict``: validate an upload, crop it, classify it through the batched service."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import numpy as np
+
+from model_store.inference import top_k as top_k_rows
+from model_store.preprocess import to_model_input
+from visionqueue.errors import Unprocessable
+from visionqueue.images import decode_image
+
+MAX_TOP_K = 20
+
+ClassifyFn = Callable[[np.ndarray], Awaitable[np.ndarray]]
+
+
+def check_top_k(value: Any) -> int:
+    """Return ``top_k`` if it is an integer in 1..20, else raise a 422."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_TOP_K:
+        raise Unprocessable(
+            f"top_k must be an integer between 1 and {MAX_TOP_K}", code="invalid_top_k"
+        )
+    return value
+
+
+def prepare_crop(data: bytes, max_pixels: int) -> np.ndarray:
+    """Decode an upload and return its ``(224, 224, 3)`` uint8 model input."""
+    return to_model_input(decode_image(data, max_pixels))
+
+
+def model_block(model_info: dict[str, Any]) -> dict[str, Any]:
+    """Describe the model that answered, loudly when it is a demo model."""
+    block: dict[str, Any] = {
+        "tag": model_info["tag"],
+        "weights": model_info["weights"],
+        "demo": model_info["weights"].startswith("random-init"),
+    }
+    if block["demo"]:
+        block["warning"] = (
+            "random-init weights: this is an untrained demo model and its predictions mean nothing"
+        )
+    return block
+
+
+async def classify_upload(
+    data: bytes,
+    k: int,
+    *,
+    classify: ClassifyFn,
+    model_info: dict[str, Any],
+    max_pixels: int,
+    limiter: anyio.CapacityLimiter,
+) -> dict[str, Any]:
+    """Run one upload through preprocessing and the batched classifier; build the response."""
+    started = time.perf_counter()
+    crop = await anyio.to_thread.run_sync(prepare_crop, data, max_pixels, limiter=limiter)
+    probs = await classify(crop[np.newaxis])
+    predictions = top_k_rows(np.asarray(probs)[0], model_info["labels"], k)
+    return {
+        "predictions": predictions,
+        "model": model_block(model_info),
+        "processing_time": round(time.perf_counter() - started, 6),
+    }

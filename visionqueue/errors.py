@@ -1,0 +1,144 @@
+"""The one exception tree of VisionQueue; every client-facing error is a ``VQError``.
+
+    VQError                      code, HTTP status, safe message
+    ├── BadRequest (400)
+    │   ├── EmptyImage           empty_image
+    │   ├── InvalidImage         invalid_image (corrupt, truncated, not decodable)
+    │   └── MissingField         missing_field
+    ├── Unauthorized (401)       unauthorized
+    ├── NotFound (404)           not_found
+    ├── Conflict (409)           conflict
+    ├── PayloadTooLarge (413)    payload_too_large
+    ├── UnsupportedMediaType (415)
+    ├── Unprocessable (422)      validation_error
+    │   └── ImageTooLarge        image_too_large (pixel count over the cap: bombs)
+    ├── TooManyRequests (429)    backlog_full
+    └── Unavailable (503)        service_unavailable
+        ├── StorageUnavailable   storage_unavailable
+        ├── DatabaseUnavailable  database_unavailable
+        ├── BrokerUnavailable    broker_unavailable
+        └── ModelNotReady        model_not_ready
+
+Third-party errors are mapped at the boundary (``raise StorageUnavailable(...) from exc``);
+messages never carry ``str(exc)`` of a third-party error or a secret.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class VQError(Exception):
+    """An error with a stable machine-readable code and the HTTP status to answer with."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        retry_after: int | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code  # type: ignore[misc]
+        self.retry_after = retry_after
+        self.details = details
+
+    def to_body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details:
+            error["details"] = self.details
+        return {"error": error}
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
+
+
+class BadRequest(VQError):
+    status = 400
+    code = "bad_request"
+
+
+class EmptyImage(BadRequest):
+    code = "empty_image"
+
+
+class InvalidImage(BadRequest):
+    code = "invalid_image"
+
+
+class MissingField(BadRequest):
+    code = "missing_field"
+
+
+class Unauthorized(VQError):
+    status = 401
+    code = "unauthorized"
+
+
+class NotFound(VQError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(VQError):
+    status = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(VQError):
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(VQError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class Unprocessable(VQError):
+    status = 422
+    code = "validation_error"
+
+
+class ImageTooLarge(Unprocessable):
+    code = "image_too_large"
+
+
+class TooManyRequests(VQError):
+    status = 429
+    code = "backlog_full"
+
+
+class Unavailable(VQError):
+    status = 503
+    code = "service_unavailable"
+
+
+class StorageUnavailable(Unavailable):
+    code = "storage_unavailable"
+
+
+class DatabaseUnavailable(Unavailable):
+    code = "database_unavailable"
+
+
+class BrokerUnavailable(Unavailable):
+    code = "broker_unavailable"
+
+
+class ModelNotReady(Unavailable):
+    code = "model_not_ready"
+
+
+def error_body(code: str, message: str, **details: Any) -> dict[str, Any]:
+    """Build the error envelope for errors raised outside our own code (framework, ASGI)."""
+    body: dict[str, Any] = {"code": code, "message": message}
+    if details:
+        body["details"] = details
+    return {"error": body}

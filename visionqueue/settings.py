@@ -1,0 +1,252 @@
+"""Typed settings for every process, read from ``VQ_*`` environment variables.
+
+One object, nested per concern; each nested group reads its own prefix so the public
+variable names (``VQ_DATABASE_URL``, ``VQ_S3_ENDPOINT``, ...) stay flat and stable.
+Unset backends mean the embedded default: SQLite file, local image directory and the
+``filesystem://`` Celery transport, all under ``VQ_DATA_DIR``.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "minioadmin", "secret", "password"}
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class _Group(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", env_file=None)
+
+
+class ServerSettings(_Group):
+    """HTTP front: where it listens and what it accepts."""
+
+    model_config = SettingsConfigDict(env_prefix="VQ_")
+
+    host: str = Field("127.0.0.1", description="Interface the HTTP front binds to.")
+    port: int = Field(3000, ge=1, le=65535, description="Port of the HTTP front.")
+    public_url: str = Field(
+        "",
+        description="Base URL clients use to reach the service (signed image URLs); "
+        "empty means http://HOST:PORT.",
+    )
+    max_upload_bytes: int = Field(
+        20 * 1024 * 1024, ge=1024, description="Largest accepted request body (413 above)."
+    )
+    max_image_pixels: int = Field(
+        60_000_000, ge=1, description="Largest accepted image (width x height); bombs refused."
+    )
+    front_workers: int = Field(1, ge=1, description="Worker processes of the front service.")
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated API keys; when set, job and predict routes need "
+        "'Authorization: Bearer KEY'.",
+    )
+    signing_key: SecretStr = Field(
+        SecretStr("dev-insecure-signing-key"),
+        description="HMAC key for signed local image URLs (set it outside dev).",
+    )
+    image_url_ttl_s: int = Field(3600, ge=1, description="Lifetime of image URLs in seconds.")
+    max_backlog: int = Field(
+        0, ge=0, description="Pending jobs above which submissions get 429 (0 = unlimited)."
+    )
+    env: Literal["dev", "production"] = Field(
+        "dev", description="'production' refuses placeholder secrets."
+    )
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _keys(cls, value: object) -> object:
+        return _split_csv(value)
+
+
+class ModelSettings(_Group):
+    """Which weights the classifier serves and how it batches."""
+
+    model_config = SettingsConfigDict(env_prefix="VQ_")
+
+    weights: str = Field(
+        "imagenet1k_v1",
+        description="'imagenet1k_v1' (torchvision, needs network once), a checkpoint path, "
+        "or 'random' (seeded demo model).",
+    )
+    random_seed: int = Field(0, description="Seed for 'random' weights.")
+    model_name: str = Field("resnet18", description="Name of the model in the BentoML store.")
+    model_tag: str = Field(
+        "", description="Exact model tag to serve; empty = MODEL_NAME:latest ('make run' sets it)."
+    )
+    inference_backend: Literal["eager", "channels_last"] = Field(
+        "eager", description="How the classifier runs ResNet18 (see docs/benchmarks.md)."
+    )
+    preprocess_threads: int = Field(
+        2, ge=1, description="Threads that decode and crop images in each front worker."
+    )
+    batch_max_size: int = Field(16, ge=1, le=256, description="Adaptive batching: largest batch.")
+    batch_max_latency_ms: int = Field(
+        500, ge=1, description="Adaptive batching: longest a request may wait in the queue."
+    )
+    torch_threads: int = Field(
+        0, ge=0, description="Intra-op threads for inference (0 = number of cores)."
+    )
+    device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda'.")
+    classifier_workers: int = Field(1, ge=1, description="Processes of the classifier service.")
+
+
+class DatabaseSettings(_Group):
+    model_config = SettingsConfigDict(env_prefix="VQ_DATABASE_")
+
+    url: str = Field(
+        "", description="SQLAlchemy URL (postgresql+psycopg://...); empty = SQLite in VQ_DATA_DIR."
+    )
+
+
+class BrokerSettings(_Group):
+    model_config = SettingsConfigDict(env_prefix="VQ_BROKER_")
+
+    url: str = Field(
+        "", description="Celery broker (redis://, amqp://); empty = filesystem broker in VQ_DATA_DIR."
+    )
+
+
+class S3Settings(_Group):
+    model_config = SettingsConfigDict(env_prefix="VQ_S3_")
+
+    endpoint: str = Field(
+        "", description="S3/MinIO endpoint URL (http://host:9000); empty = local image directory."
+    )
+    access_key: SecretStr = Field(SecretStr(""), description="S3 access key.")
+    secret_key: SecretStr = Field(SecretStr(""), description="S3 secret key.")
+    bucket: str = Field("visionqueue-images", description="Bucket for uploaded images.")
+    region: str = Field("us-east-1", description="S3 region used for signing.")
+    public_endpoint: str = Field(
+        "", description="Endpoint used in presigned URLs when clients see S3 under another name."
+    )
+
+
+class WorkerSettings(_Group):
+    model_config = SettingsConfigDict(env_prefix="VQ_WORKER_")
+
+    concurrency: int = Field(16, ge=1, description="Threads per Celery worker process.")
+    classifier_url: str = Field(
+        "", description="URL of the service the worker classifies through; empty = the front."
+    )
+    task_time_limit_s: int = Field(300, ge=10, description="Hard time limit of a job task.")
+    max_retries: int = Field(10, ge=0, description="Retries of a job on transient errors.")
+    pending_requeue_after_s: int = Field(
+        600, ge=10, description="Recovery sweep re-enqueues jobs pending longer than this."
+    )
+
+
+class WebhookSettings(_Group):
+    model_config = SettingsConfigDict(env_prefix="VQ_WEBHOOK_")
+
+    secrets: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated 'whsec_<base64>' signing secrets (several = rotation).",
+    )
+    retry_schedule: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [5, 300, 1800, 7200, 18000, 36000, 36000, 36000, 36000, 36000, 36000, 36000],
+        description="Comma-separated seconds between delivery attempts (~3 days by default).",
+    )
+    timeout_s: float = Field(10.0, gt=0, description="Timeout of one delivery attempt.")
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Hosts exempt from the SSRF guard (tests/local dev only, e.g. 127.0.0.1).",
+    )
+
+    @field_validator("secrets", "allowed_hosts", "retry_schedule", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+
+class ObservabilitySettings(_Group):
+    model_config = SettingsConfigDict(env_prefix="VQ_")
+
+    log_level: str = Field("INFO", description="Log level of every process.")
+    log_json: bool = Field(False, description="Emit JSON log lines.")
+    flower_port: int = Field(5555, ge=0, description="Flower port in 'make run' (0 = off).")
+    worker_metrics_port: int = Field(
+        9808, ge=0, description="Prometheus endpoint of the Celery worker (0 = off)."
+    )
+
+
+class Settings(_Group):
+    """Everything a VisionQueue process reads from its environment."""
+
+    model_config = SettingsConfigDict(env_prefix="VQ_")
+
+    data_dir: Path = Field(
+        Path(".vq-data"), description="Where the embedded default keeps its files."
+    )
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    s3: S3Settings = Field(default_factory=S3Settings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    webhook: WebhookSettings = Field(default_factory=WebhookSettings)
+    observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
+
+    @property
+    def database_url(self) -> str:
+        if self.database.url:
+            return self.database.url
+        return f"sqlite:///{(self.data_dir / 'visionqueue.db').resolve()}"
+
+    @property
+    def broker_url(self) -> str:
+        return self.broker.url or "filesystem://"
+
+    @property
+    def broker_dir(self) -> Path:
+        return (self.data_dir / "broker").resolve()
+
+    @property
+    def images_dir(self) -> Path:
+        return (self.data_dir / "images").resolve()
+
+    @property
+    def public_url(self) -> str:
+        if self.server.public_url:
+            return self.server.public_url.rstrip("/")
+        return f"http://{self.server.host}:{self.server.port}"
+
+    @property
+    def classifier_url(self) -> str:
+        return (self.worker.classifier_url or self.public_url).rstrip("/")
+
+    def check_secrets(self) -> None:
+        """Refuse placeholder secrets outside dev."""
+        if self.server.env != "production":
+            return
+        weak = []
+        if self.server.signing_key.get_secret_value() in PLACEHOLDER_SECRETS | {
+            "dev-insecure-signing-key"
+        }:
+            weak.append("VQ_SIGNING_KEY")
+        if self.s3.endpoint and self.s3.secret_key.get_secret_value() in PLACEHOLDER_SECRETS:
+            weak.append("VQ_S3_SECRET_KEY")
+        if not self.server.api_keys:
+            weak.append("VQ_API_KEYS")
+        if weak:
+            raise ValueError(
+                "production mode refuses placeholder or missing secrets: " + ", ".join(weak)
+            )
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """Return the process-wide settings (read once)."""
+    return Settings()
