@@ -69,7 +69,9 @@ class BatchClassifier:
 
         if crops.dtype != np.uint8 or crops.ndim != 4 or crops.shape[-1] != 3:
             raise ValueError(f"expected (N, H, W, 3) uint8 crops, got {crops.dtype} {crops.shape}")
-        batch = torch.from_numpy(np.ascontiguousarray(crops)).to(self._device)
+        if not (crops.flags.writeable and crops.flags.c_contiguous):
+            crops = np.array(crops, order="C")  # torch refuses read-only buffers
+        batch = torch.from_numpy(crops).to(self._device)
         batch = batch.permute(0, 3, 1, 2).to(torch.float32).div(255)
         batch = batch.sub(self._mean).div(self._std)
         if self._channels_last:

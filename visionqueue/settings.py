@@ -94,7 +94,10 @@ class ModelSettings(_Group):
     )
     batch_max_size: int = Field(16, ge=1, le=256, description="Adaptive batching: largest batch.")
     batch_max_latency_ms: int = Field(
-        500, ge=1, description="Adaptive batching: longest a request may wait in the queue."
+        30000,
+        ge=1,
+        description="Adaptive batching: deadline in the batch queue before a 503 (BentoML drops "
+        "requests that would exceed it; it is not a wait target).",
     )
     torch_threads: int = Field(
         0, ge=0, description="Intra-op threads for inference (0 = number of cores)."

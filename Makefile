@@ -1,0 +1,26 @@
+# The two commands that matter: `make run` and `make test`. Everything else is optional.
+.PHONY: run test check bench bento import-model container-smoke help
+
+run:            ## start the whole system on the embedded default on http://127.0.0.1:$VQ_PORT
+	@scripts/run
+
+test:           ## run the whole test suite (installs what it needs)
+	@scripts/test
+
+check:          ## ruff lint + format check + mypy
+	@scripts/check
+
+bench:          ## benchmark raw pipeline vs served; writes docs/benchmarks.md
+	@scripts/bootstrap && .venv/bin/python -m bench
+
+bento:          ## build the Bento (bentoml build)
+	@scripts/bootstrap && .venv/bin/python -m model_store import --if-missing --fallback-random && .venv/bin/bentoml build
+
+import-model:   ## import ResNet18 into the BentoML store (VQ_WEIGHTS=imagenet1k_v1|PATH|random)
+	@scripts/bootstrap && .venv/bin/python -m model_store import --if-missing
+
+container-smoke: ## build and run the container with podman (slow; not part of make test)
+	@deploy/container-smoke.sh
+
+help:
+	@grep -E '^[a-z-]+:.*##' Makefile | sed 's/:.*##/\t/'

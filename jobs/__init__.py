@@ -1,0 +1,1 @@
+"""Celery app, job tasks and webhook delivery."""

@@ -1,0 +1,167 @@
+"""``POST /predict`` against a real ``bentoml serve`` process: correctness, errors, health."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+from torchvision.models import ResNet18_Weights, resnet18
+
+from tests.support import images
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def reference_model(stored_model):  # type: ignore[no-untyped-def]
+    """A plain torchvision ResNet18 with the served weights."""
+    model = resnet18(weights=None)
+    state = torch.load(
+        Path(stored_model.path) / "resnet18_state_dict.pt", map_location="cpu", weights_only=True
+    )
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def reference_probs(model: torch.nn.Module, data: bytes) -> np.ndarray:
+    image = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+    batch = ResNet18_Weights.IMAGENET1K_V1.transforms()(image).unsqueeze(0)
+    with torch.inference_mode():
+        return torch.softmax(model(batch), dim=1)[0].numpy()
+
+
+def predict(url: str, data: bytes, top_k: int | str = 20, name: str = "img") -> httpx.Response:
+    return httpx.post(
+        f"{url}/predict", files={"image": (name, data)}, data={"top_k": str(top_k)}, timeout=60
+    )
+
+
+CASES = {
+    "jpeg": images.jpeg(640, 480),
+    "small": images.jpeg(97, 300, seed=1),
+    "large": images.jpeg(2000, 1500, seed=2),
+    "rgba-png": images.png(320, 240, "RGBA", seed=3),
+    "grey-png": images.png(320, 240, "L", seed=4),
+    "cmyk-jpeg": images.cmyk_jpeg(),
+    "exif-rotated": images.exif_rotated_jpeg(),
+    "gif-first-frame": images.animated_gif(),
+    "webp": images.encode(images.noise_image(300, 200, seed=5), "WEBP", quality=90),
+    "bmp": images.encode(images.noise_image(300, 200, seed=6), "BMP"),
+    "photo-chelsea": images.skimage_photo("chelsea.png"),
+    "photo-coffee": images.skimage_photo("coffee.png"),
+    "photo-rocket": images.skimage_photo("rocket.jpg"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_served_probabilities_match_plain_torchvision(
+    bento_url: str, reference_model: torch.nn.Module, case: str
+) -> None:
+    data = CASES[case]
+    resp = predict(bento_url, data)
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    expected = reference_probs(reference_model, data)
+    served = body["predictions"]
+    assert len(served) == 20
+    for row in served:
+        assert abs(row["confidence"] - float(expected[row["index"]])) <= 1e-4
+        assert row["class"] == ResNet18_Weights.IMAGENET1K_V1.meta["categories"][row["index"]]
+    assert [r["index"] for r in served[:5]] == list(np.argsort(-expected, kind="stable")[:5])
+    assert body["model"]["weights"] == "random-init:seed=0"
+    assert body["model"]["demo"] is True and "warning" in body["model"]
+    assert body["processing_time"] > 0
+
+
+def test_default_top_k_is_five(bento_url: str) -> None:
+    resp = httpx.post(f"{bento_url}/predict", files={"image": ("a.jpg", CASES["jpeg"])}, timeout=60)
+    assert resp.status_code == 200
+    assert len(resp.json()["predictions"]) == 5
+
+
+@pytest.mark.parametrize(
+    ("data", "top_k", "status", "code"),
+    [
+        (b"", 5, 400, "empty_image"),
+        (b"definitely not an image", 5, 415, "unsupported_media_type"),
+        (images.encode(images.noise_image(64, 64), "TIFF"), 5, 415, "unsupported_media_type"),
+        (images.truncated_jpeg(), 5, 400, "invalid_image"),
+        (images.png_header_bomb(), 5, 422, "image_too_large"),
+        (images.jpeg(64, 64), 0, 422, "invalid_top_k"),
+        (images.jpeg(64, 64), 21, 422, "invalid_top_k"),
+        (images.jpeg(64, 64), "three", 422, "validation_error"),
+    ],
+    ids=["empty", "text", "tiff", "truncated", "bomb", "top_k-0", "top_k-21", "top_k-str"],
+)
+def test_bad_input_gets_a_specific_4xx(
+    bento_url: str, data: bytes, top_k: int | str, status: int, code: str
+) -> None:
+    resp = predict(bento_url, data, top_k)
+    assert resp.status_code == status, resp.text
+    assert resp.json()["error"]["code"] == code
+    assert "Traceback" not in resp.text
+
+
+def test_missing_image_field(bento_url: str) -> None:
+    resp = httpx.post(f"{bento_url}/predict", data={"top_k": "3"}, timeout=30)
+    assert resp.status_code == 400
+    assert resp.json()["error"]["code"] == "missing_field"
+
+
+def test_body_over_the_cap_is_refused_with_413(bento_url: str) -> None:
+    big = b"\xff\xd8\xff" + b"\x00" * (21 * 1024 * 1024)
+    resp = predict(bento_url, big)
+    assert resp.status_code == 413
+    assert resp.json()["error"]["code"] == "payload_too_large"
+
+
+def test_streamed_body_over_the_cap_is_refused_without_content_length(bento_url: str) -> None:
+    def chunks():  # type: ignore[no-untyped-def]
+        boundary = b"--xyz\r\n"
+        yield boundary + b'Content-Disposition: form-data; name="image"; filename="a"\r\n\r\n'
+        for _ in range(22):
+            yield b"\x00" * (1024 * 1024)
+
+    resp = httpx.post(
+        f"{bento_url}/predict",
+        content=chunks(),
+        headers={"content-type": "multipart/form-data; boundary=xyz"},
+        timeout=60,
+    )
+    assert resp.status_code == 413
+
+
+def test_unknown_route_uses_the_envelope(bento_url: str) -> None:
+    resp = httpx.get(f"{bento_url}/no-such-route", timeout=10)
+    assert resp.status_code == 404
+    assert resp.json()["error"]["code"] == "not_found"
+
+
+def test_health_reports_model_and_weights(bento_url: str) -> None:
+    assert httpx.get(f"{bento_url}/livez", timeout=10).status_code == 200
+    ready = httpx.get(f"{bento_url}/readyz", timeout=10)
+    assert ready.status_code == 200
+    body = ready.json()
+    assert body["model"]["weights"] == "random-init:seed=0"
+    assert body["model"]["tag"].startswith("resnet18:")
+    assert "random-init" in body["warning"]
+
+
+def test_bentoml_sync_client_works(bento_url: str, tmp_path: Path) -> None:
+    import bentoml
+
+    img = tmp_path / "cat.jpg"
+    img.write_bytes(CASES["jpeg"])
+    with bentoml.SyncHTTPClient(bento_url) as client:
+        result = client.predict(image=img, top_k=3)
+    assert len(result["predictions"]) == 3
+    assert result["model"]["weights"] == "random-init:seed=0"
+
+
+def test_openapi_docs_are_served(bento_url: str) -> None:
+    assert httpx.get(f"{bento_url}/docs", timeout=10).status_code == 200

@@ -1,0 +1,78 @@
+"""Start and stop real server processes (Bento, Celery) for integration tests."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not ready after {timeout}s:\n{log.read_text()[-4000:]}")
+
+
+def stop(proc: subprocess.Popen[bytes], grace: float = 15) -> None:
+    """Stop a process group: SIGTERM, then SIGKILL after ``grace`` seconds."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    fh = log.open("ab")
+    return subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+@contextlib.contextmanager
+def bento_server(env: dict[str, str], log: Path, timeout: float = 180) -> Iterator[str]:
+    """Run ``bentoml serve service:VisionQueue`` on a free loopback port; yield its URL."""
+    port = free_port()
+    full_env = {**os.environ, **env, "VQ_PORT": str(port), "VQ_HOST": "127.0.0.1"}
+    proc = spawn(
+        [str(BIN / "bentoml"), "serve", "service:VisionQueue", "--host", "127.0.0.1",
+         "--port", str(port)],
+        full_env,
+        log,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url + "/readyz", proc, timeout, log)
+        yield url
+    finally:
+        stop(proc)

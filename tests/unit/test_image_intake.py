@@ -1,0 +1,77 @@
+"""Upload validation: every hostile or broken image gets a specific error, never a crash."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support import images
+from visionqueue import errors
+from visionqueue.images import decode_image, inspect_image, sniff_format
+
+CAP = 60_000_000
+
+
+@pytest.mark.parametrize(
+    ("data", "fmt"),
+    [
+        (images.jpeg(64, 64), "JPEG"),
+        (images.png(64, 64), "PNG"),
+        (images.animated_gif(), "GIF"),
+        (images.encode(images.noise_image(64, 64), "WEBP"), "WEBP"),
+        (images.encode(images.noise_image(64, 64), "BMP"), "BMP"),
+    ],
+)
+def test_accepted_formats_are_inspected_from_the_header(data: bytes, fmt: str) -> None:
+    info = inspect_image(data, CAP)
+    assert info.format == fmt
+    assert info.content_type.startswith("image/")
+    assert sniff_format(data) == fmt
+
+
+@pytest.mark.parametrize(
+    ("data", "error", "code"),
+    [
+        (b"", errors.EmptyImage, "empty_image"),
+        (b"hello, not an image", errors.UnsupportedMediaType, "unsupported_media_type"),
+        (b"%PDF-1.7\n", errors.UnsupportedMediaType, "unsupported_media_type"),
+        (images.encode(images.noise_image(64, 64), "TIFF"), errors.UnsupportedMediaType,
+         "unsupported_media_type"),
+        (images.png_header_bomb(), errors.ImageTooLarge, "image_too_large"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, errors.InvalidImage, "invalid_image"),
+    ],
+    ids=["empty", "text", "pdf", "tiff", "bomb", "broken-png"],
+)
+def test_bad_uploads_are_refused_at_inspection(
+    data: bytes, error: type[errors.VQError], code: str
+) -> None:
+    with pytest.raises(error) as info:
+        inspect_image(data, CAP)
+    assert info.value.code == code
+    assert 400 <= info.value.status < 500
+
+
+def test_truncated_jpeg_passes_the_header_but_fails_decoding() -> None:
+    data = images.truncated_jpeg()
+    inspect_image(data, CAP)  # acceptance is header-only by design
+    with pytest.raises(errors.InvalidImage):
+        decode_image(data, CAP)
+
+
+def test_bomb_under_pillows_own_limit_is_still_refused_by_ours() -> None:
+    data = images.png(300, 300)
+    with pytest.raises(errors.ImageTooLarge):
+        decode_image(data, max_pixels=300 * 299)
+
+
+def test_sixteen_bit_png_is_scaled_not_clipped() -> None:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    arr = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16).astype(np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    rgb = np.asarray(decode_image(buf.getvalue(), CAP))
+    assert rgb.shape == (64, 64, 3)
+    assert 0 < rgb.mean() < 250  # clipping would make nearly everything 255

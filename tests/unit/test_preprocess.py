@@ -1,0 +1,62 @@
+"""Our split preprocessing equals torchvision's ResNet18 preset, bit for bit."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+from torchvision.models import ResNet18_Weights
+
+from model_store.inference import BatchClassifier, ModelInfo
+from model_store.preprocess import resize_shorter_side, to_model_input
+from tests.support import images
+
+
+def _reference(image: Image.Image) -> torch.Tensor:
+    return ResNet18_Weights.IMAGENET1K_V1.transforms()(image)
+
+
+def _normalizer() -> BatchClassifier:
+    info = ModelInfo("t:1", "random-init:seed=0", "cpu", "eager", ("x",))
+    return BatchClassifier(torch.nn.Identity(), info)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        images.jpeg(640, 480),
+        images.jpeg(97, 300, seed=1),  # smaller than the crop on one side
+        images.png(1000, 1000, seed=2),
+        images.png(320, 240, "RGBA", seed=3),
+        images.png(320, 240, "L", seed=4),
+        images.cmyk_jpeg(),
+        images.exif_rotated_jpeg(),
+        images.animated_gif(),
+    ],
+    ids=["jpeg", "small", "square", "rgba", "grey", "cmyk", "exif", "gif"],
+)
+def test_split_preprocessing_equals_torchvision(data: bytes) -> None:
+    from visionqueue.images import decode_image
+
+    ours = decode_image(data, max_pixels=10**8)
+    crop = to_model_input(ours)
+    assert crop.shape == (224, 224, 3) and crop.dtype == np.uint8
+
+    reference_input = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+    expected = _reference(reference_input)
+    got = _normalizer().normalize_batch(crop[np.newaxis])[0]
+    assert torch.equal(got, expected)
+
+
+def test_resize_shorter_side_matches_torchvision_rounding() -> None:
+    assert resize_shorter_side(640, 480) == (341, 256)
+    assert resize_shorter_side(480, 640) == (256, 341)
+    assert resize_shorter_side(97, 300) == (256, 791)
+
+
+def test_to_model_input_refuses_non_rgb() -> None:
+    with pytest.raises(ValueError, match="RGB"):
+        to_model_input(Image.new("L", (300, 300)))

@@ -1,0 +1,196 @@
+"""``make run`` / ``visionqueue serve``: import the model, migrate, start every process.
+
+Starts the Bento server (front + classifier), a Celery worker and Flower as child
+process groups on the configured backends (the embedded default when none are set),
+waits for ``/readyz`` and stops them all promptly on Ctrl-C or when one dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from visionqueue.settings import Settings, get_settings
+
+logger = logging.getLogger("visionqueue.launcher")
+BIN = Path(sys.executable).parent
+BANNER = "=" * 78
+
+
+@dataclass
+class Child:
+    name: str
+    args: list[str]
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+
+def say(message: str) -> None:
+    print(f"[visionqueue] {message}", flush=True)
+
+
+def prepare_model(settings: Settings) -> tuple[str, str]:
+    """Return (tag, weights origin) of the model to serve, importing it when missing."""
+    from model_store.store import ensure_model
+    from model_store.weights import IMAGENET
+
+    cfg = settings.model
+    say(f"model: ensuring {cfg.model_name} with weights={cfg.weights} in the BentoML store")
+    stored = ensure_model(
+        cfg.weights, cfg.random_seed, cfg.model_name, allow_fallback=cfg.weights == IMAGENET
+    )
+    if stored.demo:
+        print(
+            f"\n{BANNER}\n  WARNING: serving {stored.weights_origin} — an UNTRAINED demo model.\n"
+            "  Its predictions are meaningless. Every response and /readyz say so.\n"
+            "  For real predictions set VQ_WEIGHTS=imagenet1k_v1 (needs network once)\n"
+            f"  or VQ_WEIGHTS=/path/to/resnet18_checkpoint.pt\n{BANNER}\n",
+            flush=True,
+        )
+    return stored.tag, stored.weights_origin
+
+
+def prepare_storage(settings: Settings) -> None:
+    """Create the embedded default's folders and apply database migrations."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if not settings.broker.url:
+        for sub in ("in", "processed"):
+            (settings.broker_dir / sub).mkdir(parents=True, exist_ok=True)
+    try:
+        from persistence.migrate import upgrade_database
+    except ImportError:  # the async layer is optional for the sync API
+        return
+    say("database: applying migrations")
+    upgrade_database(settings.database_url)
+
+
+def children(settings: Settings, with_worker: bool) -> list[Child]:
+    server = settings.server
+    procs = [
+        Child(
+            "bento",
+            [str(BIN / "bentoml"), "serve", "service:VisionQueue",
+             "--host", server.host, "--port", str(server.port)],
+        )
+    ]
+    if with_worker:
+        procs.append(
+            Child(
+                "worker",
+                [str(BIN / "celery"), "-A", "jobs.celery_app:app", "worker",
+                 "--pool", "threads", "--concurrency", str(settings.worker.concurrency),
+                 "-Q", "visionqueue,webhooks", "--loglevel", settings.observability.log_level,
+                 "--without-gossip", "--without-mingle"],
+            )
+        )
+        if settings.observability.flower_port:
+            procs.append(
+                Child(
+                    "flower",
+                    [str(BIN / "celery"), "-A", "jobs.celery_app:app", "flower",
+                     f"--address={server.host}",
+                     f"--port={settings.observability.flower_port}"],
+                )
+            )
+    return procs
+
+
+def stop_all(procs: list[Child], grace: float = 10.0) -> None:
+    """SIGTERM every child group, SIGKILL what is left after ``grace`` seconds."""
+    running = [c for c in procs if c.proc and c.proc.poll() is None]
+    for child in running:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.proc.pid, signal.SIGTERM)  # type: ignore[union-attr]
+    deadline = time.monotonic() + grace
+    for child in running:
+        assert child.proc is not None
+        try:
+            child.proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.proc.pid, signal.SIGKILL)
+            child.proc.wait(5)
+
+
+def wait_ready(
+    url: str, procs: list[Child], stopping: Callable[[], bool], timeout: float = 300
+) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not stopping():
+        if any(c.proc and c.proc.poll() is not None for c in procs):
+            return False
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return True
+        time.sleep(0.5)
+    return False
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("visionqueue").setLevel(logging.INFO)
+    settings = get_settings()
+    settings.check_secrets()
+    tag, origin = prepare_model(settings)
+    prepare_storage(settings)
+    with_worker = (Path(__file__).resolve().parents[1] / "jobs" / "celery_app.py").exists()
+    env = {**os.environ, "VQ_MODEL_TAG": tag, "BENTOML_DO_NOT_TRACK": "true"}
+    procs = children(settings, with_worker)
+
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    for child in procs:
+        say(f"starting {child.name}: {' '.join(child.args[1:4])} ...")
+        child.proc = subprocess.Popen(child.args, env=env, start_new_session=True)
+    url = settings.public_url
+    try:
+        if not wait_ready(url + "/readyz", procs, lambda: stopping):
+            if stopping:
+                return 0
+            say("start-up failed: a process exited or /readyz never answered; stopping")
+            return 1
+        print(
+            f"\n{BANNER}\n  VisionQueue is up: {url}\n"
+            f"  model {tag} (weights {origin})\n"
+            f"  try: curl -F image=@photo.jpg {url}/predict\n"
+            f"  docs: {url}/docs   metrics: {url}/metrics\n"
+            + (
+                f"  flower: http://{settings.server.host}:{settings.observability.flower_port}\n"
+                if with_worker and settings.observability.flower_port
+                else ""
+            )
+            + ("  API keys: NONE — open on loopback only\n" if not settings.server.api_keys else "")
+            + f"  Ctrl-C stops everything\n{BANNER}\n",
+            flush=True,
+        )
+        while not stopping:
+            dead = [c for c in procs if c.proc and c.proc.poll() is not None]
+            if dead:
+                say(f"{dead[0].name} exited with {dead[0].proc.returncode}; stopping")  # type: ignore[union-attr]
+                return 1
+            time.sleep(0.5)
+        return 0
+    finally:
+        say("stopping ...")
+        stop_all(procs)
+        say("stopped")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
