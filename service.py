@@ -31,6 +31,8 @@ logger = logging.getLogger("visionqueue.service")
 _settings = get_settings()
 _model_cfg = _settings.model
 
+api_app = create_api_app()
+
 # BentoML 1.4.40 recycles the inter-service aiohttp session every 100 requests / 300 s
 # and closes it under in-flight requests (ServerDisconnectedError -> HTTP 500 at
 # concurrency >= 8). The upstream ``runner_connection`` setting turns recycling off;
@@ -48,9 +50,7 @@ _NO_SESSION_RECYCLING = {"max_requests": 2**62, "max_age": 1e12}
 class Classifier:
     """ResNet18 over uint8 crops, batched adaptively across all callers."""
 
-    model_ref = bentoml.models.BentoModel(
-        _model_cfg.model_tag or f"{_model_cfg.model_name}:latest"
-    )
+    model_ref = bentoml.models.BentoModel(_model_cfg.model_tag or f"{_model_cfg.model_name}:latest")
 
     def __init__(self) -> None:
         from model_store.inference import configure_threads, load_classifier
@@ -69,7 +69,11 @@ class Classifier:
         info = self.model.info
         logger.info(
             "classifier ready: %s weights=%s device=%s backend=%s threads=%d",
-            info.tag, info.weights_origin, info.device, info.backend, threads,
+            info.tag,
+            info.weights_origin,
+            info.device,
+            info.backend,
+            threads,
         )
         if info.demo:
             logger.warning(
@@ -107,7 +111,7 @@ class Classifier:
     traffic={"timeout": 120},
     http={"port": _settings.server.port, "host": _settings.server.host},
 )
-@bentoml.asgi_app(create_api_app(), path="/")
+@bentoml.asgi_app(api_app, path="/")
 class VisionQueue:
     """The public API: ``/predict`` here, jobs and health in ``visionqueue.api``."""
 
@@ -136,19 +140,31 @@ class VisionQueue:
             ) from exc
 
     async def readiness(self) -> tuple[int, dict[str, Any]]:
-        """Report readiness with the model and weights that will answer."""
+        """Report readiness: the model that answers, and every backend jobs need."""
+        from visionqueue.api.resources import check_backends
+
+        checks: dict[str, str] = {}
+        body: dict[str, Any] = {}
         try:
             info = await self.model_info()
+            checks["model"] = "ok"
+            body["model"] = {k: info[k] for k in ("tag", "weights", "device", "backend")}
+            if info["weights"].startswith("random-init"):
+                body["warning"] = "serving a random-init demo model: predictions are meaningless"
         except VQError as exc:
-            return 503, {"status": "not_ready", "ready": False, "reason": exc.message}
-        body = {
-            "status": "ready",
-            "ready": True,
-            "model": {k: info[k] for k in ("tag", "weights", "device", "backend")},
-        }
-        if info["weights"].startswith("random-init"):
-            body["warning"] = "serving a random-init demo model: predictions are meaningless"
-        return 200, body
+            checks["model"] = exc.message
+        resources = getattr(api_app.state, "resources", None)
+        if resources is None:
+            checks["backends"] = "starting"
+        else:
+            checks.update(await anyio.to_thread.run_sync(check_backends, resources))
+        ready = all(v == "ok" for v in checks.values())
+        reasons = {k: v for k, v in checks.items() if v != "ok"}
+        body = {"status": "ready" if ready else "not_ready", "ready": ready, **body}
+        body["checks"] = checks
+        if reasons:
+            body["reason"] = "; ".join(f"{k}: {v}" for k, v in reasons.items())
+        return (200 if ready else 503), body
 
     @bentoml.api(route="/predict")
     async def predict(self, image: Path, top_k: int = 5) -> Any:
@@ -168,8 +184,9 @@ class VisionQueue:
             return JSONResponse(exc.to_body(), status_code=exc.status, headers=exc.headers())
 
 
-VisionQueue.add_asgi_middleware(
+VisionQueue.add_asgi_middleware(  # type: ignore[attr-defined]
     FrontMiddleware,
     max_body_bytes=_settings.server.max_upload_bytes,
     health=front_health,
+    api_keys=[key.get_secret_value() for key in _settings.server.api_keys],
 )

@@ -123,6 +123,4 @@ def top_k(probs: np.ndarray, labels: tuple[str, ...] | list[str], k: int) -> lis
     """Return the ``k`` most likely classes of one probability row, best first."""
     k = max(1, min(k, probs.shape[-1]))
     idx = np.argsort(-probs, kind="stable")[:k]
-    return [
-        {"class": labels[i], "index": int(i), "confidence": float(probs[i])} for i in idx
-    ]
+    return [{"class": labels[i], "index": int(i), "confidence": float(probs[i])} for i in idx]

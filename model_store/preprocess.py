@@ -40,8 +40,8 @@ def resize_shorter_side(width: int, height: int, size: int = RESIZE_SIZE) -> tup
 
 def center_crop_box(width: int, height: int, size: int = CROP_SIZE) -> tuple[int, int, int, int]:
     """Return the crop box of torchvision's ``F.center_crop`` for an image at least ``size``."""
-    top = int(round((height - size) / 2.0))
-    left = int(round((width - size) / 2.0))
+    top = round((height - size) / 2.0)
+    left = round((width - size) / 2.0)
     return left, top, left + size, top + size
 
 

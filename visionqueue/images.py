@@ -64,9 +64,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=[announced])
     except Image.DecompressionBombError as exc:
-        raise ImageTooLarge(
-            f"image dimensions exceed the limit of {max_pixels} pixels"
-        ) from exc
+        raise ImageTooLarge(f"image dimensions exceed the limit of {max_pixels} pixels") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InvalidImage(f"the {announced} image header is corrupt or unreadable") from exc
     width, height = image.size

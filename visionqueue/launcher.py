@@ -63,7 +63,7 @@ def prepare_storage(settings: Settings) -> None:
     """Create the embedded default's folders and apply database migrations."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if not settings.broker.url:
-        for sub in ("in", "processed"):
+        for sub in ("in", "processed", "control"):
             (settings.broker_dir / sub).mkdir(parents=True, exist_ok=True)
     try:
         from persistence.migrate import upgrade_database
@@ -78,27 +78,51 @@ def children(settings: Settings, with_worker: bool) -> list[Child]:
     procs = [
         Child(
             "bento",
-            [str(BIN / "bentoml"), "serve", "service:VisionQueue",
-             "--host", server.host, "--port", str(server.port)],
+            [
+                str(BIN / "bentoml"),
+                "serve",
+                "service:VisionQueue",
+                "--host",
+                server.host,
+                "--port",
+                str(server.port),
+            ],
         )
     ]
     if with_worker:
         procs.append(
             Child(
                 "worker",
-                [str(BIN / "celery"), "-A", "jobs.celery_app:app", "worker",
-                 "--pool", "threads", "--concurrency", str(settings.worker.concurrency),
-                 "-Q", "visionqueue,webhooks", "--loglevel", settings.observability.log_level,
-                 "--without-gossip", "--without-mingle"],
+                [
+                    str(BIN / "celery"),
+                    "-A",
+                    "jobs.celery_app:app",
+                    "worker",
+                    "--pool",
+                    "threads",
+                    "--concurrency",
+                    str(settings.worker.concurrency),
+                    "-Q",
+                    "visionqueue,webhooks",
+                    "--loglevel",
+                    settings.observability.log_level,
+                    "--without-gossip",
+                    "--without-mingle",
+                ],
             )
         )
         if settings.observability.flower_port:
             procs.append(
                 Child(
                     "flower",
-                    [str(BIN / "celery"), "-A", "jobs.celery_app:app", "flower",
-                     f"--address={server.host}",
-                     f"--port={settings.observability.flower_port}"],
+                    [
+                        str(BIN / "celery"),
+                        "-A",
+                        "jobs.celery_app:app",
+                        "flower",
+                        f"--address={server.host}",
+                        f"--port={settings.observability.flower_port}",
+                    ],
                 )
             )
     return procs

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
 PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "minioadmin", "secret", "password"}
 
@@ -118,7 +117,16 @@ class BrokerSettings(_Group):
     model_config = SettingsConfigDict(env_prefix="VQ_BROKER_")
 
     url: str = Field(
-        "", description="Celery broker (redis://, amqp://); empty = filesystem broker in VQ_DATA_DIR."
+        "",
+        description="Celery broker (redis://, amqp://); empty = filesystem broker in VQ_DATA_DIR.",
+    )
+    visibility_timeout_s: int = Field(
+        3600,
+        ge=5,
+        description="Redis/SQS: seconds before an unacknowledged job (worker died) is redelivered.",
+    )
+    publish_timeout_s: float = Field(
+        3.0, gt=0, description="Give up publishing a job after this long (then 503)."
     )
 
 
@@ -147,8 +155,12 @@ class WorkerSettings(_Group):
     task_time_limit_s: int = Field(300, ge=10, description="Hard time limit of a job task.")
     max_retries: int = Field(10, ge=0, description="Retries of a job on transient errors.")
     pending_requeue_after_s: int = Field(
-        600, ge=10, description="Recovery sweep re-enqueues jobs pending longer than this."
+        600, ge=5, description="Recovery sweep re-enqueues jobs pending longer than this."
     )
+    sweep_interval_s: float = Field(
+        30.0, gt=0, description="How often the sweeper re-enqueues lost jobs and due webhooks."
+    )
+    top_k: int = Field(5, ge=1, le=20, description="Classes stored in each job's result.")
 
 
 class WebhookSettings(_Group):
@@ -159,7 +171,7 @@ class WebhookSettings(_Group):
         description="Comma-separated 'whsec_<base64>' signing secrets (several = rotation).",
     )
     retry_schedule: Annotated[list[float], NoDecode] = Field(
-        default_factory=lambda: [5, 300, 1800, 7200, 18000, 36000, 36000, 36000, 36000, 36000, 36000, 36000],
+        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0] + [36000.0] * 7,
         description="Comma-separated seconds between delivery attempts (~3 days by default).",
     )
     timeout_s: float = Field(10.0, gt=0, description="Timeout of one delivery attempt.")

@@ -65,8 +65,15 @@ def bento_server(env: dict[str, str], log: Path, timeout: float = 180) -> Iterat
     port = free_port()
     full_env = {**os.environ, **env, "VQ_PORT": str(port), "VQ_HOST": "127.0.0.1"}
     proc = spawn(
-        [str(BIN / "bentoml"), "serve", "service:VisionQueue", "--host", "127.0.0.1",
-         "--port", str(port)],
+        [
+            str(BIN / "bentoml"),
+            "serve",
+            "service:VisionQueue",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
         full_env,
         log,
     )

@@ -15,7 +15,9 @@ def test_our_envelope_is_kept() -> None:
 def test_bentoml_validation_error_becomes_422() -> None:
     raw = {
         "error": "1 validation error for Input",
-        "detail": [{"loc": ["top_k"], "msg": "Input should be a valid integer", "type": "int_parsing"}],
+        "detail": [
+            {"loc": ["top_k"], "msg": "Input should be a valid integer", "type": "int_parsing"}
+        ],
     }
     status, body = rewrite_error(400, json.dumps(raw).encode())
     assert status == 422

@@ -34,8 +34,11 @@ def test_accepted_formats_are_inspected_from_the_header(data: bytes, fmt: str) -
         (b"", errors.EmptyImage, "empty_image"),
         (b"hello, not an image", errors.UnsupportedMediaType, "unsupported_media_type"),
         (b"%PDF-1.7\n", errors.UnsupportedMediaType, "unsupported_media_type"),
-        (images.encode(images.noise_image(64, 64), "TIFF"), errors.UnsupportedMediaType,
-         "unsupported_media_type"),
+        (
+            images.encode(images.noise_image(64, 64), "TIFF"),
+            errors.UnsupportedMediaType,
+            "unsupported_media_type",
+        ),
         (images.png_header_bomb(), errors.ImageTooLarge, "image_too_large"),
         (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, errors.InvalidImage, "invalid_image"),
     ],

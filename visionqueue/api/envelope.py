@@ -9,6 +9,8 @@ without reading the rest.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -39,6 +41,12 @@ STATUS_CODES = {
     504: "gateway_timeout",
 }
 HEALTH_PATHS = {"/livez": "live", "/healthz": "live", "/readyz": "ready"}
+PROTECTED_PREFIXES = ("/predict", "/classify", "/task-status", "/v1/jobs")
+
+
+def key_owner(api_key: str) -> str:
+    """Return the owner id jobs are filed under for ``api_key`` (never the key itself)."""
+    return hashlib.sha256(api_key.encode()).hexdigest()[:32]
 
 
 async def send_json(
@@ -100,11 +108,30 @@ class FrontMiddleware:
     """Cap request bodies, answer health probes and normalise error responses."""
 
     def __init__(
-        self, app: ASGIApp, max_body_bytes: int, health: HealthFn | None = None
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        health: HealthFn | None = None,
+        api_keys: list[str] | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.health = health
+        self.owners = {key_owner(k): k for k in api_keys or []}
+
+    def authenticate(self, scope: Scope) -> str | bool | None:
+        """Return the caller's owner id, None when auth is off, False when refused."""
+        if not self.owners:
+            return None
+        header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return False
+        owner = key_owner(token.strip())
+        known = self.owners.get(owner)
+        if known is None or not hmac.compare_digest(known, token.strip()):
+            return False
+        return owner
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -115,6 +142,19 @@ class FrontMiddleware:
             status, body = await self.health(HEALTH_PATHS[path])
             await send_json(send, status, body)
             return
+        if path.startswith(PROTECTED_PREFIXES):
+            owner = self.authenticate(scope)
+            if owner is False:
+                await send_json(
+                    send,
+                    401,
+                    error_body(
+                        "unauthorized", "a valid API key is required (Authorization: Bearer KEY)"
+                    ),
+                    {"www-authenticate": "Bearer"},
+                )
+                return
+            scope.setdefault("state", {})["vq_owner"] = owner
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None:
             try:

@@ -1,0 +1,82 @@
+"""The Celery app of VisionQueue (``celery -A jobs.celery_app:app worker``).
+
+Creating the app object makes no connection; the broker is reached on first use.
+Messages carry job ids only (JSON); images stay in the image store.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from visionqueue.settings import Settings, get_settings
+
+JOB_QUEUE = "visionqueue"
+WEBHOOK_QUEUE = "webhooks"
+CLASSIFY_TASK = "visionqueue.classify_job"
+WEBHOOK_TASK = "visionqueue.deliver_webhook"
+SWEEP_TASK = "visionqueue.sweep"
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Return the Celery configuration for ``settings``' broker."""
+    broker = settings.broker_url
+    transport_options: dict[str, Any] = {}
+    if broker.startswith("filesystem://"):
+        folder = str(settings.broker_dir / "in")
+        transport_options = {
+            "data_folder_in": folder,
+            "data_folder_out": folder,
+            "processed_folder": str(settings.broker_dir / "processed"),
+            "control_folder": str(settings.broker_dir / "control"),
+            "store_processed": False,
+        }
+    elif broker.startswith(("redis://", "rediss://", "sqs://")):
+        transport_options = {"visibility_timeout": settings.broker.visibility_timeout_s}
+    worker = settings.worker
+    return {
+        "broker_url": broker,
+        "broker_transport_options": transport_options,
+        "broker_connection_retry_on_startup": True,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "task_ignore_result": True,  # results live in our database
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_acks_on_failure_or_timeout": True,
+        "worker_prefetch_multiplier": 1,
+        "task_time_limit": worker.task_time_limit_s,
+        "task_soft_time_limit": max(5, worker.task_time_limit_s - 10),
+        "task_default_queue": JOB_QUEUE,
+        "task_routes": {
+            CLASSIFY_TASK: {"queue": JOB_QUEUE},
+            WEBHOOK_TASK: {"queue": WEBHOOK_QUEUE},
+            SWEEP_TASK: {"queue": JOB_QUEUE},
+        },
+        "task_publish_retry": True,
+        "task_publish_retry_policy": {
+            "max_retries": 2,
+            "interval_start": 0.1,
+            "interval_step": 0.3,
+            "interval_max": 0.5,
+        },
+        "worker_send_task_events": True,  # Flower
+        "task_send_sent_event": True,
+        "worker_hijack_root_logger": False,
+        "beat_schedule": {
+            "sweep": {"task": SWEEP_TASK, "schedule": settings.worker.sweep_interval_s},
+        },
+    }
+
+
+def create_celery_app(settings: Settings | None = None) -> Celery:
+    """Build the Celery app for ``settings`` (default: the process settings)."""
+    settings = settings or get_settings()
+    celery = Celery("visionqueue", include=["jobs.tasks"])
+    celery.conf.update(celery_config(settings))
+    return celery
+
+
+app = create_celery_app()

@@ -1,0 +1,22 @@
+"""Worker-side Prometheus metrics (the seed's names), served on ``VQ_WORKER_METRICS_PORT``."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800)
+
+IMAGE_TASK_SUCCESS = Counter("image_task_success", "Jobs completed")
+IMAGE_TASK_FAILURE = Counter("image_task_failure", "Jobs failed", ["code"])
+IMAGE_TASK_LATENCY = Histogram(
+    "image_task_latency_seconds",
+    "Job latency from submission to stored result",
+    buckets=LATENCY_BUCKETS,
+)
+WEBHOOK_SUCCESS = Counter("webhook_success", "Webhook deliveries answered with 2xx")
+WEBHOOK_FAILURE = Counter("webhook_failure", "Webhook delivery attempts that failed", ["error"])
+WEBHOOK_LATENCY = Histogram(
+    "webhook_latency_seconds",
+    "Duration of one webhook delivery attempt",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)

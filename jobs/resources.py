@@ -1,0 +1,48 @@
+"""Per-process resources of a worker: engine, image store, HTTP client (never across fork)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+
+import httpx
+from sqlalchemy import Engine
+
+from persistence.db import get_engine
+from persistence.images import ImageStore, build_image_store
+from visionqueue.settings import Settings, get_settings
+
+_lock = threading.Lock()
+_by_pid: dict[int, Resources] = {}
+
+
+@dataclass
+class Resources:
+    settings: Settings
+    engine: Engine
+    store: ImageStore
+    http: httpx.Client
+
+
+def build_resources(settings: Settings) -> Resources:
+    """Create the resources of one process (no I/O beyond pool set-up)."""
+    limits = httpx.Limits(max_connections=settings.worker.concurrency * 2)
+    return Resources(
+        settings=settings,
+        engine=get_engine(settings.database_url),
+        store=build_image_store(settings),
+        http=httpx.Client(timeout=httpx.Timeout(120, connect=5), limits=limits),
+    )
+
+
+def get_resources() -> Resources:
+    """Return this process' resources, building them on first use."""
+    pid = os.getpid()
+    res = _by_pid.get(pid)
+    if res is None:
+        with _lock:
+            res = _by_pid.get(pid)
+            if res is None:
+                res = _by_pid[pid] = build_resources(get_settings())
+    return res

@@ -1,0 +1,1 @@
+"""Persistence: SQLAlchemy models, Alembic migrations, job repository and image storage."""

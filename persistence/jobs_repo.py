@@ -1,0 +1,275 @@
+"""Read and change job rows and webhook delivery records: plain functions over a Session.
+
+None of these commits: the caller owns the transaction (``persistence.db.session_scope``).
+State changes are single conditional UPDATEs, so concurrent workers cannot both win::
+
+    pending ──claim──> processing ──complete──> completed
+       │                  │  ^ └──────fail────> failed
+       │                  └──┘ claim again (message redelivered after a worker crash)
+       └──cancel──> cancelled
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from persistence.models import (
+    ANONYMOUS_OWNER,
+    JOB_STATUSES,
+    Job,
+    JobStatus,
+    WebhookDelivery,
+    utcnow,
+)
+from visionqueue.errors import BadRequest, Conflict
+
+CLAIMABLE_STATUSES = (JobStatus.PENDING.value, JobStatus.PROCESSING.value)
+
+
+def _owner(owner: str | None) -> str:
+    return ANONYMOUS_OWNER if owner is None else owner
+
+
+def create_job(session: Session, **fields: Any) -> Job:
+    """Insert a job; raise ``Conflict`` when its (owner, idempotency key) is taken.
+
+    After a ``Conflict`` the session must be rolled back; look the winner up in a new one.
+    """
+    if "metadata" in fields:
+        fields["metadata_"] = fields.pop("metadata")
+    fields["owner"] = _owner(fields.get("owner"))
+    job = Job(**fields)
+    session.add(job)
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        if job.idempotency_key is None:
+            raise
+        raise Conflict("a job with this idempotency key already exists") from exc
+    return job
+
+
+def get_job(session: Session, job_id: str, owner: str | None) -> Job | None:
+    """Return the job if it exists and belongs to ``owner``."""
+    stmt = select(Job).where(Job.id == job_id, Job.owner == _owner(owner))
+    return session.scalars(stmt).one_or_none()
+
+
+def get_job_by_id(session: Session, job_id: str) -> Job | None:
+    """Return the job whoever owns it (workers, sweeps; never for client requests)."""
+    return session.get(Job, job_id)
+
+
+def find_by_idempotency_key(session: Session, owner: str | None, key: str) -> Job | None:
+    """Return ``owner``'s job submitted with idempotency ``key``, if any."""
+    stmt = select(Job).where(Job.owner == _owner(owner), Job.idempotency_key == key)
+    return session.scalars(stmt).one_or_none()
+
+
+def encode_cursor(created_at: datetime, job_id: str) -> str:
+    """Encode a listing position as an opaque URL-safe token."""
+    raw = json.dumps([created_at.isoformat(), job_id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """Decode a token from ``encode_cursor``; raise ``BadRequest`` on anything else."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created, job_id = json.loads(raw)
+        created_at = datetime.fromisoformat(created)
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError) as exc:
+        raise BadRequest("invalid cursor") from exc
+    if not isinstance(job_id, str) or created_at.tzinfo is None:
+        raise BadRequest("invalid cursor")
+    return created_at, job_id
+
+
+def list_jobs(
+    session: Session,
+    owner: str | None,
+    status: str | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> tuple[list[Job], str | None]:
+    """Return one page of ``owner``'s jobs, newest first, and the cursor of the next page."""
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    stmt = select(Job).where(Job.owner == _owner(owner))
+    if status is not None:
+        stmt = stmt.where(Job.status == status)
+    if cursor is not None:
+        created_at, job_id = decode_cursor(cursor)
+        stmt = stmt.where(
+            or_(
+                Job.created_at < created_at,
+                and_(Job.created_at == created_at, Job.id < job_id),
+            )
+        )
+    stmt = stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+    jobs = list(session.scalars(stmt))
+    if len(jobs) <= limit:
+        return jobs, None
+    last = jobs[limit - 1]
+    return jobs[:limit], encode_cursor(last.created_at, last.id)
+
+
+def claim_job(session: Session, job_id: str) -> Job | None:
+    """Move the job to processing and count the attempt; None if it is final or missing."""
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_(CLAIMABLE_STATUSES))
+        .values(
+            status=JobStatus.PROCESSING.value,
+            attempts=Job.attempts + 1,
+            started_at=utcnow(),
+        )
+        .returning(Job)
+        .execution_options(populate_existing=True)
+    )
+    return session.scalars(stmt).one_or_none()
+
+
+def _finish(session: Session, job_id: str, **values: Any) -> bool:
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.PROCESSING.value)
+        .values(finished_at=utcnow(), **values)
+        .returning(Job.id)
+    )
+    return session.execute(stmt).first() is not None
+
+
+def complete_job(
+    session: Session,
+    job_id: str,
+    result: dict[str, Any],
+    model_tag: str,
+    weights_origin: str,
+) -> bool:
+    """Store the result of a processing job; False if it was not processing (no-op)."""
+    return _finish(
+        session,
+        job_id,
+        status=JobStatus.COMPLETED.value,
+        result=result,
+        model_tag=model_tag,
+        weights_origin=weights_origin,
+        error_code=None,
+        error_message=None,
+    )
+
+
+def fail_job(session: Session, job_id: str, code: str, message: str) -> bool:
+    """Mark a processing job failed; False if it was not processing (no-op)."""
+    return _finish(
+        session,
+        job_id,
+        status=JobStatus.FAILED.value,
+        error_code=code,
+        error_message=message,
+    )
+
+
+def cancel_job(session: Session, job_id: str, owner: str | None) -> bool:
+    """Cancel ``owner``'s job if it is still pending; False otherwise."""
+    stmt = (
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.owner == _owner(owner),
+            Job.status == JobStatus.PENDING.value,
+        )
+        .values(status=JobStatus.CANCELLED.value, finished_at=utcnow())
+        .returning(Job.id)
+    )
+    return session.execute(stmt).first() is not None
+
+
+def mark_queued(session: Session, job_ids: Iterable[str]) -> None:
+    """Record that these pending jobs were just handed to the broker."""
+    ids = list(job_ids)
+    if not ids:
+        return
+    stmt = (
+        update(Job)
+        .where(Job.id.in_(ids), Job.status == JobStatus.PENDING.value)
+        .values(queued_at=utcnow())
+    )
+    session.execute(stmt)
+
+
+def stale_pending_jobs(session: Session, older_than: timedelta, limit: int = 100) -> list[Job]:
+    """Return pending jobs not queued within ``older_than`` (lost enqueues), oldest first."""
+    cutoff = utcnow() - older_than
+    stmt = (
+        select(Job)
+        .where(
+            Job.status == JobStatus.PENDING.value,
+            Job.created_at < cutoff,
+            or_(Job.queued_at.is_(None), Job.queued_at < cutoff),
+        )
+        .order_by(Job.created_at, Job.id)
+        .limit(limit)
+    )
+    return list(session.scalars(stmt))
+
+
+def count_by_status(session: Session) -> dict[str, int]:
+    """Return the number of jobs in every status (zeros included)."""
+    counts = dict.fromkeys(JOB_STATUSES, 0)
+    rows = session.execute(select(Job.status, func.count()).group_by(Job.status))
+    for status, count in rows:
+        counts[status] = count
+    return counts
+
+
+def record_delivery(
+    session: Session,
+    *,
+    job_id: str,
+    event_id: str,
+    event_type: str,
+    attempt: int,
+    succeeded: bool,
+    latency_ms: float,
+    status_code: int | None = None,
+    error: str | None = None,
+    next_attempt_at: datetime | None = None,
+    attempted_at: datetime | None = None,
+) -> WebhookDelivery:
+    """Insert the record of one webhook delivery attempt."""
+    delivery = WebhookDelivery(
+        job_id=job_id,
+        event_id=event_id,
+        event_type=event_type,
+        attempt=attempt,
+        attempted_at=attempted_at or utcnow(),
+        status_code=status_code,
+        error=error,
+        latency_ms=latency_ms,
+        succeeded=succeeded,
+        next_attempt_at=next_attempt_at,
+    )
+    session.add(delivery)
+    session.flush()
+    return delivery
+
+
+def list_deliveries(session: Session, job_id: str) -> list[WebhookDelivery]:
+    """Return the delivery attempts of a job, oldest first."""
+    stmt = (
+        select(WebhookDelivery)
+        .where(WebhookDelivery.job_id == job_id)
+        .order_by(WebhookDelivery.attempted_at, WebhookDelivery.id)
+    )
+    return list(session.scalars(stmt))

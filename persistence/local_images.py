@@ -1,0 +1,116 @@
+"""Store images in a local directory and hand out HMAC-signed, expiring URLs to them."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from persistence.image_keys import check_key, is_valid_key, key_for
+from visionqueue.errors import NotFound, StorageUnavailable
+
+
+def image_signature(key: str, expires: int, signing_key: bytes) -> str:
+    """Return the hex HMAC-SHA256 of ``"key:expires"``."""
+    message = f"{key}:{expires}".encode()
+    return hmac.new(signing_key, message, hashlib.sha256).hexdigest()
+
+
+def verify_image_signature(
+    key: str,
+    expires: int | str,
+    sig: str,
+    signing_key: bytes,
+    now: float | None = None,
+) -> bool:
+    """Tell whether ``sig`` signs ``key`` until ``expires`` and that time is not past."""
+    if not is_valid_key(key):
+        return False
+    try:
+        expires_at = int(expires)
+    except (TypeError, ValueError):
+        return False
+    current = time.time() if now is None else now
+    if expires_at < current:
+        return False
+    expected = image_signature(key, expires_at, signing_key)
+    return hmac.compare_digest(expected.encode(), str(sig).encode())
+
+
+class LocalImageStore:
+    """Image store on the local filesystem (the embedded default)."""
+
+    def __init__(self, root: Path, public_url: str, signing_key: bytes) -> None:
+        if not signing_key:
+            raise ValueError("signing_key must not be empty")
+        self.root = Path(root)
+        self.public_url = public_url.rstrip("/")
+        self._signing_key = signing_key
+
+    def ensure_bucket(self) -> None:
+        """Create the root directory if missing."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageUnavailable("the image directory cannot be created") from exc
+
+    def path(self, key: str) -> Path:
+        """Return the file of ``key`` (validated: no other path can come out)."""
+        return self.root.joinpath(*check_key(key).split("/"))
+
+    def put(self, data: bytes, content_type: str) -> str:
+        """Store ``data`` once under its content key and return the key."""
+        key = key_for(data)
+        target = self.path(key)
+        if target.exists():
+            return key
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".part")
+            try:
+                with os.fdopen(fd, "wb") as tmp:
+                    tmp.write(data)
+                    tmp.flush()
+                    os.fsync(tmp.fileno())
+                # Readers see either no file or the whole image, never a partial one.
+                os.replace(tmp_name, target)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp_name)
+                raise
+        except OSError as exc:
+            raise StorageUnavailable("the image directory is not writable") from exc
+        return key
+
+    def get(self, key: str) -> bytes:
+        """Return the bytes stored under ``key``."""
+        path = self.path(key)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError as exc:
+            raise NotFound("image not found") from exc
+        except OSError as exc:
+            raise StorageUnavailable("the image directory is not readable") from exc
+
+    def url(self, key: str, ttl_s: int) -> str:
+        """Return a signed URL of the image served by the front, valid ``ttl_s`` seconds."""
+        check_key(key)
+        expires = int(time.time()) + ttl_s
+        sig = image_signature(key, expires, self._signing_key)
+        return f"{self.public_url}/v1/images/{key}?expires={expires}&sig={sig}"
+
+    def delete(self, key: str) -> None:
+        """Remove the image; a missing one is fine."""
+        try:
+            self.path(key).unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageUnavailable("the image directory is not writable") from exc
+
+    def check(self) -> None:
+        """Raise ``StorageUnavailable`` unless the root is a writable directory."""
+        if not (self.root.is_dir() and os.access(self.root, os.W_OK | os.X_OK)):
+            raise StorageUnavailable("the image directory is missing or not writable")

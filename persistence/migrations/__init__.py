@@ -1,0 +1,1 @@
+"""Alembic environment and revisions of the VisionQueue schema (run via ``persistence.migrate``)."""

@@ -1,0 +1,240 @@
+"""Migrations and the job repository on a real PostgreSQL server (fresh database per test)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Engine, delete, text
+
+from persistence import jobs_repo as repo
+from persistence.db import get_engine, session_scope
+from persistence.migrate import upgrade_database
+from persistence.models import Base, Job
+from tests.integration.persistence_factories import throwaway_postgres_url
+from visionqueue.errors import Conflict, DatabaseUnavailable
+
+pytestmark = pytest.mark.integration
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    with throwaway_postgres_url() as url:
+        yield url
+
+
+@pytest.fixture
+def engine(pg_url: str) -> Engine:
+    upgrade_database(pg_url)
+    return get_engine(pg_url)
+
+
+def _fields(**overrides: Any) -> dict[str, Any]:
+    digest = uuid.uuid4().hex * 2
+    fields: dict[str, Any] = {
+        "image_key": f"images/{digest[:2]}/{digest}",
+        "image_sha256": digest,
+        "content_type": "image/jpeg",
+        "image_size": 10,
+        "width": 4,
+        "height": 3,
+        "metadata": {"camera": "test"},
+    }
+    fields.update(overrides)
+    return fields
+
+
+def _create(engine: Engine, **overrides: Any) -> str:
+    with session_scope(engine) as session:
+        return repo.create_job(session, **_fields(**overrides)).id
+
+
+def _run_together(count: int, target: Callable[[int], object]) -> list[object]:
+    barrier = threading.Barrier(count)
+    results: list[object] = [None] * count
+
+    def run(n: int) -> None:
+        try:
+            barrier.wait(timeout=10)
+            results[n] = target(n)
+        except BaseException as exc:
+            results[n] = exc
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return results
+
+
+def test_migrations_match_the_models(engine: Engine) -> None:
+    with engine.connect() as conn:
+        assert MigrationContext.configure(conn).get_current_revision() == "0001"
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []
+        kind = conn.execute(
+            text(
+                "SELECT data_type FROM information_schema.columns "
+                "WHERE table_name = 'jobs' AND column_name = 'metadata'"
+            )
+        ).scalar()
+        assert kind == "jsonb"
+
+
+def test_concurrent_upgrades_from_threads(pg_url: str) -> None:
+    results = _run_together(3, lambda _: upgrade_database(pg_url))
+    assert results == [None, None, None]
+
+
+def test_concurrent_upgrades_from_processes(pg_url: str) -> None:
+    code = "import sys; from persistence.migrate import upgrade_database; upgrade_database(sys.argv[1])"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, pg_url],
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for _ in range(2)
+    ]
+    outputs = [proc.communicate(timeout=60)[0].decode() for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], outputs
+    with get_engine(pg_url).connect() as conn:
+        assert MigrationContext.configure(conn).get_current_revision() == "0001"
+
+
+def test_full_job_flow(engine: Engine) -> None:
+    job_id = _create(engine, owner="alice", idempotency_key="req-1", batch_id="b1")
+    with pytest.raises(Conflict):
+        _create(engine, owner="alice", idempotency_key="req-1")
+    _create(engine, owner=None, idempotency_key="req-1")
+    with session_scope(engine) as session:
+        found = repo.find_by_idempotency_key(session, "alice", "req-1")
+        assert found is not None
+        assert found.id == job_id
+        assert repo.get_job(session, job_id, "bob") is None
+        claimed = repo.claim_job(session, job_id)
+        assert claimed is not None
+        assert (claimed.status, claimed.attempts) == ("processing", 1)
+    with session_scope(engine) as session:
+        assert repo.complete_job(session, job_id, {"labels": ["cat"]}, "resnet18:x", "random")
+    with session_scope(engine) as session:
+        assert not repo.complete_job(session, job_id, {"labels": ["dog"]}, "resnet18:y", "random")
+        assert not repo.cancel_job(session, job_id, "alice")
+        job = repo.get_job(session, job_id, "alice")
+        assert job is not None
+        assert (job.status, job.result, job.model_tag) == (
+            "completed",
+            {"labels": ["cat"]},
+            "resnet18:x",
+        )
+        assert job.finished_at is not None
+        assert job.finished_at.tzinfo is not None
+    cancelled = _create(engine, owner="alice")
+    with session_scope(engine) as session:
+        assert repo.cancel_job(session, cancelled, "alice")
+        assert repo.claim_job(session, cancelled) is None
+        assert repo.count_by_status(session)["cancelled"] == 1
+
+
+def test_list_jobs_pages_newest_first(engine: Engine) -> None:
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    ids = [
+        _create(engine, owner="alice", created_at=base + timedelta(microseconds=i // 2))
+        for i in range(7)
+    ]
+    _create(engine, owner="bob")
+    expected = [
+        job_id for _, job_id in sorted(((i // 2, j) for i, j in enumerate(ids)), reverse=True)
+    ]
+    seen: list[str] = []
+    cursor = None
+    with session_scope(engine) as session:
+        for _ in range(10):
+            page, cursor = repo.list_jobs(session, "alice", None, 2, cursor)
+            seen.extend(job.id for job in page)
+            if cursor is None:
+                break
+    assert seen == expected
+
+
+def test_concurrent_claim_and_complete_produce_one_completion(engine: Engine) -> None:
+    job_id = _create(engine)
+
+    def worker(n: int) -> bool:
+        with session_scope(engine) as session:
+            if repo.claim_job(session, job_id) is None:
+                return False
+        with session_scope(engine) as session:
+            return repo.complete_job(session, job_id, {"worker": n}, "t", "o")
+
+    results = _run_together(4, worker)
+    assert sorted(results, key=str) == [False, False, False, True]
+    with session_scope(engine) as session:
+        job = repo.get_job_by_id(session, job_id)
+        assert job is not None
+        assert job.result == {"worker": results.index(True)}
+
+
+def test_concurrent_claims_in_open_transactions_serialise(engine: Engine) -> None:
+    job_id = _create(engine)
+
+    def worker(n: int) -> bool:
+        # Claim and complete in one transaction: the row lock orders the two workers.
+        with session_scope(engine) as session:
+            if repo.claim_job(session, job_id) is None:
+                return False
+            return repo.complete_job(session, job_id, {"worker": n}, "t", "o")
+
+    assert sorted(_run_together(2, worker), key=str) == [False, True]
+
+
+def test_stale_pending_sweep(engine: Engine) -> None:
+    old = datetime.now(UTC) - timedelta(hours=2)
+    lost = _create(engine, created_at=old)
+    _create(engine)
+    with session_scope(engine) as session:
+        assert [j.id for j in repo.stale_pending_jobs(session, timedelta(hours=1), 10)] == [lost]
+        repo.mark_queued(session, [lost])
+    with session_scope(engine) as session:
+        assert repo.stale_pending_jobs(session, timedelta(hours=1), 10) == []
+
+
+def test_deliveries_cascade_with_their_job(engine: Engine) -> None:
+    job_id = _create(engine)
+    with session_scope(engine) as session:
+        repo.record_delivery(
+            session,
+            job_id=job_id,
+            event_id="msg_1",
+            event_type="job.completed",
+            attempt=1,
+            succeeded=True,
+            latency_ms=4.2,
+            status_code=200,
+        )
+    with session_scope(engine) as session:
+        assert len(repo.list_deliveries(session, job_id)) == 1
+        session.execute(delete(Job).where(Job.id == job_id))
+    with session_scope(engine) as session:
+        assert repo.list_deliveries(session, job_id) == []
+
+
+def test_unreachable_server_is_database_unavailable() -> None:
+    url = "postgresql+psycopg://postgres@127.0.0.1:1/none"
+    with pytest.raises(DatabaseUnavailable), session_scope(get_engine(url)) as session:
+        session.execute(text("SELECT 1"))
+    with pytest.raises(DatabaseUnavailable):
+        upgrade_database(url)

@@ -1,0 +1,309 @@
+"""The job repository on a migrated SQLite file: lifecycle, owners, listing, deliveries."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, delete, update
+from sqlalchemy.exc import IntegrityError
+
+from persistence import jobs_repo as repo
+from persistence.db import dispose_engines, get_engine, session_scope
+from persistence.migrate import upgrade_database
+from persistence.models import Job, JobStatus
+from visionqueue.errors import BadRequest, Conflict
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    url = f"sqlite:///{tmp_path}/vq.db"
+    upgrade_database(url)
+    yield get_engine(url)
+    dispose_engines(url)
+
+
+def _fields(**overrides: Any) -> dict[str, Any]:
+    digest = uuid.uuid4().hex * 2
+    fields: dict[str, Any] = {
+        "image_key": f"images/{digest[:2]}/{digest}",
+        "image_sha256": digest,
+        "content_type": "image/png",
+        "image_size": 1234,
+        "width": 32,
+        "height": 24,
+        "metadata": {"source": "test"},
+    }
+    fields.update(overrides)
+    return fields
+
+
+def _create(engine: Engine, **overrides: Any) -> str:
+    with session_scope(engine) as session:
+        return repo.create_job(session, **_fields(**overrides)).id
+
+
+def test_create_and_get_is_owner_scoped(engine: Engine) -> None:
+    job_id = _create(engine, owner="alice", webhook_url="http://127.0.0.1/hook")
+    with session_scope(engine) as session:
+        job = repo.get_job(session, job_id, "alice")
+        assert job is not None
+        assert job.status == JobStatus.PENDING
+        assert job.attempts == 0
+        assert job.metadata_ == {"source": "test"}
+        assert job.created_at.tzinfo is not None
+        assert abs(datetime.now(UTC) - job.created_at) < timedelta(minutes=1)
+        assert len(job.id) == 36
+        assert repo.get_job(session, job_id, "bob") is None
+        assert repo.get_job(session, job_id, None) is None
+        assert repo.get_job_by_id(session, job_id) is not None
+
+
+def test_anonymous_owner_is_stored_as_empty_string(engine: Engine) -> None:
+    job_id = _create(engine, owner=None)
+    with session_scope(engine) as session:
+        job = repo.get_job(session, job_id, None)
+        assert job is not None
+        assert job.owner == ""
+
+
+def test_idempotency_key_is_unique_per_owner(engine: Engine) -> None:
+    first = _create(engine, owner=None, idempotency_key="k1")
+    with pytest.raises(Conflict):
+        _create(engine, owner=None, idempotency_key="k1")
+    _create(engine, owner="alice", idempotency_key="k1")  # another owner may reuse it
+    _create(engine, owner=None)
+    _create(engine, owner=None)  # no key: never a conflict
+    with session_scope(engine) as session:
+        found = repo.find_by_idempotency_key(session, None, "k1")
+        assert found is not None
+        assert found.id == first
+        assert repo.find_by_idempotency_key(session, None, "other") is None
+
+
+def test_lifecycle_claim_complete_once(engine: Engine) -> None:
+    job_id = _create(engine)
+    with session_scope(engine) as session:
+        job = repo.claim_job(session, job_id)
+        assert job is not None
+        assert (job.status, job.attempts) == ("processing", 1)
+        assert job.started_at is not None
+    with session_scope(engine) as session:
+        assert repo.complete_job(session, job_id, {"top1": "cat"}, "resnet18:v1", "random")
+    with session_scope(engine) as session:
+        assert not repo.complete_job(session, job_id, {"top1": "dog"}, "resnet18:v2", "random")
+        assert not repo.fail_job(session, job_id, "boom", "late failure")
+        assert repo.claim_job(session, job_id) is None
+    with session_scope(engine) as session:
+        job = repo.get_job_by_id(session, job_id)
+        assert job is not None
+        assert (job.status, job.result, job.model_tag) == (
+            "completed",
+            {"top1": "cat"},
+            "resnet18:v1",
+        )
+        assert job.weights_origin == "random"
+        assert job.finished_at is not None
+        assert job.attempts == 1
+
+
+def test_redelivered_message_reclaims_a_processing_job(engine: Engine) -> None:
+    job_id = _create(engine)
+    with session_scope(engine) as session:
+        assert repo.claim_job(session, job_id) is not None
+    with session_scope(engine) as session:
+        job = repo.claim_job(session, job_id)
+        assert job is not None
+        assert job.attempts == 2
+
+
+def test_fail_only_from_processing(engine: Engine) -> None:
+    job_id = _create(engine)
+    with session_scope(engine) as session:
+        assert not repo.fail_job(session, job_id, "invalid_image", "cannot decode")
+        repo.claim_job(session, job_id)
+        assert repo.fail_job(session, job_id, "invalid_image", "cannot decode")
+    with session_scope(engine) as session:
+        job = repo.get_job_by_id(session, job_id)
+        assert job is not None
+        assert (job.status, job.error_code, job.result) == ("failed", "invalid_image", None)
+
+
+def test_cancel_only_pending_and_only_by_owner(engine: Engine) -> None:
+    job_id = _create(engine, owner="alice")
+    with session_scope(engine) as session:
+        assert not repo.cancel_job(session, job_id, "bob")
+        assert repo.cancel_job(session, job_id, "alice")
+        assert not repo.cancel_job(session, job_id, "alice")
+        assert repo.claim_job(session, job_id) is None
+    busy = _create(engine, owner="alice")
+    with session_scope(engine) as session:
+        repo.claim_job(session, busy)
+        assert not repo.cancel_job(session, busy, "alice")
+
+
+def test_claim_in_the_same_session_refreshes_the_loaded_row(engine: Engine) -> None:
+    job_id = _create(engine)
+    with session_scope(engine) as session:
+        loaded = repo.get_job_by_id(session, job_id)
+        claimed = repo.claim_job(session, job_id)
+        assert claimed is loaded
+        assert loaded is not None
+        assert loaded.status == "processing"
+
+
+def test_list_jobs_pages_newest_first(engine: Engine) -> None:
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    ids = []
+    for i in range(7):
+        # Two jobs share each timestamp: the id breaks the tie.
+        ids.append(_create(engine, owner="alice", created_at=base + timedelta(seconds=i // 2)))
+    _create(engine, owner="bob")
+    expected = [
+        job_id
+        for _, job_id in sorted(((i // 2, job_id) for i, job_id in enumerate(ids)), reverse=True)
+    ]
+    seen: list[str] = []
+    cursor = None
+    with session_scope(engine) as session:
+        for _ in range(10):
+            page, cursor = repo.list_jobs(session, "alice", None, 3, cursor)
+            seen.extend(job.id for job in page)
+            if cursor is None:
+                break
+    assert seen == expected
+    with session_scope(engine) as session:
+        page, cursor = repo.list_jobs(session, "alice", None, 7, None)
+        assert len(page) == 7
+        assert cursor is None
+
+
+def test_list_jobs_filters_by_status(engine: Engine) -> None:
+    pending = _create(engine)
+    done = _create(engine)
+    with session_scope(engine) as session:
+        repo.claim_job(session, done)
+        repo.complete_job(session, done, {}, "t", "o")
+    with session_scope(engine) as session:
+        assert [j.id for j in repo.list_jobs(session, None, "pending", 10)[0]] == [pending]
+        assert [j.id for j in repo.list_jobs(session, None, "completed", 10)[0]] == [done]
+
+
+@pytest.mark.parametrize("cursor", ["", "not base64!", "bm90IGpzb24", "WzEsMl0", "WyJ4IiwieSJd"])
+def test_bad_cursors_are_bad_requests(engine: Engine, cursor: str) -> None:
+    with session_scope(engine) as session, pytest.raises(BadRequest):
+        repo.list_jobs(session, None, None, 10, cursor)
+
+
+def test_cursor_round_trip() -> None:
+    created = datetime(2026, 3, 4, 5, 6, 7, 890123, tzinfo=UTC)
+    token = repo.encode_cursor(created, "abc")
+    assert "=" not in token
+    assert repo.decode_cursor(token) == (created, "abc")
+    with pytest.raises(BadRequest):
+        repo.decode_cursor(repo.encode_cursor(created.replace(tzinfo=None), "abc"))
+
+
+def test_stale_pending_jobs_and_mark_queued(engine: Engine) -> None:
+    old = datetime.now(UTC) - timedelta(hours=1)
+    lost = _create(engine, created_at=old)
+    requeued = _create(engine, created_at=old)
+    _create(engine)  # fresh
+    claimed = _create(engine, created_at=old)
+    with session_scope(engine) as session:
+        repo.claim_job(session, claimed)
+        repo.mark_queued(session, [requeued])
+    with session_scope(engine) as session:
+        stale = repo.stale_pending_jobs(session, timedelta(minutes=10), 10)
+        assert [job.id for job in stale] == [lost]
+        repo.mark_queued(session, [job.id for job in stale])
+    with session_scope(engine) as session:
+        assert repo.stale_pending_jobs(session, timedelta(minutes=10), 10) == []
+
+
+def test_count_by_status(engine: Engine) -> None:
+    for _ in range(3):
+        _create(engine)
+    done = _create(engine)
+    with session_scope(engine) as session:
+        repo.claim_job(session, done)
+    with session_scope(engine) as session:
+        counts = repo.count_by_status(session)
+    assert counts == {"pending": 3, "processing": 1, "completed": 0, "failed": 0, "cancelled": 0}
+
+
+def test_deliveries_are_recorded_listed_and_cascade(engine: Engine) -> None:
+    job_id = _create(engine)
+    later = datetime.now(UTC) + timedelta(seconds=5)
+    with session_scope(engine) as session:
+        repo.record_delivery(
+            session,
+            job_id=job_id,
+            event_id="msg_1",
+            event_type="job.completed",
+            attempt=1,
+            succeeded=False,
+            latency_ms=12.5,
+            status_code=500,
+            next_attempt_at=later,
+        )
+        repo.record_delivery(
+            session,
+            job_id=job_id,
+            event_id="msg_1",
+            event_type="job.completed",
+            attempt=2,
+            succeeded=True,
+            latency_ms=3.0,
+            status_code=204,
+        )
+    with session_scope(engine) as session:
+        deliveries = repo.list_deliveries(session, job_id)
+        assert [(d.attempt, d.succeeded, d.status_code) for d in deliveries] == [
+            (1, False, 500),
+            (2, True, 204),
+        ]
+        assert deliveries[0].next_attempt_at == later
+        session.execute(delete(Job).where(Job.id == job_id))
+    with session_scope(engine) as session:
+        assert repo.list_deliveries(session, job_id) == []
+
+
+def test_status_outside_the_enum_is_refused(engine: Engine) -> None:
+    job_id = _create(engine)
+    with pytest.raises(IntegrityError, match="CHECK"), session_scope(engine) as session:
+        session.execute(update(Job).where(Job.id == job_id).values(status="lost"))
+
+
+def test_concurrent_completions_produce_one_result(engine: Engine) -> None:
+    job_id = _create(engine)
+    barrier = threading.Barrier(4)
+    outcomes: list[bool] = []
+    lock = threading.Lock()
+
+    def worker(n: int) -> None:
+        barrier.wait(timeout=10)
+        with session_scope(engine) as session:
+            claimed = repo.claim_job(session, job_id) is not None
+        with session_scope(engine) as session:
+            done = claimed and repo.complete_job(session, job_id, {"worker": n}, "t", "o")
+        with lock:
+            outcomes.append(done)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(outcomes) == [False, False, False, True]
+    with session_scope(engine) as session:
+        job = repo.get_job_by_id(session, job_id)
+        assert job is not None
+        assert job.status == "completed"
+        assert job.result is not None
+        assert job.attempts >= 1

@@ -1,0 +1,59 @@
+"""Resources of a front worker process: engine, image store, Celery app (built at start-up)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, text
+
+from persistence.db import get_engine, session_scope
+from persistence.images import ImageStore, build_image_store
+from visionqueue.errors import StorageUnavailable, VQError
+from visionqueue.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FrontResources:
+    settings: Settings
+    engine: Engine
+    store: ImageStore
+    celery: Any
+
+
+def build_front_resources(settings: Settings) -> FrontResources:
+    """Create the front's resources; the bucket is created now if the store answers."""
+    from jobs.celery_app import app as celery_app
+
+    store = build_image_store(settings)
+    try:
+        store.ensure_bucket()
+    except StorageUnavailable:
+        logger.warning("image store unavailable at start-up; /readyz reports it until it answers")
+    return FrontResources(settings, get_engine(settings.database_url), store, celery_app)
+
+
+def check_backends(res: FrontResources) -> dict[str, str]:
+    """Probe the database, the image store and the broker; return name -> 'ok' or a reason."""
+    checks: dict[str, str] = {}
+    try:
+        with session_scope(res.engine) as session:
+            session.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except VQError as exc:
+        checks["database"] = exc.message
+    try:
+        res.store.check()
+        checks["storage"] = "ok"
+    except VQError as exc:
+        checks["storage"] = exc.message
+    try:
+        with res.celery.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+        checks["broker"] = "ok"
+    except Exception:  # kombu raises many transport-specific errors
+        checks["broker"] = "the broker is unavailable"
+    return checks

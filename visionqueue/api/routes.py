@@ -1,0 +1,271 @@
+"""Job routes: the seed's API verbatim, the v1 API, signed image downloads."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, File, Form, Header, Query, Request, UploadFile
+from fastapi.responses import JSONResponse, Response
+
+from jobs.celery_app import WEBHOOK_QUEUE, WEBHOOK_TASK
+from jobs.views import job_view, task_status_view
+from persistence import jobs_repo
+from persistence.db import session_scope
+from persistence.image_keys import is_valid_key
+from persistence.local_images import LocalImageStore, verify_image_signature
+from persistence.models import JOB_STATUSES, Job
+from visionqueue.api.resources import FrontResources
+from visionqueue.api.submit import Upload, check_webhook, parse_metadata, submit_jobs
+from visionqueue.errors import BadRequest, Conflict, NotFound, Unprocessable, VQError
+from visionqueue.images import ACCEPTED_FORMATS, sniff_format
+
+router = APIRouter()
+ACCEPTED_MESSAGE = "Image classification task submitted successfully"
+
+
+def resources(request: Request) -> FrontResources:
+    return request.app.state.resources  # type: ignore[no-any-return]
+
+
+def owner(request: Request) -> str | None:
+    return request.scope.get("state", {}).get("vq_owner")
+
+
+def error_response(exc: VQError) -> JSONResponse:
+    return JSONResponse(exc.to_body(), status_code=exc.status, headers=exc.headers())
+
+
+async def _read(files: list[UploadFile]) -> list[Upload]:
+    return [Upload(await f.read(), f.filename or "") for f in files]
+
+
+def _image_url(res: FrontResources, job: Job) -> str | None:
+    try:
+        return res.store.url(job.image_key, res.settings.server.image_url_ttl_s)
+    except VQError:
+        return None
+
+
+async def _submit(
+    request: Request,
+    files: list[UploadFile],
+    webhook_url: str | None,
+    metadata: str | None,
+    idempotency_key: str | None,
+) -> tuple[list[Job], bool]:
+    res = resources(request)
+    meta = parse_metadata(metadata)
+    hook = check_webhook(webhook_url, res.settings.webhook.allowed_hosts)
+    uploads = await _read(files)
+    return await anyio.to_thread.run_sync(
+        lambda: submit_jobs(
+            res,
+            uploads,
+            owner=owner(request),
+            webhook_url=hook,
+            metadata=meta,
+            idempotency_key=idempotency_key,
+        )
+    )
+
+
+def _load(request: Request, job_id: str) -> Job:
+    with session_scope(resources(request).engine) as session:
+        job = jobs_repo.get_job(session, job_id, owner(request))
+    if job is None:
+        raise NotFound(f"no job with id {job_id}")
+    return job
+
+
+@router.post("/classify", status_code=202, tags=["seed API"])
+async def classify(
+    request: Request,
+    image: Annotated[UploadFile, File(description="JPEG, PNG, WebP, BMP or GIF")],
+    webhook_url: Annotated[str | None, Form()] = None,
+    metadata: Annotated[str | None, Form(description="a JSON object")] = None,
+) -> Any:
+    """Submit one image for async classification (the original VisionQueue API)."""
+    try:
+        jobs, _ = await _submit(request, [image], webhook_url, metadata, None)
+    except VQError as exc:
+        return error_response(exc)
+    return JSONResponse(
+        {"task_id": jobs[0].id, "status": "pending", "message": ACCEPTED_MESSAGE},
+        status_code=202,
+    )
+
+
+@router.get("/task-status/{task_id}", tags=["seed API"])
+async def task_status(request: Request, task_id: str) -> Any:
+    """Return a job's status and result in the original API's shape."""
+    try:
+        job = await anyio.to_thread.run_sync(_load, request, task_id)
+    except VQError as exc:
+        return error_response(exc)
+    return task_status_view(job, _image_url(resources(request), job))
+
+
+@router.post("/v1/jobs", status_code=202, tags=["jobs"])
+async def create_jobs(
+    request: Request,
+    images: Annotated[list[UploadFile], File(description="one or more images")],
+    webhook_url: Annotated[str | None, Form()] = None,
+    metadata: Annotated[str | None, Form(description="a JSON object")] = None,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> Any:
+    """Submit one or many images; the same Idempotency-Key returns the same jobs."""
+    try:
+        jobs, replayed = await _submit(request, images, webhook_url, metadata, idempotency_key)
+    except VQError as exc:
+        return error_response(exc)
+    res = resources(request)
+    body = {"jobs": [job_view(j, _image_url(res, j)) for j in jobs]}
+    headers = {"Idempotent-Replayed": "true"} if replayed else {}
+    return JSONResponse(body, status_code=200 if replayed else 202, headers=headers)
+
+
+@router.get("/v1/jobs/{job_id}", tags=["jobs"])
+async def get_job(request: Request, job_id: str) -> Any:
+    """Return one job."""
+    try:
+        job = await anyio.to_thread.run_sync(_load, request, job_id)
+    except VQError as exc:
+        return error_response(exc)
+    return job_view(job, _image_url(resources(request), job))
+
+
+@router.get("/v1/jobs", tags=["jobs"])
+async def list_jobs(
+    request: Request,
+    status: Annotated[str | None, Query(description="|".join(JOB_STATUSES))] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query()] = None,
+) -> Any:
+    """List your jobs, newest first; follow ``next_cursor`` for the next page."""
+    res = resources(request)
+    try:
+        if status is not None and status not in JOB_STATUSES:
+            raise Unprocessable(f"status must be one of {', '.join(JOB_STATUSES)}")
+
+        def query() -> tuple[list[Job], str | None]:
+            with session_scope(res.engine) as session:
+                return jobs_repo.list_jobs(session, owner(request), status, limit, cursor)
+
+        jobs, next_cursor = await anyio.to_thread.run_sync(query)
+    except VQError as exc:
+        return error_response(exc)
+    return {"jobs": [job_view(j, _image_url(res, j)) for j in jobs], "next_cursor": next_cursor}
+
+
+@router.delete("/v1/jobs/{job_id}", tags=["jobs"])
+async def cancel_job(request: Request, job_id: str) -> Any:
+    """Cancel a pending job (409 once it is processing or finished)."""
+    res = resources(request)
+
+    def cancel() -> Job:
+        with session_scope(res.engine) as session:
+            if not jobs_repo.cancel_job(session, job_id, owner(request)):
+                job = jobs_repo.get_job(session, job_id, owner(request))
+                if job is None:
+                    raise NotFound(f"no job with id {job_id}")
+                raise Conflict(f"job is {job.status}; only pending jobs can be cancelled")
+            job = jobs_repo.get_job(session, job_id, owner(request))
+            assert job is not None
+            return job
+
+    try:
+        job = await anyio.to_thread.run_sync(cancel)
+    except VQError as exc:
+        return error_response(exc)
+    return job_view(job, _image_url(res, job))
+
+
+@router.get("/v1/jobs/{job_id}/deliveries", tags=["webhooks"])
+async def list_deliveries(request: Request, job_id: str) -> Any:
+    """Return every webhook delivery attempt of a job."""
+    res = resources(request)
+
+    def query() -> list[dict[str, Any]]:
+        _load(request, job_id)
+        with session_scope(res.engine) as session:
+            rows = jobs_repo.list_deliveries(session, job_id)
+        return [
+            {
+                "event_id": d.event_id,
+                "event_type": d.event_type,
+                "attempt": d.attempt,
+                "attempted_at": d.attempted_at.isoformat().replace("+00:00", "Z"),
+                "status_code": d.status_code,
+                "error": d.error,
+                "latency_ms": round(d.latency_ms, 3),
+                "succeeded": d.succeeded,
+                "next_attempt_at": (
+                    d.next_attempt_at.isoformat().replace("+00:00", "Z")
+                    if d.next_attempt_at
+                    else None
+                ),
+            }
+            for d in rows
+        ]
+
+    try:
+        deliveries = await anyio.to_thread.run_sync(query)
+    except VQError as exc:
+        return error_response(exc)
+    return {"deliveries": deliveries}
+
+
+@router.post("/v1/jobs/{job_id}/deliveries/redeliver", status_code=202, tags=["webhooks"])
+async def redeliver(request: Request, job_id: str) -> Any:
+    """Send the job's event again now (same event id), e.g. after fixing the receiver."""
+    res = resources(request)
+
+    def schedule() -> None:
+        job = _load(request, job_id)
+        if not job.webhook_url:
+            raise Conflict("the job has no webhook_url")
+        if job.status not in ("completed", "failed"):
+            raise Conflict(f"job is {job.status}; events are sent when it finishes")
+        from sqlalchemy import func, select
+
+        from persistence.models import WebhookDelivery
+
+        with session_scope(res.engine) as session:
+            last = session.scalar(
+                select(func.max(WebhookDelivery.attempt)).where(WebhookDelivery.job_id == job_id)
+            )
+        res.celery.send_task(WEBHOOK_TASK, args=[job_id, int(last or 0) + 1], queue=WEBHOOK_QUEUE)
+
+    try:
+        await anyio.to_thread.run_sync(schedule)
+    except VQError as exc:
+        return error_response(exc)
+    except Exception:
+        return error_response(BadRequest("the job queue is unavailable", code="broker_unavailable"))
+    return JSONResponse({"status": "scheduled"}, status_code=202)
+
+
+@router.get("/v1/images/{key:path}", tags=["images"], include_in_schema=True)
+async def download_image(
+    request: Request,
+    key: str,
+    expires: Annotated[int, Query()],
+    sig: Annotated[str, Query(max_length=128)],
+) -> Response:
+    """Download a stored image through a signed, expiring URL (local image store)."""
+    res = resources(request)
+    store = res.store
+    signing_key = res.settings.server.signing_key.get_secret_value().encode()
+    if (
+        not isinstance(store, LocalImageStore)
+        or not is_valid_key(key)
+        or not verify_image_signature(key, expires, sig, signing_key)
+    ):
+        return error_response(NotFound("no such image, or the link expired"))
+    try:
+        data = await anyio.to_thread.run_sync(store.get, key)
+    except VQError as exc:
+        return error_response(exc)
+    media = ACCEPTED_FORMATS.get(sniff_format(data) or "", "application/octet-stream")
+    return Response(data, media_type=media, headers={"Cache-Control": "private, max-age=300"})

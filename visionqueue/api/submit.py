@@ -1,0 +1,179 @@
+"""Accept async jobs: validate cheaply, store the image, commit the row, then enqueue.
+
+Acceptance never decodes the full image or runs the model. If the store, the database or
+the broker fails, the client gets a 503 and nothing it was told about exists: a job row
+whose message could not be published is deleted again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from jobs.celery_app import CLASSIFY_TASK
+from jobs.webhooks.ssrf import check_url
+from persistence import jobs_repo
+from persistence.db import session_scope
+from persistence.image_keys import sha256_hex
+from persistence.models import Job
+from visionqueue.api.resources import FrontResources
+from visionqueue.errors import (
+    BrokerUnavailable,
+    Conflict,
+    MissingField,
+    TooManyRequests,
+    Unprocessable,
+    VQError,
+)
+from visionqueue.images import inspect_image
+
+logger = logging.getLogger(__name__)
+
+MAX_METADATA_BYTES = 16 * 1024
+MAX_IMAGES_PER_REQUEST = 32
+
+
+@dataclass(frozen=True)
+class Upload:
+    data: bytes
+    filename: str
+
+
+def parse_metadata(raw: str | None) -> dict[str, Any]:
+    """Return the ``metadata`` form field as a JSON object (422 otherwise)."""
+    if raw is None or raw == "":
+        return {}
+    if len(raw.encode()) > MAX_METADATA_BYTES:
+        raise Unprocessable(
+            f"metadata must be at most {MAX_METADATA_BYTES} bytes", code="metadata_too_large"
+        )
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise Unprocessable("metadata must be valid JSON", code="invalid_metadata") from None
+    if not isinstance(value, dict):
+        raise Unprocessable("metadata must be a JSON object", code="invalid_metadata")
+    return value
+
+
+def check_webhook(url: str | None, allowed_hosts: list[str]) -> str | None:
+    if url is None or url == "":
+        return None
+    check_url(url, allowed_hosts)
+    return url
+
+
+def _replayed(res: FrontResources, owner: str | None, key: str) -> list[Job] | None:
+    with session_scope(res.engine) as session:
+        first = jobs_repo.find_by_idempotency_key(session, owner, key)
+        if first is None:
+            return None
+        if first.batch_id is None:
+            return [first]
+        rows = session.query(Job).filter(Job.batch_id == first.batch_id, Job.owner == first.owner)
+        return sorted(rows, key=lambda j: j.idempotency_key or "")
+
+
+def _check_backlog(res: FrontResources) -> None:
+    limit = res.settings.server.max_backlog
+    if not limit:
+        return
+    with session_scope(res.engine) as session:
+        counts = jobs_repo.count_by_status(session)
+    if counts["pending"] + counts["processing"] >= limit:
+        raise TooManyRequests(f"the job backlog is full ({limit} jobs); retry later", retry_after=5)
+
+
+def submit_jobs(
+    res: FrontResources,
+    uploads: list[Upload],
+    *,
+    owner: str | None,
+    webhook_url: str | None,
+    metadata: dict[str, Any],
+    idempotency_key: str | None,
+) -> tuple[list[Job], bool]:
+    """Accept ``uploads`` as jobs; return (jobs, replayed). Runs in a worker thread."""
+    if not uploads:
+        raise MissingField("multipart field 'image' is required")
+    if len(uploads) > MAX_IMAGES_PER_REQUEST:
+        raise Unprocessable(
+            f"at most {MAX_IMAGES_PER_REQUEST} images per request", code="too_many_images"
+        )
+    if idempotency_key is not None and not 1 <= len(idempotency_key) <= 200:
+        raise Unprocessable("Idempotency-Key must be 1..200 characters", code="invalid_header")
+    if idempotency_key and (earlier := _replayed(res, owner, _key(idempotency_key, 0))):
+        return earlier, True
+    settings = res.settings
+    infos = [inspect_image(u.data, settings.server.max_image_pixels) for u in uploads]
+    _check_backlog(res)
+
+    keys = [
+        res.store.put(u.data, info.content_type) for u, info in zip(uploads, infos, strict=False)
+    ]
+    batch_id = str(uuid.uuid4()) if len(uploads) > 1 else None
+    try:
+        with session_scope(res.engine) as session:
+            jobs = [
+                jobs_repo.create_job(
+                    session,
+                    image_key=key,
+                    image_sha256=sha256_hex(u.data),
+                    content_type=info.content_type,
+                    image_size=len(u.data),
+                    width=info.width,
+                    height=info.height,
+                    metadata={**metadata, **({"filename": u.filename} if u.filename else {})},
+                    webhook_url=webhook_url,
+                    idempotency_key=_key(idempotency_key, i) if idempotency_key else None,
+                    owner=owner,
+                    batch_id=batch_id,
+                )
+                for i, (u, info, key) in enumerate(zip(uploads, infos, keys, strict=False))
+            ]
+    except Conflict:
+        # a concurrent request with the same key won the race: answer with its jobs
+        earlier = _replayed(res, owner, _key(idempotency_key or "", 0))
+        if earlier:
+            return earlier, True
+        raise
+    enqueue(res, jobs)
+    return jobs, False
+
+
+def _key(idempotency_key: str | None, index: int) -> str:
+    return f"{idempotency_key}" if index == 0 else f"{idempotency_key}#{index}"
+
+
+def enqueue(res: FrontResources, jobs: list[Job]) -> None:
+    """Publish one message per job (ids only); undo the rows if the broker refuses."""
+    ids = [job.id for job in jobs]
+    published: list[str] = []
+    try:
+        for job_id in ids:
+            res.celery.send_task(CLASSIFY_TASK, args=[job_id])
+            published.append(job_id)
+    except Exception as exc:  # kombu/redis/amqp errors differ by transport
+        unpublished = [i for i in ids if i not in published]
+        _withdraw(res, unpublished)
+        if published:
+            logger.warning("broker failed mid-batch; %d jobs published", len(published))
+        raise BrokerUnavailable("the job queue is unavailable, retry later", retry_after=5) from exc
+    try:
+        with session_scope(res.engine) as session:
+            jobs_repo.mark_queued(session, ids)
+    except VQError:
+        logger.warning("could not record queued_at for %d jobs", len(ids))
+
+
+def _withdraw(res: FrontResources, job_ids: list[str]) -> None:
+    """Delete rows of jobs that were never published (the client gets a 503)."""
+    try:
+        with session_scope(res.engine) as session:
+            session.query(Job).filter(Job.id.in_(job_ids), Job.status == "pending").delete()
+    except VQError:
+        # the sweeper will enqueue them later: they are processed, never lost
+        logger.error("could not withdraw %d unpublished jobs", len(job_ids))
