@@ -55,3 +55,12 @@ def bento_url(server_env: dict[str, str], session_dir: Path) -> Iterator[str]:
 
     with bento_server(server_env, session_dir / "bento.log") as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def stack(server_env: dict[str, str], session_dir: Path):  # type: ignore[no-untyped-def]
+    """Bento + Postgres + Redis + S3 server (no workers yet: tests start and kill them)."""
+    from tests.support.stack import production_stack
+
+    with production_stack(server_env, session_dir / "stack") as running:
+        yield running

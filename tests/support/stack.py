@@ -1,0 +1,127 @@
+"""The production-shaped stack on loopback: Postgres, Redis, an S3 server, Bento, workers."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import redis
+
+from tests.integration.persistence_factories import throwaway_postgres_url
+from tests.support.servers import BIN, bento_server, free_port, spawn, stop
+
+REDIS_URL = "redis://127.0.0.1:6379/{db}"
+
+
+@contextlib.contextmanager
+def s3_server_process(log: Path) -> Iterator[str]:
+    """Run ``moto_server`` (a real S3-protocol server) on a free loopback port."""
+    port = free_port()
+    proc = spawn(
+        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], dict(os.environ), log
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.get(url, timeout=1)
+            break
+        time.sleep(0.2)
+    try:
+        yield url
+    finally:
+        stop(proc)
+
+
+@dataclass
+class Stack:
+    """Handles on a running stack; ``env`` is what every process of it was started with."""
+
+    url: str
+    env: dict[str, str]
+    database_url: str
+    broker_url: str
+    s3_endpoint: str
+    log_dir: Path
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start_worker(
+        self, concurrency: int = 8, name: str | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start a real ``celery worker`` process; wait until it is consuming."""
+        name = name or f"w{len(self.workers)}-{uuid.uuid4().hex[:6]}"
+        log = self.log_dir / f"worker-{name}.log"
+        args = [
+            str(BIN / "celery"), "-A", "jobs.celery_app:app", "worker", "--pool", "threads",
+            "--concurrency", str(concurrency), "-Q", "visionqueue,webhooks", "-n", f"{name}@%h",
+            "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+        ]  # fmt: skip
+        proc = spawn(args, {**os.environ, **self.env}, log)
+        self.workers.append(proc)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker exited: {log.read_text()[-3000:]}")
+            if "ready." in log.read_text(errors="replace"):
+                return proc
+            time.sleep(0.2)
+        raise TimeoutError(f"worker not ready: {log.read_text()[-3000:]}")
+
+    def kill_worker(self, proc: subprocess.Popen[bytes]) -> None:
+        """SIGKILL a worker's whole process group (no graceful shutdown, no acks)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+    def stop_workers(self) -> None:
+        for proc in self.workers:
+            stop(proc)
+        self.workers.clear()
+
+
+@contextlib.contextmanager
+def production_stack(
+    base_env: dict[str, str], log_dir: Path, redis_db: int = 11, **extra_env: str
+) -> Iterator[Stack]:
+    """Start S3 server + Bento server against a throwaway Postgres DB and a flushed Redis DB.
+
+    Workers are started by the test (``stack.start_worker()``) so it can kill them.
+    """
+    log_dir.mkdir(parents=True, exist_ok=True)
+    broker = REDIS_URL.format(db=redis_db)
+    redis.Redis.from_url(broker).flushdb()
+    with throwaway_postgres_url() as db_url, s3_server_process(log_dir / "s3.log") as s3:
+        env = {
+            **base_env,
+            "VQ_DATABASE_URL": db_url,
+            "VQ_BROKER_URL": broker,
+            "VQ_S3_ENDPOINT": s3,
+            "VQ_S3_ACCESS_KEY": "vq-test-access",
+            "VQ_S3_SECRET_KEY": "vq-test-secret",
+            "VQ_S3_BUCKET": "vq-images",
+            "VQ_BROKER_VISIBILITY_TIMEOUT_S": "15",
+            "VQ_WORKER_METRICS_PORT": "0",
+            "VQ_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
+            **extra_env,
+        }
+        subprocess.run(
+            [str(BIN / "python"), "-m", "persistence", "upgrade"],
+            env={**os.environ, **env},
+            check=True,
+            capture_output=True,
+        )
+        with bento_server(env, log_dir / "bento.log") as url:
+            env["VQ_WORKER_CLASSIFIER_URL"] = url
+            stack = Stack(url, env, db_url, broker, s3, log_dir)
+            try:
+                yield stack
+            finally:
+                stack.stop_workers()
