@@ -8,6 +8,7 @@ share one adaptive-batching queue. Logic lives in ``model_store`` and ``visionqu
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from visionqueue.api.envelope import FrontMiddleware
 from visionqueue.api.health import front_health
 from visionqueue.api.predict import check_top_k, classify_upload
 from visionqueue.errors import ModelNotReady, Unavailable, VQError
+from visionqueue.service_metrics import backlog_exposition, classifier_metrics, front_metrics
 from visionqueue.settings import get_settings
 
 logger = logging.getLogger("visionqueue.service")
@@ -66,6 +68,7 @@ class Classifier:
             device=_model_cfg.device,
             backend=_model_cfg.inference_backend,
         )
+        self.metrics = classifier_metrics()
         info = self.model.info
         logger.info(
             "classifier ready: %s weights=%s device=%s backend=%s threads=%d",
@@ -89,8 +92,18 @@ class Classifier:
         max_latency_ms=_model_cfg.batch_max_latency_ms,
     )
     def classify(self, crops: np.ndarray) -> np.ndarray:
-        """Return softmax probabilities for ``(N, 224, 224, 3)`` uint8 crops."""
-        return self.model.predict_proba(crops)
+        """Classify ``(N, 224, 224, 3)`` uint8 crops.
+
+        Returns ``(N, 1001)`` float32: 1000 softmax probabilities, then the forward-pass
+        seconds of the batch the row was in (the caller derives its queue wait from it).
+        """
+        started = time.perf_counter()
+        probs = self.model.predict_proba(crops)
+        elapsed = time.perf_counter() - started
+        self.metrics.batch_seconds.observe(elapsed)
+        self.metrics.images.inc(len(probs))
+        timing = np.full((len(probs), 1), elapsed, dtype=np.float32)
+        return np.concatenate([probs, timing], axis=1)
 
     @bentoml.api
     def model_info(self) -> dict[str, Any]:
@@ -121,6 +134,7 @@ class VisionQueue:
         self.settings = get_settings()
         self._model_info: dict[str, Any] | None = None
         self._limiter = anyio.CapacityLimiter(self.settings.model.preprocess_threads)
+        self.metrics = front_metrics()
 
     async def model_info(self) -> dict[str, Any]:
         """Return (and cache) the classifier's model description; 503 while it loads."""
@@ -132,12 +146,35 @@ class VisionQueue:
         return self._model_info
 
     async def classify_crops(self, crops: np.ndarray) -> np.ndarray:
+        """Classify crops through the batched service; return probabilities only."""
+        sent = time.perf_counter()
         try:
-            return await self.classifier.to_async.classify(crops)
+            out = await self.classifier.to_async.classify(crops)
         except BentoMLException as exc:
             raise Unavailable(
                 "the classifier is overloaded or unavailable; retry shortly", retry_after=1
             ) from exc
+        round_trip = time.perf_counter() - sent
+        self.metrics.queue_wait.observe(max(0.0, round_trip - float(out[0, -1])))
+        return np.asarray(out[:, :-1])
+
+    def __metrics__(self, content: str) -> str:
+        """Append the broker backlog and jobs-by-status gauges to BentoML's metrics."""
+        from jobs.queue_depth import queue_depths
+        from persistence import jobs_repo
+        from persistence.db import session_scope
+
+        resources = getattr(api_app.state, "resources", None)
+        if resources is None:
+            return content
+        try:
+            depths = queue_depths(resources.celery)
+            with session_scope(resources.engine) as session:
+                statuses = jobs_repo.count_by_status(session)
+        except Exception:  # a down broker or database must not break /metrics
+            logger.warning("backlog gauges unavailable for this scrape")
+            return content
+        return content + backlog_exposition(depths, statuses)
 
     async def readiness(self) -> tuple[int, dict[str, Any]]:
         """Report readiness: the model that answers, and every backend jobs need."""

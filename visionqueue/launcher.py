@@ -75,56 +75,23 @@ def prepare_storage(settings: Settings) -> None:
 
 def children(settings: Settings, with_worker: bool) -> list[Child]:
     server = settings.server
-    procs = [
-        Child(
-            "bento",
-            [
-                str(BIN / "bentoml"),
-                "serve",
-                "service:VisionQueue",
-                "--host",
-                server.host,
-                "--port",
-                str(server.port),
-            ],
-        )
-    ]
-    if with_worker:
-        procs.append(
-            Child(
-                "worker",
-                [
-                    str(BIN / "celery"),
-                    "-A",
-                    "jobs.celery_app:app",
-                    "worker",
-                    "--pool",
-                    "threads",
-                    "--concurrency",
-                    str(settings.worker.concurrency),
-                    "-Q",
-                    "visionqueue,webhooks",
-                    "--loglevel",
-                    settings.observability.log_level,
-                    "--without-gossip",
-                    "--without-mingle",
-                ],
-            )
-        )
-        if settings.observability.flower_port:
-            procs.append(
-                Child(
-                    "flower",
-                    [
-                        str(BIN / "celery"),
-                        "-A",
-                        "jobs.celery_app:app",
-                        "flower",
-                        f"--address={server.host}",
-                        f"--port={settings.observability.flower_port}",
-                    ],
-                )
-            )
+    bento = [str(BIN / "bentoml"), "serve", "service:VisionQueue"]
+    bento += ["--host", server.host, "--port", str(server.port)]
+    procs = [Child("bento", bento)]
+    if not with_worker:
+        return procs
+    celery = [str(BIN / "celery"), "-A", "jobs.celery_app:app"]
+    worker = [*celery, "worker", "--pool", "threads"]
+    worker += ["--concurrency", str(settings.worker.concurrency), "-Q", "visionqueue,webhooks"]
+    worker += ["--loglevel", settings.observability.log_level, "--without-gossip"]
+    # embedded beat runs the sweeper (lost enqueues, due webhook retries); with several
+    # workers run one separate `celery beat` instead (see docker-compose.yml)
+    worker += ["--beat", "--schedule", str(settings.data_dir.resolve() / "celerybeat-schedule")]
+    procs.append(Child("worker", worker))
+    if settings.observability.flower_port:
+        flower = [*celery, "flower", f"--address={server.host}"]
+        flower += [f"--port={settings.observability.flower_port}"]
+        procs.append(Child("flower", flower))
     return procs
 
 

@@ -1,0 +1,66 @@
+"""Prometheus metrics of the Bento services, created in the worker process.
+
+BentoML sets ``PROMETHEUS_MULTIPROC_DIR`` when a worker starts, after ``service.py`` is
+imported, and prometheus_client picks its storage mode on import; so these metrics are
+built (and prometheus_client imported) lazily from the services' ``__init__``.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10)
+WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
+
+
+@dataclass(frozen=True)
+class ClassifierMetrics:
+    batch_seconds: Any
+    images: Any
+
+
+@dataclass(frozen=True)
+class FrontMetrics:
+    queue_wait: Any
+
+
+@functools.cache
+def classifier_metrics() -> ClassifierMetrics:
+    from prometheus_client import Counter, Histogram
+
+    return ClassifierMetrics(
+        batch_seconds=Histogram(
+            "vq_inference_batch_seconds",
+            "Forward pass time of one adaptive batch",
+            buckets=BATCH_BUCKETS,
+        ),
+        images=Counter("vq_images_classified", "Images classified by the model"),
+    )
+
+
+@functools.cache
+def front_metrics() -> FrontMetrics:
+    from prometheus_client import Histogram
+
+    return FrontMetrics(
+        queue_wait=Histogram(
+            "vq_batch_queue_wait_seconds",
+            "Time a request waited for its batch (round trip minus the batch's forward pass)",
+            buckets=WAIT_BUCKETS,
+        )
+    )
+
+
+def backlog_exposition(depths: dict[str, int], statuses: dict[str, int]) -> str:
+    """Render the broker backlog and jobs-by-status gauges in the text exposition format."""
+    lines = [
+        "# HELP celery_queue_depth Messages waiting in the broker queue (read from the broker)",
+        "# TYPE celery_queue_depth gauge",
+        *(f'celery_queue_depth{{queue="{q}"}} {n}' for q, n in sorted(depths.items())),
+        "# HELP vq_jobs Jobs by status (from the job table)",
+        "# TYPE vq_jobs gauge",
+        *(f'vq_jobs{{status="{s}"}} {n}' for s, n in sorted(statuses.items())),
+    ]
+    return "\n".join(lines) + "\n"
