@@ -1,0 +1,1 @@
+"""Benchmarks: the raw torch pipeline vs the served system, measured in one run."""

@@ -1,0 +1,126 @@
+"""Closed-loop HTTP load on loopback: N concurrent clients for a fixed time."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from dataclasses import dataclass
+
+import httpx
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    concurrency: int
+    requests: int
+    errors: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def per_s(self) -> float:
+        return (self.requests - self.errors) / self.seconds
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def _run(url: str, payloads: list[bytes], concurrency: int, seconds: float) -> LoadResult:
+    latencies: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+        start = time.perf_counter()
+        deadline = start + seconds
+
+        async def user(uid: int) -> None:
+            nonlocal errors
+            i = uid
+            while time.perf_counter() < deadline:
+                t0 = time.perf_counter()
+                try:
+                    resp = await client.post(
+                        f"{url}/predict", files={"image": ("img", payloads[i % len(payloads)])}
+                    )
+                    ok = resp.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                latencies.append(time.perf_counter() - t0)
+                errors += not ok
+                i += concurrency
+
+        await asyncio.gather(*(user(u) for u in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    return LoadResult(
+        concurrency,
+        len(latencies),
+        errors,
+        elapsed,
+        statistics.median(latencies) * 1000 if latencies else float("nan"),
+        percentile(latencies, 0.99) * 1000,
+    )
+
+
+def run_load(url: str, payloads: list[bytes], concurrency: int, seconds: float) -> LoadResult:
+    return asyncio.run(_run(url, payloads, concurrency, seconds))
+
+
+async def _submit_all(url: str, payloads: list[bytes], jobs: int) -> tuple[list[str], float]:
+    sem = asyncio.Semaphore(32)
+    ids: list[str] = []
+    async with httpx.AsyncClient(timeout=60) as client:
+        t0 = time.perf_counter()
+
+        async def one(i: int) -> None:
+            async with sem:
+                resp = await client.post(
+                    f"{url}/classify", files={"image": ("img", payloads[i % len(payloads)])}
+                )
+                resp.raise_for_status()
+                ids.append(resp.json()["task_id"])
+
+        await asyncio.gather(*(one(i) for i in range(jobs)))
+        return ids, t0
+
+
+def run_async_jobs(
+    url: str, payloads: list[bytes], jobs: int, database_url: str, timeout: float = 600
+) -> dict[str, float]:
+    """Submit ``jobs`` jobs, wait until all are stored; return throughput and latencies."""
+    from sqlalchemy import create_engine, text
+
+    ids, t0_perf = asyncio.run(_submit_all(url, payloads, jobs))
+    t0_wall = time.time() - (time.perf_counter() - t0_perf)
+    engine = create_engine(database_url)
+    deadline = time.monotonic() + timeout
+    query = text(
+        "SELECT count(*) FILTER (WHERE status IN ('completed','failed')), "
+        "count(*) FILTER (WHERE status = 'failed') FROM jobs"
+    )
+    while time.monotonic() < deadline:
+        with engine.connect() as conn:
+            done, failed = conn.execute(query).one()
+        if done >= jobs:
+            break
+        time.sleep(0.2)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT created_at, finished_at FROM jobs WHERE finished_at IS NOT NULL")
+        ).all()
+    engine.dispose()
+    latencies = [(f - c).total_seconds() for c, f in rows]
+    last = max(f for _, f in rows).timestamp()
+    return {
+        "jobs": float(jobs),
+        "completed": float(len(rows) - failed),
+        "failed": float(failed),
+        "jobs_per_s": len(rows) / (last - t0_wall),
+        "p50_s": statistics.median(latencies),
+        "p99_s": percentile(latencies, 0.99),
+    }
