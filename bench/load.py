@@ -95,7 +95,7 @@ def run_async_jobs(
     """Submit ``jobs`` jobs, wait until all are stored; return throughput and latencies."""
     from sqlalchemy import create_engine, text
 
-    ids, t0_perf = asyncio.run(_submit_all(url, payloads, jobs))
+    _ids, t0_perf = asyncio.run(_submit_all(url, payloads, jobs))
     t0_wall = time.time() - (time.perf_counter() - t0_perf)
     engine = create_engine(database_url)
     deadline = time.monotonic() + timeout

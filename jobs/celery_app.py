@@ -33,7 +33,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "store_processed": False,
         }
     elif broker.startswith(("redis://", "rediss://", "sqs://")):
-        transport_options = {"visibility_timeout": settings.broker.visibility_timeout_s}
+        visibility = settings.broker.visibility_timeout_s
+        transport_options = {"visibility_timeout": visibility}
+        if not broker.startswith("sqs://"):
+            # kombu looks for a dead worker's unacked messages only every interval x throttle
+            # seconds (10 x 10 by default): scan often enough that they come back about
+            # ``visibility`` seconds after the worker died, not minutes later.
+            transport_options["unacked_restore_interval"] = max(1, min(10, visibility // 4))
+            transport_options["unacked_restore_throttle"] = 1
     worker = settings.worker
     return {
         "broker_url": broker,

@@ -3,25 +3,35 @@
 Short waits are scheduled with a Celery countdown; long ones (hours, up to ~3 days) are
 written as ``next_attempt_at`` on the delivery row and picked up by the sweeper, so no
 message sits in the broker for hours (Redis would redeliver it after its visibility timeout).
+
+Every attempt number is sent at most once per log row: a duplicate message (broker
+redelivery, a manual redelivery racing a pending retry) finds its number logged and stops.
+Without ``VQ_WEBHOOK_SECRETS`` (dev only: production refuses to start) requests go out
+unsigned, with no ``webhook-signature`` header.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
-
-from sqlalchemy import func, select, update
+from datetime import datetime, timedelta
 
 from jobs.metrics import WEBHOOK_FAILURE, WEBHOOK_LATENCY, WEBHOOK_SUCCESS
 from jobs.resources import Resources
 from jobs.views import task_status_view
-from jobs.webhooks.delivery import build_event, deliver_once, next_delay
-from jobs.webhooks.signing import signed_headers
+from jobs.webhooks import delivery_log
+from jobs.webhooks.delivery import AttemptResult, build_event, deliver_once, next_delay
+from jobs.webhooks.signing import USER_AGENT, SecretLike, signed_headers
 from persistence import jobs_repo
 from persistence.db import session_scope
-from persistence.models import WebhookDelivery, utcnow
+from persistence.models import Job, utcnow
+from visionqueue.errors import VQError
+
+logger = logging.getLogger(__name__)
 
 # Above this wait the sweeper, not a broker countdown, schedules the next attempt.
 COUNTDOWN_LIMIT_S = 600.0
@@ -42,6 +52,21 @@ def event_type_for(status: str) -> str:
     return "job.completed" if status == "completed" else "job.failed"
 
 
+def event_headers(
+    secrets: Sequence[SecretLike], event_id: str, timestamp: int, body: bytes
+) -> dict[str, str]:
+    """Return the request headers: signed with every secret, or unsigned when there is none."""
+    if secrets:
+        return signed_headers(secrets, event_id, timestamp, body)
+    _warn_unsigned()
+    return {
+        "webhook-id": event_id,
+        "webhook-timestamp": str(int(timestamp)),
+        "content-type": "application/json",
+        "user-agent": USER_AGENT,
+    }
+
+
 def attempt_delivery(job_id: str, attempt: int, res: Resources) -> DeliveryOutcome:
     """Make delivery attempt number ``attempt`` for a finished job and log it."""
     settings = res.settings
@@ -51,22 +76,26 @@ def attempt_delivery(job_id: str, attempt: int, res: Resources) -> DeliveryOutco
             return DeliveryOutcome(False, None)
         event_type = event_type_for(job.status)
         event_id = event_id_for(job_id, event_type)
-        image_url = res.store.url(job.image_key, settings.server.image_url_ttl_s)
-        body = build_event(event_type, event_id, task_status_view(job, image_url), utcnow())
+        data = task_status_view(job, _image_url(res, job))
+        # The event happened when the job finished: the body says so on every attempt.
+        body = build_event(event_type, event_id, data, job.finished_at or utcnow())
         url = job.webhook_url
-    headers = (
-        signed_headers(settings.webhook.secrets, event_id, int(time.time()), body)
-        if (settings.webhook.secrets)
-        else {
-            "webhook-id": event_id,
-            "webhook-timestamp": str(int(time.time())),
-            "content-type": "application/json",
-        }
-    )
-    result = deliver_once(
-        url, body, headers, settings.webhook.timeout_s, settings.webhook.allowed_hosts
-    )
-    WEBHOOK_LATENCY.observe(result.latency_s)
+    if delivery_log.attempt_logged(res.engine, job_id, attempt):
+        logger.info("job %s: webhook attempt %d already made; duplicate dropped", job_id, attempt)
+        return DeliveryOutcome(False, None)
+
+    try:
+        headers = event_headers(settings.webhook.secrets, event_id, int(time.time()), body)
+    except ValueError:
+        # A malformed secret is the operator's to fix; retries go on so nothing is lost.
+        logger.error("job %s: webhook not sent, VQ_WEBHOOK_SECRETS is malformed", job_id)
+        result = AttemptResult(None, "signing_error", 0.0)
+    else:
+        result = deliver_once(
+            url, body, headers, settings.webhook.timeout_s, settings.webhook.allowed_hosts
+        )
+        WEBHOOK_LATENCY.observe(result.latency_s)
+
     delay = None
     if result.succeeded:
         WEBHOOK_SUCCESS.inc()
@@ -74,11 +103,9 @@ def attempt_delivery(job_id: str, attempt: int, res: Resources) -> DeliveryOutco
         WEBHOOK_FAILURE.labels(error=result.error or "unknown").inc()
         if not result.permanent:
             delay = next_delay(attempt, settings.webhook.retry_schedule, result.retry_after_s)
-    next_at = (
-        utcnow() + timedelta(seconds=delay)
-        if delay is not None and (delay > COUNTDOWN_LIMIT_S)
-        else None
-    )
+    next_at = None
+    if delay is not None and delay > COUNTDOWN_LIMIT_S:
+        next_at, delay = utcnow() + timedelta(seconds=delay), None
     with session_scope(res.engine) as session:
         jobs_repo.record_delivery(
             session,
@@ -92,50 +119,43 @@ def attempt_delivery(job_id: str, attempt: int, res: Resources) -> DeliveryOutco
             error=result.error,
             next_attempt_at=next_at,
         )
-    if delay is not None and delay <= COUNTDOWN_LIMIT_S:
-        return DeliveryOutcome(False, delay)
-    return DeliveryOutcome(result.succeeded, None)
+    logger.info(
+        "job %s: webhook attempt %d %s%s",
+        job_id,
+        attempt,
+        "delivered" if result.succeeded else f"failed ({result.error})",
+        _next_note(delay, next_at),
+    )
+    return DeliveryOutcome(result.succeeded, delay)
 
 
 def due_deliveries(res: Resources, limit: int = 100) -> list[tuple[str, int]]:
     """Claim logged attempts whose retry is due; return (job_id, next attempt number)."""
-    now = utcnow()
-    claimed: list[tuple[str, int]] = []
-    with session_scope(res.engine) as session:
-        rows = session.execute(
-            select(WebhookDelivery.id, WebhookDelivery.job_id, WebhookDelivery.attempt)
-            .where(WebhookDelivery.next_attempt_at.is_not(None))
-            .where(WebhookDelivery.next_attempt_at <= now)
-            .order_by(WebhookDelivery.next_attempt_at)
-            .limit(limit)
-        ).all()
-        for row_id, job_id, attempt in rows:
-            # clear the mark first so two sweepers never send the same attempt twice
-            done = session.execute(
-                update(WebhookDelivery)
-                .where(WebhookDelivery.id == row_id, WebhookDelivery.next_attempt_at.is_not(None))
-                .values(next_attempt_at=None)
-                .returning(WebhookDelivery.id)
-            ).first()
-            if done:
-                claimed.append((job_id, attempt + 1))
-    return claimed
+    return delivery_log.due_deliveries(res.engine, limit)
 
 
-def next_attempt_number(res: Resources, job_id: str) -> int:
-    """Return the attempt number a manual redelivery gets."""
-    with session_scope(res.engine) as session:
-        last = session.scalar(
-            select(func.max(WebhookDelivery.attempt)).where(WebhookDelivery.job_id == job_id)
-        )
-    return int(last or 0) + 1
+def hand_to_sweeper(res: Resources, job_id: str, attempt: int, delay_s: float) -> None:
+    """Leave the retry after ``attempt`` to the sweeper (the countdown could not be queued)."""
+    delivery_log.schedule_retry(res.engine, job_id, attempt, utcnow() + timedelta(seconds=delay_s))
 
 
-def cancel_scheduled(res: Resources, job_id: str) -> None:
-    """Drop pending sweeper retries of a job (a manual redelivery replaces them)."""
-    with session_scope(res.engine) as session:
-        session.execute(
-            update(WebhookDelivery)
-            .where(WebhookDelivery.job_id == job_id, WebhookDelivery.next_attempt_at.is_not(None))
-            .values(next_attempt_at=None)
-        )
+def _next_note(delay: float | None, next_at: datetime | None) -> str:
+    if delay is not None:
+        return f"; next in {delay:.1f}s"
+    if next_at is not None:
+        return f"; next at {next_at.isoformat()} (sweeper)"
+    return ""
+
+
+def _image_url(res: Resources, job: Job) -> str | None:
+    if job.result is None:
+        return None  # only results carry the image URL
+    try:
+        return res.store.url(job.image_key, res.settings.server.image_url_ttl_s)
+    except VQError:
+        return None  # an event without a fresh link beats no event
+
+
+@functools.cache
+def _warn_unsigned() -> None:
+    logger.warning("VQ_WEBHOOK_SECRETS is empty: webhooks are sent unsigned (dev only)")

@@ -18,7 +18,7 @@ from celery.utils.log import get_task_logger
 from jobs.celery_app import CLASSIFY_TASK, SWEEP_TASK, WEBHOOK_QUEUE, WEBHOOK_TASK, app
 from jobs.classify import PermanentJobError, TransientJobError, fail_job, process_job
 from jobs.metrics import IMAGE_TASK_FAILURE, IMAGE_TASK_LATENCY, IMAGE_TASK_SUCCESS
-from jobs.notify import attempt_delivery, due_deliveries
+from jobs.notify import attempt_delivery, due_deliveries, hand_to_sweeper
 from jobs.resources import get_resources
 from persistence import jobs_repo
 from persistence.db import session_scope
@@ -69,12 +69,17 @@ def classify_job(self: Task, job_id: str) -> str:
 @app.task(bind=True, name=WEBHOOK_TASK, max_retries=None)
 def deliver_webhook(self: Task, job_id: str, attempt: int) -> bool:
     """Deliver the finished-job event of ``job_id`` (attempt number ``attempt``)."""
+    res = get_resources()
     try:
-        outcome = attempt_delivery(job_id, attempt, get_resources())
+        outcome = attempt_delivery(job_id, attempt, res)
     except DatabaseUnavailable as exc:
         raise self.retry(countdown=backoff_s(self.request.retries), exc=exc) from exc
     if outcome.retry_in_s is not None:
-        deliver_webhook.apply_async(args=[job_id, attempt + 1], countdown=outcome.retry_in_s)
+        try:
+            deliver_webhook.apply_async(args=[job_id, attempt + 1], countdown=outcome.retry_in_s)
+        except Exception:  # kombu errors differ by transport; the attempt is already logged
+            logger.warning("job %s: webhook retry not queued; left to the sweeper", job_id)
+            hand_to_sweeper(res, job_id, attempt, outcome.retry_in_s)
     return outcome.succeeded
 
 

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, Response
 
 from jobs.celery_app import WEBHOOK_QUEUE, WEBHOOK_TASK
 from jobs.views import job_view, task_status_view
+from jobs.webhooks import delivery_log
 from persistence import jobs_repo
 from persistence.db import session_scope
 from persistence.image_keys import is_valid_key
@@ -17,7 +18,13 @@ from persistence.local_images import LocalImageStore, verify_image_signature
 from persistence.models import JOB_STATUSES, Job
 from visionqueue.api.resources import FrontResources
 from visionqueue.api.submit import Upload, check_webhook, parse_metadata, submit_jobs
-from visionqueue.errors import BadRequest, Conflict, NotFound, Unprocessable, VQError
+from visionqueue.errors import (
+    BrokerUnavailable,
+    Conflict,
+    NotFound,
+    Unprocessable,
+    VQError,
+)
 from visionqueue.images import ACCEPTED_FORMATS, sniff_format
 
 router = APIRouter()
@@ -221,29 +228,26 @@ async def redeliver(request: Request, job_id: str) -> Any:
     """Send the job's event again now (same event id), e.g. after fixing the receiver."""
     res = resources(request)
 
-    def schedule() -> None:
+    def schedule() -> int:
         job = _load(request, job_id)
         if not job.webhook_url:
             raise Conflict("the job has no webhook_url")
         if job.status not in ("completed", "failed"):
             raise Conflict(f"job is {job.status}; events are sent when it finishes")
-        from sqlalchemy import func, select
-
-        from persistence.models import WebhookDelivery
-
-        with session_scope(res.engine) as session:
-            last = session.scalar(
-                select(func.max(WebhookDelivery.attempt)).where(WebhookDelivery.job_id == job_id)
-            )
-        res.celery.send_task(WEBHOOK_TASK, args=[job_id, int(last or 0) + 1], queue=WEBHOOK_QUEUE)
+        attempt = delivery_log.next_attempt_number(res.engine, job_id)
+        try:
+            res.celery.send_task(WEBHOOK_TASK, args=[job_id, attempt], queue=WEBHOOK_QUEUE)
+        except Exception as exc:  # kombu errors differ by transport
+            raise BrokerUnavailable("the job queue is unavailable, retry later") from exc
+        # Only now: a refused publish must leave the planned retries in place.
+        delivery_log.cancel_scheduled(res.engine, job_id, before_attempt=attempt)
+        return attempt
 
     try:
-        await anyio.to_thread.run_sync(schedule)
+        attempt = await anyio.to_thread.run_sync(schedule)
     except VQError as exc:
         return error_response(exc)
-    except Exception:
-        return error_response(BadRequest("the job queue is unavailable", code="broker_unavailable"))
-    return JSONResponse({"status": "scheduled"}, status_code=202)
+    return JSONResponse({"status": "scheduled", "attempt": attempt}, status_code=202)
 
 
 @router.get("/v1/images/{key:path}", tags=["images"], include_in_schema=True)
