@@ -62,7 +62,8 @@ def raw_phase(seconds: float) -> list[RawResult]:
     import bentoml
 
     meta = bentoml.models.get(stored.tag).info.metadata
-    model = load_classifier(stored.path, stored.tag, stored.weights_origin, tuple(meta["labels"]))
+    labels = tuple(str(label) for label in meta["labels"])  # type: ignore[union-attr]
+    model = load_classifier(stored.path, stored.tag, stored.weights_origin, labels)
     data = payloads()
     return [measure_batch(model, data, b, seconds) for b in (1, 4, 8, 16)]
 

@@ -12,8 +12,9 @@ from celery import Celery
 
 from visionqueue.settings import Settings, get_settings
 
-JOB_QUEUE = "visionqueue"
-WEBHOOK_QUEUE = "webhooks"
+# Queue names carry VQ_BROKER_QUEUE_PREFIX so deployments can share one broker.
+JOB_QUEUE = f"{get_settings().broker.queue_prefix}visionqueue"
+WEBHOOK_QUEUE = f"{get_settings().broker.queue_prefix}webhooks"
 CLASSIFY_TASK = "visionqueue.classify_job"
 WEBHOOK_TASK = "visionqueue.deliver_webhook"
 SWEEP_TASK = "visionqueue.sweep"
@@ -76,6 +77,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "sweep": {"task": SWEEP_TASK, "schedule": settings.worker.sweep_interval_s},
         },
     }
+
+
+def ensure_broker_dirs(settings: Settings) -> None:
+    """Create the filesystem broker's folders (embedded default); other brokers need none."""
+    if settings.broker_url.startswith("filesystem://"):
+        for sub in ("in", "processed", "control"):
+            (settings.broker_dir / sub).mkdir(parents=True, exist_ok=True)
 
 
 def create_celery_app(settings: Settings | None = None) -> Celery:

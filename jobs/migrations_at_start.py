@@ -1,4 +1,4 @@
-"""Apply migrations when a worker starts, so a worker never runs against an old schema."""
+"""Prepare a worker at start-up: broker folders, then migrations (never an old schema)."""
 
 from __future__ import annotations
 
@@ -7,5 +7,8 @@ from visionqueue.settings import Settings
 
 
 def migrate_on_start(settings: Settings) -> None:
-    """Upgrade the database to the newest revision (a no-op when current)."""
+    """Create the embedded broker's folders and upgrade the database (a no-op when current)."""
+    from jobs.celery_app import ensure_broker_dirs
+
+    ensure_broker_dirs(settings)
     upgrade_database(settings.database_url)

@@ -62,15 +62,21 @@ def prepare_model(settings: Settings) -> tuple[str, str]:
 def prepare_storage(settings: Settings) -> None:
     """Create the embedded default's folders and apply database migrations."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    if not settings.broker.url:
-        for sub in ("in", "processed", "control"):
-            (settings.broker_dir / sub).mkdir(parents=True, exist_ok=True)
+    from jobs.celery_app import ensure_broker_dirs
+
+    ensure_broker_dirs(settings)
     try:
         from persistence.migrate import upgrade_database
     except ImportError:  # the async layer is optional for the sync API
         return
     say("database: applying migrations")
     upgrade_database(settings.database_url)
+
+
+def worker_queues(settings: Settings) -> str:
+    """Return the worker's ``-Q`` argument: the job and webhook queues, prefixed."""
+    prefix = settings.broker.queue_prefix
+    return f"{prefix}visionqueue,{prefix}webhooks"
 
 
 def children(settings: Settings, with_worker: bool) -> list[Child]:
@@ -82,7 +88,7 @@ def children(settings: Settings, with_worker: bool) -> list[Child]:
         return procs
     celery = [str(BIN / "celery"), "-A", "jobs.celery_app:app"]
     worker = [*celery, "worker", "--pool", "threads"]
-    worker += ["--concurrency", str(settings.worker.concurrency), "-Q", "visionqueue,webhooks"]
+    worker += ["--concurrency", str(settings.worker.concurrency), "-Q", worker_queues(settings)]
     worker += ["--loglevel", settings.observability.log_level, "--without-gossip"]
     # embedded beat runs the sweeper (lost enqueues, due webhook retries); with several
     # workers run one separate `celery beat` instead (see docker-compose.yml)

@@ -120,6 +120,11 @@ class BrokerSettings(_Group):
         "",
         description="Celery broker (redis://, amqp://); empty = filesystem broker in VQ_DATA_DIR.",
     )
+    queue_prefix: str = Field(
+        "",
+        pattern=r"^[A-Za-z0-9_.-]*$",
+        description="Prefix of the queue names, to share one broker between deployments.",
+    )
     visibility_timeout_s: int = Field(
         3600,
         ge=5,

@@ -53,6 +53,11 @@ class Stack:
     log_dir: Path
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
+    @property
+    def queues(self) -> str:
+        prefix = self.env.get("VQ_BROKER_QUEUE_PREFIX", "")
+        return f"{prefix}visionqueue,{prefix}webhooks"
+
     def start_worker(
         self, concurrency: int = 8, name: str | None = None
     ) -> subprocess.Popen[bytes]:
@@ -61,7 +66,7 @@ class Stack:
         log = self.log_dir / f"worker-{name}.log"
         args = [
             str(BIN / "celery"), "-A", "jobs.celery_app:app", "worker", "--pool", "threads",
-            "--concurrency", str(concurrency), "-Q", "visionqueue,webhooks", "-n", f"{name}@%h",
+            "--concurrency", str(concurrency), "-Q", self.queues, "-n", f"{name}@%h",
             "--loglevel", "INFO", "--without-gossip", "--without-mingle",
         ]  # fmt: skip
         proc = spawn(args, {**os.environ, **self.env}, log)
@@ -97,7 +102,7 @@ def production_stack(
     """
     log_dir.mkdir(parents=True, exist_ok=True)
     broker = REDIS_URL.format(db=redis_db)
-    redis.Redis.from_url(broker).flushdb()
+    prefix = f"t{uuid.uuid4().hex[:8]}-"
     with throwaway_postgres_url() as db_url, s3_server_process(log_dir / "s3.log") as s3:
         env = {
             **base_env,
@@ -108,6 +113,8 @@ def production_stack(
             "VQ_S3_SECRET_KEY": "vq-test-secret",
             "VQ_S3_BUCKET": "vq-images",
             "VQ_BROKER_VISIBILITY_TIMEOUT_S": "15",
+            # unique queues: test sessions running side by side never share messages
+            "VQ_BROKER_QUEUE_PREFIX": prefix,
             "VQ_WORKER_METRICS_PORT": "0",
             "VQ_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
             **extra_env,
@@ -125,3 +132,6 @@ def production_stack(
                 yield stack
             finally:
                 stack.stop_workers()
+                client = redis.Redis.from_url(broker)
+                for key in client.scan_iter(f"{prefix}*"):
+                    client.delete(key)

@@ -27,6 +27,9 @@ class FrontResources:
 def build_front_resources(settings: Settings) -> FrontResources:
     """Create the front's resources; the bucket is created now if the store answers."""
     from jobs.celery_app import app as celery_app
+    from jobs.celery_app import ensure_broker_dirs
+
+    ensure_broker_dirs(settings)
 
     store = build_image_store(settings)
     try:

@@ -1,0 +1,47 @@
+#!/bin/sh
+# Start one VisionQueue role: api | worker | beat | flower | migrate | import-model; anything else is exec'd.
+set -eu
+
+role="${1:-api}"
+if [ "$#" -gt 0 ]; then shift; fi
+
+import_model() {
+    # Idempotent: reuses the stored model when its weights match VQ_WEIGHTS.
+    python -m model_store import --if-missing --weights "${VQ_WEIGHTS:-imagenet1k_v1}"
+}
+
+case "$role" in
+    api)
+        import_model
+        # Migrations are the one-shot `migrate` service's job in compose; a lone container
+        # (docker run) can opt in so it needs nothing else.
+        if [ "${VQ_MIGRATE_ON_START:-false}" = "true" ]; then
+            python -m persistence upgrade
+        fi
+        exec bentoml serve service:VisionQueue --host 0.0.0.0 --port "${VQ_PORT:-3000}" "$@"
+        ;;
+    worker)
+        exec celery -A jobs.celery_app:app worker \
+            --pool threads --concurrency "${VQ_WORKER_CONCURRENCY:-16}" \
+            -Q "${VQ_BROKER_QUEUE_PREFIX:-}visionqueue,${VQ_BROKER_QUEUE_PREFIX:-}webhooks" \
+            --loglevel "${VQ_LOG_LEVEL:-INFO}" "$@"
+        ;;
+    beat)
+        # One per deployment: schedules the sweeper (lost enqueues, due webhook retries).
+        exec celery -A jobs.celery_app:app beat --loglevel "${VQ_LOG_LEVEL:-INFO}" \
+            --schedule /tmp/celerybeat-schedule "$@"
+        ;;
+    flower)
+        # Basic auth comes from FLOWER_BASIC_AUTH (user:pass), Flower's own variable.
+        exec celery -A jobs.celery_app:app flower --address=0.0.0.0 --port=5555 "$@"
+        ;;
+    migrate)
+        exec python -m persistence upgrade "$@"
+        ;;
+    import-model)
+        import_model
+        ;;
+    *)
+        exec "$role" "$@"
+        ;;
+esac

@@ -1,0 +1,276 @@
+"""The ``visionqueue`` command: serve, import the model, classify, submit and watch jobs.
+
+Client commands talk to a server (``--url``, default ``$VQ_URL`` or http://127.0.0.1:3000)
+with an optional API key (``--api-key`` or ``$VQ_API_KEY``); ``--json`` prints machine output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
+
+
+class CLIError(Exception):
+    """A failure to report in one readable line (exit code 1)."""
+
+
+def _client(args: argparse.Namespace) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    return httpx.Client(base_url=args.url.rstrip("/"), headers=headers, timeout=args.timeout)
+
+
+def _check(resp: httpx.Response) -> dict[str, Any]:
+    try:
+        body = resp.json()
+    except ValueError:
+        body = {}
+    if resp.status_code >= 400:
+        error = body.get("error") if isinstance(body, dict) else None
+        if isinstance(error, dict):
+            raise CLIError(f"{error.get('code')}: {error.get('message')} (HTTP {resp.status_code})")
+        raise CLIError(f"HTTP {resp.status_code} from {resp.request.url}")
+    return body if isinstance(body, dict) else {"value": body}
+
+
+def _images(paths: list[str]) -> list[Path]:
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise CLIError(f"no such file or directory: {raw}")
+    if not found:
+        raise CLIError("no images found")
+    return found
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    rows = []
+    failed = 0
+    with _client(args) as client:
+        for path in _images(args.images):
+            try:
+                with path.open("rb") as fh:
+                    body = _check(
+                        client.post(
+                            "/predict",
+                            files={"image": (path.name, fh)},
+                            data={"top_k": str(args.top_k)},
+                        )
+                    )
+                rows.append({"image": str(path), **body})
+            except (CLIError, httpx.HTTPError) as exc:
+                failed += 1
+                rows.append({"image": str(path), "error": str(exc)})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            if "error" in row:
+                print(f"{row['image']}: ERROR {row['error']}")
+                continue
+            print(row["image"])
+            for p in row["predictions"]:
+                print(f"  {p['confidence']:7.2%}  {p['class']} ({p['index']})")
+            model = row["model"]
+            print(f"  model {model['tag']} weights {model['weights']}")
+            if model.get("demo"):
+                print("  WARNING: demo model (random-init weights): predictions are meaningless")
+    return 1 if failed else 0
+
+
+def _progress(done: int, total: int, failed: int) -> None:
+    width = 30
+    filled = int(width * done / total) if total else width
+    sys.stderr.write(
+        f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} done, {failed} failed"
+    )
+    sys.stderr.flush()
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    paths = _images(args.images)
+    ids: dict[str, str] = {}
+    data: dict[str, str] = {}
+    if args.webhook:
+        data["webhook_url"] = args.webhook
+    if args.metadata:
+        data["metadata"] = args.metadata
+    with _client(args) as client:
+        for path in paths:
+            with path.open("rb") as fh:
+                body = _check(client.post("/v1/jobs", files={"images": (path.name, fh)}, data=data))
+            ids[body["jobs"][0]["id"]] = str(path)
+        if not args.wait:
+            out = [{"id": i, "image": p} for i, p in ids.items()]
+            print(
+                json.dumps(out, indent=2)
+                if args.json
+                else "\n".join(f"{i}  {p}" for i, p in ids.items())
+            )
+            return 0
+        final: dict[str, dict[str, Any]] = {}
+        deadline = time.monotonic() + args.wait_timeout
+        while len(final) < len(ids) and time.monotonic() < deadline:
+            for job_id in [i for i in ids if i not in final]:
+                job = _check(client.get(f"/v1/jobs/{job_id}"))
+                if job["status"] in ("completed", "failed", "cancelled"):
+                    final[job_id] = job
+            failed = sum(1 for j in final.values() if j["status"] != "completed")
+            if not args.json:
+                _progress(len(final), len(ids), failed)
+            if len(final) < len(ids):
+                time.sleep(0.5)
+    if not args.json:
+        sys.stderr.write("\n")
+    failed = sum(1 for j in final.values() if j["status"] != "completed")
+    missing = len(ids) - len(final)
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {**final.get(i, {"id": i, "status": "timeout"}), "image": p}
+                    for i, p in ids.items()
+                ],
+                indent=2,
+            )
+        )
+    else:
+        for job_id, name in ids.items():
+            outcome = final.get(job_id)
+            if outcome is None:
+                print(f"{name}: still running after {args.wait_timeout:.0f}s ({job_id})")
+            elif outcome["status"] == "completed":
+                top = outcome["result"]["predictions"][0]
+                print(f"{name}: {top['class']} ({top['confidence']:.2%})")
+            else:
+                err = outcome.get("error") or {}
+                print(
+                    f"{name}: {outcome['status'].upper()} {err.get('code', '')}: {err.get('message', '')}"
+                )
+        print(
+            f"{len(ids)} submitted, {len(final) - failed} completed, {failed} failed, {missing} unfinished"
+        )
+    return 1 if failed or missing else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = _check(client.get(f"/v1/jobs/{args.job_id}"))
+    if args.json:
+        print(json.dumps(job, indent=2))
+        return 0
+    print(f"{job['id']}  {job['status']}  attempts={job['attempts']}  created={job['created_at']}")
+    if job.get("result"):
+        for p in job["result"]["predictions"]:
+            print(f"  {p['confidence']:7.2%}  {p['class']}")
+    if job.get("error"):
+        print(f"  error {job['error']['code']}: {job['error']['message']}")
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {"limit": args.limit}
+    if args.status:
+        params["status"] = args.status
+    with _client(args) as client:
+        body = _check(client.get("/v1/jobs", params=params))
+    if args.json:
+        print(json.dumps(body, indent=2))
+        return 0
+    for job in body["jobs"]:
+        top = job["result"]["predictions"][0]["class"] if job.get("result") else ""
+        print(f"{job['id']}  {job['status']:<10}  {job['created_at']}  {top}")
+    if body.get("next_cursor"):
+        print(f"(more: --cursor {body['next_cursor']})")
+    return 0
+
+
+def cmd_serve(_: argparse.Namespace) -> int:
+    from visionqueue.launcher import main as launch
+
+    return launch()
+
+
+def cmd_import_model(args: argparse.Namespace) -> int:
+    from model_store.__main__ import main as model_main
+
+    argv = ["import"]
+    if args.weights:
+        argv += ["--weights", "random" if args.weights == "random" else args.weights]
+    if args.json:
+        argv.append("--json")
+    return model_main(argv)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from bench.__main__ import main as bench_main
+
+    return bench_main(args.bench_args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", default=os.environ.get("VQ_URL", "http://127.0.0.1:3000"))
+    common.add_argument("--api-key", default=os.environ.get("VQ_API_KEY"))
+    common.add_argument("--timeout", type=float, default=60.0)
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    parser = argparse.ArgumentParser(prog="visionqueue", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help_: str, func: Any) -> argparse.ArgumentParser:
+        cmd = sub.add_parser(name, help=help_, parents=[common])
+        cmd.set_defaults(func=func)
+        return cmd
+
+    command("serve", "start the whole system (what `make run` runs)", cmd_serve)
+    imp = command("import-model", "import ResNet18 into the BentoML store", cmd_import_model)
+    imp.add_argument("--weights", help="imagenet1k_v1 | PATH | random")
+    cls = command("classify", "classify images now (POST /predict)", cmd_classify)
+    cls.add_argument("images", nargs="+")
+    cls.add_argument("--top-k", type=int, default=5)
+    sbm = command("submit", "submit images as async jobs", cmd_submit)
+    sbm.add_argument("images", nargs="+", help="files or directories")
+    sbm.add_argument("--wait", action="store_true", help="wait for every job; exit 1 if any failed")
+    sbm.add_argument("--wait-timeout", type=float, default=600.0)
+    sbm.add_argument("--webhook", help="webhook URL notified when each job finishes")
+    sbm.add_argument("--metadata", help="JSON object stored with each job")
+    st = command("status", "show one job", cmd_status)
+    st.add_argument("job_id")
+    jb = command("jobs", "list recent jobs", cmd_jobs)
+    jb.add_argument("--status")
+    jb.add_argument("--limit", type=int, default=20)
+    bn = command("bench", "run the benchmark (make bench)", cmd_bench)
+    bn.add_argument("bench_args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except CLIError as exc:
+        print(f"visionqueue: {exc}", file=sys.stderr)
+        return 1
+    except httpx.ConnectError:
+        print(f"visionqueue: cannot reach {args.url} (is `make run` running?)", file=sys.stderr)
+        return 1
+    except httpx.HTTPError as exc:
+        print(f"visionqueue: request failed: {type(exc).__name__}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
