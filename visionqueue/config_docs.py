@@ -79,11 +79,27 @@ def render_markdown() -> str:
     return "\n".join(lines) + "\n"
 
 
+README = ROOT / "README.md"
+START, END = "<!-- config-table:start -->", "<!-- config-table:end -->"
+
+
+def render_table() -> str:
+    return "\n".join(render_markdown().splitlines()[6:]) + "\n"
+
+
+def render_readme(current: str) -> str:
+    """Return README text with the generated table between the config-table markers."""
+    head, _, rest = current.partition(START)
+    _, _, tail = rest.partition(END)
+    return f"{head}{START}\n{render_table()}{END}{tail}"
+
+
 def main() -> int:
+    README.write_text(render_readme(README.read_text()))
     ENV_EXAMPLE.write_text(render_env_example())
     CONFIG_DOC.parent.mkdir(exist_ok=True)
     CONFIG_DOC.write_text(render_markdown())
-    print(f"wrote {ENV_EXAMPLE.name} and {CONFIG_DOC.relative_to(ROOT)}")
+    print(f"wrote {ENV_EXAMPLE.name}, {CONFIG_DOC.relative_to(ROOT)} and the README table")
     return 0
 
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from visionqueue.config_docs import CONFIG_DOC, ENV_EXAMPLE, render_env_example, render_markdown
+from visionqueue.config_docs import (
+    CONFIG_DOC,
+    ENV_EXAMPLE,
+    README,
+    render_env_example,
+    render_markdown,
+    render_readme,
+)
 from visionqueue.settings import Settings
 
 CONTRACT = [
@@ -26,6 +33,8 @@ CONTRACT = [
 def test_env_example_and_config_doc_are_generated_from_settings() -> None:
     assert ENV_EXAMPLE.read_text() == render_env_example(), "run python -m visionqueue.config_docs"
     assert CONFIG_DOC.read_text() == render_markdown(), "run python -m visionqueue.config_docs"
+    readme = README.read_text()
+    assert readme == render_readme(readme), "run python -m visionqueue.config_docs"
 
 
 @pytest.mark.parametrize("name", CONTRACT)

@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 
 from visionqueue.errors import VQError
 
@@ -27,12 +28,24 @@ def create_api_app() -> FastAPI:
     app = FastAPI(
         title="VisionQueue",
         summary="Image classification: sync /predict, async jobs, signed webhooks.",
-        docs_url="/docs",
+        docs_url=None,  # /docs below shows the whole service, /predict included
         openapi_url="/openapi.json",
         redoc_url=None,
         lifespan=lifespan,
     )
     app.include_router(router)
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        # BentoML serves the merged OpenAPI (its APIs and these routes) at /docs.json and
+        # bundles Swagger UI, so the page works offline too.
+        return get_swagger_ui_html(
+            openapi_url="/docs.json",
+            title="VisionQueue API",
+            swagger_js_url="/static_content/swagger-ui-bundle.js",
+            swagger_css_url="/static_content/swagger-ui.css",
+            swagger_favicon_url="/static_content/favicon-light-32x32.png",
+        )
 
     @app.exception_handler(VQError)
     async def vq_error(_: Request, exc: VQError) -> JSONResponse:
