@@ -18,6 +18,7 @@ WEBHOOK_QUEUE = f"{get_settings().broker.queue_prefix}webhooks"
 CLASSIFY_TASK = "visionqueue.classify_job"
 WEBHOOK_TASK = "visionqueue.deliver_webhook"
 SWEEP_TASK = "visionqueue.sweep"
+PURGE_TASK = "visionqueue.purge"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -62,6 +63,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             CLASSIFY_TASK: {"queue": JOB_QUEUE},
             WEBHOOK_TASK: {"queue": WEBHOOK_QUEUE},
             SWEEP_TASK: {"queue": JOB_QUEUE},
+            PURGE_TASK: {"queue": JOB_QUEUE},
         },
         "task_publish_retry": True,
         "task_publish_retry_policy": {
@@ -75,6 +77,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         "beat_schedule": {
             "sweep": {"task": SWEEP_TASK, "schedule": settings.worker.sweep_interval_s},
+            "purge": {"task": PURGE_TASK, "schedule": 3600.0},
         },
     }
 

@@ -15,7 +15,7 @@ from celery import Task
 from celery.signals import worker_init, worker_process_init
 from celery.utils.log import get_task_logger
 
-from jobs.celery_app import CLASSIFY_TASK, SWEEP_TASK, WEBHOOK_QUEUE, WEBHOOK_TASK, app
+from jobs.celery_app import CLASSIFY_TASK, PURGE_TASK, SWEEP_TASK, WEBHOOK_QUEUE, WEBHOOK_TASK, app
 from jobs.classify import PermanentJobError, TransientJobError, fail_job, process_job
 from jobs.metrics import IMAGE_TASK_FAILURE, IMAGE_TASK_LATENCY, IMAGE_TASK_SUCCESS
 from jobs.notify import attempt_delivery, due_deliveries, hand_to_sweeper
@@ -124,3 +124,15 @@ def _start_metrics_server(**_: Any) -> None:
             start_http_server(port, addr=settings.server.host)
         except OSError as exc:  # another worker on this host has the port
             logging.getLogger(__name__).warning("worker metrics port %d busy: %s", port, exc)
+
+
+@app.task(name=PURGE_TASK, ignore_result=True)
+def purge() -> dict[str, int]:
+    """Delete finished jobs and images past the retention period (VQ_WORKER_RETENTION_DAYS)."""
+    from jobs.retention import purge_expired
+
+    res = get_resources()
+    result = purge_expired(res.engine, res.store, res.settings.worker.retention_days)
+    if result.jobs:
+        logger.info("purge: deleted %d jobs and %d images", result.jobs, result.images)
+    return {"jobs": result.jobs, "images": result.images}

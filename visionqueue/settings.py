@@ -166,6 +166,12 @@ class WorkerSettings(_Group):
         30.0, gt=0, description="How often the sweeper re-enqueues lost jobs and due webhooks."
     )
     top_k: int = Field(5, ge=1, le=20, description="Classes stored in each job's result.")
+    retention_days: float = Field(
+        0,
+        ge=0,
+        description="Delete finished jobs (rows, delivery logs, unshared images) older than "
+        "this many days; 0 keeps them forever.",
+    )
 
 
 class WebhookSettings(_Group):
