@@ -168,8 +168,14 @@ def main(argv: list[str] | None = None) -> int:
     if jobs:
         print(f"  async: {json.dumps(jobs)}")
     text = render(raw, sync, jobs, args)
-    Path(args.output).parent.mkdir(exist_ok=True)
-    Path(args.output).write_text(text)
+    output = Path(args.output)
+    output.parent.mkdir(exist_ok=True)
+    chart = output.with_name("benchmarks.png")
+    from bench.chart import draw
+
+    draw(sync, raw, chart)
+    text += f"\n![throughput and latency vs concurrency]({chart.name})\n"
+    output.write_text(text)
     print(f"bench: wrote {args.output}")
     return 0
 

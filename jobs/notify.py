@@ -6,8 +6,8 @@ message sits in the broker for hours (Redis would redeliver it after its visibil
 
 Every attempt number is sent at most once per log row: a duplicate message (broker
 redelivery, a manual redelivery racing a pending retry) finds its number logged and stops.
-Without ``VQ_WEBHOOK_SECRETS`` (dev only: production refuses to start) requests go out
-unsigned, with no ``webhook-signature`` header.
+Without ``VQ_WEBHOOK_SECRETS`` requests go out unsigned, with no ``webhook-signature``
+header, in dev only; in production they are not sent (logged ``signing_error``, retried).
 """
 
 from __future__ import annotations
@@ -53,11 +53,18 @@ def event_type_for(status: str) -> str:
 
 
 def event_headers(
-    secrets: Sequence[SecretLike], event_id: str, timestamp: int, body: bytes
+    secrets: Sequence[SecretLike],
+    event_id: str,
+    timestamp: int,
+    body: bytes,
+    *,
+    allow_unsigned: bool = True,
 ) -> dict[str, str]:
     """Return the request headers: signed with every secret, or unsigned when there is none."""
     if secrets:
         return signed_headers(secrets, event_id, timestamp, body)
+    if not allow_unsigned:
+        raise ValueError("no webhook secret configured")
     _warn_unsigned()
     return {
         "webhook-id": event_id,
@@ -85,10 +92,16 @@ def attempt_delivery(job_id: str, attempt: int, res: Resources) -> DeliveryOutco
         return DeliveryOutcome(False, None)
 
     try:
-        headers = event_headers(settings.webhook.secrets, event_id, int(time.time()), body)
+        headers = event_headers(
+            settings.webhook.secrets,
+            event_id,
+            int(time.time()),
+            body,
+            allow_unsigned=settings.server.env != "production",
+        )
     except ValueError:
-        # A malformed secret is the operator's to fix; retries go on so nothing is lost.
-        logger.error("job %s: webhook not sent, VQ_WEBHOOK_SECRETS is malformed", job_id)
+        # The operator's to fix (check_secrets refuses it at start); retries go on meanwhile.
+        logger.error("job %s: webhook not sent, VQ_WEBHOOK_SECRETS is malformed or empty", job_id)
         result = AttemptResult(None, "signing_error", 0.0)
     else:
         result = deliver_once(
