@@ -12,7 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_init, worker_process_init
+from celery.signals import setup_logging, worker_init, worker_process_init
 from celery.utils.log import get_task_logger
 
 from jobs.celery_app import CLASSIFY_TASK, PURGE_TASK, SWEEP_TASK, WEBHOOK_QUEUE, WEBHOOK_TASK, app
@@ -23,6 +23,7 @@ from jobs.resources import get_resources
 from persistence import jobs_repo
 from persistence.db import session_scope
 from visionqueue.errors import DatabaseUnavailable
+from visionqueue.logging_setup import configure_logging, log_context
 
 logger = get_task_logger(__name__)
 
@@ -42,7 +43,8 @@ def classify_job(self: Task, job_id: str) -> str:
     """Classify the image of job ``job_id`` and store the result."""
     res = get_resources()
     try:
-        outcome = process_job(job_id, res)
+        with log_context(job_id=job_id):
+            outcome = process_job(job_id, res)
     except PermanentJobError as exc:
         outcome = fail_job(job_id, res, exc.code, exc.message)
         if outcome.status == "failed":
@@ -71,7 +73,8 @@ def deliver_webhook(self: Task, job_id: str, attempt: int) -> bool:
     """Deliver the finished-job event of ``job_id`` (attempt number ``attempt``)."""
     res = get_resources()
     try:
-        outcome = attempt_delivery(job_id, attempt, res)
+        with log_context(job_id=job_id):
+            outcome = attempt_delivery(job_id, attempt, res)
     except DatabaseUnavailable as exc:
         raise self.retry(countdown=backoff_s(self.request.retries), exc=exc) from exc
     if outcome.retry_in_s is not None:
@@ -109,6 +112,14 @@ def _reset_after_fork(**_: Any) -> None:
     dispose_engines()
 
 
+@setup_logging.connect
+def _configure_logging(**_: Any) -> None:
+    # connected, so Celery leaves logging to us: VQ_LOG_LEVEL/VQ_LOG_JSON, ids, redaction
+    from visionqueue.settings import get_settings
+
+    configure_logging(get_settings())
+
+
 @worker_init.connect
 def _start_metrics_server(**_: Any) -> None:
     from prometheus_client import start_http_server
@@ -117,6 +128,11 @@ def _start_metrics_server(**_: Any) -> None:
     from visionqueue.settings import get_settings
 
     settings = get_settings()
+    try:
+        settings.check_secrets()
+    except ValueError as exc:
+        # SystemExit: Celery swallows ordinary exceptions raised in worker_init
+        raise SystemExit(f"refusing to start: {exc}") from None
     migrate_on_start(settings)
     port = settings.observability.worker_metrics_port
     if port:

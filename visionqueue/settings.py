@@ -254,7 +254,14 @@ class Settings(_Group):
         return (self.worker.classifier_url or self.public_url).rstrip("/")
 
     def check_secrets(self) -> None:
-        """Refuse placeholder secrets outside dev."""
+        """Refuse malformed webhook secrets always; placeholder or missing ones in production."""
+        from jobs.webhooks.signing import decode_secret  # lazy: settings stays import-light
+
+        for index, secret in enumerate(self.webhook.secrets, start=1):
+            try:
+                decode_secret(secret)
+            except ValueError as exc:
+                raise ValueError(f"VQ_WEBHOOK_SECRETS entry {index}: {exc}") from None
         if self.server.env != "production":
             return
         weak = []
@@ -266,6 +273,8 @@ class Settings(_Group):
             weak.append("VQ_S3_SECRET_KEY")
         if not self.server.api_keys:
             weak.append("VQ_API_KEYS")
+        if not self.webhook.secrets:
+            weak.append("VQ_WEBHOOK_SECRETS")
         if weak:
             raise ValueError(
                 "production mode refuses placeholder or missing secrets: " + ", ".join(weak)

@@ -71,7 +71,15 @@ def test_embedded_default_when_backends_are_unset() -> None:
 
 def test_production_refuses_placeholder_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VQ_ENV", "production")
-    with pytest.raises(ValueError, match="VQ_SIGNING_KEY"):
+    with pytest.raises(ValueError, match="VQ_SIGNING_KEY") as info:
+        Settings().check_secrets()
+    assert "VQ_WEBHOOK_SECRETS" in str(info.value)
+    assert "VQ_API_KEYS" in str(info.value)
+
+
+def test_malformed_webhook_secret_is_refused_in_any_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VQ_WEBHOOK_SECRETS", "not-a-whsec-secret")
+    with pytest.raises(ValueError, match="VQ_WEBHOOK_SECRETS entry 1"):
         Settings().check_secrets()
 
 
