@@ -23,6 +23,7 @@ from visionqueue.api.envelope import FrontMiddleware
 from visionqueue.api.health import front_health
 from visionqueue.api.predict import check_top_k, classify_upload
 from visionqueue.errors import ModelNotReady, Unavailable, VQError
+from visionqueue.logging_setup import configure_logging
 from visionqueue.service_metrics import backlog_exposition, classifier_metrics, front_metrics
 from visionqueue.settings import get_settings
 
@@ -57,6 +58,7 @@ class Classifier:
     def __init__(self) -> None:
         from model_store.inference import configure_threads, load_classifier
 
+        configure_logging(_settings)
         threads = configure_threads(_model_cfg.torch_threads)
         stored = self.model_ref
         meta = stored.info.metadata
@@ -67,6 +69,9 @@ class Classifier:
             labels=tuple(meta["labels"]),
             device=_model_cfg.device,
             backend=_model_cfg.inference_backend,
+            warmup_batch=_model_cfg.batch_max_size,
+            compile_cache_dir=_model_cfg.compile_cache_dir
+            or str(_settings.data_dir.resolve() / "torch-compile"),
         )
         self.metrics = classifier_metrics()
         info = self.model.info
@@ -132,6 +137,7 @@ class VisionQueue:
 
     def __init__(self) -> None:
         self.settings = get_settings()
+        configure_logging(self.settings)
         self._model_info: dict[str, Any] | None = None
         self._limiter = anyio.CapacityLimiter(self.settings.model.preprocess_threads)
         self.metrics = front_metrics()

@@ -17,7 +17,7 @@ from model_store.preprocess import MEAN, STD
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("eager", "channels_last")
+BACKENDS = ("eager", "channels_last", "compile")
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class BatchClassifier:
         self._device = torch.device(info.device)
         self._mean = torch.tensor(MEAN, dtype=torch.float32, device=self._device).view(1, 3, 1, 1)
         self._std = torch.tensor(STD, dtype=torch.float32, device=self._device).view(1, 3, 1, 1)
-        self._channels_last = info.backend == "channels_last"
+        self._channels_last = info.backend in ("channels_last", "compile")
 
     def normalize_batch(self, crops: np.ndarray) -> Any:
         """Turn ``(N, 224, 224, 3)`` uint8 into the normalised float tensor torchvision makes."""
@@ -95,6 +95,8 @@ def load_classifier(
     labels: tuple[str, ...],
     device: str = "auto",
     backend: str = "eager",
+    warmup_batch: int = 1,
+    compile_cache_dir: str | None = None,
 ) -> BatchClassifier:
     """Load a stored state_dict into ResNet18 and return a ready ``BatchClassifier``."""
     import torch
@@ -111,12 +113,30 @@ def load_classifier(
     module = resnet18(weights=None)
     module.load_state_dict(state_dict, strict=True)
     module.eval().to(dev)
-    if backend == "channels_last":
+    if backend in ("channels_last", "compile"):
         module = module.to(memory_format=torch.channels_last)
+    if backend == "compile":
+        module = compile_module(module, compile_cache_dir)
     info = ModelInfo(tag, weights_origin, dev, backend, labels)
     classifier = BatchClassifier(module, info)
-    classifier.predict_proba(np.zeros((1, 224, 224, 3), dtype=np.uint8))  # warm-up
+    # warm-up (and, for "compile", compilation) at start-up, never on a first request
+    for batch in sorted({1, max(1, warmup_batch)}):
+        classifier.predict_proba(np.zeros((batch, 224, 224, 3), dtype=np.uint8))
     return classifier
+
+
+def compile_module(module: Any, cache_dir: str | None) -> Any:
+    """``torch.compile`` the model with a persistent cache, so restarts compile in seconds."""
+    import torch
+
+    if cache_dir:
+        os.makedirs(cache_dir, exist_ok=True)
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", cache_dir)
+    import torch._inductor.config as inductor_config
+
+    inductor_config.fx_graph_cache = True
+    # one graph for every batch size the dispatcher may form
+    return torch.compile(module, dynamic=True)
 
 
 def top_k(probs: np.ndarray, labels: tuple[str, ...] | list[str], k: int) -> list[dict[str, Any]]:

@@ -85,8 +85,14 @@ class ModelSettings(_Group):
     model_tag: str = Field(
         "", description="Exact model tag to serve; empty = MODEL_NAME:latest ('make run' sets it)."
     )
-    inference_backend: Literal["eager", "channels_last"] = Field(
-        "eager", description="How the classifier runs ResNet18 (see docs/benchmarks.md)."
+    inference_backend: Literal["eager", "channels_last", "compile"] = Field(
+        "eager",
+        description="How the classifier runs ResNet18: eager, channels_last, or compile "
+        "(torch.compile at start-up, cached on disk; see docs/benchmarks.md).",
+    )
+    compile_cache_dir: str = Field(
+        "",
+        description="torch.compile cache for the 'compile' backend; empty = VQ_DATA_DIR/torch-compile.",
     )
     preprocess_threads: int = Field(
         2, ge=1, description="Threads that decode and crop images in each front worker."
