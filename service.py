@@ -222,6 +222,7 @@ class VisionQueue:
                 model_info=await self.model_info(),
                 max_pixels=self.settings.server.max_image_pixels,
                 limiter=self._limiter,
+                jpeg_draft=self.settings.model.jpeg_draft,
             )
         except VQError as exc:
             return JSONResponse(exc.to_body(), status_code=exc.status, headers=exc.headers())

@@ -94,6 +94,11 @@ class ModelSettings(_Group):
         "",
         description="torch.compile cache for the 'compile' backend; empty = VQ_DATA_DIR/torch-compile.",
     )
+    jpeg_draft: bool = Field(
+        False,
+        description="Decode large JPEGs at reduced scale (much faster; pixels differ slightly "
+        "from torchvision's full decode, so off by default).",
+    )
     preprocess_threads: int = Field(
         2, ge=1, description="Threads that decode and crop images in each front worker."
     )

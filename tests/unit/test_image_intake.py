@@ -78,3 +78,24 @@ def test_sixteen_bit_png_is_scaled_not_clipped() -> None:
     rgb = np.asarray(decode_image(buf.getvalue(), CAP))
     assert rgb.shape == (64, 64, 3)
     assert 0 < rgb.mean() < 250  # clipping would make nearly everything 255
+
+
+def test_jpeg_draft_decodes_large_photos_at_reduced_scale_and_close_to_full() -> None:
+    import numpy as np
+
+    from visionqueue.api.predict import prepare_crop
+
+    big = images.encode(images.noise_image(2400, 1800, seed=1), "JPEG", quality=90)
+    reduced = decode_image(big, CAP, draft_min_side=256)
+    assert min(reduced.size) >= 256
+    assert reduced.size[0] <= 2400 // 4  # decoded at 1/4 scale or less
+    full = prepare_crop(big, CAP, jpeg_draft=False).astype(int)
+    draft = prepare_crop(big, CAP, jpeg_draft=True).astype(int)
+    assert np.abs(full - draft).mean() < 2.0
+
+
+def test_jpeg_draft_leaves_small_images_and_other_formats_alone() -> None:
+    small = images.jpeg(640, 480)
+    assert decode_image(small, CAP, draft_min_side=256).size == (640, 480)
+    png = images.png(2000, 1000)
+    assert decode_image(png, CAP, draft_min_side=256).size == (2000, 1000)

@@ -10,7 +10,7 @@ import anyio
 import numpy as np
 
 from model_store.inference import top_k as top_k_rows
-from model_store.preprocess import to_model_input
+from model_store.preprocess import RESIZE_SIZE, to_model_input
 from visionqueue.errors import Unprocessable
 from visionqueue.images import decode_image
 
@@ -28,9 +28,10 @@ def check_top_k(value: Any) -> int:
     return value
 
 
-def prepare_crop(data: bytes, max_pixels: int) -> np.ndarray:
+def prepare_crop(data: bytes, max_pixels: int, jpeg_draft: bool = False) -> np.ndarray:
     """Decode an upload and return its ``(224, 224, 3)`` uint8 model input."""
-    return to_model_input(decode_image(data, max_pixels))
+    draft_min_side = RESIZE_SIZE if jpeg_draft else 0
+    return to_model_input(decode_image(data, max_pixels, draft_min_side))
 
 
 def model_block(model_info: dict[str, Any]) -> dict[str, Any]:
@@ -55,10 +56,13 @@ async def classify_upload(
     model_info: dict[str, Any],
     max_pixels: int,
     limiter: anyio.CapacityLimiter,
+    jpeg_draft: bool = False,
 ) -> dict[str, Any]:
     """Run one upload through preprocessing and the batched classifier; build the response."""
     started = time.perf_counter()
-    crop = await anyio.to_thread.run_sync(prepare_crop, data, max_pixels, limiter=limiter)
+    crop = await anyio.to_thread.run_sync(
+        prepare_crop, data, max_pixels, jpeg_draft, limiter=limiter
+    )
     probs = await classify(crop[np.newaxis])
     predictions = top_k_rows(np.asarray(probs)[0], model_info["labels"], k)
     return {
