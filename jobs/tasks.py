@@ -41,31 +41,32 @@ def notify_if_needed(webhook_url: str | None, job_id: str) -> None:
 @app.task(bind=True, name=CLASSIFY_TASK, max_retries=None)
 def classify_job(self: Task, job_id: str) -> str:
     """Classify the image of job ``job_id`` and store the result."""
-    res = get_resources()
-    try:
-        with log_context(job_id=job_id):
+    # the whole task: retries and failures log with the job_id field too
+    with log_context(job_id=job_id):
+        res = get_resources()
+        try:
             outcome = process_job(job_id, res)
-    except PermanentJobError as exc:
-        outcome = fail_job(job_id, res, exc.code, exc.message)
-        if outcome.status == "failed":
-            IMAGE_TASK_FAILURE.labels(code=exc.code).inc()
-            logger.info("job %s failed: %s", job_id, exc.code)
-    except TransientJobError as exc:
-        if self.request.retries >= res.settings.worker.max_retries:
-            outcome = fail_job(job_id, res, exc.code, f"gave up after retries: {exc.message}")
+        except PermanentJobError as exc:
+            outcome = fail_job(job_id, res, exc.code, exc.message)
             if outcome.status == "failed":
                 IMAGE_TASK_FAILURE.labels(code=exc.code).inc()
-        else:
-            delay = backoff_s(self.request.retries)
-            logger.warning("job %s: %s; retry in %.1fs", job_id, exc.code, delay)
-            raise self.retry(countdown=delay, exc=exc) from exc
-    if outcome.status == "completed":
-        IMAGE_TASK_SUCCESS.inc()
-        if outcome.latency_s is not None:
-            IMAGE_TASK_LATENCY.observe(outcome.latency_s)
-    if outcome.status in ("completed", "failed"):
-        notify_if_needed(outcome.webhook_url, job_id)
-    return outcome.status
+                logger.info("job %s failed: %s", job_id, exc.code)
+        except TransientJobError as exc:
+            if self.request.retries >= res.settings.worker.max_retries:
+                outcome = fail_job(job_id, res, exc.code, f"gave up after retries: {exc.message}")
+                if outcome.status == "failed":
+                    IMAGE_TASK_FAILURE.labels(code=exc.code).inc()
+            else:
+                delay = backoff_s(self.request.retries)
+                logger.warning("job %s: %s; retry in %.1fs", job_id, exc.code, delay)
+                raise self.retry(countdown=delay, exc=exc) from exc
+        if outcome.status == "completed":
+            IMAGE_TASK_SUCCESS.inc()
+            if outcome.latency_s is not None:
+                IMAGE_TASK_LATENCY.observe(outcome.latency_s)
+        if outcome.status in ("completed", "failed"):
+            notify_if_needed(outcome.webhook_url, job_id)
+        return outcome.status
 
 
 @app.task(bind=True, name=WEBHOOK_TASK, max_retries=None)
@@ -88,11 +89,15 @@ def deliver_webhook(self: Task, job_id: str, attempt: int) -> bool:
 
 @app.task(name=SWEEP_TASK, ignore_result=True)
 def sweep() -> dict[str, Any]:
-    """Re-enqueue jobs whose enqueue was lost and send webhook retries that are due."""
+    """Re-enqueue jobs whose message was lost and send webhook retries that are due."""
     res = get_resources()
-    older = timedelta(seconds=res.settings.worker.pending_requeue_after_s)
+    worker = res.settings.worker
+    older = timedelta(seconds=worker.pending_requeue_after_s)
+    # processing for twice the task time limit: its worker died (a live one is done by then)
+    stuck = max(older, timedelta(seconds=2 * worker.task_time_limit_s))
     with session_scope(res.engine) as session:
         stale = [job.id for job in jobs_repo.stale_pending_jobs(session, older)]
+        stale += [job.id for job in jobs_repo.stale_processing_jobs(session, stuck)]
         jobs_repo.mark_queued(session, stale)
     for job_id in stale:
         app.send_task(CLASSIFY_TASK, args=[job_id])

@@ -196,13 +196,13 @@ def cancel_job(session: Session, job_id: str, owner: str | None) -> bool:
 
 
 def mark_queued(session: Session, job_ids: Iterable[str]) -> None:
-    """Record that these pending jobs were just handed to the broker."""
+    """Record that these unfinished jobs were just handed to the broker."""
     ids = list(job_ids)
     if not ids:
         return
     stmt = (
         update(Job)
-        .where(Job.id.in_(ids), Job.status == JobStatus.PENDING.value)
+        .where(Job.id.in_(ids), Job.status.in_(CLAIMABLE_STATUSES))
         .values(queued_at=utcnow())
     )
     session.execute(stmt)
@@ -219,6 +219,26 @@ def stale_pending_jobs(session: Session, older_than: timedelta, limit: int = 100
             or_(Job.queued_at.is_(None), Job.queued_at < cutoff),
         )
         .order_by(Job.created_at, Job.id)
+        .limit(limit)
+    )
+    return list(session.scalars(stmt))
+
+
+def stale_processing_jobs(session: Session, older_than: timedelta, limit: int = 100) -> list[Job]:
+    """Return jobs processing (and not re-queued) for longer than ``older_than``, oldest first.
+
+    Their worker died and its message is gone too: the filesystem broker cannot redeliver,
+    and a Redis without persistence forgets unacknowledged messages when it restarts.
+    """
+    cutoff = utcnow() - older_than
+    stmt = (
+        select(Job)
+        .where(
+            Job.status == JobStatus.PROCESSING.value,
+            Job.started_at < cutoff,
+            or_(Job.queued_at.is_(None), Job.queued_at < cutoff),
+        )
+        .order_by(Job.started_at, Job.id)
         .limit(limit)
     )
     return list(session.scalars(stmt))

@@ -1,8 +1,8 @@
 """Accept async jobs: validate cheaply, store the image, commit the row, then enqueue.
 
 Acceptance never decodes the full image or runs the model. If the store, the database or
-the broker fails, the client gets a 503 and nothing it was told about exists: a job row
-whose message could not be published is deleted again.
+the broker fails, the client gets a 503 and nothing it was told about exists: the rows of
+a request whose messages could not all be published are deleted again.
 """
 
 from __future__ import annotations
@@ -74,7 +74,8 @@ def _replayed(res: FrontResources, owner: str | None, key: str) -> list[Job] | N
         if first.batch_id is None:
             return [first]
         rows = session.query(Job).filter(Job.batch_id == first.batch_id, Job.owner == first.owner)
-        return sorted(rows, key=lambda j: j.idempotency_key or "")
+        # keys are KEY, KEY#1 .. KEY#n: sort by number, or KEY#10 would come before KEY#2
+        return sorted(rows, key=lambda j: _key_index(j.idempotency_key, key))
 
 
 def _check_backlog(res: FrontResources) -> None:
@@ -148,32 +149,41 @@ def _key(idempotency_key: str | None, index: int) -> str:
     return f"{idempotency_key}" if index == 0 else f"{idempotency_key}#{index}"
 
 
+def _key_index(job_key: str | None, base: str) -> int:
+    """Return the image index ``_key`` encoded in ``job_key`` (0 for ``base`` itself)."""
+    head, _, index = (job_key or "").partition(f"{base}#")
+    return int(index) if not head and index.isdigit() else 0
+
+
 def enqueue(res: FrontResources, jobs: list[Job]) -> None:
     """Publish one message per job (ids only); undo the rows if the broker refuses."""
     ids = [job.id for job in jobs]
-    published: list[str] = []
-    try:
-        for job_id in ids:
-            res.celery.send_task(CLASSIFY_TASK, args=[job_id])
-            published.append(job_id)
-    except Exception as exc:  # kombu/redis/amqp errors differ by transport
-        unpublished = [i for i in ids if i not in published]
-        _withdraw(res, unpublished)
-        if published:
-            logger.warning("broker failed mid-batch; %d jobs published", len(published))
-        raise BrokerUnavailable("the job queue is unavailable, retry later", retry_after=5) from exc
+    # before publishing: a worker may claim a job (no longer pending) as soon as it is out
     try:
         with session_scope(res.engine) as session:
             jobs_repo.mark_queued(session, ids)
     except VQError:
         logger.warning("could not record queued_at for %d jobs", len(ids))
+    published = 0
+    try:
+        for job_id in ids:
+            res.celery.send_task(CLASSIFY_TASK, args=[job_id])
+            published += 1
+    except Exception as exc:  # kombu/redis/amqp errors differ by transport
+        # the client hears that nothing was accepted: withdraw the published jobs too
+        # (a worker skips a message whose row is gone), or its retry would duplicate them
+        _withdraw(res, ids)
+        if published:
+            logger.warning("broker failed mid-batch; withdrew %d published jobs", published)
+        raise BrokerUnavailable("the job queue is unavailable, retry later", retry_after=5) from exc
 
 
 def _withdraw(res: FrontResources, job_ids: list[str]) -> None:
-    """Delete rows of jobs that were never published (the client gets a 503)."""
+    """Delete the rows of a refused request's jobs that have not finished (the client got 503)."""
+    unfinished = Job.status.in_(jobs_repo.CLAIMABLE_STATUSES)
     try:
         with session_scope(res.engine) as session:
-            session.query(Job).filter(Job.id.in_(job_ids), Job.status == "pending").delete()
+            session.query(Job).filter(Job.id.in_(job_ids), unfinished).delete()
     except VQError:
         # the sweeper will enqueue them later: they are processed, never lost
         logger.error("could not withdraw %d unpublished jobs", len(job_ids))

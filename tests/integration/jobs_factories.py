@@ -1,0 +1,174 @@
+"""Helpers for job tests on the real stack: small images, concurrent submission, row checks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import redis
+from sqlalchemy import Engine, create_engine, select
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
+
+from persistence.models import Job
+from tests.support import images
+from tests.support.servers import BIN, free_port, spawn, stop
+
+T = TypeVar("T")
+FINAL_STATUSES = ("completed", "failed", "cancelled")
+SMALL_SIZES = ((64, 64), (96, 72), (128, 96), (160, 120), (120, 160))
+# Celery logs one line per finished task, with the value ``classify_job`` returned.
+_OUTCOME = re.compile(r"Task visionqueue\.classify_job\[[^\]]+\] succeeded in [^:]+: '(\w+)'")
+
+
+def small_jpegs(count: int, seed: int = 0) -> list[bytes]:
+    """Return ``count`` distinct small JPEGs (64x64 .. 160x120)."""
+    return [images.jpeg(*SMALL_SIZES[i % len(SMALL_SIZES)], seed=seed + i) for i in range(count)]
+
+
+def wait_until(
+    probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.2
+) -> T:
+    """Call ``probe`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    raise TimeoutError(f"{what} not reached within {timeout}s (last: {last!r})")
+
+
+async def _post_all(
+    url: str, payloads: Sequence[bytes], concurrency: int, metadata: dict[str, Any] | None
+) -> list[httpx.Response]:
+    import json
+
+    gate = asyncio.Semaphore(concurrency)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+
+        async def post(i: int, data: bytes) -> httpx.Response:
+            form = {"metadata": json.dumps({**(metadata or {}), "n": i})}
+            async with gate:
+                return await client.post(
+                    "/classify", files={"image": (f"{i}.jpg", data, "image/jpeg")}, data=form
+                )
+
+        return await asyncio.gather(*(post(i, d) for i, d in enumerate(payloads)))
+
+
+def submit_concurrently(
+    url: str,
+    payloads: Sequence[bytes],
+    *,
+    concurrency: int = 32,
+    metadata: dict[str, Any] | None = None,
+) -> list[str]:
+    """POST every payload to ``/classify`` (at most ``concurrency`` at once); return task ids.
+
+    Each job's metadata is ``metadata`` plus ``{"n": index}``.
+    """
+    responses = asyncio.run(_post_all(url, payloads, concurrency, metadata))
+    refused = [(r.status_code, r.text[:200]) for r in responses if r.status_code != 202]
+    assert not refused, f"{len(refused)} submissions refused, e.g. {refused[:3]}"
+    return [str(r.json()["task_id"]) for r in responses]
+
+
+@contextlib.contextmanager
+def database(url: str) -> Iterator[Engine]:
+    """Yield an engine on the stack's database that holds no connection between queries."""
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def job_rows(engine: Engine, ids: Sequence[str]) -> dict[str, Job]:
+    """Return the rows of ``ids`` (detached, fully loaded) by id."""
+    with Session(engine, expire_on_commit=False) as session:
+        rows = session.scalars(select(Job).where(Job.id.in_(list(ids)))).all()
+        session.expunge_all()
+    return {row.id: row for row in rows}
+
+
+def status_counts(engine: Engine, ids: Sequence[str]) -> Counter[str]:
+    """Count the rows of ``ids`` by status."""
+    return Counter(row.status for row in job_rows(engine, ids).values())
+
+
+def wait_all_final(engine: Engine, ids: Sequence[str], timeout: float) -> dict[str, Job]:
+    """Wait until every job of ``ids`` is in a final status; return the rows."""
+
+    def probe() -> dict[str, Job] | None:
+        rows = job_rows(engine, ids)
+        done = len(rows) == len(ids) and all(r.status in FINAL_STATUSES for r in rows.values())
+        return rows if done else None
+
+    try:
+        return wait_until(probe, timeout, f"{len(ids)} jobs final", interval=0.5)
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc}; statuses now {dict(status_counts(engine, ids))}") from None
+
+
+def worker_outcomes(*logs: Path) -> Counter[str]:
+    """Count what ``classify_job`` returned (completed/failed/skipped) in worker logs."""
+    counts: Counter[str] = Counter()
+    for log in logs:
+        counts.update(_OUTCOME.findall(log.read_text(errors="replace")))
+    return counts
+
+
+def broker_idle(broker_url: str, queue_prefix: str = "") -> bool:
+    """Tell whether the Redis broker holds no queued and no unacknowledged job of ours."""
+    import json
+
+    client = redis.Redis.from_url(broker_url)
+    try:
+        if client.llen(f"{queue_prefix}visionqueue"):
+            return False
+        # kombu keeps every queue's unacked messages in one hash: look at ours only
+        for raw in client.hvals("unacked"):
+            _message, exchange, routing_key = json.loads(raw)
+            if str(exchange).startswith(queue_prefix) or str(routing_key).startswith(queue_prefix):
+                return False
+        return True
+    finally:
+        client.close()
+
+
+@contextlib.contextmanager
+def degraded_front(env: dict[str, str], log: Path, timeout: float = 180) -> Iterator[str]:
+    """Run ``bentoml serve`` with ``env`` (a backend may be down); yield once the model answers.
+
+    Unlike ``bento_server`` it does not need ``/readyz`` to be 200: the point is a broken backend.
+    """
+    port = free_port()
+    full_env = {**os.environ, **env, "VQ_PORT": str(port), "VQ_HOST": "127.0.0.1"}
+    args = [str(BIN / "bentoml"), "serve", "service:VisionQueue"]
+    proc = spawn([*args, "--host", "127.0.0.1", "--port", str(port)], full_env, log)
+    url = f"http://127.0.0.1:{port}"
+
+    def model_loaded() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {log.read_text(errors='replace')[-3000:]}")
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            checks = httpx.get(url + "/readyz", timeout=5).json().get("checks", {})
+            return checks.get("model") == "ok" and "backends" not in checks
+        return False
+
+    try:
+        wait_until(model_loaded, timeout, f"{url} model loaded", interval=0.5)
+        yield url
+    finally:
+        stop(proc)

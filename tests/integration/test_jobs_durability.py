@@ -1,0 +1,207 @@
+"""Jobs survive load, a SIGKILLed worker and a dead backend: none lost, none done twice."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+import redis
+from celery import Celery
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from jobs.celery_app import SWEEP_TASK
+from persistence.models import Job
+from tests.integration.jobs_factories import (
+    broker_idle,
+    database,
+    degraded_front,
+    job_rows,
+    small_jpegs,
+    status_counts,
+    submit_concurrently,
+    wait_all_final,
+    wait_until,
+    worker_outcomes,
+)
+from tests.support.servers import free_port
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def _stop_workers_after(stack):  # type: ignore[no-untyped-def]
+    yield
+    stack.stop_workers()
+
+
+@pytest.mark.slow
+def test_300_concurrent_jobs_all_complete_exactly_once(stack) -> None:  # type: ignore[no-untyped-def]
+    run = uuid.uuid4().hex
+    names = [f"dur-{run[:6]}-{i}" for i in range(2)]
+    for name in names:
+        stack.start_worker(name=name)
+    logs = [stack.log_dir / f"worker-{name}.log" for name in names]
+    prefix = stack.env["VQ_BROKER_QUEUE_PREFIX"]
+    wait_until(lambda: broker_idle(stack.broker_url, prefix), 30, "earlier messages drained")
+    before = [worker_outcomes(log)["completed"] for log in logs]
+    payloads = small_jpegs(300, seed=1000)
+    started = time.monotonic()
+
+    ids = submit_concurrently(stack.url, payloads, concurrency=32, metadata={"run": run})
+    submitted_s = time.monotonic() - started
+    assert len(set(ids)) == 300
+
+    with database(stack.database_url) as engine:
+        rows = wait_all_final(engine, ids, timeout=120)
+        finished_s = time.monotonic() - started
+        with Session(engine) as session:
+            in_db = session.scalar(
+                select(func.count()).select_from(Job).where(Job.metadata_["run"].as_string() == run)
+            )
+
+    # exactly the 300 accepted jobs exist, each once, each completed on its first attempt
+    assert in_db == 300
+    assert set(rows) == set(ids)
+    assert {row.status for row in rows.values()} == {"completed"}
+    assert sorted(row.metadata_["n"] for row in rows.values()) == list(range(300))
+    assert {row.attempts for row in rows.values()} == {1}
+    for row in rows.values():
+        assert row.queued_at is not None
+        assert row.created_at <= row.started_at <= row.finished_at  # type: ignore[operator]
+        assert row.result is not None and len(row.result["predictions"]) == 5
+        assert row.weights_origin == "random-init:seed=0"
+
+    # the workers ran classify_job to completion exactly 300 times, and both took a share
+    completed = [worker_outcomes(log)["completed"] - n for log, n in zip(logs, before, strict=True)]
+    assert sum(completed) == 300 and min(completed) > 0, completed
+    wait_until(lambda: broker_idle(stack.broker_url, prefix), 10, "broker drained")
+    print(f"300 jobs: submitted in {submitted_s:.1f}s, all completed in {finished_s:.1f}s")
+
+
+def test_sigkilled_worker_jobs_are_redelivered_and_completed_once(stack) -> None:  # type: ignore[no-untyped-def]
+    run = uuid.uuid4().hex
+    first = stack.start_worker(name=f"doomed-{run[:6]}")
+    prefix = stack.env["VQ_BROKER_QUEUE_PREFIX"]
+    wait_until(lambda: broker_idle(stack.broker_url, prefix), 30, "earlier messages drained")
+    ids = submit_concurrently(stack.url, small_jpegs(40, seed=5000), metadata={"run": run})
+
+    with database(stack.database_url) as engine:
+        # kill it once it has finished something and works on more, most of the batch left
+        def mid_batch() -> bool:
+            counts = status_counts(engine, ids)
+            return counts["completed"] > 0 and counts["processing"] > 0
+
+        wait_until(mid_batch, timeout=60, what="some jobs done, some in flight", interval=0.05)
+        stack.kill_worker(first)
+        at_kill = job_rows(engine, ids)
+        in_flight = {i for i, row in at_kill.items() if row.status == "processing"}
+        done_before = {i for i, row in at_kill.items() if row.status == "completed"}
+        assert in_flight, "the worker was killed with no job in flight"
+        assert len(done_before) < 40
+
+        stack.start_worker(name=f"rescuer-{run[:6]}")
+        killed_at = time.monotonic()
+        # the in-flight jobs come back once the visibility timeout (15 s) has passed
+        rows = wait_all_final(engine, ids, timeout=75)
+        recovered_s = time.monotonic() - killed_at
+    wait_until(lambda: broker_idle(stack.broker_url, prefix), 10, "broker drained")
+
+    assert {row.status for row in rows.values()} == {"completed"}
+    for job_id, row in rows.items():
+        assert row.result is not None and row.finished_at is not None
+        if job_id in in_flight:
+            assert row.attempts == 2, (job_id, row.attempts)  # claimed again, once
+        else:
+            assert row.attempts == 1, (job_id, row.attempts)
+        if job_id in done_before:
+            assert row.finished_at == at_kill[job_id].finished_at  # not completed again
+    # the new worker completed exactly the jobs the dead one had not
+    rescued = worker_outcomes(stack.log_dir / f"worker-rescuer-{run[:6]}.log")
+    assert rescued["completed"] == 40 - len(done_before), rescued
+    print(
+        f"killed with {len(in_flight)} in flight, {len(done_before)} done; "
+        f"all 40 completed {recovered_s:.1f}s after the new worker started"
+    )
+
+
+@pytest.fixture(scope="module")
+def fronts_with_a_dead_backend(stack):  # type: ignore[no-untyped-def]
+    """Two more fronts on the stack's DB and S3: one whose broker, one whose S3 is down."""
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens there
+    with (
+        degraded_front(
+            {**stack.env, "VQ_BROKER_URL": f"redis://{dead}/0"}, stack.log_dir / "no-broker.log"
+        ) as no_broker,
+        degraded_front(
+            {**stack.env, "VQ_S3_ENDPOINT": f"http://{dead}"}, stack.log_dir / "no-s3.log"
+        ) as no_s3,
+    ):
+        yield {"broker": no_broker, "storage": no_s3}
+
+
+def _job_count(stack) -> int:  # type: ignore[no-untyped-def]
+    with database(stack.database_url) as engine, Session(engine) as session:
+        return int(session.scalar(select(func.count()).select_from(Job)) or 0)
+
+
+def test_the_sweeper_requeues_a_job_whose_worker_and_message_were_lost(stack) -> None:  # type: ignore[no-untyped-def]
+    stack.stop_workers()
+    prefix = stack.env["VQ_BROKER_QUEUE_PREFIX"]
+    resp = httpx.post(
+        f"{stack.url}/classify", files={"image": ("a.jpg", small_jpegs(1, seed=77)[0])}, timeout=30
+    )
+    job_id = resp.json()["task_id"]
+    # a worker claimed it an hour ago and died; the broker lost the message (Redis restarted
+    # without persistence, or the filesystem broker of the embedded default)
+    client = redis.Redis.from_url(stack.broker_url)
+    client.delete(f"{prefix}visionqueue")
+    client.close()
+    an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    with database(stack.database_url) as engine:
+        with Session(engine) as session, session.begin():
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .values(
+                    status="processing", attempts=1, started_at=an_hour_ago, queued_at=an_hour_ago
+                )
+            )
+        stack.start_worker(name=f"sweeper-{uuid.uuid4().hex[:6]}")
+        assert job_rows(engine, [job_id])[job_id].status == "processing"  # nothing else helps
+
+        trigger = Celery("sweep-trigger", broker=stack.broker_url)
+        try:
+            trigger.send_task(SWEEP_TASK, queue=f"{prefix}visionqueue")
+        finally:
+            trigger.close()
+        row = wait_all_final(engine, [job_id], timeout=30)[job_id]
+    assert row.status == "completed"
+    assert row.attempts == 2
+    assert row.started_at is not None and row.started_at > an_hour_ago
+
+
+@pytest.mark.slow  # two more Bento servers
+@pytest.mark.parametrize("backend", ["broker", "storage"])
+def test_submission_with_a_dead_backend_is_503_and_leaves_no_job(  # type: ignore[no-untyped-def]
+    stack, fronts_with_a_dead_backend, backend
+) -> None:
+    url = fronts_with_a_dead_backend[backend]
+    before = _job_count(stack)
+    one = httpx.post(
+        f"{url}/classify", files={"image": ("a.jpg", small_jpegs(1, seed=7)[0])}, timeout=60
+    )
+    many = httpx.post(
+        f"{url}/v1/jobs",
+        files=[("images", (f"{i}.jpg", d, "image/jpeg")) for i, d in enumerate(small_jpegs(3))],
+        timeout=60,
+    )
+    for resp in (one, many):
+        assert resp.status_code == 503, resp.text
+        assert resp.json()["error"]["code"] == f"{backend}_unavailable"
+        if backend == "broker":
+            assert int(resp.headers["retry-after"]) > 0
+    assert _job_count(stack) == before
