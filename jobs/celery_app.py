@@ -37,6 +37,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     elif broker.startswith(("redis://", "rediss://", "sqs://")):
         visibility = settings.broker.visibility_timeout_s
         transport_options = {"visibility_timeout": visibility}
+        if settings.broker.queue_prefix:
+            # kombu keeps one unacked hash per Redis database: give each deployment its own
+            transport_options["global_keyprefix"] = settings.broker.queue_prefix
+        if not broker.startswith("sqs://"):
+            # a Redis that accepts connections but hangs must not block a submission forever
+            transport_options["socket_timeout"] = settings.broker.publish_timeout_s
+            transport_options["socket_connect_timeout"] = settings.broker.publish_timeout_s
         if not broker.startswith("sqs://"):
             # kombu looks for a dead worker's unacked messages only every interval x throttle
             # seconds (10 x 10 by default): scan often enough that they come back about
@@ -48,6 +55,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_url": broker,
         "broker_transport_options": transport_options,
         "broker_connection_retry_on_startup": True,
+        "broker_connection_timeout": settings.broker.publish_timeout_s,
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],

@@ -56,7 +56,10 @@ class VQError(Exception):
         return {"error": error}
 
     def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
+        retry_after = self.retry_after
+        if retry_after is None and self.status == 503:
+            retry_after = 5  # every "come back later" says when
+        return {"Retry-After": str(retry_after)} if retry_after is not None else {}
 
 
 class BadRequest(VQError):

@@ -79,6 +79,13 @@ def worker_queues(settings: Settings) -> str:
     return f"{prefix}visionqueue,{prefix}webhooks"
 
 
+def flower_host(settings: Settings) -> str:
+    """Return Flower's bind address: ``VQ_HOST`` behind ``FLOWER_BASIC_AUTH``, else loopback."""
+    # Flower reads FLOWER_BASIC_AUTH ("user:password,...") itself; without it its API, which
+    # can shut workers down, must not be reachable from other machines.
+    return settings.server.host if os.environ.get("FLOWER_BASIC_AUTH") else "127.0.0.1"
+
+
 def children(settings: Settings, with_worker: bool) -> list[Child]:
     server = settings.server
     bento = [str(BIN / "bentoml"), "serve", "service:VisionQueue"]
@@ -95,15 +102,25 @@ def children(settings: Settings, with_worker: bool) -> list[Child]:
     worker += ["--beat", "--schedule", str(settings.data_dir.resolve() / "celerybeat-schedule")]
     procs.append(Child("worker", worker))
     if settings.observability.flower_port:
-        flower = [*celery, "flower", f"--address={server.host}"]
+        flower = [*celery, "flower", f"--address={flower_host(settings)}"]
         flower += [f"--port={settings.observability.flower_port}"]
         procs.append(Child("flower", flower))
     return procs
 
 
 def stop_all(procs: list[Child], grace: float = 10.0) -> None:
-    """SIGTERM every child group, SIGKILL what is left after ``grace`` seconds."""
+    """SIGTERM every child group, SIGKILL what is left after ``grace`` seconds.
+
+    ``bentoml serve`` starts its service workers in sessions of their own, so a group
+    signal misses them: the process trees are recorded first and survivors killed last.
+    """
+    import psutil
+
     running = [c for c in procs if c.proc and c.proc.poll() is None]
+    trees: list[psutil.Process] = []
+    for child in running:
+        with contextlib.suppress(psutil.Error):
+            trees += psutil.Process(child.proc.pid).children(recursive=True)  # type: ignore[union-attr]
     for child in running:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(child.proc.pid, signal.SIGTERM)  # type: ignore[union-attr]
@@ -116,6 +133,10 @@ def stop_all(procs: list[Child], grace: float = 10.0) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(child.proc.pid, signal.SIGKILL)
             child.proc.wait(5)
+    _, alive = psutil.wait_procs(trees, timeout=max(0.1, deadline - time.monotonic()))
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
 
 
 def wait_ready(
@@ -168,7 +189,8 @@ def main() -> int:
             f"  try: curl -F image=@photo.jpg {url}/predict\n"
             f"  docs: {url}/docs   metrics: {url}/metrics\n"
             + (
-                f"  flower: http://{settings.server.host}:{settings.observability.flower_port}\n"
+                f"  flower: http://{flower_host(settings)}:{settings.observability.flower_port}"
+                + (" (basic auth)\n" if os.environ.get("FLOWER_BASIC_AUTH") else "\n")
                 if with_worker and settings.observability.flower_port
                 else ""
             )

@@ -39,9 +39,18 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float, log: Pat
 
 
 def stop(proc: subprocess.Popen[bytes], grace: float = 15) -> None:
-    """Stop a process group: SIGTERM, then SIGKILL after ``grace`` seconds."""
+    """Stop a process tree: SIGTERM the group, SIGKILL whatever is left after ``grace``.
+
+    bentoml's service workers run in sessions of their own: the tree is recorded first.
+    """
+    import psutil
+
     if proc.poll() is not None:
         return
+    try:
+        tree = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        tree = []
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
     try:
@@ -50,6 +59,10 @@ def stop(proc: subprocess.Popen[bytes], grace: float = 15) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
+    _, alive = psutil.wait_procs(tree, timeout=5)
+    for child in alive:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
 
 
 def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
