@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,7 @@ from model_store.preprocess import MEAN, STD
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("eager", "channels_last", "compile")
+BACKENDS = ("eager", "channels_last", "compile", "onnxruntime")
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class BatchClassifier:
         self._mean = torch.tensor(MEAN, dtype=torch.float32, device=self._device).view(1, 3, 1, 1)
         self._std = torch.tensor(STD, dtype=torch.float32, device=self._device).view(1, 3, 1, 1)
         self._channels_last = info.backend in ("channels_last", "compile")
+        self.onnx: Any = None  # an OnnxRunner for the "onnxruntime" backend
 
     def normalize_batch(self, crops: np.ndarray) -> Any:
         """Turn ``(N, 224, 224, 3)`` uint8 into the normalised float tensor torchvision makes."""
@@ -81,6 +83,15 @@ class BatchClassifier:
     def predict_proba(self, crops: np.ndarray) -> np.ndarray:
         """Return ``(N, 1000)`` float32 softmax probabilities."""
         import torch
+
+        if self.onnx is not None:
+            from model_store.onnx_backend import normalize_numpy, softmax
+
+            if crops.dtype != np.uint8 or crops.ndim != 4 or crops.shape[-1] != 3:
+                raise ValueError(
+                    f"expected (N, H, W, 3) uint8 crops, got {crops.dtype} {crops.shape}"
+                )
+            return softmax(self.onnx.logits(normalize_numpy(crops)))
 
         with torch.inference_mode():
             logits = self.module(self.normalize_batch(crops))
@@ -119,10 +130,28 @@ def load_classifier(
         module = compile_module(module, compile_cache_dir)
     info = ModelInfo(tag, weights_origin, dev, backend, labels)
     classifier = BatchClassifier(module, info)
+    if backend == "onnxruntime":
+        classifier.onnx = onnx_runner(module, tag, compile_cache_dir)
     # warm-up (and, for "compile", compilation) at start-up, never on a first request
     for batch in sorted({1, max(1, warmup_batch)}):
         classifier.predict_proba(np.zeros((batch, 224, 224, 3), dtype=np.uint8))
     return classifier
+
+
+def onnx_runner(module: Any, tag: str, cache_dir: str | None) -> Any:
+    """Export (or reuse the cached export of) the model and open an ONNX Runtime session."""
+    import tempfile
+
+    import torch
+
+    from model_store.onnx_backend import OnnxRunner, export_onnx
+
+    folder = Path(cache_dir or tempfile.gettempdir()) / "onnx"
+    path = folder / f"{tag.replace(':', '-')}.onnx"
+    if not path.exists():
+        logger.info("exporting %s to ONNX (%s)", tag, path)
+        export_onnx(module, path)
+    return OnnxRunner(path, torch.get_num_threads())
 
 
 def compile_module(module: Any, cache_dir: str | None) -> Any:

@@ -85,10 +85,11 @@ class ModelSettings(_Group):
     model_tag: str = Field(
         "", description="Exact model tag to serve; empty = MODEL_NAME:latest ('make run' sets it)."
     )
-    inference_backend: Literal["eager", "channels_last", "compile"] = Field(
+    inference_backend: Literal["eager", "channels_last", "compile", "onnxruntime"] = Field(
         "eager",
-        description="How the classifier runs ResNet18: eager, channels_last, or compile "
-        "(torch.compile at start-up, cached on disk; see docs/benchmarks.md).",
+        description="How the classifier runs ResNet18: eager, channels_last, compile "
+        "(torch.compile at start-up, cached on disk) or onnxruntime (exported once, cached); "
+        "see docs/benchmarks.md.",
     )
     compile_cache_dir: str = Field(
         "",
