@@ -17,6 +17,7 @@ MAX_PIXELS = 60_000_000
 
 @dataclass(frozen=True)
 class RawResult:
+    backend: str
     batch: int
     images_per_s: float
     p50_ms: float  # per call (one batch)
@@ -44,4 +45,4 @@ def measure_batch(
         done += batch
         i += batch
     elapsed = time.perf_counter() - start
-    return RawResult(batch, done / elapsed, statistics.median(latencies) * 1000)
+    return RawResult(model.info.backend, batch, done / elapsed, statistics.median(latencies) * 1000)
