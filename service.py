@@ -56,7 +56,10 @@ class Classifier:
     model_ref = bentoml.models.BentoModel(_model_cfg.model_tag or f"{_model_cfg.model_name}:latest")
 
     def __init__(self) -> None:
+        from model_store.batching import apply_policy
         from model_store.inference import configure_threads, load_classifier
+
+        apply_policy(_model_cfg.batch_wait_policy)
 
         configure_logging(_settings)
         threads = configure_threads(_model_cfg.torch_threads)
@@ -146,7 +149,10 @@ class VisionQueue:
         """Return (and cache) the classifier's model description; 503 while it loads."""
         if self._model_info is None:
             try:
-                self._model_info = await self.classifier.to_async.model_info()
+                # the arbiter holds the classifier's socket even while no worker serves it:
+                # without a deadline a probe would wait out the 120 s traffic timeout
+                with anyio.fail_after(5):
+                    self._model_info = await self.classifier.to_async.model_info()
             except Exception as exc:
                 raise ModelNotReady("the classifier is not ready yet", retry_after=2) from exc
         return self._model_info

@@ -36,6 +36,9 @@ class ModelInfo:
 
 def configure_threads(threads: int) -> int:
     """Pin torch's intra-op threads (0 = all cores); oversubscription collapses throughput."""
+    # OpenMP workers that spin between batches steal the cores the front decodes on;
+    # this must be set before torch (and its OpenMP runtime) is first imported.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
     n = threads or len(os.sched_getaffinity(0))

@@ -86,7 +86,7 @@ class ModelSettings(_Group):
         "", description="Exact model tag to serve; empty = MODEL_NAME:latest ('make run' sets it)."
     )
     inference_backend: Literal["eager", "channels_last", "compile", "onnxruntime"] = Field(
-        "eager",
+        "onnxruntime",
         description="How the classifier runs ResNet18: eager, channels_last, compile "
         "(torch.compile at start-up, cached on disk) or onnxruntime (exported once, cached); "
         "see docs/benchmarks.md.",
@@ -109,6 +109,11 @@ class ModelSettings(_Group):
         ge=1,
         description="Adaptive batching: deadline in the batch queue before a 503 (BentoML drops "
         "requests that would exceed it; it is not a wait target).",
+    )
+    batch_wait_policy: Literal["greedy", "bentoml"] = Field(
+        "greedy",
+        description="greedy: dispatch a batch as soon as the model is free (no added latency "
+        "when idle); bentoml: BentoML's adaptive wait.",
     )
     torch_threads: int = Field(
         0, ge=0, description="Intra-op threads for inference (0 = number of cores)."
