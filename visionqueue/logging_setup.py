@@ -24,8 +24,17 @@ from visionqueue.settings import Settings
 MASK = "***"
 # Shorter values would mask ordinary words; no real key is this short.
 MIN_SECRET_LENGTH = 4
-# These log every request URL at INFO: presigned S3 URLs, webhook targets with tokens.
-NOISY_LOGGERS = ("httpx", "httpcore", "urllib3", "botocore", "python_multipart", "multipart")
+# Request loggers at INFO: the clients log every URL (presigned S3 URLs, webhook targets with
+# tokens); uvicorn's access log repeats BentoML's.
+NOISY_LOGGERS = (
+    "httpx",
+    "httpcore",
+    "urllib3",
+    "botocore",
+    "python_multipart",
+    "multipart",
+    "uvicorn.access",
+)
 PLAIN_FORMAT = "%(asctime)s %(levelname)s [%(name)s] %(message)s"
 CORRELATION_FIELDS = ("job_id", "request_id")
 HANDLER_NAME = "visionqueue"

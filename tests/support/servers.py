@@ -72,11 +72,36 @@ def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
     )
 
 
+def isolated_bentoml_home(shared: Path, home: Path) -> Path:
+    """Make a BentoML home that shares ``shared``'s model store but nothing else.
+
+    ``bentoml serve`` wipes ``$BENTOML_HOME/prometheus_multiproc_dir`` when it starts, so two
+    servers on one home clobber (and mix) each other's metrics.
+    """
+    home.mkdir(parents=True, exist_ok=True)
+    models = home / "models"
+    if not models.exists():
+        models.symlink_to(shared / "models", target_is_directory=True)
+    return home
+
+
 @contextlib.contextmanager
 def bento_server(env: dict[str, str], log: Path, timeout: float = 180) -> Iterator[str]:
-    """Run ``bentoml serve service:VisionQueue`` on a free loopback port; yield its URL."""
+    """Run ``bentoml serve service:VisionQueue`` on a free loopback port; yield its URL.
+
+    Each server gets a BentoML home of its own (sharing the model store), so servers
+    running side by side keep their metrics apart.
+    """
     port = free_port()
-    full_env = {**os.environ, **env, "VQ_PORT": str(port), "VQ_HOST": "127.0.0.1"}
+    shared = Path(env.get("BENTOML_HOME") or os.environ["BENTOML_HOME"])
+    home = isolated_bentoml_home(shared, log.parent / f"bentoml-home-{port}")
+    full_env = {
+        **os.environ,
+        **env,
+        "VQ_PORT": str(port),
+        "VQ_HOST": "127.0.0.1",
+        "BENTOML_HOME": str(home),
+    }
     proc = spawn(
         [
             str(BIN / "bentoml"),
