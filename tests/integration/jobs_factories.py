@@ -134,11 +134,11 @@ def broker_idle(broker_url: str, queue_prefix: str = "") -> bool:
     import json
 
     client = redis.Redis.from_url(broker_url)
+    # with a prefix, kombu prefixes every Redis key with it too (global_keyprefix)
     try:
-        if client.llen(f"{queue_prefix}visionqueue"):
+        if client.llen(f"{queue_prefix}{queue_prefix}visionqueue"):
             return False
-        # kombu keeps every queue's unacked messages in one hash: look at ours only
-        for raw in client.hvals("unacked"):
+        for raw in client.hvals(f"{queue_prefix}unacked"):
             _message, exchange, routing_key = json.loads(raw)
             if str(exchange).startswith(queue_prefix) or str(routing_key).startswith(queue_prefix):
                 return False

@@ -158,7 +158,7 @@ def test_the_sweeper_requeues_a_job_whose_worker_and_message_were_lost(stack) ->
     # a worker claimed it an hour ago and died; the broker lost the message (Redis restarted
     # without persistence, or the filesystem broker of the embedded default)
     client = redis.Redis.from_url(stack.broker_url)
-    client.delete(f"{prefix}visionqueue")
+    assert client.delete(f"{prefix}{prefix}visionqueue") == 1  # the key carries the prefix twice
     client.close()
     an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
     with database(stack.database_url) as engine:
@@ -174,6 +174,7 @@ def test_the_sweeper_requeues_a_job_whose_worker_and_message_were_lost(stack) ->
         assert job_rows(engine, [job_id])[job_id].status == "processing"  # nothing else helps
 
         trigger = Celery("sweep-trigger", broker=stack.broker_url)
+        trigger.conf.broker_transport_options = {"global_keyprefix": prefix}
         try:
             trigger.send_task(SWEEP_TASK, queue=f"{prefix}visionqueue")
         finally:
