@@ -45,8 +45,10 @@ def _http_client(timeout_s: float, retries: int) -> urllib3.PoolManager:
         maxsize=32,
         cert_reqs="CERT_REQUIRED",
         ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+        # read=0: a server that accepted the request but hangs is not retried, or one
+        # upload would wait (retries + 1) x timeout_s (30 s) before its 503.
         retries=urllib3.Retry(
-            total=retries, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]
+            total=retries, read=0, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]
         ),
     )
 

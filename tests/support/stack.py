@@ -21,8 +21,16 @@ from tests.support.servers import BIN, bento_server, free_port, spawn, stop
 REDIS_URL = "redis://127.0.0.1:6379/{db}"
 
 
+@dataclass(frozen=True)
+class S3Server:
+    """A running ``moto_server``: its URL and process (fault tests SIGSTOP it)."""
+
+    url: str
+    proc: subprocess.Popen[bytes]
+
+
 @contextlib.contextmanager
-def s3_server_process(log: Path) -> Iterator[str]:
+def s3_server_process(log: Path) -> Iterator[S3Server]:
     """Run ``moto_server`` (a real S3-protocol server) on a free loopback port."""
     port = free_port()
     proc = spawn(
@@ -36,7 +44,7 @@ def s3_server_process(log: Path) -> Iterator[str]:
             break
         time.sleep(0.2)
     try:
-        yield url
+        yield S3Server(url, proc)
     finally:
         stop(proc)
 
@@ -52,6 +60,7 @@ class Stack:
     s3_endpoint: str
     log_dir: Path
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    s3_process: subprocess.Popen[bytes] | None = None
 
     @property
     def queues(self) -> str:
@@ -59,9 +68,9 @@ class Stack:
         return f"{prefix}visionqueue,{prefix}webhooks"
 
     def start_worker(
-        self, concurrency: int = 8, name: str | None = None
+        self, concurrency: int = 8, name: str | None = None, beat: bool = False
     ) -> subprocess.Popen[bytes]:
-        """Start a real ``celery worker`` process; wait until it is consuming."""
+        """Start a real ``celery worker`` process (with the sweeper if ``beat``); wait for it."""
         name = name or f"w{len(self.workers)}-{uuid.uuid4().hex[:6]}"
         log = self.log_dir / f"worker-{name}.log"
         args = [
@@ -69,6 +78,8 @@ class Stack:
             "--concurrency", str(concurrency), "-Q", self.queues, "-n", f"{name}@%h",
             "--loglevel", "INFO", "--without-gossip", "--without-mingle",
         ]  # fmt: skip
+        if beat:
+            args += ["--beat", "--schedule", str(self.log_dir / f"beat-{name}")]
         proc = spawn(args, {**os.environ, **self.env}, log)
         self.workers.append(proc)
         deadline = time.monotonic() + 60
@@ -103,7 +114,8 @@ def production_stack(
     log_dir.mkdir(parents=True, exist_ok=True)
     broker = REDIS_URL.format(db=redis_db)
     prefix = f"t{uuid.uuid4().hex[:8]}-"
-    with throwaway_postgres_url() as db_url, s3_server_process(log_dir / "s3.log") as s3:
+    with throwaway_postgres_url() as db_url, s3_server_process(log_dir / "s3.log") as s3_server:
+        s3 = s3_server.url
         env = {
             **base_env,
             "VQ_DATABASE_URL": db_url,
@@ -127,7 +139,7 @@ def production_stack(
         )
         with bento_server(env, log_dir / "bento.log") as url:
             env["VQ_WORKER_CLASSIFIER_URL"] = url
-            stack = Stack(url, env, db_url, broker, s3, log_dir)
+            stack = Stack(url, env, db_url, broker, s3, log_dir, s3_process=s3_server.proc)
             try:
                 yield stack
             finally:

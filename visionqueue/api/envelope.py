@@ -15,6 +15,7 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from visionqueue.api.form_guard import FORM_RULES, FormRule, form_problem
 from visionqueue.errors import error_body
 
 Scope = MutableMapping[str, Any]
@@ -41,6 +42,8 @@ STATUS_CODES = {
     504: "gateway_timeout",
 }
 HEALTH_PATHS = {"/livez": "live", "/healthz": "live", "/readyz": "ready"}
+# Sent with a 429/503 whose raiser named no retry time: clients are promised one.
+DEFAULT_RETRY_AFTER_S = 5
 PROTECTED_PREFIXES = ("/predict", "/classify", "/task-status", "/v1/jobs")
 
 
@@ -165,7 +168,46 @@ class FrontMiddleware:
             if declared > self.max_body_bytes:
                 await self._too_large(send)
                 return
+        rule = FORM_RULES.get(path) if scope["method"] == "POST" else None
+        if rule is not None:
+            await self._checked_form(scope, receive, send, rule)
+            return
         await self._guarded(scope, receive, send)
+
+    async def _checked_form(
+        self, scope: Scope, receive: Receive, send: Send, rule: FormRule
+    ) -> None:
+        """Read an upload form (capped), refuse a hostile shape, else replay it to the app."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                await self._too_large(send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        content_type = dict(scope.get("headers") or []).get(b"content-type", b"")
+        problem = form_problem(content_type.decode("latin-1"), body, rule)
+        if problem is not None:
+            await send_json(send, problem.status, problem.to_body(), problem.headers())
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()  # only http.disconnect is left
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self._guarded(scope, replay, send)
 
     async def _too_large(self, send: Send) -> None:
         await send_json(
@@ -233,4 +275,6 @@ class FrontMiddleware:
             for k, v in headers
             if k.lower() in (b"retry-after", b"www-authenticate", b"allow", b"x-request-id")
         }
+        if new_status in (429, 503):
+            keep.setdefault("retry-after", str(DEFAULT_RETRY_AFTER_S))
         await send_json(send, new_status, body, keep)

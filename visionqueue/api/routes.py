@@ -16,6 +16,7 @@ from persistence.db import session_scope
 from persistence.image_keys import is_valid_key
 from persistence.local_images import LocalImageStore, verify_image_signature
 from persistence.models import JOB_STATUSES, Job
+from visionqueue.api.openapi_errors import error_responses
 from visionqueue.api.resources import FrontResources
 from visionqueue.api.submit import Upload, check_webhook, parse_metadata, submit_jobs
 from visionqueue.errors import (
@@ -85,7 +86,11 @@ def _load(request: Request, job_id: str) -> Job:
     return job
 
 
-@router.post("/classify", status_code=202, tags=["seed API"])
+SUBMIT_ERRORS = error_responses(400, 401, 413, 415, 422, 429, 503)
+JOB_ERRORS = error_responses(401, 404, 503)
+
+
+@router.post("/classify", status_code=202, tags=["seed API"], responses=SUBMIT_ERRORS)
 async def classify(
     request: Request,
     image: Annotated[UploadFile, File(description="JPEG, PNG, WebP, BMP or GIF")],
@@ -103,7 +108,7 @@ async def classify(
     )
 
 
-@router.get("/task-status/{task_id}", tags=["seed API"])
+@router.get("/task-status/{task_id}", tags=["seed API"], responses=JOB_ERRORS)
 async def task_status(request: Request, task_id: str) -> Any:
     """Return a job's status and result in the original API's shape."""
     try:
@@ -113,7 +118,12 @@ async def task_status(request: Request, task_id: str) -> Any:
     return task_status_view(job, _image_url(resources(request), job))
 
 
-@router.post("/v1/jobs", status_code=202, tags=["jobs"])
+@router.post(
+    "/v1/jobs",
+    status_code=202,
+    tags=["jobs"],
+    responses={**SUBMIT_ERRORS, 200: {"description": "Idempotent replay: the first jobs."}},
+)
 async def create_jobs(
     request: Request,
     images: Annotated[list[UploadFile], File(description="one or more images")],
@@ -132,7 +142,7 @@ async def create_jobs(
     return JSONResponse(body, status_code=200 if replayed else 202, headers=headers)
 
 
-@router.get("/v1/jobs/{job_id}", tags=["jobs"])
+@router.get("/v1/jobs/{job_id}", tags=["jobs"], responses=JOB_ERRORS)
 async def get_job(request: Request, job_id: str) -> Any:
     """Return one job."""
     try:
@@ -142,7 +152,7 @@ async def get_job(request: Request, job_id: str) -> Any:
     return job_view(job, _image_url(resources(request), job))
 
 
-@router.get("/v1/jobs", tags=["jobs"])
+@router.get("/v1/jobs", tags=["jobs"], responses=error_responses(400, 401, 422, 503))
 async def list_jobs(
     request: Request,
     status: Annotated[str | None, Query(description="|".join(JOB_STATUSES))] = None,
@@ -165,7 +175,7 @@ async def list_jobs(
     return {"jobs": [job_view(j, _image_url(res, j)) for j in jobs], "next_cursor": next_cursor}
 
 
-@router.delete("/v1/jobs/{job_id}", tags=["jobs"])
+@router.delete("/v1/jobs/{job_id}", tags=["jobs"], responses=error_responses(401, 404, 409, 503))
 async def cancel_job(request: Request, job_id: str) -> Any:
     """Cancel a pending job (409 once it is processing or finished)."""
     res = resources(request)
@@ -188,7 +198,7 @@ async def cancel_job(request: Request, job_id: str) -> Any:
     return job_view(job, _image_url(res, job))
 
 
-@router.get("/v1/jobs/{job_id}/deliveries", tags=["webhooks"])
+@router.get("/v1/jobs/{job_id}/deliveries", tags=["webhooks"], responses=JOB_ERRORS)
 async def list_deliveries(request: Request, job_id: str) -> Any:
     """Return every webhook delivery attempt of a job."""
     res = resources(request)
@@ -223,7 +233,12 @@ async def list_deliveries(request: Request, job_id: str) -> Any:
     return {"deliveries": deliveries}
 
 
-@router.post("/v1/jobs/{job_id}/deliveries/redeliver", status_code=202, tags=["webhooks"])
+@router.post(
+    "/v1/jobs/{job_id}/deliveries/redeliver",
+    status_code=202,
+    tags=["webhooks"],
+    responses=error_responses(401, 404, 409, 503),
+)
 async def redeliver(request: Request, job_id: str) -> Any:
     """Send the job's event again now (same event id), e.g. after fixing the receiver."""
     res = resources(request)
@@ -250,7 +265,12 @@ async def redeliver(request: Request, job_id: str) -> Any:
     return JSONResponse({"status": "scheduled", "attempt": attempt}, status_code=202)
 
 
-@router.get("/v1/images/{key:path}", tags=["images"], include_in_schema=True)
+@router.get(
+    "/v1/images/{key:path}",
+    tags=["images"],
+    include_in_schema=True,
+    responses=error_responses(400, 404, 422, 503),
+)
 async def download_image(
     request: Request,
     key: str,

@@ -33,6 +33,8 @@ from visionqueue.images import inspect_image
 logger = logging.getLogger(__name__)
 
 MAX_METADATA_BYTES = 16 * 1024
+MAX_METADATA_DEPTH = 32
+MAX_FILENAME_CHARS = 255
 MAX_IMAGES_PER_REQUEST = 32
 
 
@@ -46,17 +48,68 @@ def parse_metadata(raw: str | None) -> dict[str, Any]:
     """Return the ``metadata`` form field as a JSON object (422 otherwise)."""
     if raw is None or raw == "":
         return {}
-    if len(raw.encode()) > MAX_METADATA_BYTES:
+    if len(raw.encode("utf-8", "surrogatepass")) > MAX_METADATA_BYTES:
         raise Unprocessable(
             f"metadata must be at most {MAX_METADATA_BYTES} bytes", code="metadata_too_large"
         )
     try:
-        value = json.loads(raw)
-    except ValueError:
+        # NaN/Infinity are not JSON, and PostgreSQL's jsonb refuses them (a 500 otherwise)
+        value = json.loads(raw, parse_constant=_not_json, parse_float=_finite_float)
+    except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested thousands deep
         raise Unprocessable("metadata must be valid JSON", code="invalid_metadata") from None
     if not isinstance(value, dict):
         raise Unprocessable("metadata must be a JSON object", code="invalid_metadata")
+    _check_storable(value)
     return value
+
+
+def _not_json(literal: str) -> Any:
+    raise ValueError(f"{literal} is not JSON")
+
+
+def _finite_float(literal: str) -> float:
+    number = float(literal)
+    if number in (float("inf"), float("-inf")):
+        raise ValueError("number out of range")
+    return number
+
+
+def _storable_text(text: str) -> bool:
+    """Tell whether jsonb can store ``text``: no NUL character, no lone surrogate."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_storable(value: Any) -> None:
+    """Refuse metadata the database cannot store: too deep, NUL characters, lone surrogates."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_METADATA_DEPTH:
+            raise Unprocessable(
+                f"metadata must nest at most {MAX_METADATA_DEPTH} levels", code="invalid_metadata"
+            )
+        if isinstance(item, dict):
+            stack.extend((key, depth) for key in item)
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+        elif isinstance(item, str) and not _storable_text(item):
+            raise Unprocessable(
+                "metadata strings must not contain NUL characters or lone surrogates",
+                code="invalid_metadata",
+            )
+
+
+def clean_filename(name: str) -> str:
+    """Return an upload's file name fit to store: no control characters, at most 255 chars."""
+    kept = "".join(ch for ch in name if ch.isprintable() and _storable_text(ch))
+    return kept[:MAX_FILENAME_CHARS]
 
 
 def check_webhook(url: str | None, allowed_hosts: list[str]) -> str | None:
@@ -127,7 +180,7 @@ def submit_jobs(
                     image_size=len(u.data),
                     width=info.width,
                     height=info.height,
-                    metadata={**metadata, **({"filename": u.filename} if u.filename else {})},
+                    metadata={**metadata, **_filename_entry(u.filename)},
                     webhook_url=webhook_url,
                     idempotency_key=_key(idempotency_key, i) if idempotency_key else None,
                     owner=owner,
@@ -143,6 +196,11 @@ def submit_jobs(
         raise
     enqueue(res, jobs)
     return jobs, False
+
+
+def _filename_entry(filename: str) -> dict[str, str]:
+    name = clean_filename(filename)
+    return {"filename": name} if name else {}
 
 
 def _key(idempotency_key: str | None, index: int) -> str:

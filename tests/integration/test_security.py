@@ -1,0 +1,238 @@
+"""API keys and per-key job isolation, back-pressure, and expiring image links on live servers."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+
+from tests.integration.jobs_factories import small_jpegs, wait_until
+from tests.support import images
+from tests.support.servers import BIN, bento_server
+
+pytestmark = pytest.mark.integration
+
+PROTECTED = [
+    ("POST", "/predict"),
+    ("POST", "/classify"),
+    ("GET", "/task-status/00000000-0000-0000-0000-000000000000"),
+    ("GET", "/v1/jobs"),
+    ("POST", "/v1/jobs"),
+    ("GET", "/v1/jobs/00000000-0000-0000-0000-000000000000"),
+    ("DELETE", "/v1/jobs/00000000-0000-0000-0000-000000000000"),
+    ("GET", "/v1/jobs/00000000-0000-0000-0000-000000000000/deliveries"),
+    ("POST", "/v1/jobs/00000000-0000-0000-0000-000000000000/deliveries/redeliver"),
+]
+
+
+class Keyed(NamedTuple):
+    url: str
+    key_a: str
+    key_b: str
+    logs: list[Path]
+
+
+@pytest.fixture(scope="module")
+def keyed(stack: Any) -> Iterator[Keyed]:
+    """A front with two API keys (on the stack's backends, queues of its own) and a worker."""
+    key_a, key_b = (f"vq-key-{n}-{uuid.uuid4().hex}" for n in "ab")
+    env = {
+        **stack.env,
+        "VQ_API_KEYS": f"{key_a},{key_b}",
+        "VQ_BROKER_QUEUE_PREFIX": f"k{uuid.uuid4().hex[:8]}-",
+    }
+    env.pop("VQ_WORKER_CLASSIFIER_URL", None)
+    log = stack.log_dir / "bento-keyed.log"
+    with bento_server(env, log) as url:
+        # the worker classifies through the keyed front, so it must send a key itself
+        workers = dataclasses.replace(
+            stack, url=url, env={**env, "VQ_WORKER_CLASSIFIER_URL": url}, workers=[]
+        )
+        name = f"keyed-{uuid.uuid4().hex[:6]}"
+        workers.start_worker(concurrency=4, name=name)
+        try:
+            yield Keyed(url, key_a, key_b, [log, stack.log_dir / f"worker-{name}.log"])
+        finally:
+            workers.stop_workers()
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def call(url: str, method: str, path: str, headers: dict[str, str]) -> httpx.Response:
+    kwargs: dict[str, Any] = {"headers": headers, "timeout": 30}
+    if method == "POST" and path in ("/predict", "/classify", "/v1/jobs"):
+        field = "images" if path == "/v1/jobs" else "image"
+        kwargs["files"] = {field: ("a.jpg", images.jpeg(64, 64, seed=5), "image/jpeg")}
+    return httpx.request(method, f"{url}{path}", **kwargs)
+
+
+@pytest.mark.parametrize(("method", "path"), PROTECTED, ids=[f"{m} {p}" for m, p in PROTECTED])
+def test_protected_routes_refuse_a_missing_or_wrong_key(
+    keyed: Keyed, method: str, path: str
+) -> None:
+    attempts = {
+        "missing": {},
+        "wrong": bearer("vq-wrong-" + keyed.key_a[-12:]),
+        "basic-scheme": {"Authorization": f"Basic {keyed.key_a}"},
+        "empty-bearer": {"Authorization": "Bearer"},
+        "key-prefix": bearer(keyed.key_a[:-1]),
+    }
+    for label, headers in attempts.items():
+        resp = call(keyed.url, method, path, headers)
+        assert resp.status_code == 401, (label, resp.text)
+        assert resp.json()["error"]["code"] == "unauthorized", label
+        assert resp.headers["www-authenticate"] == "Bearer", label
+        assert keyed.key_a not in resp.text and keyed.key_b not in resp.text
+
+
+def test_health_and_metrics_stay_open(keyed: Keyed) -> None:
+    for path in ("/livez", "/readyz", "/metrics"):
+        assert httpx.get(f"{keyed.url}{path}", timeout=30).status_code == 200, path
+
+
+def test_a_job_is_visible_only_to_the_key_that_submitted_it(keyed: Keyed) -> None:
+    a, b = bearer(keyed.key_a), bearer(keyed.key_b)
+    data = small_jpegs(1, seed=900)[0]
+    resp = httpx.post(
+        f"{keyed.url}/classify",
+        files={"image": ("a.jpg", data, "image/jpeg")},
+        data={"webhook_url": "http://127.0.0.1:9/hook"},  # nothing listens: a failed delivery
+        headers=a,
+        timeout=30,
+    )
+    assert resp.status_code == 202, resp.text
+    job_id = resp.json()["task_id"]
+
+    def finished() -> dict[str, Any] | None:
+        body = httpx.get(f"{keyed.url}/v1/jobs/{job_id}", headers=a, timeout=30).json()
+        return body if body["status"] in ("completed", "failed") else None
+
+    job = wait_until(finished, 60, "the job to finish")
+    assert job["status"] == "completed", job  # the worker authenticated to /predict
+    assert httpx.get(job["image"]["url"], timeout=30).content == data
+    wait_until(
+        lambda: httpx.get(f"{keyed.url}/v1/jobs/{job_id}/deliveries", headers=a, timeout=30).json()[
+            "deliveries"
+        ],
+        30,
+        "a webhook delivery attempt",
+    )
+
+    for method, path in [
+        ("GET", f"/task-status/{job_id}"),
+        ("GET", f"/v1/jobs/{job_id}"),
+        ("GET", f"/v1/jobs/{job_id}/deliveries"),
+        ("POST", f"/v1/jobs/{job_id}/deliveries/redeliver"),
+        ("DELETE", f"/v1/jobs/{job_id}"),
+    ]:
+        other = httpx.request(method, f"{keyed.url}{path}", headers=b, timeout=30)
+        assert other.status_code == 404, (method, path, other.text)
+        assert other.json()["error"]["code"] == "not_found"
+        assert job["image"]["url"] not in other.text
+    owner_cancel = httpx.delete(f"{keyed.url}/v1/jobs/{job_id}", headers=a, timeout=30)
+    assert owner_cancel.status_code == 409  # the owner learns it is too late, not "unknown"
+
+    listed_a = httpx.get(f"{keyed.url}/v1/jobs", headers=a, timeout=30).json()["jobs"]
+    listed_b = httpx.get(f"{keyed.url}/v1/jobs", headers=b, timeout=30).json()["jobs"]
+    assert job_id in {j["id"] for j in listed_a}
+    assert job_id not in {j["id"] for j in listed_b}
+
+
+def test_no_key_is_ever_logged(keyed: Keyed) -> None:
+    wrong = "vq-wrong-" + uuid.uuid4().hex
+    assert call(keyed.url, "GET", "/v1/jobs", bearer(wrong)).status_code == 401
+    ok = call(keyed.url, "POST", "/predict", bearer(keyed.key_b))
+    assert ok.status_code == 200, ok.text
+    time.sleep(0.5)  # let the access log line land
+    for log in keyed.logs:
+        text = log.read_text(errors="replace")
+        assert text, f"{log} is empty"
+        for secret in (keyed.key_a, keyed.key_b, wrong):
+            assert secret not in text, f"an API key appears in {log.name}"
+
+
+# --- back-pressure and expiring image links on the embedded default -------------------------
+
+
+class Embedded(NamedTuple):
+    url: str
+    job_ids: list[str]
+    first_image: bytes
+
+
+@pytest.fixture(scope="module")
+def embedded(
+    server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Embedded]:
+    """The embedded default (SQLite, local images, filesystem broker), no worker, 3 jobs waiting."""
+    data_dir = tmp_path_factory.mktemp("embedded")
+    env = {
+        **server_env,
+        "VQ_DATA_DIR": str(data_dir),
+        "VQ_MAX_BACKLOG": "3",
+        "VQ_IMAGE_URL_TTL_S": "2",
+        "VQ_SIGNING_KEY": "test-signing-" + uuid.uuid4().hex,
+    }
+    subprocess.run(
+        [str(BIN / "python"), "-m", "persistence", "upgrade"],
+        env={**os.environ, **env},
+        check=True,
+        capture_output=True,
+    )
+    with bento_server(env, data_dir / "bento.log") as url:
+        payloads = small_jpegs(3, seed=950)
+        ids = []
+        for data in payloads:
+            resp = httpx.post(f"{url}/classify", files={"image": ("a.jpg", data)}, timeout=30)
+            assert resp.status_code == 202, resp.text
+            ids.append(resp.json()["task_id"])
+        yield Embedded(url, ids, payloads[0])
+
+
+def test_a_full_backlog_answers_429_with_retry_after(embedded: Embedded) -> None:
+    extra = small_jpegs(2, seed=960)
+    one = httpx.post(f"{embedded.url}/classify", files={"image": ("a.jpg", extra[0])}, timeout=30)
+    batch = httpx.post(
+        f"{embedded.url}/v1/jobs", files=[("images", ("b.jpg", d)) for d in extra], timeout=30
+    )
+    for resp in (one, batch):
+        assert resp.status_code == 429, resp.text
+        assert resp.json()["error"]["code"] == "backlog_full"
+        assert int(resp.headers["retry-after"]) > 0
+    listed = httpx.get(f"{embedded.url}/v1/jobs", timeout=30).json()["jobs"]
+    assert sorted(j["id"] for j in listed) == sorted(embedded.job_ids)
+
+
+def test_a_signed_image_link_works_until_it_expires(embedded: Embedded) -> None:
+    job = httpx.get(f"{embedded.url}/v1/jobs/{embedded.job_ids[0]}", timeout=30).json()
+    link = job["image"]["url"]
+    assert link.startswith(f"{embedded.url}/v1/images/")
+    fetched = httpx.get(link, timeout=30)
+    assert fetched.status_code == 200
+    assert fetched.content == embedded.first_image
+    assert fetched.headers["content-type"] == "image/jpeg"
+
+    sig = parse_qs(urlsplit(link).query)["sig"][0]
+    forged = link.replace(sig, ("0" if sig[0] != "0" else "1") + sig[1:])
+    later = link.replace("expires=", "expires=9")  # a longer life needs a new signature
+    for bad in (forged, later):
+        resp = httpx.get(bad, timeout=30)
+        assert resp.status_code == 404, bad
+        assert resp.json()["error"]["code"] == "not_found"
+
+    expires = int(parse_qs(urlsplit(link).query)["expires"][0])
+    time.sleep(max(0.0, expires - time.time()) + 1.1)
+    expired = httpx.get(link, timeout=30)
+    assert expired.status_code == 404
+    assert expired.json()["error"]["code"] == "not_found"
