@@ -35,6 +35,7 @@ _settings = get_settings()
 _model_cfg = _settings.model
 
 api_app = create_api_app()
+CLASSIFY_DEADLINE_S = 90.0
 
 # BentoML 1.4.40 recycles the inter-service aiohttp session every 100 requests / 300 s
 # and closes it under in-flight requests (ServerDisconnectedError -> HTTP 500 at
@@ -161,8 +162,11 @@ class VisionQueue:
         """Classify crops through the batched service; return probabilities only."""
         sent = time.perf_counter()
         try:
-            out = await self.classifier.to_async.classify(crops)
-        except BentoMLException as exc:
+            # a classifier that died after loading must not hold the caller for BentoML's
+            # 120 s traffic timeout and then answer outside our error envelope
+            with anyio.fail_after(CLASSIFY_DEADLINE_S):
+                out = await self.classifier.to_async.classify(crops)
+        except (BentoMLException, TimeoutError) as exc:
             raise Unavailable(
                 "the classifier is overloaded or unavailable; retry shortly", retry_after=1
             ) from exc

@@ -292,4 +292,5 @@ async def download_image(
     except VQError as exc:
         return error_response(exc)
     media = ACCEPTED_FORMATS.get(sniff_format(data) or "", "application/octet-stream")
-    return Response(data, media_type=media, headers={"Cache-Control": "private, max-age=300"})
+    headers = {"Cache-Control": "private, max-age=300", "X-Content-Type-Options": "nosniff"}
+    return Response(data, media_type=media, headers=headers)
