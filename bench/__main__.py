@@ -128,7 +128,8 @@ def render(
         "Model: ResNet18 with seeded random weights (the same compute as the trained one), fp32.",
         "Images: four real photos (scikit-image) as JPEG, 300-640 px. Load generator: httpx on",
         "the same machine (it competes for the cores), closed loop, loopback only. Ratios",
-        "compare numbers measured in this one run.",
+        "compare numbers measured in this one run. Load average (1 min) at start/end: "
+        f"{args.load_start:.2f} / {os.getloadavg()[0]:.2f} (above ~0.3, something else ran).",
         "",
         "## Raw limit (one process: decode + preprocess + forward, no serving)",
         "",
@@ -185,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--served", default="eager,onnxruntime", help="backends to serve")
     parser.add_argument("--output", default=str(ROOT / "docs" / "benchmarks.md"))
     args = parser.parse_args(argv)
+    args.load_start = os.getloadavg()[0]
     workdir = Path(tempfile.mkdtemp(prefix="vq-bench-"))
     os.environ.setdefault("BENTOML_HOME", str(workdir / "bentoml"))
     cache = Path.home() / ".cache" / "visionqueue" / "bench-compile"
