@@ -128,8 +128,9 @@ def render(
         "Model: ResNet18 with seeded random weights (the same compute as the trained one), fp32.",
         "Images: four real photos (scikit-image) as JPEG, 300-640 px. Load generator: httpx on",
         "the same machine (it competes for the cores), closed loop, loopback only. Ratios",
-        "compare numbers measured in this one run. Load average (1 min) at start/end: "
-        f"{args.load_start:.2f} / {os.getloadavg()[0]:.2f} (above ~0.3, something else ran).",
+        "compare numbers measured in this one run. Load average (1 min) before the run: "
+        f"{args.load_start:.2f} (well under 1 means the machine was otherwise idle).",
+        "Why the numbers are what they are, and the levers tried: [performance.md](performance.md).",
         "",
         "## Raw limit (one process: decode + preprocess + forward, no serving)",
         "",
