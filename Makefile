@@ -1,5 +1,5 @@
 # The two commands that matter: `make run` and `make test`. Everything else is optional.
-.PHONY: run test check bench bento import-model container-smoke help
+.PHONY: run test check bench soak bento import-model container-smoke help
 
 run:            ## start the whole system on the embedded default on http://127.0.0.1:$VQ_PORT
 	@scripts/run
@@ -12,6 +12,9 @@ check:          ## ruff lint + format check + mypy
 
 bench:          ## benchmark raw pipeline vs served; writes docs/benchmarks.md
 	@scripts/bootstrap && .venv/bin/python -m bench
+
+soak:           ## 60 s at concurrency 64 + 500 jobs on the default stack; writes docs/soak.md
+	@scripts/bootstrap && .venv/bin/python -m bench.soak
 
 bento:          ## build the Bento (bentoml build)
 	@scripts/bootstrap && .venv/bin/python -m model_store import --if-missing --fallback-random && .venv/bin/bentoml build
