@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(1)
         data = payloads()
         root = psutil.Process(proc.pid)
-        run_load(url, data, 8, 20)  # warm-up
+        run_load(url, data, args.concurrency, 20)  # warm-up at the soak's own concurrency
         asyncio.run(submit_jobs(url, data, 50))
         time.sleep(10)
         warm = rss_by_process(root)

@@ -135,6 +135,7 @@ def load_classifier(
     classifier = BatchClassifier(module, info)
     if backend == "onnxruntime":
         classifier.onnx = onnx_runner(module, tag, compile_cache_dir)
+        classifier.module = None  # the exported graph holds the weights now
     # warm-up (and, for "compile", compilation) at start-up, never on a first request
     for batch in sorted({1, max(1, warmup_batch)}):
         classifier.predict_proba(np.zeros((batch, 224, 224, 3), dtype=np.uint8))

@@ -8,6 +8,7 @@ waits for ``/readyz`` and stops them all promptly on Ctrl-C or when one dies.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -39,24 +40,32 @@ def say(message: str) -> None:
 
 
 def prepare_model(settings: Settings) -> tuple[str, str]:
-    """Return (tag, weights origin) of the model to serve, importing it when missing."""
-    from model_store.store import ensure_model
+    """Return (tag, weights origin) of the model to serve, importing it when missing.
+
+    The import runs in a child process so this long-lived supervisor never loads torch.
+    """
     from model_store.weights import IMAGENET
 
     cfg = settings.model
     say(f"model: ensuring {cfg.model_name} with weights={cfg.weights} in the BentoML store")
-    stored = ensure_model(
-        cfg.weights, cfg.random_seed, cfg.model_name, allow_fallback=cfg.weights == IMAGENET
-    )
-    if stored.demo:
+    args = [sys.executable, "-m", "model_store", "import", "--if-missing", "--json"]
+    args += ["--weights", cfg.weights, "--seed", str(cfg.random_seed), "--name", cfg.model_name]
+    if cfg.weights == IMAGENET:
+        args.append("--fallback-random")
+    done = subprocess.run(args, stdout=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"[visionqueue] model import failed (exit {done.returncode})")
+    stored = json.loads(done.stdout.strip().splitlines()[-1])
+    tag, origin = str(stored["tag"]), str(stored["weights"])
+    if origin.startswith("random-init"):
         print(
-            f"\n{BANNER}\n  WARNING: serving {stored.weights_origin} — an UNTRAINED demo model.\n"
+            f"\n{BANNER}\n  WARNING: serving {origin} — an UNTRAINED demo model.\n"
             "  Its predictions are meaningless. Every response and /readyz say so.\n"
             "  For real predictions set VQ_WEIGHTS=imagenet1k_v1 (needs network once)\n"
             f"  or VQ_WEIGHTS=/path/to/resnet18_checkpoint.pt\n{BANNER}\n",
             flush=True,
         )
-    return stored.tag, stored.weights_origin
+    return tag, origin
 
 
 def prepare_storage(settings: Settings) -> None:
@@ -162,6 +171,8 @@ def main() -> int:
     prepare_storage(settings)
     with_worker = (Path(__file__).resolve().parents[1] / "jobs" / "celery_app.py").exists()
     env = {**os.environ, "VQ_MODEL_TAG": tag, "BENTOML_DO_NOT_TRACK": "true"}
+    # glibc's per-thread malloc arenas make threaded servers' RSS balloon under bursts
+    env.setdefault("MALLOC_ARENA_MAX", "2")
     procs = children(settings, with_worker)
 
     stopping = False

@@ -198,14 +198,15 @@ class FrontMiddleware:
         if problem is not None:
             await send_json(send, problem.status, problem.to_body(), problem.headers())
             return
-        replayed = False
+        # the closure must not keep the body alive: the framework may hold on to
+        # ``receive`` (and so this closure) long after the request is done
+        pending = [body]
+        del body, chunks
 
         async def replay() -> Message:
-            nonlocal replayed
-            if replayed:
+            if not pending:
                 return await receive()  # only http.disconnect is left
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
+            return {"type": "http.request", "body": pending.pop(), "more_body": False}
 
         await self._guarded(scope, replay, send)
 
