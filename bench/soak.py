@@ -22,14 +22,7 @@ import psutil
 
 from bench.__main__ import ROOT, machine, payloads
 from bench.load import run_load
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.support.servers import free_port
 
 
 def rss_by_process(root: psutil.Process) -> dict[str, float]:
