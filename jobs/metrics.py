@@ -20,3 +20,15 @@ WEBHOOK_LATENCY = Histogram(
     "Duration of one webhook delivery attempt",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+
+# Failure series that exist from start-up at 0, so Prometheus' increase() counts the first one.
+COMMON_JOB_FAILURES = ("invalid_image", "image_missing", "classifier_unavailable")
+COMMON_WEBHOOK_ERRORS = ("timeout", "connect_error", "http_500", "forbidden_address")
+
+
+def prime_failure_series() -> None:
+    """Create the common failure label sets at zero (call once at worker start)."""
+    for code in COMMON_JOB_FAILURES:
+        IMAGE_TASK_FAILURE.labels(code=code)
+    for error in COMMON_WEBHOOK_ERRORS:
+        WEBHOOK_FAILURE.labels(error=error)

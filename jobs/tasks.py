@@ -141,6 +141,9 @@ def _start_metrics_server(**_: Any) -> None:
     migrate_on_start(settings)
     port = settings.observability.worker_metrics_port
     if port:
+        from jobs.metrics import prime_failure_series
+
+        prime_failure_series()
         try:
             start_http_server(port, addr=settings.server.host)
         except OSError as exc:  # another worker on this host has the port
