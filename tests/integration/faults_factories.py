@@ -15,7 +15,6 @@ import subprocess
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +22,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.support.servers import BIN, bento_server, free_port, spawn, stop
-from tests.support.stack import Stack, s3_server_process
+from tests.support.servers import free_port, spawn, stop
+from tests.support.stack import Stack, backend_env, s3_server_process, serve_stack
 
 
 @contextlib.contextmanager
@@ -196,31 +195,11 @@ def side_stack(base_env: dict[str, str], log_dir: Path, **extra_env: str) -> Ite
         with s3_server_process(log_dir / "s3.log") as s3:
             env = {
                 **base_env,
-                "VQ_DATABASE_URL": postgres.url,
-                "VQ_BROKER_URL": redis_server.url,
-                "VQ_BROKER_QUEUE_PREFIX": f"f{uuid.uuid4().hex[:8]}-",
-                "VQ_S3_ENDPOINT": s3.url,
-                "VQ_S3_ACCESS_KEY": "vq-test-access",
-                "VQ_S3_SECRET_KEY": "vq-test-secret",
-                "VQ_S3_BUCKET": "vq-images",
-                "VQ_BROKER_VISIBILITY_TIMEOUT_S": "15",
-                "VQ_WORKER_METRICS_PORT": "0",
+                **backend_env(postgres.url, redis_server.url, s3.url),
                 **extra_env,
             }
-            subprocess.run(
-                [str(BIN / "python"), "-m", "persistence", "upgrade"],
-                env={**os.environ, **env},
-                check=True,
-                capture_output=True,
-            )
-            with bento_server(env, log_dir / "bento.log") as url:
-                env["VQ_WORKER_CLASSIFIER_URL"] = url
-                stack = Stack(url, env, postgres.url, redis_server.url, s3.url, log_dir)
-                stack.s3_process = s3.proc
-                try:
-                    yield SideStack(stack, redis_server, postgres, s3.proc)
-                finally:
-                    stack.stop_workers()
+            with serve_stack(env, log_dir, s3) as stack:
+                yield SideStack(stack, redis_server, postgres, s3.proc)
     finally:
         redis_server.stop()
         postgres.remove()

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -21,11 +16,10 @@ from persistence.db import get_engine, session_scope
 from persistence.migrate import upgrade_database
 from persistence.models import Base, Job
 from tests.integration.persistence_factories import throwaway_postgres_url
+from tests.support.rows import create_job_row, upgrade_in_processes
 from visionqueue.errors import Conflict, DatabaseUnavailable
 
 pytestmark = pytest.mark.integration
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -38,26 +32,6 @@ def pg_url() -> Iterator[str]:
 def engine(pg_url: str) -> Engine:
     upgrade_database(pg_url)
     return get_engine(pg_url)
-
-
-def _fields(**overrides: Any) -> dict[str, Any]:
-    digest = uuid.uuid4().hex * 2
-    fields: dict[str, Any] = {
-        "image_key": f"images/{digest[:2]}/{digest}",
-        "image_sha256": digest,
-        "content_type": "image/jpeg",
-        "image_size": 10,
-        "width": 4,
-        "height": 3,
-        "metadata": {"camera": "test"},
-    }
-    fields.update(overrides)
-    return fields
-
-
-def _create(engine: Engine, **overrides: Any) -> str:
-    with session_scope(engine) as session:
-        return repo.create_job(session, **_fields(**overrides)).id
 
 
 def _run_together(count: int, target: Callable[[int], object]) -> list[object]:
@@ -99,27 +73,17 @@ def test_concurrent_upgrades_from_threads(pg_url: str) -> None:
 
 
 def test_concurrent_upgrades_from_processes(pg_url: str) -> None:
-    code = "import sys; from persistence.migrate import upgrade_database; upgrade_database(sys.argv[1])"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", code, pg_url],
-            cwd=REPO_ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        for _ in range(2)
-    ]
-    outputs = [proc.communicate(timeout=60)[0].decode() for proc in procs]
-    assert [proc.returncode for proc in procs] == [0, 0], outputs
+    results = upgrade_in_processes(pg_url)
+    assert [rc for rc, _ in results] == [0, 0], results
     with get_engine(pg_url).connect() as conn:
         assert MigrationContext.configure(conn).get_current_revision() == "0001"
 
 
 def test_full_job_flow(engine: Engine) -> None:
-    job_id = _create(engine, owner="alice", idempotency_key="req-1", batch_id="b1")
+    job_id = create_job_row(engine, owner="alice", idempotency_key="req-1", batch_id="b1")
     with pytest.raises(Conflict):
-        _create(engine, owner="alice", idempotency_key="req-1")
-    _create(engine, owner=None, idempotency_key="req-1")
+        create_job_row(engine, owner="alice", idempotency_key="req-1")
+    create_job_row(engine, owner=None, idempotency_key="req-1")
     with session_scope(engine) as session:
         found = repo.find_by_idempotency_key(session, "alice", "req-1")
         assert found is not None
@@ -142,7 +106,7 @@ def test_full_job_flow(engine: Engine) -> None:
         )
         assert job.finished_at is not None
         assert job.finished_at.tzinfo is not None
-    cancelled = _create(engine, owner="alice")
+    cancelled = create_job_row(engine, owner="alice")
     with session_scope(engine) as session:
         assert repo.cancel_job(session, cancelled, "alice")
         assert repo.claim_job(session, cancelled) is None
@@ -152,10 +116,10 @@ def test_full_job_flow(engine: Engine) -> None:
 def test_list_jobs_pages_newest_first(engine: Engine) -> None:
     base = datetime(2026, 1, 1, tzinfo=UTC)
     ids = [
-        _create(engine, owner="alice", created_at=base + timedelta(microseconds=i // 2))
+        create_job_row(engine, owner="alice", created_at=base + timedelta(microseconds=i // 2))
         for i in range(7)
     ]
-    _create(engine, owner="bob")
+    create_job_row(engine, owner="bob")
     expected = [
         job_id for _, job_id in sorted(((i // 2, j) for i, j in enumerate(ids)), reverse=True)
     ]
@@ -171,7 +135,7 @@ def test_list_jobs_pages_newest_first(engine: Engine) -> None:
 
 
 def test_concurrent_claim_and_complete_produce_one_completion(engine: Engine) -> None:
-    job_id = _create(engine)
+    job_id = create_job_row(engine)
 
     def worker(n: int) -> bool:
         with session_scope(engine) as session:
@@ -189,7 +153,7 @@ def test_concurrent_claim_and_complete_produce_one_completion(engine: Engine) ->
 
 
 def test_concurrent_claims_in_open_transactions_serialise(engine: Engine) -> None:
-    job_id = _create(engine)
+    job_id = create_job_row(engine)
 
     def worker(n: int) -> bool:
         # Claim and complete in one transaction: the row lock orders the two workers.
@@ -203,8 +167,8 @@ def test_concurrent_claims_in_open_transactions_serialise(engine: Engine) -> Non
 
 def test_stale_pending_sweep(engine: Engine) -> None:
     old = datetime.now(UTC) - timedelta(hours=2)
-    lost = _create(engine, created_at=old)
-    _create(engine)
+    lost = create_job_row(engine, created_at=old)
+    create_job_row(engine)
     with session_scope(engine) as session:
         assert [j.id for j in repo.stale_pending_jobs(session, timedelta(hours=1), 10)] == [lost]
         repo.mark_queued(session, [lost])
@@ -213,7 +177,7 @@ def test_stale_pending_sweep(engine: Engine) -> None:
 
 
 def test_deliveries_cascade_with_their_job(engine: Engine) -> None:
-    job_id = _create(engine)
+    job_id = create_job_row(engine)
     with session_scope(engine) as session:
         repo.record_delivery(
             session,

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,7 +15,8 @@ import pytest
 
 from tests.integration.jobs_factories import small_jpegs, wait_until
 from tests.support import images
-from tests.support.servers import BIN, bento_server
+from tests.support.servers import bento_server
+from tests.support.stack import migrate
 
 pytestmark = pytest.mark.integration
 
@@ -184,12 +183,7 @@ def embedded(
         "VQ_IMAGE_URL_TTL_S": "2",
         "VQ_SIGNING_KEY": "test-signing-" + uuid.uuid4().hex,
     }
-    subprocess.run(
-        [str(BIN / "python"), "-m", "persistence", "upgrade"],
-        env={**os.environ, **env},
-        check=True,
-        capture_output=True,
-    )
+    migrate(env)
     with bento_server(env, data_dir / "bento.log") as url:
         payloads = small_jpegs(3, seed=950)
         ids = []

@@ -103,47 +103,75 @@ class Stack:
         self.workers.clear()
 
 
+def backend_env(database_url: str, broker_url: str, s3_endpoint: str) -> dict[str, str]:
+    """Return the VQ_* variables that point a process at these backends (test credentials)."""
+    return {
+        "VQ_DATABASE_URL": database_url,
+        "VQ_BROKER_URL": broker_url,
+        "VQ_S3_ENDPOINT": s3_endpoint,
+        "VQ_S3_ACCESS_KEY": "vq-test-access",
+        "VQ_S3_SECRET_KEY": "vq-test-secret",
+        "VQ_S3_BUCKET": "vq-images",
+        "VQ_BROKER_VISIBILITY_TIMEOUT_S": "15",
+        # unique queues: test sessions running side by side never share messages
+        "VQ_BROKER_QUEUE_PREFIX": f"t{uuid.uuid4().hex[:8]}-",
+        "VQ_WORKER_METRICS_PORT": "0",
+    }
+
+
+def migrate(env: dict[str, str]) -> None:
+    """Apply the migrations to the database ``env`` names, as ``make run`` does."""
+    subprocess.run(
+        [str(BIN / "python"), "-m", "persistence", "upgrade"],
+        env={**os.environ, **env},
+        check=True,
+        capture_output=True,
+    )
+
+
+@contextlib.contextmanager
+def serve_stack(env: dict[str, str], log_dir: Path, s3: S3Server) -> Iterator[Stack]:
+    """Migrate, start a Bento server on ``env``'s backends; stop its workers at the end."""
+    migrate(env)
+    with bento_server(env, log_dir / "bento.log") as url:
+        env["VQ_WORKER_CLASSIFIER_URL"] = url
+        stack = Stack(
+            url,
+            env,
+            env["VQ_DATABASE_URL"],
+            env["VQ_BROKER_URL"],
+            s3.url,
+            log_dir,
+            s3_process=s3.proc,
+        )
+        try:
+            yield stack
+        finally:
+            stack.stop_workers()
+
+
 @contextlib.contextmanager
 def production_stack(
     base_env: dict[str, str], log_dir: Path, redis_db: int = 11, **extra_env: str
 ) -> Iterator[Stack]:
-    """Start S3 server + Bento server against a throwaway Postgres DB and a flushed Redis DB.
+    """Start S3 server + Bento server against a throwaway Postgres DB and Redis.
 
     Workers are started by the test (``stack.start_worker()``) so it can kill them.
     """
     log_dir.mkdir(parents=True, exist_ok=True)
     broker = REDIS_URL.format(db=redis_db)
-    prefix = f"t{uuid.uuid4().hex[:8]}-"
-    with throwaway_postgres_url() as db_url, s3_server_process(log_dir / "s3.log") as s3_server:
-        s3 = s3_server.url
+    with throwaway_postgres_url() as db_url, s3_server_process(log_dir / "s3.log") as s3:
         env = {
             **base_env,
-            "VQ_DATABASE_URL": db_url,
-            "VQ_BROKER_URL": broker,
-            "VQ_S3_ENDPOINT": s3,
-            "VQ_S3_ACCESS_KEY": "vq-test-access",
-            "VQ_S3_SECRET_KEY": "vq-test-secret",
-            "VQ_S3_BUCKET": "vq-images",
-            "VQ_BROKER_VISIBILITY_TIMEOUT_S": "15",
-            # unique queues: test sessions running side by side never share messages
-            "VQ_BROKER_QUEUE_PREFIX": prefix,
-            "VQ_WORKER_METRICS_PORT": "0",
+            **backend_env(db_url, broker, s3.url),
             "VQ_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
             **extra_env,
         }
-        subprocess.run(
-            [str(BIN / "python"), "-m", "persistence", "upgrade"],
-            env={**os.environ, **env},
-            check=True,
-            capture_output=True,
-        )
-        with bento_server(env, log_dir / "bento.log") as url:
-            env["VQ_WORKER_CLASSIFIER_URL"] = url
-            stack = Stack(url, env, db_url, broker, s3, log_dir, s3_process=s3_server.proc)
-            try:
+        prefix = env["VQ_BROKER_QUEUE_PREFIX"]
+        try:
+            with serve_stack(env, log_dir, s3) as stack:
                 yield stack
-            finally:
-                stack.stop_workers()
-                client = redis.Redis.from_url(broker)
-                for key in client.scan_iter(f"{prefix}*"):
-                    client.delete(key)
+        finally:
+            client = redis.Redis.from_url(broker)
+            for key in client.scan_iter(f"{prefix}*"):
+                client.delete(key)

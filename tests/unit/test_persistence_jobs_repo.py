@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import Engine, delete, update
@@ -17,6 +15,7 @@ from persistence import jobs_repo as repo
 from persistence.db import dispose_engines, get_engine, session_scope
 from persistence.migrate import upgrade_database
 from persistence.models import Job, JobStatus
+from tests.support.rows import create_job_row
 from visionqueue.errors import BadRequest, Conflict
 
 
@@ -28,28 +27,8 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
     dispose_engines(url)
 
 
-def _fields(**overrides: Any) -> dict[str, Any]:
-    digest = uuid.uuid4().hex * 2
-    fields: dict[str, Any] = {
-        "image_key": f"images/{digest[:2]}/{digest}",
-        "image_sha256": digest,
-        "content_type": "image/png",
-        "image_size": 1234,
-        "width": 32,
-        "height": 24,
-        "metadata": {"source": "test"},
-    }
-    fields.update(overrides)
-    return fields
-
-
-def _create(engine: Engine, **overrides: Any) -> str:
-    with session_scope(engine) as session:
-        return repo.create_job(session, **_fields(**overrides)).id
-
-
 def test_create_and_get_is_owner_scoped(engine: Engine) -> None:
-    job_id = _create(engine, owner="alice", webhook_url="http://127.0.0.1/hook")
+    job_id = create_job_row(engine, owner="alice", webhook_url="http://127.0.0.1/hook")
     with session_scope(engine) as session:
         job = repo.get_job(session, job_id, "alice")
         assert job is not None
@@ -65,7 +44,7 @@ def test_create_and_get_is_owner_scoped(engine: Engine) -> None:
 
 
 def test_anonymous_owner_is_stored_as_empty_string(engine: Engine) -> None:
-    job_id = _create(engine, owner=None)
+    job_id = create_job_row(engine, owner=None)
     with session_scope(engine) as session:
         job = repo.get_job(session, job_id, None)
         assert job is not None
@@ -73,12 +52,12 @@ def test_anonymous_owner_is_stored_as_empty_string(engine: Engine) -> None:
 
 
 def test_idempotency_key_is_unique_per_owner(engine: Engine) -> None:
-    first = _create(engine, owner=None, idempotency_key="k1")
+    first = create_job_row(engine, owner=None, idempotency_key="k1")
     with pytest.raises(Conflict):
-        _create(engine, owner=None, idempotency_key="k1")
-    _create(engine, owner="alice", idempotency_key="k1")  # another owner may reuse it
-    _create(engine, owner=None)
-    _create(engine, owner=None)  # no key: never a conflict
+        create_job_row(engine, owner=None, idempotency_key="k1")
+    create_job_row(engine, owner="alice", idempotency_key="k1")  # another owner may reuse it
+    create_job_row(engine, owner=None)
+    create_job_row(engine, owner=None)  # no key: never a conflict
     with session_scope(engine) as session:
         found = repo.find_by_idempotency_key(session, None, "k1")
         assert found is not None
@@ -87,7 +66,7 @@ def test_idempotency_key_is_unique_per_owner(engine: Engine) -> None:
 
 
 def test_lifecycle_claim_complete_once(engine: Engine) -> None:
-    job_id = _create(engine)
+    job_id = create_job_row(engine)
     with session_scope(engine) as session:
         job = repo.claim_job(session, job_id)
         assert job is not None
@@ -113,7 +92,7 @@ def test_lifecycle_claim_complete_once(engine: Engine) -> None:
 
 
 def test_redelivered_message_reclaims_a_processing_job(engine: Engine) -> None:
-    job_id = _create(engine)
+    job_id = create_job_row(engine)
     with session_scope(engine) as session:
         assert repo.claim_job(session, job_id) is not None
     with session_scope(engine) as session:
@@ -123,7 +102,7 @@ def test_redelivered_message_reclaims_a_processing_job(engine: Engine) -> None:
 
 
 def test_fail_only_from_processing(engine: Engine) -> None:
-    job_id = _create(engine)
+    job_id = create_job_row(engine)
     with session_scope(engine) as session:
         assert not repo.fail_job(session, job_id, "invalid_image", "cannot decode")
         repo.claim_job(session, job_id)
@@ -135,20 +114,20 @@ def test_fail_only_from_processing(engine: Engine) -> None:
 
 
 def test_cancel_only_pending_and_only_by_owner(engine: Engine) -> None:
-    job_id = _create(engine, owner="alice")
+    job_id = create_job_row(engine, owner="alice")
     with session_scope(engine) as session:
         assert not repo.cancel_job(session, job_id, "bob")
         assert repo.cancel_job(session, job_id, "alice")
         assert not repo.cancel_job(session, job_id, "alice")
         assert repo.claim_job(session, job_id) is None
-    busy = _create(engine, owner="alice")
+    busy = create_job_row(engine, owner="alice")
     with session_scope(engine) as session:
         repo.claim_job(session, busy)
         assert not repo.cancel_job(session, busy, "alice")
 
 
 def test_claim_in_the_same_session_refreshes_the_loaded_row(engine: Engine) -> None:
-    job_id = _create(engine)
+    job_id = create_job_row(engine)
     with session_scope(engine) as session:
         loaded = repo.get_job_by_id(session, job_id)
         claimed = repo.claim_job(session, job_id)
@@ -162,8 +141,10 @@ def test_list_jobs_pages_newest_first(engine: Engine) -> None:
     ids = []
     for i in range(7):
         # Two jobs share each timestamp: the id breaks the tie.
-        ids.append(_create(engine, owner="alice", created_at=base + timedelta(seconds=i // 2)))
-    _create(engine, owner="bob")
+        ids.append(
+            create_job_row(engine, owner="alice", created_at=base + timedelta(seconds=i // 2))
+        )
+    create_job_row(engine, owner="bob")
     expected = [
         job_id
         for _, job_id in sorted(((i // 2, job_id) for i, job_id in enumerate(ids)), reverse=True)
@@ -184,8 +165,8 @@ def test_list_jobs_pages_newest_first(engine: Engine) -> None:
 
 
 def test_list_jobs_filters_by_status(engine: Engine) -> None:
-    pending = _create(engine)
-    done = _create(engine)
+    pending = create_job_row(engine)
+    done = create_job_row(engine)
     with session_scope(engine) as session:
         repo.claim_job(session, done)
         repo.complete_job(session, done, {}, "t", "o")
@@ -211,10 +192,10 @@ def test_cursor_round_trip() -> None:
 
 def test_stale_pending_jobs_and_mark_queued(engine: Engine) -> None:
     old = datetime.now(UTC) - timedelta(hours=1)
-    lost = _create(engine, created_at=old)
-    requeued = _create(engine, created_at=old)
-    _create(engine)  # fresh
-    claimed = _create(engine, created_at=old)
+    lost = create_job_row(engine, created_at=old)
+    requeued = create_job_row(engine, created_at=old)
+    create_job_row(engine)  # fresh
+    claimed = create_job_row(engine, created_at=old)
     with session_scope(engine) as session:
         repo.claim_job(session, claimed)
         repo.mark_queued(session, [requeued])
@@ -228,8 +209,8 @@ def test_stale_pending_jobs_and_mark_queued(engine: Engine) -> None:
 
 def test_count_by_status(engine: Engine) -> None:
     for _ in range(3):
-        _create(engine)
-    done = _create(engine)
+        create_job_row(engine)
+    done = create_job_row(engine)
     with session_scope(engine) as session:
         repo.claim_job(session, done)
     with session_scope(engine) as session:
@@ -238,7 +219,7 @@ def test_count_by_status(engine: Engine) -> None:
 
 
 def test_deliveries_are_recorded_listed_and_cascade(engine: Engine) -> None:
-    job_id = _create(engine)
+    job_id = create_job_row(engine)
     later = datetime.now(UTC) + timedelta(seconds=5)
     with session_scope(engine) as session:
         repo.record_delivery(
@@ -275,13 +256,13 @@ def test_deliveries_are_recorded_listed_and_cascade(engine: Engine) -> None:
 
 
 def test_status_outside_the_enum_is_refused(engine: Engine) -> None:
-    job_id = _create(engine)
+    job_id = create_job_row(engine)
     with pytest.raises(IntegrityError, match="CHECK"), session_scope(engine) as session:
         session.execute(update(Job).where(Job.id == job_id).values(status="lost"))
 
 
 def test_concurrent_completions_produce_one_result(engine: Engine) -> None:
-    job_id = _create(engine)
+    job_id = create_job_row(engine)
     barrier = threading.Barrier(4)
     outcomes: list[bool] = []
     lock = threading.Lock()

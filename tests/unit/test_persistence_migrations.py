@@ -17,6 +17,7 @@ from sqlalchemy import inspect
 from persistence.db import dispose_engines, get_engine
 from persistence.migrate import alembic_config, upgrade_database
 from persistence.models import Base
+from tests.support.rows import upgrade_in_processes
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -77,18 +78,8 @@ def test_concurrent_upgrades_from_threads(sqlite_url: str) -> None:
 
 
 def test_concurrent_upgrades_from_processes(sqlite_url: str) -> None:
-    code = "import sys; from persistence.migrate import upgrade_database; upgrade_database(sys.argv[1])"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", code, sqlite_url],
-            cwd=REPO_ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        for _ in range(2)
-    ]
-    outputs = [proc.communicate(timeout=60)[0].decode() for proc in procs]
-    assert [proc.returncode for proc in procs] == [0, 0], outputs
+    results = upgrade_in_processes(sqlite_url)
+    assert [rc for rc, _ in results] == [0, 0], results
     assert _revision(sqlite_url) == "0001"
 
 

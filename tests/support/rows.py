@@ -1,0 +1,58 @@
+"""Job rows and schema upgrades for persistence tests on any database URL."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
+
+from persistence import jobs_repo
+from persistence.db import session_scope
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def job_fields(**overrides: Any) -> dict[str, Any]:
+    """Return the fields of a valid job with a fresh (fake) content key; override any."""
+    digest = uuid.uuid4().hex * 2
+    fields: dict[str, Any] = {
+        "image_key": f"images/{digest[:2]}/{digest}",
+        "image_sha256": digest,
+        "content_type": "image/png",
+        "image_size": 1234,
+        "width": 32,
+        "height": 24,
+        "metadata": {"source": "test"},
+    }
+    fields.update(overrides)
+    return fields
+
+
+def create_job_row(engine: Engine, **overrides: Any) -> str:
+    """Insert one job in its own transaction; return its id."""
+    with session_scope(engine) as session:
+        return jobs_repo.create_job(session, **job_fields(**overrides)).id
+
+
+def upgrade_in_processes(url: str, count: int = 2) -> list[tuple[int, str]]:
+    """Run ``upgrade_database(url)`` in ``count`` processes at once; (exit code, output) each."""
+    code = "import sys; from persistence.migrate import upgrade_database; upgrade_database(sys.argv[1])"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, url],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for _ in range(count)
+    ]
+    return [_collect(proc) for proc in procs]
+
+
+def _collect(proc: subprocess.Popen[bytes]) -> tuple[int, str]:
+    output = proc.communicate(timeout=60)[0].decode()
+    return proc.returncode, output
