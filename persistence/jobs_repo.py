@@ -208,20 +208,27 @@ def mark_queued(session: Session, job_ids: Iterable[str]) -> None:
     session.execute(stmt)
 
 
-def stale_pending_jobs(session: Session, older_than: timedelta, limit: int = 100) -> list[Job]:
-    """Return pending jobs not queued within ``older_than`` (lost enqueues), oldest first."""
+def _stale(
+    session: Session, status: JobStatus, since: Any, older_than: timedelta, limit: int
+) -> list[Job]:
+    """Jobs in ``status`` since before the cutoff and not (re-)queued after it, oldest first."""
     cutoff = utcnow() - older_than
     stmt = (
         select(Job)
         .where(
-            Job.status == JobStatus.PENDING.value,
-            Job.created_at < cutoff,
+            Job.status == status.value,
+            since < cutoff,
             or_(Job.queued_at.is_(None), Job.queued_at < cutoff),
         )
-        .order_by(Job.created_at, Job.id)
+        .order_by(since, Job.id)
         .limit(limit)
     )
     return list(session.scalars(stmt))
+
+
+def stale_pending_jobs(session: Session, older_than: timedelta, limit: int = 100) -> list[Job]:
+    """Return pending jobs not queued within ``older_than`` (lost enqueues), oldest first."""
+    return _stale(session, JobStatus.PENDING, Job.created_at, older_than, limit)
 
 
 def stale_processing_jobs(session: Session, older_than: timedelta, limit: int = 100) -> list[Job]:
@@ -230,18 +237,7 @@ def stale_processing_jobs(session: Session, older_than: timedelta, limit: int = 
     Their worker died and its message is gone too: the filesystem broker cannot redeliver,
     and a Redis without persistence forgets unacknowledged messages when it restarts.
     """
-    cutoff = utcnow() - older_than
-    stmt = (
-        select(Job)
-        .where(
-            Job.status == JobStatus.PROCESSING.value,
-            Job.started_at < cutoff,
-            or_(Job.queued_at.is_(None), Job.queued_at < cutoff),
-        )
-        .order_by(Job.started_at, Job.id)
-        .limit(limit)
-    )
-    return list(session.scalars(stmt))
+    return _stale(session, JobStatus.PROCESSING, Job.started_at, older_than, limit)
 
 
 def count_by_status(session: Session) -> dict[str, int]:

@@ -1,4 +1,8 @@
-"""Job routes: the seed's API verbatim, the v1 API, signed image downloads."""
+"""Job routes: the seed's API verbatim, the v1 API, signed image downloads.
+
+Handlers raise ``VQError``s; the app's exception handler (``visionqueue.api.app``) turns
+them into the error envelope.
+"""
 
 from __future__ import annotations
 
@@ -38,10 +42,6 @@ def resources(request: Request) -> FrontResources:
 
 def owner(request: Request) -> str | None:
     return request.scope.get("state", {}).get("vq_owner")
-
-
-def error_response(exc: VQError) -> JSONResponse:
-    return JSONResponse(exc.to_body(), status_code=exc.status, headers=exc.headers())
 
 
 async def _read(files: list[UploadFile]) -> list[Upload]:
@@ -98,10 +98,7 @@ async def classify(
     metadata: Annotated[str | None, Form(description="a JSON object")] = None,
 ) -> Any:
     """Submit one image for async classification (the original VisionQueue API)."""
-    try:
-        jobs, _ = await _submit(request, [image], webhook_url, metadata, None)
-    except VQError as exc:
-        return error_response(exc)
+    jobs, _ = await _submit(request, [image], webhook_url, metadata, None)
     return JSONResponse(
         {"task_id": jobs[0].id, "status": "pending", "message": ACCEPTED_MESSAGE},
         status_code=202,
@@ -111,10 +108,7 @@ async def classify(
 @router.get("/task-status/{task_id}", tags=["seed API"], responses=JOB_ERRORS)
 async def task_status(request: Request, task_id: str) -> Any:
     """Return a job's status and result in the original API's shape."""
-    try:
-        job = await anyio.to_thread.run_sync(_load, request, task_id)
-    except VQError as exc:
-        return error_response(exc)
+    job = await anyio.to_thread.run_sync(_load, request, task_id)
     return task_status_view(job, _image_url(resources(request), job))
 
 
@@ -132,10 +126,7 @@ async def create_jobs(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Any:
     """Submit one or many images; the same Idempotency-Key returns the same jobs."""
-    try:
-        jobs, replayed = await _submit(request, images, webhook_url, metadata, idempotency_key)
-    except VQError as exc:
-        return error_response(exc)
+    jobs, replayed = await _submit(request, images, webhook_url, metadata, idempotency_key)
     res = resources(request)
     body = {"jobs": [job_view(j, _image_url(res, j)) for j in jobs]}
     headers = {"Idempotent-Replayed": "true"} if replayed else {}
@@ -145,10 +136,7 @@ async def create_jobs(
 @router.get("/v1/jobs/{job_id}", tags=["jobs"], responses=JOB_ERRORS)
 async def get_job(request: Request, job_id: str) -> Any:
     """Return one job."""
-    try:
-        job = await anyio.to_thread.run_sync(_load, request, job_id)
-    except VQError as exc:
-        return error_response(exc)
+    job = await anyio.to_thread.run_sync(_load, request, job_id)
     return job_view(job, _image_url(resources(request), job))
 
 
@@ -161,17 +149,14 @@ async def list_jobs(
 ) -> Any:
     """List your jobs, newest first; follow ``next_cursor`` for the next page."""
     res = resources(request)
-    try:
-        if status is not None and status not in JOB_STATUSES:
-            raise Unprocessable(f"status must be one of {', '.join(JOB_STATUSES)}")
+    if status is not None and status not in JOB_STATUSES:
+        raise Unprocessable(f"status must be one of {', '.join(JOB_STATUSES)}")
 
-        def query() -> tuple[list[Job], str | None]:
-            with session_scope(res.engine) as session:
-                return jobs_repo.list_jobs(session, owner(request), status, limit, cursor)
+    def query() -> tuple[list[Job], str | None]:
+        with session_scope(res.engine) as session:
+            return jobs_repo.list_jobs(session, owner(request), status, limit, cursor)
 
-        jobs, next_cursor = await anyio.to_thread.run_sync(query)
-    except VQError as exc:
-        return error_response(exc)
+    jobs, next_cursor = await anyio.to_thread.run_sync(query)
     return {"jobs": [job_view(j, _image_url(res, j)) for j in jobs], "next_cursor": next_cursor}
 
 
@@ -191,10 +176,7 @@ async def cancel_job(request: Request, job_id: str) -> Any:
             assert job is not None
             return job
 
-    try:
-        job = await anyio.to_thread.run_sync(cancel)
-    except VQError as exc:
-        return error_response(exc)
+    job = await anyio.to_thread.run_sync(cancel)
     return job_view(job, _image_url(res, job))
 
 
@@ -226,10 +208,7 @@ async def list_deliveries(request: Request, job_id: str) -> Any:
             for d in rows
         ]
 
-    try:
-        deliveries = await anyio.to_thread.run_sync(query)
-    except VQError as exc:
-        return error_response(exc)
+    deliveries = await anyio.to_thread.run_sync(query)
     return {"deliveries": deliveries}
 
 
@@ -258,10 +237,7 @@ async def redeliver(request: Request, job_id: str) -> Any:
         delivery_log.cancel_scheduled(res.engine, job_id, before_attempt=attempt)
         return attempt
 
-    try:
-        attempt = await anyio.to_thread.run_sync(schedule)
-    except VQError as exc:
-        return error_response(exc)
+    attempt = await anyio.to_thread.run_sync(schedule)
     return JSONResponse({"status": "scheduled", "attempt": attempt}, status_code=202)
 
 
@@ -286,11 +262,8 @@ async def download_image(
         or not is_valid_key(key)
         or not verify_image_signature(key, expires, sig, signing_key)
     ):
-        return error_response(NotFound("no such image, or the link expired"))
-    try:
-        data = await anyio.to_thread.run_sync(store.get, key)
-    except VQError as exc:
-        return error_response(exc)
+        raise NotFound("no such image, or the link expired")
+    data = await anyio.to_thread.run_sync(store.get, key)
     media = ACCEPTED_FORMATS.get(sniff_format(data) or "", "application/octet-stream")
     headers = {"Cache-Control": "private, max-age=300", "X-Content-Type-Options": "nosniff"}
     return Response(data, media_type=media, headers=headers)
