@@ -21,7 +21,7 @@ import httpx
 import psutil
 
 from bench.__main__ import ROOT, machine, payloads
-from bench.load import run_load
+from bench.load import run_load, submit_jobs
 from tests.support.servers import free_port
 
 
@@ -50,23 +50,6 @@ def rss_by_process(root: psutil.Process) -> dict[str, float]:
             name = proc.name()
         out[name] = out.get(name, 0.0) + mib
     return out
-
-
-async def submit_jobs(url: str, data: list[bytes], count: int) -> list[str]:
-    sem = asyncio.Semaphore(32)
-    ids: list[str] = []
-    async with httpx.AsyncClient(timeout=60) as client:
-
-        async def one(i: int) -> None:
-            async with sem:
-                resp = await client.post(
-                    f"{url}/classify", files={"image": ("i", data[i % len(data)])}
-                )
-                resp.raise_for_status()
-                ids.append(resp.json()["task_id"])
-
-        await asyncio.gather(*(one(i) for i in range(count)))
-    return ids
 
 
 def wait_jobs(url: str, ids: list[str], timeout: float) -> dict[str, int]:
