@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -90,7 +91,7 @@ def _create_sqlite_engine(url: str) -> Engine:
             cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
             if not in_memory:
                 # WAL lets readers proceed while one of the many worker threads writes.
-                cursor.execute("PRAGMA journal_mode = WAL")
+                _enable_wal(cursor)
                 cursor.execute("PRAGMA synchronous = NORMAL")
             # ON DELETE CASCADE of webhook deliveries needs foreign keys enforced.
             cursor.execute("PRAGMA foreign_keys = ON")
@@ -106,6 +107,25 @@ _UNAVAILABLE_ERRORS = (
     sa_exc.DisconnectionError,
     sa_exc.TimeoutError,
 )
+
+
+def _enable_wal(cursor: Any, attempts: int = 50) -> None:
+    """Switch a SQLite file to WAL (persistent), waiting out a concurrent writer.
+
+    Changing the journal mode needs an exclusive lock that SQLite's busy handler does not
+    always wait for: two processes opening a fresh database at once (``make run``'s
+    migration and the worker's) could fail with "database is locked".
+    """
+    import sqlite3
+
+    for attempt in range(attempts):
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.1)
 
 
 @contextmanager

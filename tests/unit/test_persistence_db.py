@@ -84,3 +84,21 @@ def test_unreachable_database_is_unavailable(tmp_path: Path) -> None:
 def test_db_errors_leaves_other_errors_alone() -> None:
     with pytest.raises(KeyError), db_errors():
         raise KeyError("x")
+
+
+def test_wal_switch_waits_out_a_concurrent_writer() -> None:
+    import sqlite3
+
+    from persistence.db import _enable_wal
+
+    class LockedTwice:
+        calls = 0
+
+        def execute(self, sql: str) -> None:
+            self.calls += 1
+            if self.calls <= 2:
+                raise sqlite3.OperationalError("database is locked")
+
+    cursor = LockedTwice()
+    _enable_wal(cursor)
+    assert cursor.calls == 3
