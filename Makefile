@@ -11,7 +11,7 @@ check:          ## ruff lint + format check + mypy
 	@scripts/check
 
 bench:          ## benchmark raw pipeline vs served; writes docs/benchmarks.md
-	@scripts/bootstrap && .venv/bin/python -m bench
+	@scripts/bootstrap && scripts/services --bench && .venv/bin/python -m bench
 
 soak:           ## 60 s at concurrency 64 + 500 jobs on the default stack; writes docs/soak.md
 	@scripts/bootstrap && .venv/bin/python -m bench.soak

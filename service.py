@@ -19,6 +19,7 @@ from bentoml.exceptions import BentoMLException
 from starlette.responses import JSONResponse
 
 from visionqueue.api.app import create_api_app
+from visionqueue.api.coalesce import CropCoalescer
 from visionqueue.api.envelope import FrontMiddleware
 from visionqueue.api.health import front_health
 from visionqueue.api.predict import check_top_k, classify_upload
@@ -145,6 +146,12 @@ class VisionQueue:
         self._model_info: dict[str, Any] | None = None
         self._limiter = anyio.CapacityLimiter(self.settings.model.preprocess_threads)
         self.metrics = front_metrics()
+        in_flight = self.settings.model.calls_in_flight
+        self._coalescer = (
+            CropCoalescer(self._classify_batch, self.settings.model.batch_max_size, in_flight)
+            if in_flight
+            else None
+        )
 
     async def model_info(self) -> dict[str, Any]:
         """Return (and cache) the classifier's model description; 503 while it loads."""
@@ -158,21 +165,28 @@ class VisionQueue:
                 raise ModelNotReady("the classifier is not ready yet", retry_after=2) from exc
         return self._model_info
 
-    async def classify_crops(self, crops: np.ndarray) -> np.ndarray:
-        """Classify crops through the batched service; return probabilities only."""
-        sent = time.perf_counter()
+    async def _classify_batch(self, crops: np.ndarray) -> np.ndarray:
+        """One call into the batched service: ``(N, 1001)`` rows, the last column timing."""
         try:
             # a classifier that died after loading must not hold the caller for BentoML's
             # 120 s traffic timeout and then answer outside our error envelope
             with anyio.fail_after(CLASSIFY_DEADLINE_S):
-                out = await self.classifier.to_async.classify(crops)
+                return np.asarray(await self.classifier.to_async.classify(crops))
         except (BentoMLException, TimeoutError) as exc:
             raise Unavailable(
                 "the classifier is overloaded or unavailable; retry shortly", retry_after=1
             ) from exc
+
+    async def classify_crop(self, crop: np.ndarray) -> np.ndarray:
+        """Classify one crop through the batched service; return its probabilities."""
+        sent = time.perf_counter()
+        if self._coalescer is not None:
+            out = await self._coalescer.classify(crop)
+        else:
+            out = await self._classify_batch(crop[np.newaxis])
         round_trip = time.perf_counter() - sent
         self.metrics.queue_wait.observe(max(0.0, round_trip - float(out[0, -1])))
-        return np.asarray(out[:, :-1])
+        return out[0, :-1]
 
     def __metrics__(self, content: str) -> str:
         """Append the broker backlog and jobs-by-status gauges to BentoML's metrics."""
@@ -228,7 +242,7 @@ class VisionQueue:
             return await classify_upload(
                 data,
                 k,
-                classify=self.classify_crops,
+                classify=self.classify_crop,
                 model_info=await self.model_info(),
                 max_pixels=self.settings.server.max_image_pixels,
                 limiter=self._limiter,

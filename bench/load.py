@@ -18,6 +18,7 @@ class LoadResult:
     seconds: float
     p50_ms: float
     p99_ms: float
+    generator: str = "httpx"
 
     @property
     def per_s(self) -> float:
@@ -67,7 +68,14 @@ async def _run(url: str, payloads: list[bytes], concurrency: int, seconds: float
     )
 
 
-def run_load(url: str, payloads: list[bytes], concurrency: int, seconds: float) -> LoadResult:
+def run_load(
+    url: str, payloads: list[bytes], concurrency: int, seconds: float, generator: str = "auto"
+) -> LoadResult:
+    """Closed-loop ``/predict`` load; ``auto`` uses wrk when installed, else httpx."""
+    from bench import wrk
+
+    if generator == "wrk" or (generator == "auto" and wrk.available()):
+        return wrk.run_wrk(url, payloads, concurrency, seconds)
     return asyncio.run(_run(url, payloads, concurrency, seconds))
 
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from bentoml._internal.marshal.dispatcher import Optimizer
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from bentoml._internal.marshal.dispatcher import CorkDispatcher, Optimizer
 
 from model_store.batching import apply_policy
 
@@ -28,3 +33,70 @@ def test_greedy_policy_keeps_the_wait_at_zero_and_the_cost_model() -> None:
     optimizer.trigger_refresh()
     assert optimizer.wait == 0
     assert optimizer.o_a > 0  # the per-image cost is still learned for the deadline checks
+
+
+def _dispatcher(max_latency_ms: int = 30000, max_batch: int = 4) -> tuple[Any, list[int]]:
+    """A real CorkDispatcher over a callback that records batch sizes and takes 20 ms."""
+    sizes: list[int] = []
+
+    async def callback(batch: Sequence[int]) -> list[int]:
+        sizes.append(len(batch))
+        await asyncio.sleep(0.02)
+        return [x * 10 for x in batch]
+
+    dispatcher = CorkDispatcher(
+        max_latency_ms, max_batch, fallback=lambda: -1, get_batch_size=lambda _: 1
+    )
+    return dispatcher(callback), sizes
+
+
+def test_greedy_dispatcher_answers_a_lone_request_at_once_and_batches_a_burst() -> None:
+    apply_policy("greedy")
+
+    async def main() -> tuple[float, list[int], list[int]]:
+        call, sizes = _dispatcher()
+        t0 = time.perf_counter()
+        assert await call(1) == 10
+        lone = time.perf_counter() - t0
+        results = await asyncio.gather(*(call(i) for i in range(9)))
+        return lone, list(results), sizes
+
+    lone, results, sizes = asyncio.run(main())
+    assert lone < 0.015 + 0.02  # no training phase and no wait before the first batch
+    assert results == [i * 10 for i in range(9)]
+    assert sizes == [1, 4, 4, 1]  # the lone one alone; the burst in full batches
+
+
+def test_greedy_dispatcher_sleeps_while_a_batch_runs() -> None:
+    apply_policy("greedy")
+    wakeups = 0
+
+    async def main() -> None:
+        nonlocal wakeups
+        call, _ = _dispatcher()
+        real_sleep = asyncio.sleep
+
+        async def counting_sleep(delay: float, *args: Any) -> Any:
+            nonlocal wakeups
+            wakeups += delay < 0.01  # BentoML's controller polls with 1 ms sleeps
+            return await real_sleep(delay, *args)
+
+        asyncio.sleep = counting_sleep  # type: ignore[assignment]
+        try:
+            await asyncio.gather(*(call(i) for i in range(12)))
+        finally:
+            asyncio.sleep = real_sleep  # type: ignore[assignment]
+
+    asyncio.run(main())
+    assert wakeups == 0
+
+
+def test_greedy_dispatcher_drops_requests_past_the_deadline() -> None:
+    apply_policy("greedy")
+
+    async def main() -> list[int]:
+        call, _ = _dispatcher(max_latency_ms=5, max_batch=1)
+        return list(await asyncio.gather(*(call(i) for i in range(4))))
+
+    results = asyncio.run(main())
+    assert results[0] == 0 and -1 in results  # the fallback is BentoML's 503 path

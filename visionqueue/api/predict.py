@@ -16,7 +16,7 @@ from visionqueue.images import decode_image
 
 MAX_TOP_K = 20
 
-ClassifyFn = Callable[[np.ndarray], Awaitable[np.ndarray]]
+ClassifyFn = Callable[[np.ndarray], Awaitable[np.ndarray]]  # (224, 224, 3) crop -> probs
 
 
 def check_top_k(value: Any) -> int:
@@ -63,8 +63,8 @@ async def classify_upload(
     crop = await anyio.to_thread.run_sync(
         prepare_crop, data, max_pixels, jpeg_draft, limiter=limiter
     )
-    probs = await classify(crop[np.newaxis])
-    predictions = top_k_rows(np.asarray(probs)[0], model_info["labels"], k)
+    probs = await classify(crop)
+    predictions = top_k_rows(probs, model_info["labels"], k)
     return {
         "predictions": predictions,
         "model": model_block(model_info),
