@@ -23,12 +23,14 @@ from visionqueue.api.coalesce import CropCoalescer
 from visionqueue.api.envelope import FrontMiddleware
 from visionqueue.api.health import front_health
 from visionqueue.api.predict import check_top_k, classify_upload
+from visionqueue.bentoml_patches import apply as apply_bentoml_patches
 from visionqueue.errors import ModelNotReady, Unavailable, VQError
 from visionqueue.logging_setup import configure_logging
 from visionqueue.service_metrics import backlog_exposition, classifier_metrics, front_metrics
 from visionqueue.settings import get_settings
 
 logger = logging.getLogger("visionqueue.service")
+apply_bentoml_patches()
 
 # Reading settings here only reads the environment: BentoML needs these values at
 # decoration time. Models, threads and clients are built in __init__ (worker start-up).
@@ -51,6 +53,8 @@ _NO_SESSION_RECYCLING = {"max_requests": 2**62, "max_age": 1e12}
     threads=1,
     traffic={"timeout": 120},
     runner_connection=_NO_SESSION_RECYCLING,
+    # its only callers are our own services; the front logs the public request
+    logging={"access": {"enabled": False}},
 )
 class Classifier:
     """ResNet18 over uint8 crops, batched adaptively across all callers."""
@@ -146,9 +150,11 @@ class VisionQueue:
         self._model_info: dict[str, Any] | None = None
         self._limiter = anyio.CapacityLimiter(self.settings.model.preprocess_threads)
         self.metrics = front_metrics()
-        in_flight = self.settings.model.calls_in_flight
+        model = self.settings.model
+        # two calls outstanding per classifier process keep each one's next batch queued
+        in_flight = model.calls_in_flight * model.classifier_workers
         self._coalescer = (
-            CropCoalescer(self._classify_batch, self.settings.model.batch_max_size, in_flight)
+            CropCoalescer(self._classify_batch, model.batch_max_size, in_flight)
             if in_flight
             else None
         )

@@ -118,8 +118,9 @@ class ModelSettings(_Group):
     calls_in_flight: int = Field(
         2,
         ge=0,
-        description="Front-to-classifier calls each front worker keeps outstanding; crops that "
-        "arrive meanwhile are merged into the next call (0 = one call per image, no merging).",
+        description="Front-to-classifier calls each front worker keeps outstanding per "
+        "classifier worker; crops that arrive meanwhile are merged into the next call "
+        "(0 = one call per image, no merging).",
     )
     torch_threads: int = Field(
         0, ge=0, description="Intra-op threads for inference (0 = number of cores)."

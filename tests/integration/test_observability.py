@@ -90,6 +90,9 @@ def front(stack: Any, front_log: Path) -> Iterator[str]:
         "BENTOML_HOME": str(home),
         "VQ_FRONT_WORKERS": "2",
         "VQ_CLASSIFIER_WORKERS": "2",
+        # one classifier call per image: many connections, which the kernel spreads over
+        # both classifier processes (merged calls reuse a few, maybe all to one process)
+        "VQ_CALLS_IN_FLIGHT": "0",
         "VQ_TORCH_THREADS": "1",
         "VQ_LOG_JSON": "true",
     }
