@@ -99,6 +99,8 @@ def process_job(job_id: str, res: Resources) -> JobOutcome:
             "processing_time": body["processing_time"],
             "model": body["model"],
         }
+        if "preprocessing" in body:
+            result["preprocessing"] = body["preprocessing"]
         with session_scope(res.engine) as session:
             stored = jobs_repo.complete_job(
                 session, job_id, result, body["model"]["tag"], body["model"]["weights"]

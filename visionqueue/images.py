@@ -85,14 +85,19 @@ def inspect_image(data: bytes, max_pixels: int) -> ImageInfo:
     return ImageInfo(fmt, ACCEPTED_FORMATS[fmt], image.size[0], image.size[1])
 
 
+DRAFT_SCALE_KEY = "vq_jpeg_draft_scale"
+
+
 def decode_image(data: bytes, max_pixels: int, draft_min_side: int = 0) -> Image.Image:
     """Fully decode an upload to an RGB image, orientation applied; first frame only.
 
     ``draft_min_side`` > 0 lets the JPEG decoder scale down by 1/2, 1/4 or 1/8 while the
     shorter side stays at least that long: large photos decode several times faster, at
-    the cost of pixels that differ slightly from a full decode (off by default).
+    the cost of pixels that differ slightly from a full decode (off by default). The
+    returned image's ``info[DRAFT_SCALE_KEY]`` is the reduction applied (1 = none).
     """
     image = _open(data, max_pixels)
+    full_width = image.size[0]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -103,11 +108,13 @@ def decode_image(data: bytes, max_pixels: int, draft_min_side: int = 0) -> Image
                 if scale < 0.5:
                     image.draft("RGB", (int(width * scale) + 1, int(height * scale) + 1))
             image.load()
+            scale = max(1, round(full_width / image.size[0]))  # before any EXIF rotation
             image = ImageOps.exif_transpose(image) or image
             if image.mode in ("I;16", "I;16B", "I;16L", "I"):
                 # 16-bit greyscale: scale to 8 bits instead of clipping everything to white.
                 image = image.convert("I").point(lambda v: v * (1 / 256)).convert("L")
             rgb = image.convert("RGB")
+            rgb.info[DRAFT_SCALE_KEY] = scale
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
         raise InvalidImage("the image data is corrupt or truncated") from exc
     return rgb

@@ -72,6 +72,7 @@ def test_seed_route_round_trip(stack, worker) -> None:  # type: ignore[no-untype
     assert row.attempts == 1
     assert row.weights_origin == "random-init:seed=0"
     assert row.result["predictions"][0]["class"] == got[0][0]
+    assert row.result["preprocessing"] == "exact"
 
 
 def test_unknown_task_is_404(stack) -> None:  # type: ignore[no-untyped-def]

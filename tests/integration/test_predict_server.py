@@ -76,6 +76,7 @@ def test_served_probabilities_match_plain_torchvision(
     assert body["model"]["weights"] == "random-init:seed=0"
     assert body["model"]["demo"] is True and "warning" in body["model"]
     assert body["processing_time"] > 0
+    assert body["preprocessing"] == "exact"  # VQ_JPEG_DRAFT is off by default
 
 
 def test_default_top_k_is_five(bento_url: str) -> None:

@@ -83,19 +83,34 @@ def test_sixteen_bit_png_is_scaled_not_clipped() -> None:
 def test_jpeg_draft_decodes_large_photos_at_reduced_scale_and_close_to_full() -> None:
     import numpy as np
 
+    from visionqueue.api.predict import DRAFT_MIN_SIDE, prepare_crop
+
+    big = images.encode(images.noise_image(4000, 3000, seed=1), "JPEG", quality=90)
+    reduced = decode_image(big, CAP, draft_min_side=DRAFT_MIN_SIDE)
+    assert reduced.size == (1000, 750)  # 1/4: 1/8 would leave the shorter side under 512
+    full, how_full = prepare_crop(big, CAP, jpeg_draft=False)
+    draft, how_draft = prepare_crop(big, CAP, jpeg_draft=True)
+    assert (how_full, how_draft) == ("exact", "jpeg-draft-1/4")
+    diff = np.abs(full.astype(int) - draft.astype(int))
+    assert diff.mean() < 1.0  # noise is the worst case; a photo is ~0.25/255 (performance.md)
+
+
+def test_jpeg_draft_scale_is_reported_for_exif_rotated_photos() -> None:
     from visionqueue.api.predict import prepare_crop
 
-    big = images.encode(images.noise_image(2400, 1800, seed=1), "JPEG", quality=90)
-    reduced = decode_image(big, CAP, draft_min_side=256)
-    assert min(reduced.size) >= 256
-    assert reduced.size[0] <= 2400 // 4  # decoded at 1/4 scale or less
-    full = prepare_crop(big, CAP, jpeg_draft=False).astype(int)
-    draft = prepare_crop(big, CAP, jpeg_draft=True).astype(int)
-    assert np.abs(full - draft).mean() < 2.0
+    rotated = images.exif_rotated_jpeg(2400, 1800, orientation=6)
+    crop, how = prepare_crop(rotated, CAP, jpeg_draft=True)
+    assert how == "jpeg-draft-1/2" and crop.shape == (224, 224, 3)
 
 
 def test_jpeg_draft_leaves_small_images_and_other_formats_alone() -> None:
+    from visionqueue.api.predict import prepare_crop
+
     small = images.jpeg(640, 480)
+    exact, _ = prepare_crop(small, CAP, jpeg_draft=False)
+    _, how = prepare_crop(images.jpeg(1000, 1000), CAP, jpeg_draft=True)
+    assert how == "exact"  # under 1024 px a reduction would leave less than 512
+    assert (prepare_crop(small, CAP, jpeg_draft=True)[0] == exact).all()
     assert decode_image(small, CAP, draft_min_side=256).size == (640, 480)
     png = images.png(2000, 1000)
     assert decode_image(png, CAP, draft_min_side=256).size == (2000, 1000)

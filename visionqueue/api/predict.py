@@ -12,7 +12,7 @@ import numpy as np
 from model_store.inference import top_k as top_k_rows
 from model_store.preprocess import RESIZE_SIZE, to_model_input
 from visionqueue.errors import Unprocessable
-from visionqueue.images import decode_image
+from visionqueue.images import DRAFT_SCALE_KEY, decode_image
 
 MAX_TOP_K = 20
 
@@ -28,10 +28,21 @@ def check_top_k(value: Any) -> int:
     return value
 
 
-def prepare_crop(data: bytes, max_pixels: int, jpeg_draft: bool = False) -> np.ndarray:
-    """Decode an upload and return its ``(224, 224, 3)`` uint8 model input."""
-    draft_min_side = RESIZE_SIZE if jpeg_draft else 0
-    return to_model_input(decode_image(data, max_pixels, draft_min_side))
+# Draft decoding keeps the shorter side at least twice the resize target, so the
+# antialiased resize still averages over real pixels: max 3/255 from the exact crop on a
+# 12 MP photo (docs/performance.md). Only JPEGs at least 1024 px on the shorter side change.
+DRAFT_MIN_SIDE = 2 * RESIZE_SIZE
+
+
+def prepare_crop(data: bytes, max_pixels: int, jpeg_draft: bool = False) -> tuple[np.ndarray, str]:
+    """Decode an upload; return its ``(224, 224, 3)`` uint8 model input and how it was decoded.
+
+    The label is ``exact`` (torchvision's preprocessing, bit for bit) or ``jpeg-draft-1/N``
+    when ``jpeg_draft`` let the JPEG decoder reduce a large photo by N first.
+    """
+    image = decode_image(data, max_pixels, DRAFT_MIN_SIDE if jpeg_draft else 0)
+    scale = int(image.info.get(DRAFT_SCALE_KEY, 1))
+    return to_model_input(image), ("exact" if scale == 1 else f"jpeg-draft-1/{scale}")
 
 
 def model_block(model_info: dict[str, Any]) -> dict[str, Any]:
@@ -60,7 +71,7 @@ async def classify_upload(
 ) -> dict[str, Any]:
     """Run one upload through preprocessing and the batched classifier; build the response."""
     started = time.perf_counter()
-    crop = await anyio.to_thread.run_sync(
+    crop, preprocessing = await anyio.to_thread.run_sync(
         prepare_crop, data, max_pixels, jpeg_draft, limiter=limiter
     )
     probs = await classify(crop)
@@ -69,4 +80,5 @@ async def classify_upload(
         "predictions": predictions,
         "model": model_block(model_info),
         "processing_time": round(time.perf_counter() - started, 6),
+        "preprocessing": preprocessing,
     }
