@@ -79,8 +79,20 @@ def run_load(
     return asyncio.run(_run(url, payloads, concurrency, seconds))
 
 
+def unique_jpeg(data: bytes, n: int) -> bytes:
+    """``data`` (a JPEG) with a comment segment naming ``n``: same pixels, new bytes.
+
+    Every submitted job then stores its own object, as distinct uploads do, instead of
+    hitting the content-addressed copy of one of four photos.
+    """
+    if data[:2] != b"\xff\xd8":
+        raise ValueError("not a JPEG")
+    comment = f"vq-bench {n}".encode()
+    return data[:2] + b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment + data[2:]
+
+
 async def submit_jobs(url: str, payloads: list[bytes], jobs: int) -> list[str]:
-    """POST ``jobs`` images to ``/classify`` (32 at a time); return the task ids."""
+    """POST ``jobs`` distinct images to ``/classify`` (32 at a time); return the task ids."""
     sem = asyncio.Semaphore(32)
     ids: list[str] = []
     async with httpx.AsyncClient(timeout=60) as client:
@@ -88,7 +100,8 @@ async def submit_jobs(url: str, payloads: list[bytes], jobs: int) -> list[str]:
         async def one(i: int) -> None:
             async with sem:
                 resp = await client.post(
-                    f"{url}/classify", files={"image": ("img", payloads[i % len(payloads)])}
+                    f"{url}/classify",
+                    files={"image": ("img", unique_jpeg(payloads[i % len(payloads)], i))},
                 )
                 resp.raise_for_status()
                 ids.append(resp.json()["task_id"])

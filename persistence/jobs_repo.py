@@ -240,6 +240,12 @@ def stale_processing_jobs(session: Session, older_than: timedelta, limit: int = 
     return _stale(session, JobStatus.PROCESSING, Job.started_at, older_than, limit)
 
 
+def count_unfinished(session: Session) -> int:
+    """Return how many jobs are pending or processing (the (status, created_at) index)."""
+    stmt = select(func.count()).select_from(Job).where(Job.status.in_(CLAIMABLE_STATUSES))
+    return int(session.execute(stmt).scalar_one())
+
+
 def count_by_status(session: Session) -> dict[str, int]:
     """Return the number of jobs in every status (zeros included)."""
     counts = dict.fromkeys(JOB_STATUSES, 0)

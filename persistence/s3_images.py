@@ -111,23 +111,19 @@ class S3ImageStore:
                 if exc.code not in _BUCKET_TAKEN_CODES:
                     raise
 
-    def _exists(self, key: str) -> bool:
-        try:
-            self._client.stat_object(self.bucket, key)
-        except S3Error as exc:
-            if exc.code in _MISSING_CODES:
-                return False
-            raise
-        return True
-
     def put(self, data: bytes, content_type: str) -> str:
-        """Store ``data`` once under its content key and return the key."""
+        """Store ``data`` under its content key and return the key.
+
+        Always one PUT, no existence check first: the same bytes under the same key are
+        idempotent, a unique upload (the usual case) costs one request instead of two, and
+        a concurrent retention purge of an identical older image cannot remove it between
+        a check and a skipped write.
+        """
         key = key_for(data)
         with _storage_errors():
-            if not self._exists(key):
-                self._client.put_object(
-                    self.bucket, key, io.BytesIO(data), len(data), content_type=content_type
-                )
+            self._client.put_object(
+                self.bucket, key, io.BytesIO(data), len(data), content_type=content_type
+            )
         return key
 
     def get(self, key: str) -> bytes:

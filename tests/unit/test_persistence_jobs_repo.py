@@ -216,6 +216,12 @@ def test_count_by_status(engine: Engine) -> None:
     with session_scope(engine) as session:
         counts = repo.count_by_status(session)
     assert counts == {"pending": 3, "processing": 1, "completed": 0, "failed": 0, "cancelled": 0}
+    finished = create_job_row(engine)
+    with session_scope(engine) as session:
+        repo.claim_job(session, finished)
+        repo.complete_job(session, finished, {"predictions": []}, "m:1", "random-init:seed=0")
+    with session_scope(engine) as session:
+        assert repo.count_unfinished(session) == 4  # the back-pressure count
 
 
 def test_deliveries_are_recorded_listed_and_cascade(engine: Engine) -> None:

@@ -18,7 +18,7 @@ from jobs.webhooks.ssrf import check_url
 from persistence import jobs_repo
 from persistence.db import session_scope
 from persistence.image_keys import sha256_hex
-from persistence.models import Job
+from persistence.models import Job, utcnow
 from visionqueue.api.resources import FrontResources
 from visionqueue.errors import (
     BrokerUnavailable,
@@ -136,8 +136,8 @@ def _check_backlog(res: FrontResources) -> None:
     if not limit:
         return
     with session_scope(res.engine) as session:
-        counts = jobs_repo.count_by_status(session)
-    if counts["pending"] + counts["processing"] >= limit:
+        active = jobs_repo.count_unfinished(session)
+    if active >= limit:
         raise TooManyRequests(f"the job backlog is full ({limit} jobs); retry later", retry_after=5)
 
 
@@ -169,6 +169,10 @@ def submit_jobs(
         res.store.put(u.data, info.content_type) for u, info in zip(uploads, infos, strict=False)
     ]
     batch_id = str(uuid.uuid4()) if len(uploads) > 1 else None
+    # queued_at is set with the row (the same instant as created_at): it is committed
+    # before the messages are published (a worker may claim a job as soon as its message
+    # is out), and a request whose publish fails has its rows withdrawn
+    accepted_at = utcnow()
     try:
         with session_scope(res.engine) as session:
             jobs = [
@@ -185,6 +189,8 @@ def submit_jobs(
                     idempotency_key=_key(idempotency_key, i) if idempotency_key else None,
                     owner=owner,
                     batch_id=batch_id,
+                    created_at=accepted_at,
+                    queued_at=accepted_at,
                 )
                 for i, (u, info, key) in enumerate(zip(uploads, infos, keys, strict=False))
             ]
@@ -214,14 +220,8 @@ def _key_index(job_key: str | None, base: str) -> int:
 
 
 def enqueue(res: FrontResources, jobs: list[Job]) -> None:
-    """Publish one message per job (ids only); undo the rows if the broker refuses."""
+    """Publish one message per committed job (ids only); undo the rows if the broker refuses."""
     ids = [job.id for job in jobs]
-    # before publishing: a worker may claim a job (no longer pending) as soon as it is out
-    try:
-        with session_scope(res.engine) as session:
-            jobs_repo.mark_queued(session, ids)
-    except VQError:
-        logger.warning("could not record queued_at for %d jobs", len(ids))
     published = 0
     try:
         for job_id in ids:
