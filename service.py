@@ -244,9 +244,8 @@ class VisionQueue:
         """Classify one image (multipart field ``image``); return the top ``top_k`` classes."""
         try:
             k = check_top_k(top_k)
-            data = await anyio.to_thread.run_sync(Path(image).read_bytes)
             return await classify_upload(
-                data,
+                Path(image),
                 k,
                 classify=self.classify_crop,
                 model_info=await self.model_info(),

@@ -6,6 +6,7 @@ import asyncio
 import statistics
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -91,54 +92,78 @@ def unique_jpeg(data: bytes, n: int) -> bytes:
     return data[:2] + b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment + data[2:]
 
 
-async def submit_jobs(url: str, payloads: list[bytes], jobs: int) -> list[str]:
-    """POST ``jobs`` distinct images to ``/classify`` (32 at a time); return the task ids."""
+async def submit_jobs(
+    url: str, payloads: list[bytes], jobs: int, per_request: int = 1
+) -> list[str]:
+    """Submit ``jobs`` distinct images, 32 requests at a time; return the job ids.
+
+    One image per request goes to the seed's ``/classify``; more go to ``/v1/jobs``.
+    """
     sem = asyncio.Semaphore(32)
     ids: list[str] = []
     async with httpx.AsyncClient(timeout=60) as client:
 
-        async def one(i: int) -> None:
+        async def one(first: int) -> None:
+            count = min(per_request, jobs - first)
+            images = [
+                unique_jpeg(payloads[i % len(payloads)], i) for i in range(first, first + count)
+            ]
             async with sem:
+                if per_request == 1:
+                    resp = await client.post(f"{url}/classify", files={"image": ("img", images[0])})
+                    resp.raise_for_status()
+                    ids.append(resp.json()["task_id"])
+                    return
                 resp = await client.post(
-                    f"{url}/classify",
-                    files={"image": ("img", unique_jpeg(payloads[i % len(payloads)], i))},
+                    f"{url}/v1/jobs", files=[("images", ("img", data)) for data in images]
                 )
                 resp.raise_for_status()
-                ids.append(resp.json()["task_id"])
+                ids.extend(job["id"] for job in resp.json()["jobs"])
 
-        await asyncio.gather(*(one(i) for i in range(jobs)))
+        await asyncio.gather(*(one(i) for i in range(0, jobs, per_request)))
     return ids
 
 
 def run_async_jobs(
-    url: str, payloads: list[bytes], jobs: int, database_url: str, timeout: float = 600
+    url: str,
+    payloads: list[bytes],
+    jobs: int,
+    database_url: str,
+    timeout: float = 600,
+    per_request: int = 1,
 ) -> dict[str, float]:
     """Submit ``jobs`` jobs, wait until all are stored; return throughput and latencies."""
-    from sqlalchemy import create_engine, text
+    from sqlalchemy import bindparam, create_engine, text
 
     t0_wall = time.time()
-    asyncio.run(submit_jobs(url, payloads, jobs))
+    ids = asyncio.run(submit_jobs(url, payloads, jobs, per_request))
     engine = create_engine(database_url)
     deadline = time.monotonic() + timeout
+    ours: Any = bindparam("ids", expanding=True)
     query = text(
         "SELECT count(*) FILTER (WHERE status IN ('completed','failed')), "
-        "count(*) FILTER (WHERE status = 'failed') FROM jobs"
-    )
+        "count(*) FILTER (WHERE status = 'failed') FROM jobs WHERE id IN :ids"
+    ).bindparams(ours)
     while time.monotonic() < deadline:
         with engine.connect() as conn:
-            done, failed = conn.execute(query).one()
+            done, failed = conn.execute(query, {"ids": ids}).one()
         if done >= jobs:
             break
         time.sleep(0.2)
     with engine.connect() as conn:
         rows = conn.execute(
-            text("SELECT created_at, finished_at FROM jobs WHERE finished_at IS NOT NULL")
+            text(
+                "SELECT created_at, finished_at FROM jobs "
+                "WHERE finished_at IS NOT NULL AND id IN :ids"
+            ).bindparams(ours),
+            {"ids": ids},
         ).all()
     engine.dispose()
     latencies = [(f - c).total_seconds() for c, f in rows]
     last = max(f for _, f in rows).timestamp()
     return {
         "jobs": float(jobs),
+        "per_request": float(per_request),
         "completed": float(len(rows) - failed),
         "failed": float(failed),
         "jobs_per_s": len(rows) / (last - t0_wall),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -34,12 +35,16 @@ def check_top_k(value: Any) -> int:
 DRAFT_MIN_SIDE = 2 * RESIZE_SIZE
 
 
-def prepare_crop(data: bytes, max_pixels: int, jpeg_draft: bool = False) -> tuple[np.ndarray, str]:
+def prepare_crop(
+    data: bytes | Path, max_pixels: int, jpeg_draft: bool = False
+) -> tuple[np.ndarray, str]:
     """Decode an upload; return its ``(224, 224, 3)`` uint8 model input and how it was decoded.
 
     The label is ``exact`` (torchvision's preprocessing, bit for bit) or ``jpeg-draft-1/N``
     when ``jpeg_draft`` let the JPEG decoder reduce a large photo by N first.
     """
+    if isinstance(data, Path):  # the framework's spooled upload: read it in this thread too
+        data = data.read_bytes()
     image = decode_image(data, max_pixels, DRAFT_MIN_SIDE if jpeg_draft else 0)
     scale = int(image.info.get(DRAFT_SCALE_KEY, 1))
     return to_model_input(image), ("exact" if scale == 1 else f"jpeg-draft-1/{scale}")
@@ -60,7 +65,7 @@ def model_block(model_info: dict[str, Any]) -> dict[str, Any]:
 
 
 async def classify_upload(
-    data: bytes,
+    data: bytes | Path,
     k: int,
     *,
     classify: ClassifyFn,
