@@ -50,3 +50,53 @@ def test_the_schema_is_built_once_per_class(monkeypatch: Any) -> None:
     for _ in range(5):
         spec.mime_type()
     assert built == 1
+
+
+def _middleware(handler: Any, timeout: float) -> Any:
+    from bentoml._internal.server.http.traffic import TimeoutMiddleware
+
+    from visionqueue.bentoml_patches import cancel_request_timers
+
+    cancel_request_timers()
+    return TimeoutMiddleware(handler, timeout=timeout)
+
+
+async def _request(app: Any) -> list[dict[str, Any]]:
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app({"type": "http", "method": "GET", "path": "/", "headers": []}, receive, send)
+    return sent
+
+
+def test_request_timers_are_cancelled_once_answered() -> None:
+    import asyncio
+
+    async def ok(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def main() -> int:
+        app = _middleware(ok, timeout=120)
+        for _ in range(50):
+            sent = await _request(app)
+            assert sent[0]["status"] == 200 and sent[1]["body"] == b"ok"
+        loop = asyncio.get_running_loop()
+        return sum(not h.cancelled() for h in loop._scheduled)  # type: ignore[attr-defined]
+
+    assert asyncio.run(main()) == 0  # BentoML's own left 50 timers holding 50 contexts
+
+
+def test_a_request_past_the_deadline_still_gets_a_504() -> None:
+    import asyncio
+
+    async def slow(scope: Any, receive: Any, send: Any) -> None:
+        await asyncio.sleep(5)
+
+    sent = asyncio.run(_request(_middleware(slow, timeout=0.05)))
+    assert sent[0]["status"] == 504
