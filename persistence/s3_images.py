@@ -115,9 +115,9 @@ class S3ImageStore:
         """Store ``data`` under its content key and return the key.
 
         Always one PUT, no existence check first: the same bytes under the same key are
-        idempotent, a unique upload (the usual case) costs one request instead of two, and
-        a concurrent retention purge of an identical older image cannot remove it between
-        a check and a skipped write.
+        idempotent, and a unique upload (the usual case) costs one request instead of two.
+        It also drops a race: a check that found an identical older image, followed by a
+        retention purge deleting it, used to leave the new job without its object.
         """
         key = key_for(data)
         with _storage_errors():
