@@ -115,6 +115,7 @@ class Classifier:
         probs = self.model.predict_proba(crops)
         elapsed = time.perf_counter() - started
         self.metrics.batch_seconds.observe(elapsed)
+        self.metrics.batch_images.observe(len(probs))
         self.metrics.images.inc(len(probs))
         timing = np.full((len(probs), 1), elapsed, dtype=np.float32)
         return np.concatenate([probs, timing], axis=1)

@@ -12,12 +12,14 @@ from dataclasses import dataclass
 from typing import Any
 
 BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10)
+SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
 
 
 @dataclass(frozen=True)
 class ClassifierMetrics:
     batch_seconds: Any
+    batch_images: Any
     images: Any
 
 
@@ -35,6 +37,11 @@ def classifier_metrics() -> ClassifierMetrics:
             "vq_inference_batch_seconds",
             "Forward pass time of one adaptive batch",
             buckets=BATCH_BUCKETS,
+        ),
+        # BentoML's adaptive_batch_size counts calls per batch; the front merges many
+        # images into one call, so this is the size that matters for the model
+        batch_images=Histogram(
+            "vq_inference_batch_images", "Images in one forward pass", buckets=SIZE_BUCKETS
         ),
         images=Counter("vq_images_classified", "Images classified by the model"),
     )

@@ -143,6 +143,8 @@ def test_metrics_aggregate_across_processes(front: str, front_log: Path) -> None
     assert delta("bentoml_service_request_total", **predict, http_response_code="200") == sent
     assert delta("bentoml_service_request_duration_seconds_count", endpoint="/classify") == sent
     assert delta("vq_images_classified_total") == sent
+    assert delta("vq_inference_batch_images_sum") == sent
+    assert delta("vq_inference_batch_images_count") == delta("vq_inference_batch_seconds_count")
     assert delta("bentoml_service_adaptive_batch_size_sum") == sent
     batches = delta("vq_inference_batch_seconds_count")
     assert 1 <= batches <= sent

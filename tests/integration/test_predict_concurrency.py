@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 
 import httpx
 import pytest
@@ -34,28 +33,23 @@ async def _hammer(url: str) -> list[int]:
     return statuses
 
 
-def _batch_histogram(metrics: str) -> tuple[float, float]:
-    """Return (batches of size <= 1, all batches) from the adaptive batch-size histogram."""
-    le1 = total = 0.0
+def _batches_and_images(metrics: str) -> tuple[float, float]:
+    """Return (forward passes, images through them) from ``vq_inference_batch_images``."""
+    batches = images = 0.0
     for line in metrics.splitlines():
-        if not line.startswith("bentoml_service_adaptive_batch_size_bucket"):
-            continue
-        value = float(line.rsplit(" ", 1)[1])
-        if re.search(r'le="1(\.0)?"', line):
-            le1 += value
-        if 'le="+Inf"' in line:
-            total += value
-    return le1, total
+        if line.startswith("vq_inference_batch_images_count"):
+            batches += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("vq_inference_batch_images_sum"):
+            images += float(line.rsplit(" ", 1)[1])
+    return batches, images
 
 
 def test_concurrent_predictions_have_no_errors_and_are_batched(bento_url: str) -> None:
-    before = _batch_histogram(httpx.get(f"{bento_url}/metrics", timeout=10).text)
+    before = _batches_and_images(httpx.get(f"{bento_url}/metrics", timeout=10).text)
     statuses = asyncio.run(_hammer(bento_url))
     assert len(statuses) == REQUESTS
     assert statuses.count(200) == REQUESTS, {s: statuses.count(s) for s in set(statuses)}
-    le1, total = _batch_histogram(httpx.get(f"{bento_url}/metrics", timeout=10).text)
-    batches = total - before[1]
-    single = le1 - before[0]
-    assert batches > 0
-    assert single < batches, "every batch had one image: adaptive batching did not batch"
-    assert batches < REQUESTS, "fewer batches than requests means some held several images"
+    after = _batches_and_images(httpx.get(f"{bento_url}/metrics", timeout=10).text)
+    batches, classified = after[0] - before[0], after[1] - before[1]
+    assert classified == REQUESTS
+    assert 0 < batches < REQUESTS, "every forward pass had one image: nothing was batched"

@@ -38,6 +38,7 @@ HISTOGRAMS = (
     "bentoml_service_request_duration_seconds",
     "bentoml_service_adaptive_batch_size",
     "vq_inference_batch_seconds",
+    "vq_inference_batch_images",
     "vq_batch_queue_wait_seconds",
     "image_task_latency_seconds",
     "webhook_latency_seconds",
