@@ -152,11 +152,15 @@ def _start_metrics_server(**_: Any) -> None:
 
 @app.task(name=PURGE_TASK, ignore_result=True)
 def purge() -> dict[str, int]:
-    """Delete finished jobs and images past the retention period (VQ_WORKER_RETENTION_DAYS)."""
-    from jobs.retention import purge_expired
+    """Delete finished jobs and images past the retention period (VQ_WORKER_RETENTION_DAYS),
+    and images no job refers to (left by submissions refused after storing them)."""
+    from jobs.retention import purge_expired, purge_orphans
 
     res = get_resources()
     result = purge_expired(res.engine, res.store, res.settings.worker.retention_days)
     if result.jobs:
         logger.info("purge: deleted %d jobs and %d images", result.jobs, result.images)
-    return {"jobs": result.jobs, "images": result.images}
+    orphans = purge_orphans(res.engine, res.store) if res.settings.worker.purge_orphan_images else 0
+    if orphans:
+        logger.info("purge: deleted %d images no job refers to", orphans)
+    return {"jobs": result.jobs, "images": result.images, "orphan_images": orphans}

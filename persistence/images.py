@@ -8,6 +8,7 @@ third-party error. ``S3ImageStore`` is used when ``VQ_S3_ENDPOINT`` is set, othe
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Protocol
 
 from persistence.image_keys import check_key, is_valid_key, key_for, sha256_hex
@@ -48,6 +49,14 @@ class ImageStore(Protocol):
 
     def delete(self, key: str) -> None:
         """Remove the image; a missing one is fine."""
+        ...
+
+    def last_modified(self, key: str) -> datetime | None:
+        """When the image was last written (a ``put`` of the same bytes refreshes it)."""
+        ...
+
+    def list_keys(self, start_after: str, limit: int) -> list[tuple[str, datetime]]:
+        """Up to ``limit`` stored keys after ``start_after`` in key order, with their times."""
         ...
 
     def check(self) -> None:

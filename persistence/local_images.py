@@ -8,6 +8,7 @@ import hmac
 import os
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from persistence.image_keys import check_key, is_valid_key, key_for
@@ -67,7 +68,13 @@ class LocalImageStore:
         key = key_for(data)
         target = self.path(key)
         if target.exists():
-            return key
+            try:  # a fresh write time tells the retention purge this image is in use again
+                os.utime(target)
+                return key
+            except FileNotFoundError:
+                pass  # purged just now: write it again below
+            except OSError as exc:
+                raise StorageUnavailable("the image directory is not writable") from exc
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".part")
@@ -109,6 +116,39 @@ class LocalImageStore:
             self.path(key).unlink(missing_ok=True)
         except OSError as exc:
             raise StorageUnavailable("the image directory is not writable") from exc
+
+    def last_modified(self, key: str) -> datetime | None:
+        """When the image file was last written; None if it is missing."""
+        try:
+            return datetime.fromtimestamp(self.path(key).stat().st_mtime, UTC)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageUnavailable("the image directory is not readable") from exc
+
+    def list_keys(self, start_after: str, limit: int) -> list[tuple[str, datetime]]:
+        """Up to ``limit`` image keys after ``start_after`` (key order), with write times."""
+        found: list[tuple[str, datetime]] = []
+        images = self.root / "images"
+        try:
+            shards = sorted(p.name for p in images.iterdir()) if images.is_dir() else []
+            for shard in shards:
+                if f"images/{shard}/~" <= start_after:  # the whole shard sorts before the start
+                    continue
+                for name in sorted(p.name for p in (images / shard).iterdir()):
+                    key = f"images/{shard}/{name}"
+                    if key <= start_after or not is_valid_key(key):  # e.g. a .tmp- part file
+                        continue
+                    try:
+                        mtime = (images / shard / name).stat().st_mtime
+                    except FileNotFoundError:
+                        continue  # deleted while listing
+                    found.append((key, datetime.fromtimestamp(mtime, UTC)))
+                    if len(found) >= limit:
+                        return found
+        except OSError as exc:
+            raise StorageUnavailable("the image directory is not readable") from exc
+        return found
 
     def check(self) -> None:
         """Raise ``StorageUnavailable`` unless the root is a writable directory."""

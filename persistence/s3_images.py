@@ -6,7 +6,7 @@ import io
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
 import certifi
@@ -14,7 +14,7 @@ import urllib3
 from minio import Minio
 from minio.error import MinioException, S3Error
 
-from persistence.image_keys import check_key, key_for
+from persistence.image_keys import check_key, is_valid_key, key_for
 from visionqueue.errors import NotFound, StorageUnavailable
 
 _MISSING_CODES = frozenset({"NoSuchKey", "NoSuchObject", "NotFound"})
@@ -149,6 +149,31 @@ class S3ImageStore:
         check_key(key)
         with _storage_errors():
             self._client.remove_object(self.bucket, key)
+
+    def last_modified(self, key: str) -> datetime | None:
+        """When the object was last written; None if it is missing."""
+        check_key(key)
+        with _storage_errors():
+            try:
+                stat = self._client.stat_object(self.bucket, key)
+            except S3Error as exc:
+                if exc.code in _MISSING_CODES:
+                    return None
+                raise
+        return stat.last_modified
+
+    def list_keys(self, start_after: str, limit: int) -> list[tuple[str, datetime]]:
+        """Up to ``limit`` image keys after ``start_after`` (key order), with write times."""
+        found: list[tuple[str, datetime]] = []
+        with _storage_errors():
+            for obj in self._client.list_objects(
+                self.bucket, prefix="images/", recursive=True, start_after=start_after
+            ):
+                if obj.object_name and obj.last_modified and is_valid_key(obj.object_name):
+                    found.append((obj.object_name, obj.last_modified))
+                if len(found) >= limit:
+                    break
+        return found
 
     def check(self) -> None:
         """Raise ``StorageUnavailable`` unless the bucket answers."""

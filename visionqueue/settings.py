@@ -197,6 +197,12 @@ class WorkerSettings(_Group):
         description="Delete finished jobs (rows, delivery logs, unshared images) older than "
         "this many days; 0 keeps them forever.",
     )
+    purge_orphan_images: bool = Field(
+        True,
+        description="Hourly, delete stored images that no job refers to and that were written "
+        "over an hour ago (left by submissions refused after storing them). Turn off if "
+        "several deployments with separate databases share one bucket.",
+    )
 
 
 class WebhookSettings(_Group):

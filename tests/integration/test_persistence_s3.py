@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -49,11 +51,44 @@ def test_put_twice_stores_once_and_get_returns_bytes(store: S3ImageStore) -> Non
     client = store._client
     first = client.stat_object(store.bucket, key)
     assert first.content_type == "image/jpeg"
+    time.sleep(1.1)  # S3 times have one-second resolution
     assert store.put(DATA, "image/jpeg") == key
-    second = client.stat_object(store.bucket, key)
-    assert second.last_modified == first.last_modified
+    # one object; the second upload refreshed its write time (the retention purge's guard)
+    assert store.last_modified(key) > first.last_modified  # type: ignore[operator]
     assert [obj.object_name for obj in client.list_objects(store.bucket, recursive=True)] == [key]
     assert store.get(key) == DATA
+
+
+def test_keys_are_listed_in_order_and_orphans_purged(
+    store: S3ImageStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jobs import retention
+    from persistence import jobs_repo
+    from persistence.db import get_engine, session_scope
+    from persistence.migrate import upgrade_database
+
+    keys = sorted(store.put(DATA + bytes([i]), "image/jpeg") for i in range(5))
+    assert [key for key, _ in store.list_keys("", 100)] == keys
+    assert [key for key, _ in store.list_keys(keys[1], 2)] == keys[2:4]
+    assert store.last_modified(key_for(b"never stored")) is None
+
+    url = f"sqlite:///{tmp_path / 'vq.db'}"
+    upgrade_database(url)
+    engine = get_engine(url)
+    with session_scope(engine) as session:
+        jobs_repo.create_job(
+            session,
+            image_key=keys[0],
+            image_sha256=keys[0].rsplit("/", 1)[1],
+            content_type="image/jpeg",
+            image_size=len(DATA) + 1,
+            width=1,
+            height=1,
+        )
+    assert retention.purge_orphans(engine, store) == 0  # all written just now: in flight
+    monkeypatch.setattr(retention, "IN_FLIGHT_GRACE", timedelta(seconds=-60))
+    assert retention.purge_orphans(engine, store) == 4
+    assert [key for key, _ in store.list_keys("", 100)] == keys[:1]  # the referenced one
 
 
 def test_missing_key_is_not_found(store: S3ImageStore) -> None:

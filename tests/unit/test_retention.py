@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from jobs.retention import purge_expired
+from jobs.retention import purge_expired, purge_orphans
 from persistence import jobs_repo
 from persistence.db import get_engine, session_scope
 from persistence.images import LocalImageStore, key_for, sha256_hex
@@ -25,8 +27,15 @@ def env(tmp_path: Path):  # type: ignore[no-untyped-def]
     return get_engine(url), store
 
 
+def _age(store: LocalImageStore, key: str, days: float) -> None:
+    """Make the image file look written ``days`` ago."""
+    then = time.time() - days * 86400
+    os.utime(store.path(key), (then, then))
+
+
 def _job(session, store, data: bytes, status: str, age_days: float) -> str:  # type: ignore[no-untyped-def]
     key = store.put(data, "image/jpeg")
+    _age(store, key, age_days)
     job = jobs_repo.create_job(
         session,
         image_key=key,
@@ -67,3 +76,44 @@ def test_zero_days_keeps_everything(env) -> None:  # type: ignore[no-untyped-def
     with session_scope(engine) as session:
         _job(session, store, images.jpeg(64, 64), "completed", 400)
     assert purge_expired(engine, store, days=0).jobs == 0
+
+
+def test_an_image_written_again_recently_is_kept(env) -> None:  # type: ignore[no-untyped-def]
+    # a submission stores its image before it commits its row: the same bytes uploaded
+    # moments ago may belong to a job the purge cannot see yet
+    engine, store = env
+    data = images.jpeg(64, 64, seed=5)
+    with session_scope(engine) as session:
+        _job(session, store, data, "completed", 40)
+    store.put(data, "image/jpeg")  # the in-flight submission: refreshes the write time
+    result = purge_expired(engine, store, days=30)
+    assert (result.jobs, result.images) == (1, 0)
+    assert store.path(key_for(data)).exists()
+
+
+def test_orphan_images_are_purged_after_the_grace_period(env) -> None:  # type: ignore[no-untyped-def]
+    engine, store = env
+    used, orphan, fresh = (images.jpeg(64, 64, seed=s) for s in (6, 7, 8))
+    with session_scope(engine) as session:
+        _job(session, store, used, "completed", 2)
+    for data, days in ((orphan, 2), (fresh, 0)):  # stored by refused submissions
+        _age(store, store.put(data, "image/jpeg"), days)
+    assert len(store.list_keys("", 10)) == 3
+
+    assert purge_orphans(engine, store, start_after="") == 1
+    assert store.path(key_for(used)).exists()  # a job refers to it
+    assert not store.path(key_for(orphan)).exists()
+    assert store.path(key_for(fresh)).exists()  # may belong to a submission in flight
+    assert purge_orphans(engine, store) == 0  # from a random point, wrapping around
+
+
+def test_listing_resumes_after_a_key_and_skips_part_files(env) -> None:  # type: ignore[no-untyped-def]
+    _, store = env
+    keys = sorted(store.put(images.jpeg(32, 32, seed=s), "image/jpeg") for s in range(6))
+    (store.path(keys[0]).parent / ".tmp-x.part").write_bytes(b"partial")
+    listed = [key for key, _ in store.list_keys("", 100)]
+    assert listed == keys
+    assert [key for key, _ in store.list_keys(keys[2], 2)] == keys[3:5]
+    assert store.list_keys(keys[-1], 10) == []
+    assert store.last_modified(keys[0]) is not None
+    assert store.last_modified("images/00/" + "0" * 64) is None
