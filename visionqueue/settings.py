@@ -58,7 +58,10 @@ class ServerSettings(_Group):
     )
     image_url_ttl_s: int = Field(3600, ge=1, description="Lifetime of image URLs in seconds.")
     max_backlog: int = Field(
-        0, ge=0, description="Pending jobs above which submissions get 429 (0 = unlimited)."
+        0,
+        ge=0,
+        description="Most unfinished (pending + processing) jobs; a submission that would go "
+        "past it gets 429 (0 = unlimited).",
     )
     env: Literal["dev", "production"] = Field(
         "dev", description="'production' refuses placeholder secrets."

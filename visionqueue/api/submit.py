@@ -131,14 +131,19 @@ def _replayed(res: FrontResources, owner: str | None, key: str) -> list[Job] | N
         return sorted(rows, key=lambda j: _key_index(j.idempotency_key, key))
 
 
-def _check_backlog(res: FrontResources) -> None:
+def check_backlog(res: FrontResources, adding: int) -> None:
+    """Refuse (429) a submission of ``adding`` jobs that would take the backlog past its cap."""
     limit = res.settings.server.max_backlog
     if not limit:
         return
     with session_scope(res.engine) as session:
         active = jobs_repo.count_unfinished(session)
-    if active >= limit:
-        raise TooManyRequests(f"the job backlog is full ({limit} jobs); retry later", retry_after=5)
+    if active + adding > limit:
+        raise TooManyRequests(
+            f"the job backlog is full ({active} of {limit} jobs unfinished; this request "
+            f"adds {adding}); retry later",
+            retry_after=5,
+        )
 
 
 def submit_jobs(
@@ -163,7 +168,7 @@ def submit_jobs(
         return earlier, True
     settings = res.settings
     infos = [inspect_image(u.data, settings.server.max_image_pixels) for u in uploads]
-    _check_backlog(res)
+    check_backlog(res, len(uploads))
 
     keys = [
         res.store.put(u.data, info.content_type) for u, info in zip(uploads, infos, strict=False)

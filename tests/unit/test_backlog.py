@@ -1,0 +1,39 @@
+"""Back-pressure: a submission never takes the unfinished backlog past VQ_MAX_BACKLOG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from persistence.db import get_engine
+from persistence.migrate import upgrade_database
+from tests.support.rows import create_job_row
+from visionqueue.api.submit import check_backlog
+from visionqueue.errors import TooManyRequests
+
+
+def _resources(tmp_path: Path, limit: int) -> Any:
+    url = f"sqlite:///{tmp_path / 'vq.db'}"
+    upgrade_database(url)
+    settings = SimpleNamespace(server=SimpleNamespace(max_backlog=limit))
+    return SimpleNamespace(settings=settings, engine=get_engine(url))
+
+
+def test_a_batch_that_would_overshoot_the_cap_is_refused(tmp_path: Path) -> None:
+    res = _resources(tmp_path, limit=3)
+    create_job_row(res.engine)
+    create_job_row(res.engine, status="completed")  # finished jobs do not count
+    check_backlog(res, 2)  # 1 + 2 == 3: fits exactly
+    with pytest.raises(TooManyRequests) as refused:
+        check_backlog(res, 3)  # 1 + 3 > 3: used to be accepted, overshooting by 1
+    assert refused.value.code == "backlog_full" and refused.value.status == 429
+
+
+def test_no_cap_means_no_check(tmp_path: Path) -> None:
+    res = _resources(tmp_path, limit=0)
+    for _ in range(3):
+        create_job_row(res.engine)
+    check_backlog(res, 32)
