@@ -26,7 +26,9 @@ CHECKS = [
     "response_schema_conformance",
 ]
 SERVER_ERROR = "ST101"
-NOT_OURS = {"POST /predict"}
+# operations whose documented responses we do not control (none: /predict's BentoML-made
+# entry is rewritten to our envelope by the front, visionqueue.api.openapi_errors)
+NOT_OURS: set[str] = set()
 
 
 def run_schemathesis(url: str, report_dir: Path) -> dict[str, Any]:

@@ -166,3 +166,25 @@ def test_bentoml_sync_client_works(bento_url: str, tmp_path: Path) -> None:
 
 def test_openapi_docs_are_served(bento_url: str) -> None:
     assert httpx.get(f"{bento_url}/docs", timeout=10).status_code == 200
+
+
+def test_the_openapi_document_describes_predicts_real_errors(bento_url: str) -> None:
+    resp = httpx.get(f"{bento_url}/docs.json", timeout=10)
+    assert resp.status_code == 200
+    assert int(resp.headers["content-length"]) == len(resp.content)
+    spec = resp.json()
+    responses = spec["paths"]["/predict"]["post"]["responses"]
+    errors = {code: entry for code, entry in responses.items() if code[0] in "45"}
+    assert set(errors) == {"400", "401", "413", "415", "422", "503"}  # not BentoML's 404/500
+    for entry in errors.values():
+        schema = entry["content"]["application/json"]["schema"]
+        assert schema == {"$ref": "#/components/schemas/ErrorEnvelope"}
+    assert "Retry-After" in errors["503"]["headers"]
+    envelope = spec["components"]["schemas"]["ErrorEnvelope"]
+    assert envelope["required"] == ["error"]
+    # and a real error answer has that shape
+    bad = httpx.post(
+        f"{bento_url}/predict", files={"image": ("a.txt", b"not an image")}, timeout=30
+    )
+    assert bad.status_code == 415
+    assert set(bad.json()) == {"error"} and {"code", "message"} <= set(bad.json()["error"])

@@ -9,6 +9,7 @@ without reading the rest.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -16,6 +17,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from visionqueue.api.form_guard import FORM_RULES, FormRule, form_problem
+from visionqueue.api.openapi_errors import document_predict_errors
 from visionqueue.errors import error_body
 
 Scope = MutableMapping[str, Any]
@@ -168,6 +170,9 @@ class FrontMiddleware:
             if declared > self.max_body_bytes:
                 await self._too_large(send)
                 return
+        if path == "/docs.json" and scope["method"] == "GET":
+            await self._documented(scope, receive, send)
+            return
         rule = FORM_RULES.get(path) if scope["method"] == "POST" else None
         if rule is not None:
             await self._checked_form(scope, receive, send, rule)
@@ -209,6 +214,36 @@ class FrontMiddleware:
             return {"type": "http.request", "body": pending.pop(), "more_body": False}
 
         await self._guarded(scope, replay, send)
+
+    async def _documented(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve the merged OpenAPI document with ``/predict``'s real error responses."""
+        start: Message | None = None
+        chunks: list[bytes] = []
+
+        async def capture(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                start = message
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    await finish()
+
+        async def finish() -> None:
+            if start is None:
+                return  # a body without a start: nothing sensible to send
+            body = b"".join(chunks)
+            if start["status"] == 200:
+                with contextlib.suppress(ValueError):  # not JSON after all: pass it on as is
+                    body = json.dumps(document_predict_errors(json.loads(body))).encode()
+            headers = [
+                (k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"
+            ]
+            headers.append((b"content-length", str(len(body)).encode()))
+            await send({**start, "headers": headers})
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+
+        await self._guarded(scope, receive, capture)
 
     async def _too_large(self, send: Send) -> None:
         await send_json(

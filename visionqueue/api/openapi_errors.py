@@ -1,4 +1,9 @@
-"""The error envelope in the OpenAPI document: ``responses=`` for every job route."""
+"""The error envelope in the OpenAPI document: ``responses=`` for every job route.
+
+``/predict`` is a BentoML API, whose generated document lists BentoML's own error bodies;
+the front's middleware answers with our envelope instead, and ``document_predict_errors``
+makes the served document (``/docs.json``) say so.
+"""
 
 from __future__ import annotations
 
@@ -49,3 +54,41 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         }
         for status in statuses
     }
+
+
+_PREDICT_MEANINGS = {
+    400: "Empty, corrupt or missing image, or a malformed form.",
+    401: _MEANINGS[401],
+    413: _MEANINGS[413],
+    415: _MEANINGS[415],
+    422: "top_k outside 1..20, or an image over VQ_MAX_IMAGE_PIXELS.",
+    503: "The classifier is loading, overloaded or down; retry after Retry-After seconds.",
+}
+_ENVELOPE_REF = "#/components/schemas/ErrorEnvelope"
+
+
+def document_predict_errors(spec: dict[str, Any]) -> dict[str, Any]:
+    """Replace BentoML's error responses of ``POST /predict`` with the envelope we send."""
+    operation = spec.get("paths", {}).get("/predict", {}).get("post")
+    if not isinstance(operation, dict):
+        return spec
+    responses = {
+        code: entry
+        for code, entry in operation.get("responses", {}).items()
+        if not str(code).startswith(("4", "5"))
+    }
+    for status, meaning in _PREDICT_MEANINGS.items():
+        entry: dict[str, Any] = {
+            "description": meaning,
+            "content": {"application/json": {"schema": {"$ref": _ENVELOPE_REF}}},
+        }
+        if status in _HEADERS:
+            entry["headers"] = _HEADERS[status]
+        responses[str(status)] = entry
+    operation["responses"] = responses
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    if "ErrorEnvelope" not in schemas:
+        envelope = ErrorEnvelope.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(envelope.pop("$defs", {}))
+        schemas["ErrorEnvelope"] = envelope
+    return spec
