@@ -4,7 +4,8 @@ BentoML and Starlette answer some errors themselves (request validation, unknown
 methods) in their own shapes; this middleware rewrites every such error into our
 ``{"error": {"code", "message"}}`` envelope so clients see one format. It also refuses a
 body over the cap from its Content-Length, or as soon as a streamed body passes it,
-without reading the rest.
+without reading the rest. And since it changes what ``/predict``'s errors look like, it
+serves the OpenAPI document (``/docs.json``) with those errors described as sent.
 """
 
 from __future__ import annotations
