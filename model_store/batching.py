@@ -65,16 +65,9 @@ async def _outbound_then_wake(self: Any, batch: tuple[Any, ...]) -> None:
 @functools.cache
 def use_greedy_batching() -> None:
     """Make every dispatcher in this process dispatch without an intentional wait."""
-    from bentoml._internal.marshal.dispatcher import CorkDispatcher, Optimizer
+    from bentoml._internal.marshal.dispatcher import CorkDispatcher
 
-    original = Optimizer.trigger_refresh
-
-    @functools.wraps(original)
-    def trigger_refresh(self: Any) -> None:
-        original(self)
-        self.wait = 0  # learned o_a/o_b still describe the model's cost
-
-    Optimizer.trigger_refresh = trigger_refresh  # type: ignore[method-assign]
+    # the replacement never reads the optimizer's learned wait, so nothing else changes
     CorkDispatcher.controller = _greedy_controller  # type: ignore[method-assign]
 
 
