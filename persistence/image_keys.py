@@ -21,6 +21,11 @@ def key_for_digest(sha256: str) -> str:
     return check_key(f"images/{sha256[:2]}/{sha256}")
 
 
+def digest_of(key: str) -> str:
+    """Return the SHA-256 hex digest an image key was made from."""
+    return check_key(key).rsplit("/", 1)[1]
+
+
 def key_for(data: bytes) -> str:
     """Return the key the image ``data`` is stored under."""
     return key_for_digest(sha256_hex(data))

@@ -151,3 +151,11 @@ def test_factory_picks_s3_with_endpoint(tmp_path: Path, monkeypatch: pytest.Monk
 def test_s3_store_refuses_malformed_endpoints(endpoint: str) -> None:
     with pytest.raises(ValueError):
         S3ImageStore(endpoint, "a", "b", "bucket")
+
+
+def test_a_key_gives_back_its_digest() -> None:
+    from persistence.image_keys import digest_of, sha256_hex
+
+    assert digest_of(key_for(DATA)) == sha256_hex(DATA)
+    with pytest.raises(NotFound):
+        digest_of("images/../etc/passwd")

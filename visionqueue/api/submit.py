@@ -17,7 +17,7 @@ from jobs.celery_app import CLASSIFY_TASK
 from jobs.webhooks.ssrf import check_url
 from persistence import jobs_repo
 from persistence.db import session_scope
-from persistence.image_keys import sha256_hex
+from persistence.image_keys import digest_of
 from persistence.models import Job, utcnow
 from visionqueue.api.resources import FrontResources
 from visionqueue.errors import (
@@ -184,7 +184,7 @@ def submit_jobs(
                 jobs_repo.create_job(
                     session,
                     image_key=key,
-                    image_sha256=sha256_hex(u.data),
+                    image_sha256=digest_of(key),  # the store hashed it already
                     content_type=info.content_type,
                     image_size=len(u.data),
                     width=info.width,
