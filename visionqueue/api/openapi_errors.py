@@ -57,10 +57,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 _PREDICT_MEANINGS = {
-    400: "Empty, corrupt or missing image, or a malformed form.",
-    401: _MEANINGS[401],
-    413: _MEANINGS[413],
-    415: _MEANINGS[415],
+    **{status: _MEANINGS[status] for status in (400, 401, 413, 415)},
     422: "top_k outside 1..20, or an image over VQ_MAX_IMAGE_PIXELS.",
     503: "The classifier is loading, overloaded or down; retry after Retry-After seconds.",
 }
