@@ -52,20 +52,29 @@ def rss_by_process(root: psutil.Process) -> dict[str, float]:
     return out
 
 
-def wait_jobs(url: str, ids: list[str], timeout: float) -> dict[str, int]:
-    pending = set(ids)
-    counts = {"completed": 0, "failed": 0}
+def wait_jobs(url: str, ids: list[str], timeout: float) -> tuple[dict[str, int], float]:
+    """Wait until no job is pending or processing; count how each of ``ids`` ended.
+
+    Returns the counts and the ``time.monotonic()`` at which the queue was drained.
+
+    Two listing requests a second while the jobs run (asking for each job's status every
+    second would put hundreds of requests a second on the stack being measured).
+    """
     deadline = time.monotonic() + timeout
     with httpx.Client(timeout=30) as client:
-        while pending and time.monotonic() < deadline:
-            for job_id in list(pending):
-                status = client.get(f"{url}/task-status/{job_id}").json()["status"]
-                if status in ("completed", "failed"):
-                    counts[status] += 1
-                    pending.discard(job_id)
+        while time.monotonic() < deadline:
+            busy = [
+                client.get(f"{url}/v1/jobs", params={"status": s, "limit": 1}).json()["jobs"]
+                for s in ("pending", "processing")
+            ]
+            if not any(busy):
+                break
             time.sleep(1)
-    counts["lost_or_unfinished"] = len(pending)
-    return counts
+        drained = time.monotonic()
+        statuses = [client.get(f"{url}/task-status/{job_id}").json()["status"] for job_id in ids]
+    counts = {s: statuses.count(s) for s in ("completed", "failed")}
+    counts["lost_or_unfinished"] = len(ids) - counts["completed"] - counts["failed"]
+    return counts, drained
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         load = run_load(url, data, args.concurrency, args.seconds)
         t0 = time.monotonic()
         ids = asyncio.run(submit_jobs(url, data, args.jobs))
-        jobs = wait_jobs(url, ids, timeout=900)
-        jobs_s = time.monotonic() - t0
+        jobs, drained = wait_jobs(url, ids, timeout=900)
+        jobs_s = drained - t0
         end = rss_by_process(root)
     finally:
         os.killpg(proc.pid, signal.SIGINT)
