@@ -7,7 +7,7 @@ run:            ## start the whole system on the embedded default on http://127.
 test:           ## run the whole test suite (installs what it needs)
 	@scripts/test
 
-check:          ## ruff lint + format check + mypy
+check:          ## ruff lint + format check + mypy + import layering (lint-imports)
 	@scripts/check
 
 bench:          ## benchmark raw pipeline vs served; writes docs/benchmarks.md

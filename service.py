@@ -24,10 +24,10 @@ from visionqueue.api.envelope import FrontMiddleware
 from visionqueue.api.health import front_health
 from visionqueue.api.predict import check_top_k, classify_upload
 from visionqueue.bentoml_patches import apply as apply_bentoml_patches
-from visionqueue.errors import ModelNotReady, Unavailable, VQError
-from visionqueue.logging_setup import configure_logging
+from visionqueue.core.errors import ModelNotReady, Unavailable, VQError
+from visionqueue.core.logging_setup import configure_logging
+from visionqueue.core.settings import get_settings
 from visionqueue.service_metrics import backlog_exposition, classifier_metrics, front_metrics
-from visionqueue.settings import get_settings
 
 logger = logging.getLogger("visionqueue.service")
 apply_bentoml_patches()

@@ -10,7 +10,7 @@ import numpy as np
 
 from model_store.inference import BatchClassifier
 from model_store.preprocess import to_model_input
-from visionqueue.images import decode_image
+from visionqueue.core.images import decode_image
 
 MAX_PIXELS = 60_000_000
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from celery import Celery
 
-from visionqueue.settings import Settings, get_settings
+from visionqueue.core.settings import Settings, get_settings
 
 # Queue names carry VQ_BROKER_QUEUE_PREFIX so deployments can share one broker.
 JOB_QUEUE = f"{get_settings().broker.queue_prefix}visionqueue"

@@ -18,7 +18,7 @@ from jobs.resources import Resources
 from persistence import jobs_repo
 from persistence.db import session_scope
 from persistence.models import utcnow
-from visionqueue.errors import DatabaseUnavailable, NotFound, StorageUnavailable
+from visionqueue.core.errors import DatabaseUnavailable, NotFound, StorageUnavailable
 
 logger = logging.getLogger(__name__)
 

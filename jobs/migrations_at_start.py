@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from persistence.migrate import upgrade_database
-from visionqueue.settings import Settings
+from visionqueue.core.settings import Settings
 
 
 def migrate_on_start(settings: Settings) -> None:

@@ -29,7 +29,7 @@ from jobs.webhooks.signing import USER_AGENT, SecretLike, signed_headers
 from persistence import jobs_repo
 from persistence.db import session_scope
 from persistence.models import Job, utcnow
-from visionqueue.errors import VQError
+from visionqueue.core.errors import VQError
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from sqlalchemy import Engine
 
 from persistence.db import get_engine
 from persistence.images import ImageStore, build_image_store
-from visionqueue.settings import Settings, get_settings
+from visionqueue.core.settings import Settings, get_settings
 
 _lock = threading.Lock()
 _by_pid: dict[int, Resources] = {}

@@ -22,8 +22,8 @@ from jobs.notify import attempt_delivery, due_deliveries, hand_to_sweeper
 from jobs.resources import get_resources
 from persistence import jobs_repo
 from persistence.db import session_scope
-from visionqueue.errors import DatabaseUnavailable
-from visionqueue.logging_setup import configure_logging, log_context
+from visionqueue.core.errors import DatabaseUnavailable
+from visionqueue.core.logging_setup import configure_logging, log_context
 
 logger = get_task_logger(__name__)
 
@@ -120,7 +120,7 @@ def _reset_after_fork(**_: Any) -> None:
 @setup_logging.connect
 def _configure_logging(**_: Any) -> None:
     # connected, so Celery leaves logging to us: VQ_LOG_LEVEL/VQ_LOG_JSON, ids, redaction
-    from visionqueue.settings import get_settings
+    from visionqueue.core.settings import get_settings
 
     configure_logging(get_settings())
 
@@ -130,7 +130,7 @@ def _start_metrics_server(**_: Any) -> None:
     from prometheus_client import start_http_server
 
     from jobs.migrations_at_start import migrate_on_start
-    from visionqueue.settings import get_settings
+    from visionqueue.core.settings import get_settings
 
     settings = get_settings()
     try:

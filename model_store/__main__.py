@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from model_store.store import ensure_model, import_model
-    from visionqueue.settings import get_settings
+    from visionqueue.core.settings import get_settings
 
     cfg = get_settings().model
     spec = args.weights or cfg.weights

@@ -29,8 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     from persistence.migrate import alembic_config, upgrade_database
-    from visionqueue.errors import VQError
-    from visionqueue.settings import get_settings
+    from visionqueue.core.errors import VQError
+    from visionqueue.core.settings import get_settings
 
     url = args.url or get_settings().database_url
     config = alembic_config(url)

@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
 
-from visionqueue.errors import DatabaseUnavailable
+from visionqueue.core.errors import DatabaseUnavailable
 
 # Writers wait this long for SQLite's single write lock before giving up.
 SQLITE_BUSY_TIMEOUT_MS = 30_000

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from visionqueue.errors import NotFound
+from visionqueue.core.errors import NotFound
 
 # The only keys any store accepts: nothing else can name a path or an object.
 _KEY_PATTERN = re.compile(r"images/(?P<prefix>[0-9a-f]{2})/(?P=prefix)[0-9a-f]{62}")

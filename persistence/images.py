@@ -14,7 +14,7 @@ from typing import Protocol
 from persistence.image_keys import check_key, is_valid_key, key_for, sha256_hex
 from persistence.local_images import LocalImageStore, image_signature, verify_image_signature
 from persistence.s3_images import S3ImageStore
-from visionqueue.settings import Settings
+from visionqueue.core.settings import Settings
 
 __all__ = [
     "ImageStore",

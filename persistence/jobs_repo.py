@@ -30,7 +30,7 @@ from persistence.models import (
     WebhookDelivery,
     utcnow,
 )
-from visionqueue.errors import BadRequest, Conflict
+from visionqueue.core.errors import BadRequest, Conflict
 
 CLAIMABLE_STATUSES = (JobStatus.PENDING.value, JobStatus.PROCESSING.value)
 

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from persistence.image_keys import check_key, is_valid_key, key_for
-from visionqueue.errors import NotFound, StorageUnavailable
+from visionqueue.core.errors import NotFound, StorageUnavailable
 
 
 def image_signature(key: str, expires: int, signing_key: bytes) -> str:

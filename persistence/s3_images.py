@@ -15,7 +15,7 @@ from minio import Minio
 from minio.error import MinioException, S3Error
 
 from persistence.image_keys import check_key, is_valid_key, key_for
-from visionqueue.errors import NotFound, StorageUnavailable
+from visionqueue.core.errors import NotFound, StorageUnavailable
 
 _MISSING_CODES = frozenset({"NoSuchKey", "NoSuchObject", "NotFound"})
 _BUCKET_TAKEN_CODES = frozenset({"BucketAlreadyOwnedByYou", "BucketAlreadyExists"})

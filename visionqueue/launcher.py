@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from visionqueue.settings import Settings, get_settings
+from visionqueue.core.settings import Settings, get_settings
 
 logger = logging.getLogger("visionqueue.launcher")
 BIN = Path(sys.executable).parent

@@ -25,7 +25,7 @@ import httpx
 
 from jobs.webhooks.pinned_network import PinnedBackend
 from jobs.webhooks.ssrf import Resolver, check_url, resolve_and_validate
-from visionqueue.errors import Unavailable, Unprocessable
+from visionqueue.core.errors import Unavailable, Unprocessable
 
 EVENT_TYPES = frozenset({"job.completed", "job.failed"})
 MAX_RESPONSE_BYTES = 4096

@@ -7,43 +7,30 @@ configured secret yields one ``v1,<base64 HMAC-SHA256>`` entry so receivers can 
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
-import secrets as _secrets
 from collections.abc import Sequence
 
-from pydantic import SecretStr
+from visionqueue.core.secrets import (
+    MIN_SECRET_BYTES,
+    SECRET_PREFIX,
+    SecretLike,
+    decode_secret,
+    generate_secret,
+)
 
-SECRET_PREFIX = "whsec_"
-MIN_SECRET_BYTES = 24
+__all__ = [
+    "MIN_SECRET_BYTES",
+    "SECRET_PREFIX",
+    "USER_AGENT",
+    "SecretLike",
+    "decode_secret",
+    "generate_secret",
+    "sign",
+    "signed_headers",
+]
+
 USER_AGENT = "VisionQueue-Webhooks/1"
-
-SecretLike = str | SecretStr
-
-
-def decode_secret(secret: SecretLike) -> bytes:
-    """Return the HMAC key of a ``whsec_<base64>`` secret, or raise ``ValueError``."""
-    value = secret.get_secret_value() if isinstance(secret, SecretStr) else secret
-    # The message never echoes the secret: it may end up in logs.
-    if not value.startswith(SECRET_PREFIX):
-        raise ValueError(f"webhook secret must start with {SECRET_PREFIX!r}")
-    try:
-        key = base64.b64decode(value[len(SECRET_PREFIX) :], validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError(
-            f"webhook secret must be {SECRET_PREFIX!r} followed by standard base64"
-        ) from None
-    if len(key) < MIN_SECRET_BYTES:
-        raise ValueError(f"webhook secret must decode to at least {MIN_SECRET_BYTES} bytes")
-    return key
-
-
-def generate_secret(num_bytes: int = 32) -> str:
-    """Return a fresh random ``whsec_<base64>`` secret."""
-    if num_bytes < MIN_SECRET_BYTES:
-        raise ValueError(f"a webhook secret needs at least {MIN_SECRET_BYTES} bytes")
-    return SECRET_PREFIX + base64.b64encode(_secrets.token_bytes(num_bytes)).decode("ascii")
 
 
 def sign(secrets: Sequence[SecretLike], msg_id: str, timestamp: int, body: bytes) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from visionqueue.errors import Unavailable, Unprocessable
+from visionqueue.core.errors import Unavailable, Unprocessable
 
 MAX_URL_LENGTH = 2048
 DEFAULT_PORTS = {"http": 80, "https": 443}

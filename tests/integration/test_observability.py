@@ -346,8 +346,8 @@ def test_flower_sees_the_embedded_broker_worker(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """`make run`'s worker and Flower on the filesystem broker; Flower behind basic auth."""
+    from visionqueue.core.settings import Settings
     from visionqueue.launcher import children, flower_host, prepare_storage
-    from visionqueue.settings import Settings
 
     monkeypatch.setenv("VQ_HOST", "0.0.0.0")
     monkeypatch.setenv("FLOWER_BASIC_AUTH", "a:b")

@@ -17,7 +17,7 @@ from persistence.migrate import upgrade_database
 from persistence.models import Base, Job
 from tests.integration.persistence_factories import throwaway_postgres_url
 from tests.support.rows import create_job_row, upgrade_in_processes
-from visionqueue.errors import Conflict, DatabaseUnavailable
+from visionqueue.core.errors import Conflict, DatabaseUnavailable
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ import pytest
 
 from persistence.images import S3ImageStore, key_for
 from tests.integration.persistence_factories import MotoS3, moto_s3_server, s3_image_store
-from visionqueue.errors import NotFound, StorageUnavailable
+from visionqueue.core.errors import NotFound, StorageUnavailable
 
 pytestmark = pytest.mark.integration
 

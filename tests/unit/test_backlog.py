@@ -12,7 +12,7 @@ from persistence.db import get_engine
 from persistence.migrate import upgrade_database
 from tests.support.rows import create_job_row
 from visionqueue.api.submit import check_backlog
-from visionqueue.errors import TooManyRequests
+from visionqueue.core.errors import TooManyRequests
 
 
 def _resources(tmp_path: Path, limit: int) -> Any:

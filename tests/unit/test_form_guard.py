@@ -6,7 +6,7 @@ import pytest
 
 from visionqueue.api.form_guard import FORM_RULES, form_problem
 from visionqueue.api.submit import clean_filename, parse_metadata
-from visionqueue.errors import Unprocessable
+from visionqueue.core.errors import Unprocessable
 
 BOUNDARY = "xyz"
 CT = f"multipart/form-data; boundary={BOUNDARY}"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tests.support import images
-from visionqueue import errors
-from visionqueue.images import decode_image, inspect_image, sniff_format
+from visionqueue.core import errors
+from visionqueue.core.images import decode_image, inspect_image, sniff_format
 
 CAP = 60_000_000
 

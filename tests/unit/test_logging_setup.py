@@ -11,14 +11,14 @@ from datetime import datetime
 
 import pytest
 
-from visionqueue.logging_setup import (
+from visionqueue.core.logging_setup import (
     HANDLER_NAME,
     MASK,
     NOISY_LOGGERS,
     configure_logging,
     log_context,
 )
-from visionqueue.settings import Settings
+from visionqueue.core.settings import Settings
 
 API_KEY = "vq-api-key-4f2a9c"
 SIGNING_KEY = "signing-key-8e1d77"

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import text
 
 from persistence.db import db_errors, dispose_engines, get_engine, session_scope
-from visionqueue.errors import DatabaseUnavailable
+from visionqueue.core.errors import DatabaseUnavailable
 
 
 def test_one_engine_per_url(tmp_path: Path) -> None:

@@ -18,8 +18,8 @@ from persistence.images import (
     key_for,
     verify_image_signature,
 )
-from visionqueue.errors import NotFound, StorageUnavailable
-from visionqueue.settings import Settings
+from visionqueue.core.errors import NotFound, StorageUnavailable
+from visionqueue.core.settings import Settings
 
 KEY = b"signing-key"
 DATA = b"\x89PNG fake image bytes"

@@ -16,7 +16,7 @@ from persistence.db import dispose_engines, get_engine, session_scope
 from persistence.migrate import upgrade_database
 from persistence.models import Job, JobStatus
 from tests.support.rows import create_job_row
-from visionqueue.errors import BadRequest, Conflict
+from visionqueue.core.errors import BadRequest, Conflict
 
 
 @pytest.fixture

@@ -39,7 +39,7 @@ def _normalizer() -> BatchClassifier:
     ids=["jpeg", "small", "square", "rgba", "grey", "cmyk", "exif", "gif"],
 )
 def test_split_preprocessing_equals_torchvision(data: bytes) -> None:
-    from visionqueue.images import decode_image
+    from visionqueue.core.images import decode_image
 
     ours = decode_image(data, max_pixels=10**8)
     crop = to_model_input(ours)

@@ -12,7 +12,7 @@ from visionqueue.config_docs import (
     render_markdown,
     render_readme,
 )
-from visionqueue.settings import Settings
+from visionqueue.core.settings import Settings
 
 CONTRACT = [
     "VQ_PORT",

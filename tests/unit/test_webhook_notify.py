@@ -34,7 +34,7 @@ from persistence.db import dispose_engines, get_engine, session_scope
 from persistence.local_images import LocalImageStore
 from persistence.migrate import upgrade_database
 from persistence.models import WebhookDelivery, utcnow
-from visionqueue.settings import DatabaseSettings, ServerSettings, Settings, WebhookSettings
+from visionqueue.core.settings import DatabaseSettings, ServerSettings, Settings, WebhookSettings
 
 HOOK = "http://127.0.0.1:9/hooks"  # never reached: every test's guard or secret stops it first
 

@@ -14,7 +14,7 @@ from jobs.webhooks.delivery import (
     next_delay,
     parse_retry_after,
 )
-from visionqueue.settings import WebhookSettings
+from visionqueue.core.settings import WebhookSettings
 
 SCHEDULE = [5.0, 300.0, 1800.0]
 

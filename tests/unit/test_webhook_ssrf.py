@@ -11,7 +11,7 @@ import pytest
 
 from jobs.webhooks.delivery import deliver_once
 from jobs.webhooks.ssrf import ParsedTarget, check_url, is_public_address, resolve_and_validate
-from visionqueue.errors import Unavailable, Unprocessable
+from visionqueue.core.errors import Unavailable, Unprocessable
 
 FORBIDDEN_LITERALS = [
     "127.0.0.1",

@@ -9,13 +9,13 @@ from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from visionqueue.errors import VQError
+from visionqueue.core.errors import VQError
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     from visionqueue.api.resources import build_front_resources
-    from visionqueue.settings import get_settings
+    from visionqueue.core.settings import get_settings
 
     app.state.resources = build_front_resources(get_settings())
     yield

@@ -19,7 +19,7 @@ from typing import Any
 
 from visionqueue.api.form_guard import FORM_RULES, FormRule, form_problem
 from visionqueue.api.openapi_errors import document_predict_errors
-from visionqueue.errors import error_body
+from visionqueue.core.errors import error_body
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

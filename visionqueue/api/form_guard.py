@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from visionqueue.errors import BadRequest, Unprocessable, VQError
+from visionqueue.core.errors import BadRequest, Unprocessable, VQError
 
 MAX_FORM_PARTS = 100
 

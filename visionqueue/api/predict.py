@@ -12,8 +12,8 @@ import numpy as np
 
 from model_store.inference import top_k as top_k_rows
 from model_store.preprocess import RESIZE_SIZE, to_model_input
-from visionqueue.errors import Unprocessable
-from visionqueue.images import DRAFT_SCALE_KEY, decode_image
+from visionqueue.core.errors import Unprocessable
+from visionqueue.core.images import DRAFT_SCALE_KEY, decode_image
 
 MAX_TOP_K = 20
 

@@ -10,8 +10,8 @@ from sqlalchemy import Engine, text
 
 from persistence.db import get_engine, session_scope
 from persistence.images import ImageStore, build_image_store
-from visionqueue.errors import StorageUnavailable, VQError
-from visionqueue.settings import Settings
+from visionqueue.core.errors import StorageUnavailable, VQError
+from visionqueue.core.settings import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -23,14 +23,14 @@ from persistence.models import JOB_STATUSES, Job
 from visionqueue.api.openapi_errors import error_responses
 from visionqueue.api.resources import FrontResources
 from visionqueue.api.submit import Upload, check_webhook, parse_metadata, submit_jobs
-from visionqueue.errors import (
+from visionqueue.core.errors import (
     BrokerUnavailable,
     Conflict,
     NotFound,
     Unprocessable,
     VQError,
 )
-from visionqueue.images import ACCEPTED_FORMATS, sniff_format
+from visionqueue.core.images import ACCEPTED_FORMATS, sniff_format
 
 router = APIRouter()
 ACCEPTED_MESSAGE = "Image classification task submitted successfully"

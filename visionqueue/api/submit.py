@@ -20,7 +20,7 @@ from persistence.db import session_scope
 from persistence.image_keys import digest_of
 from persistence.models import Job, utcnow
 from visionqueue.api.resources import FrontResources
-from visionqueue.errors import (
+from visionqueue.core.errors import (
     BrokerUnavailable,
     Conflict,
     MissingField,
@@ -28,7 +28,7 @@ from visionqueue.errors import (
     Unprocessable,
     VQError,
 )
-from visionqueue.images import inspect_image
+from visionqueue.core.images import inspect_image
 
 logger = logging.getLogger(__name__)
 

@@ -289,7 +289,7 @@ class Settings(_Group):
 
     def check_secrets(self) -> None:
         """Refuse malformed webhook secrets always; placeholder or missing ones in production."""
-        from jobs.webhooks.signing import decode_secret  # lazy: settings stays import-light
+        from visionqueue.core.secrets import decode_secret  # lazy: settings stays import-light
 
         for index, secret in enumerate(self.webhook.secrets, start=1):
             try:

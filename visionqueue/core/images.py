@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from visionqueue.errors import EmptyImage, ImageTooLarge, InvalidImage, UnsupportedMediaType
+from visionqueue.core.errors import EmptyImage, ImageTooLarge, InvalidImage, UnsupportedMediaType
 
 # Pillow format name -> content type we accept.
 ACCEPTED_FORMATS = {

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import TextIO
 from urllib.parse import urlsplit
 
-from visionqueue.settings import Settings
+from visionqueue.core.settings import Settings
 
 MASK = "***"
 # Shorter values would mask ordinary words; no real key is this short.
