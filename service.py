@@ -18,6 +18,7 @@ import numpy as np
 from bentoml.exceptions import BentoMLException
 from starlette.responses import JSONResponse
 
+from model_store.weights import is_demo
 from visionqueue.api.app import create_api_app
 from visionqueue.api.coalesce import CropCoalescer
 from visionqueue.api.envelope import FrontMiddleware
@@ -223,7 +224,7 @@ class VisionQueue:
             info = await self.model_info()
             checks["model"] = "ok"
             body["model"] = {k: info[k] for k in ("tag", "weights", "device", "backend")}
-            if info["weights"].startswith("random-init"):
+            if is_demo(info["weights"]):
                 body["warning"] = "serving a random-init demo model: predictions are meaningless"
         except VQError as exc:
             checks["model"] = exc.message

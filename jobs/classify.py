@@ -18,7 +18,7 @@ from jobs.resources import Resources
 from persistence import jobs_repo
 from persistence.db import session_scope
 from persistence.models import utcnow
-from visionqueue.core.errors import DatabaseUnavailable, NotFound, StorageUnavailable
+from visionqueue.core.errors import DatabaseUnavailable, ImageNotFound, StorageUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def process_job(job_id: str, res: Resources) -> JobOutcome:
             created_at, webhook_url = job.created_at, job.webhook_url
         try:
             data = res.store.get(image_key)
-        except NotFound as exc:
+        except ImageNotFound as exc:
             raise PermanentJobError("image_missing", "the stored image no longer exists") from exc
         except StorageUnavailable as exc:
             raise TransientJobError("storage_unavailable", exc.message) from exc

@@ -28,8 +28,8 @@ from jobs.webhooks.delivery import AttemptResult, build_event, deliver_once, nex
 from jobs.webhooks.signing import USER_AGENT, SecretLike, signed_headers
 from persistence import jobs_repo
 from persistence.db import session_scope
+from persistence.images import image_url_or_none
 from persistence.models import Job, utcnow
-from visionqueue.core.errors import VQError
 
 logger = logging.getLogger(__name__)
 
@@ -163,10 +163,7 @@ def _next_note(delay: float | None, next_at: datetime | None) -> str:
 def _image_url(res: Resources, job: Job) -> str | None:
     if job.result is None:
         return None  # only results carry the image URL
-    try:
-        return res.store.url(job.image_key, res.settings.server.image_url_ttl_s)
-    except VQError:
-        return None  # an event without a fresh link beats no event
+    return image_url_or_none(res.store, job.image_key, res.settings.server.image_url_ttl_s)
 
 
 @functools.cache

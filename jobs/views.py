@@ -1,4 +1,4 @@
-"""How a job is shown to clients: the seed's task-status shape and the v1 shape.
+"""How a job is shown to clients: the seed's task-status shape, the v1 shape, its deliveries.
 
 Webhook events carry the same object ``GET /task-status/{id}`` returns.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from persistence.models import Job
+from persistence.models import Job, WebhookDelivery
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -61,4 +61,19 @@ def job_view(job: Job, image_url: str | None) -> dict[str, Any]:
         "webhook_url": job.webhook_url,
         "result": _result(job, image_url),
         "error": _error(job),
+    }
+
+
+def delivery_view(delivery: WebhookDelivery) -> dict[str, Any]:
+    """Return one webhook delivery attempt as ``GET /v1/jobs/{id}/deliveries`` lists it."""
+    return {
+        "event_id": delivery.event_id,
+        "event_type": delivery.event_type,
+        "attempt": delivery.attempt,
+        "attempted_at": _iso(delivery.attempted_at),
+        "status_code": delivery.status_code,
+        "error": delivery.error,
+        "latency_ms": round(delivery.latency_ms, 3),
+        "succeeded": delivery.succeeded,
+        "next_attempt_at": _iso(delivery.next_attempt_at),
     }

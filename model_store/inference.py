@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from model_store.preprocess import MEAN, STD
+from model_store.weights import is_demo
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ class ModelInfo:
 
     @property
     def demo(self) -> bool:
-        return self.weights_origin.startswith("random-init")
+        return is_demo(self.weights_origin)
 
 
 def configure_threads(threads: int) -> int:

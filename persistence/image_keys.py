@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from visionqueue.core.errors import NotFound
+from visionqueue.core.errors import ImageNotFound
 
 # The only keys any store accepts: nothing else can name a path or an object.
 _KEY_PATTERN = re.compile(r"images/(?P<prefix>[0-9a-f]{2})/(?P=prefix)[0-9a-f]{62}")
@@ -37,7 +37,7 @@ def is_valid_key(key: str) -> bool:
 
 
 def check_key(key: str) -> str:
-    """Return ``key`` unchanged, or raise ``NotFound`` when it is not an image key."""
+    """Return ``key`` unchanged, or raise ``ImageNotFound`` when it is not an image key."""
     if not is_valid_key(key):
-        raise NotFound("image not found")
+        raise ImageNotFound("image not found")
     return key

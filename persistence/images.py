@@ -1,7 +1,7 @@
 """Where uploaded images live: the ``ImageStore`` interface and the factory choosing a backend.
 
 Both backends store an image once under its content key ``images/<sha256[:2]>/<sha256>``
-(``persistence.image_keys``) and raise ``StorageUnavailable`` or ``NotFound``, never a
+(``persistence.image_keys``) and raise ``StorageUnavailable`` or ``ImageNotFound``, never a
 third-party error. ``S3ImageStore`` is used when ``VQ_S3_ENDPOINT`` is set, otherwise
 ``LocalImageStore`` under ``VQ_DATA_DIR/images``.
 """
@@ -14,6 +14,7 @@ from typing import Protocol
 from persistence.image_keys import check_key, is_valid_key, key_for, sha256_hex
 from persistence.local_images import LocalImageStore, image_signature, verify_image_signature
 from persistence.s3_images import S3ImageStore
+from visionqueue.core.errors import ImageNotFound, StorageUnavailable
 from visionqueue.core.settings import Settings
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "build_image_store",
     "check_key",
     "image_signature",
+    "image_url_or_none",
     "is_valid_key",
     "key_for",
     "sha256_hex",
@@ -40,7 +42,7 @@ class ImageStore(Protocol):
         ...
 
     def get(self, key: str) -> bytes:
-        """Return the bytes under ``key``; ``NotFound`` if missing."""
+        """Return the bytes under ``key``; ``ImageNotFound`` if missing."""
         ...
 
     def url(self, key: str, ttl_s: int) -> str:
@@ -62,6 +64,17 @@ class ImageStore(Protocol):
     def check(self) -> None:
         """Raise ``StorageUnavailable`` unless the store is usable (readiness)."""
         ...
+
+
+def image_url_or_none(store: ImageStore, key: str, ttl_s: int) -> str | None:
+    """Return a link to the image, or None when the store cannot make one now.
+
+    Job views and webhook events show the link; an answer without it beats no answer.
+    """
+    try:
+        return store.url(key, ttl_s)
+    except (StorageUnavailable, ImageNotFound):
+        return None
 
 
 def build_image_store(settings: Settings) -> ImageStore:

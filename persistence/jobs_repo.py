@@ -1,6 +1,8 @@
 """Read and change job rows and webhook delivery records: plain functions over a Session.
 
 None of these commits: the caller owns the transaction (``persistence.db.session_scope``).
+They raise domain errors (``JobNotFound``, ``IdempotencyConflict``, ``InvalidCursor``),
+never HTTP ones: the front maps them to statuses in ``visionqueue.api.domain_errors``.
 State changes are single conditional UPDATEs, so concurrent workers cannot both win::
 
     pending ──claim──> processing ──complete──> completed
@@ -18,7 +20,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -30,7 +32,7 @@ from persistence.models import (
     WebhookDelivery,
     utcnow,
 )
-from visionqueue.core.errors import BadRequest, Conflict
+from visionqueue.core.errors import IdempotencyConflict, InvalidCursor, JobNotFound
 
 CLAIMABLE_STATUSES = (JobStatus.PENDING.value, JobStatus.PROCESSING.value)
 
@@ -39,22 +41,50 @@ def _owner(owner: str | None) -> str:
     return ANONYMOUS_OWNER if owner is None else owner
 
 
-def create_job(session: Session, **fields: Any) -> Job:
-    """Insert a job; raise ``Conflict`` when its (owner, idempotency key) is taken.
+def create_job(
+    session: Session,
+    *,
+    image_key: str,
+    image_sha256: str,
+    content_type: str,
+    image_size: int,
+    width: int,
+    height: int,
+    metadata: dict[str, Any] | None = None,
+    webhook_url: str | None = None,
+    idempotency_key: str | None = None,
+    owner: str | None = None,
+    batch_id: str | None = None,
+    created_at: datetime | None = None,
+    queued_at: datetime | None = None,
+) -> Job:
+    """Insert a pending job; raise ``IdempotencyConflict`` when (owner, key) is taken.
 
-    After a ``Conflict`` the session must be rolled back; look the winner up in a new one.
+    After an ``IdempotencyConflict`` the session must be rolled back; look the winner up in
+    a new one.
     """
-    if "metadata" in fields:
-        fields["metadata_"] = fields.pop("metadata")
-    fields["owner"] = _owner(fields.get("owner"))
-    job = Job(**fields)
+    job = Job(
+        image_key=image_key,
+        image_sha256=image_sha256,
+        content_type=content_type,
+        image_size=image_size,
+        width=width,
+        height=height,
+        metadata_=metadata or {},
+        webhook_url=webhook_url,
+        idempotency_key=idempotency_key,
+        owner=_owner(owner),
+        batch_id=batch_id,
+        created_at=created_at or utcnow(),
+        queued_at=queued_at,
+    )
     session.add(job)
     try:
         session.flush()
     except IntegrityError as exc:
         if job.idempotency_key is None:
             raise
-        raise Conflict("a job with this idempotency key already exists") from exc
+        raise IdempotencyConflict("a job with this idempotency key already exists") from exc
     return job
 
 
@@ -62,6 +92,14 @@ def get_job(session: Session, job_id: str, owner: str | None) -> Job | None:
     """Return the job if it exists and belongs to ``owner``."""
     stmt = select(Job).where(Job.id == job_id, Job.owner == _owner(owner))
     return session.scalars(stmt).one_or_none()
+
+
+def require_job(session: Session, job_id: str, owner: str | None) -> Job:
+    """Return ``owner``'s job; raise ``JobNotFound`` if there is none with this id."""
+    job = get_job(session, job_id, owner)
+    if job is None:
+        raise JobNotFound(f"no job with id {job_id}")
+    return job
 
 
 def get_job_by_id(session: Session, job_id: str) -> Job | None:
@@ -75,6 +113,12 @@ def find_by_idempotency_key(session: Session, owner: str | None, key: str) -> Jo
     return session.scalars(stmt).one_or_none()
 
 
+def batch_jobs(session: Session, batch_id: str, owner: str) -> list[Job]:
+    """Return every job of ``owner``'s submission ``batch_id`` (in no particular order)."""
+    stmt = select(Job).where(Job.batch_id == batch_id, Job.owner == owner)
+    return list(session.scalars(stmt))
+
+
 def encode_cursor(created_at: datetime, job_id: str) -> str:
     """Encode a listing position as an opaque URL-safe token."""
     raw = json.dumps([created_at.isoformat(), job_id], separators=(",", ":")).encode()
@@ -82,15 +126,15 @@ def encode_cursor(created_at: datetime, job_id: str) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """Decode a token from ``encode_cursor``; raise ``BadRequest`` on anything else."""
+    """Decode a token from ``encode_cursor``; raise ``InvalidCursor`` on anything else."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created, job_id = json.loads(raw)
         created_at = datetime.fromisoformat(created)
     except (binascii.Error, ValueError, TypeError, UnicodeDecodeError) as exc:
-        raise BadRequest("invalid cursor") from exc
+        raise InvalidCursor("invalid cursor") from exc
     if not isinstance(job_id, str) or created_at.tzinfo is None:
-        raise BadRequest("invalid cursor")
+        raise InvalidCursor("invalid cursor")
     return created_at, job_id
 
 
@@ -193,6 +237,12 @@ def cancel_job(session: Session, job_id: str, owner: str | None) -> bool:
         .returning(Job.id)
     )
     return session.execute(stmt).first() is not None
+
+
+def delete_unfinished(session: Session, job_ids: Iterable[str]) -> None:
+    """Delete those of these jobs that are still pending or processing."""
+    stmt = delete(Job).where(Job.id.in_(list(job_ids)), Job.status.in_(CLAIMABLE_STATUSES))
+    session.execute(stmt)
 
 
 def mark_queued(session: Session, job_ids: Iterable[str]) -> None:

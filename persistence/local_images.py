@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from persistence.image_keys import check_key, is_valid_key, key_for
-from visionqueue.core.errors import NotFound, StorageUnavailable
+from visionqueue.core.errors import ImageNotFound, StorageUnavailable
 
 
 def image_signature(key: str, expires: int, signing_key: bytes) -> str:
@@ -99,7 +99,7 @@ class LocalImageStore:
         try:
             return path.read_bytes()
         except FileNotFoundError as exc:
-            raise NotFound("image not found") from exc
+            raise ImageNotFound("image not found") from exc
         except OSError as exc:
             raise StorageUnavailable("the image directory is not readable") from exc
 

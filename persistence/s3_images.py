@@ -15,7 +15,7 @@ from minio import Minio
 from minio.error import MinioException, S3Error
 
 from persistence.image_keys import check_key, is_valid_key, key_for
-from visionqueue.core.errors import NotFound, StorageUnavailable
+from visionqueue.core.errors import ImageNotFound, StorageUnavailable
 
 _MISSING_CODES = frozenset({"NoSuchKey", "NoSuchObject", "NotFound"})
 _BUCKET_TAKEN_CODES = frozenset({"BucketAlreadyOwnedByYou", "BucketAlreadyExists"})
@@ -59,7 +59,7 @@ def _storage_errors() -> Iterator[None]:
         yield
     except S3Error as exc:
         if exc.code in _MISSING_CODES:
-            raise NotFound("image not found") from exc
+            raise ImageNotFound("image not found") from exc
         raise StorageUnavailable("object storage refused the request") from exc
     except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
         raise StorageUnavailable("object storage is unavailable") from exc

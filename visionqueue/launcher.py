@@ -44,7 +44,7 @@ def prepare_model(settings: Settings) -> tuple[str, str]:
 
     The import runs in a child process so this long-lived supervisor never loads torch.
     """
-    from model_store.weights import IMAGENET
+    from model_store.weights import IMAGENET, is_demo
 
     cfg = settings.model
     say(f"model: ensuring {cfg.model_name} with weights={cfg.weights} in the BentoML store")
@@ -57,7 +57,7 @@ def prepare_model(settings: Settings) -> tuple[str, str]:
         raise SystemExit(f"[visionqueue] model import failed (exit {done.returncode})")
     stored = json.loads(done.stdout.strip().splitlines()[-1])
     tag, origin = str(stored["tag"]), str(stored["weights"])
-    if origin.startswith("random-init"):
+    if is_demo(origin):
         print(
             f"\n{BANNER}\n  WARNING: serving {origin} — an UNTRAINED demo model.\n"
             "  Its predictions are meaningless. Every response and /readyz say so.\n"

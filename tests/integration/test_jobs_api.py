@@ -117,6 +117,12 @@ def test_cancel_answers_409_once_finished_and_404_for_unknown_ids(stack, worker)
     assert_error(httpx.get(f"{stack.url}/task-status/{UNKNOWN_ID}", timeout=10), 404, "not_found")
 
 
+def test_a_forged_listing_cursor_answers_400(stack) -> None:  # type: ignore[no-untyped-def]
+    for cursor in ("not-a-cursor", "WyJ4IiwieSJd"):  # garbage, and base64 of ["x","y"]
+        resp = httpx.get(f"{stack.url}/v1/jobs", params={"cursor": cursor}, timeout=10)
+        assert_error(resp, 400, "bad_request")
+
+
 def test_a_batch_shares_a_batch_id_and_an_idempotent_retry_replays_it(stack, worker) -> None:  # type: ignore[no-untyped-def]
     # 12 images: more than 10, so replayed jobs must keep their order past "key#9"
     payloads = [images.jpeg(64 + 8 * i, 48 + 4 * i, seed=400 + i) for i in range(12)]

@@ -17,7 +17,7 @@ from persistence.migrate import upgrade_database
 from persistence.models import Base, Job
 from tests.integration.persistence_factories import throwaway_postgres_url
 from tests.support.rows import create_job_row, upgrade_in_processes
-from visionqueue.core.errors import Conflict, DatabaseUnavailable
+from visionqueue.core.errors import DatabaseUnavailable, IdempotencyConflict
 
 pytestmark = pytest.mark.integration
 
@@ -81,7 +81,7 @@ def test_concurrent_upgrades_from_processes(pg_url: str) -> None:
 
 def test_full_job_flow(engine: Engine) -> None:
     job_id = create_job_row(engine, owner="alice", idempotency_key="req-1", batch_id="b1")
-    with pytest.raises(Conflict):
+    with pytest.raises(IdempotencyConflict):
         create_job_row(engine, owner="alice", idempotency_key="req-1")
     create_job_row(engine, owner=None, idempotency_key="req-1")
     with session_scope(engine) as session:

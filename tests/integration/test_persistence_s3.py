@@ -14,7 +14,7 @@ import pytest
 
 from persistence.images import S3ImageStore, key_for
 from tests.integration.persistence_factories import MotoS3, moto_s3_server, s3_image_store
-from visionqueue.core.errors import NotFound, StorageUnavailable
+from visionqueue.core.errors import ImageNotFound, StorageUnavailable
 
 pytestmark = pytest.mark.integration
 
@@ -92,7 +92,7 @@ def test_keys_are_listed_in_order_and_orphans_purged(
 
 
 def test_missing_key_is_not_found(store: S3ImageStore) -> None:
-    with pytest.raises(NotFound):
+    with pytest.raises(ImageNotFound):
         store.get(key_for(b"never stored"))
     store.delete(key_for(b"never stored"))
 
@@ -100,7 +100,7 @@ def test_missing_key_is_not_found(store: S3ImageStore) -> None:
 def test_delete_removes_the_object(store: S3ImageStore) -> None:
     key = store.put(DATA, "image/jpeg")
     store.delete(key)
-    with pytest.raises(NotFound):
+    with pytest.raises(ImageNotFound):
         store.get(key)
 
 

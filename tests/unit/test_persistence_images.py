@@ -18,7 +18,7 @@ from persistence.images import (
     key_for,
     verify_image_signature,
 )
-from visionqueue.core.errors import NotFound, StorageUnavailable
+from visionqueue.core.errors import ImageNotFound, StorageUnavailable
 from visionqueue.core.settings import Settings
 
 KEY = b"signing-key"
@@ -59,11 +59,11 @@ def test_key_is_content_addressed() -> None:
 def test_anything_but_an_exact_key_is_refused(tmp_path: Path, key: str) -> None:
     store = _store(tmp_path)
     assert not is_valid_key(key)
-    with pytest.raises(NotFound):
+    with pytest.raises(ImageNotFound):
         check_key(key)
-    with pytest.raises(NotFound):
+    with pytest.raises(ImageNotFound):
         store.get(key)
-    with pytest.raises(NotFound):
+    with pytest.raises(ImageNotFound):
         store.url(key, 60)
 
 
@@ -81,7 +81,7 @@ def test_local_store_puts_once_and_reads_back(tmp_path: Path) -> None:
     assert files == [store.path(key)]  # no temporary file left behind
     store.delete(key)
     store.delete(key)
-    with pytest.raises(NotFound):
+    with pytest.raises(ImageNotFound):
         store.get(key)
 
 
@@ -157,5 +157,5 @@ def test_a_key_gives_back_its_digest() -> None:
     from persistence.image_keys import digest_of, sha256_hex
 
     assert digest_of(key_for(DATA)) == sha256_hex(DATA)
-    with pytest.raises(NotFound):
+    with pytest.raises(ImageNotFound):
         digest_of("images/../etc/passwd")

@@ -16,7 +16,7 @@ from persistence.db import dispose_engines, get_engine, session_scope
 from persistence.migrate import upgrade_database
 from persistence.models import Job, JobStatus
 from tests.support.rows import create_job_row
-from visionqueue.core.errors import BadRequest, Conflict
+from visionqueue.core.errors import IdempotencyConflict, InvalidCursor, JobNotFound
 
 
 @pytest.fixture
@@ -43,6 +43,28 @@ def test_create_and_get_is_owner_scoped(engine: Engine) -> None:
         assert repo.get_job_by_id(session, job_id) is not None
 
 
+def test_require_job_raises_job_not_found_for_another_owner(engine: Engine) -> None:
+    job_id = create_job_row(engine, owner="alice")
+    with session_scope(engine) as session:
+        assert repo.require_job(session, job_id, "alice").id == job_id
+        with pytest.raises(JobNotFound, match=job_id):
+            repo.require_job(session, job_id, "bob")
+
+
+def test_batch_jobs_and_delete_unfinished(engine: Engine) -> None:
+    first = create_job_row(engine, owner="alice", batch_id="b1")
+    second = create_job_row(engine, owner="alice", batch_id="b1")
+    create_job_row(engine, owner="bob", batch_id="b1")  # another owner's batch id
+    with session_scope(engine) as session:
+        assert {j.id for j in repo.batch_jobs(session, "b1", "alice")} == {first, second}
+        repo.claim_job(session, second)
+        repo.complete_job(session, second, {"predictions": []}, "m:1", "imagenet1k_v1")
+    with session_scope(engine) as session:
+        repo.delete_unfinished(session, [first, second])
+    with session_scope(engine) as session:
+        assert [j.id for j in repo.batch_jobs(session, "b1", "alice")] == [second]
+
+
 def test_anonymous_owner_is_stored_as_empty_string(engine: Engine) -> None:
     job_id = create_job_row(engine, owner=None)
     with session_scope(engine) as session:
@@ -53,7 +75,7 @@ def test_anonymous_owner_is_stored_as_empty_string(engine: Engine) -> None:
 
 def test_idempotency_key_is_unique_per_owner(engine: Engine) -> None:
     first = create_job_row(engine, owner=None, idempotency_key="k1")
-    with pytest.raises(Conflict):
+    with pytest.raises(IdempotencyConflict):
         create_job_row(engine, owner=None, idempotency_key="k1")
     create_job_row(engine, owner="alice", idempotency_key="k1")  # another owner may reuse it
     create_job_row(engine, owner=None)
@@ -177,7 +199,7 @@ def test_list_jobs_filters_by_status(engine: Engine) -> None:
 
 @pytest.mark.parametrize("cursor", ["", "not base64!", "bm90IGpzb24", "WzEsMl0", "WyJ4IiwieSJd"])
 def test_bad_cursors_are_bad_requests(engine: Engine, cursor: str) -> None:
-    with session_scope(engine) as session, pytest.raises(BadRequest):
+    with session_scope(engine) as session, pytest.raises(InvalidCursor):
         repo.list_jobs(session, None, None, 10, cursor)
 
 
@@ -186,7 +208,7 @@ def test_cursor_round_trip() -> None:
     token = repo.encode_cursor(created, "abc")
     assert "=" not in token
     assert repo.decode_cursor(token) == (created, "abc")
-    with pytest.raises(BadRequest):
+    with pytest.raises(InvalidCursor):
         repo.decode_cursor(repo.encode_cursor(created.replace(tzinfo=None), "abc"))
 
 

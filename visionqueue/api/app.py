@@ -9,7 +9,8 @@ from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from visionqueue.core.errors import VQError
+from visionqueue.api.domain_errors import to_http_error
+from visionqueue.core.errors import DomainError, VQError
 
 
 @asynccontextmanager
@@ -50,5 +51,9 @@ def create_api_app() -> FastAPI:
     @app.exception_handler(VQError)
     async def vq_error(_: Request, exc: VQError) -> JSONResponse:
         return JSONResponse(exc.to_body(), status_code=exc.status, headers=exc.headers())
+
+    @app.exception_handler(DomainError)
+    async def domain_error(request: Request, exc: DomainError) -> JSONResponse:
+        return await vq_error(request, to_http_error(exc))
 
     return app

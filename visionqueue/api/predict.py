@@ -12,6 +12,7 @@ import numpy as np
 
 from model_store.inference import top_k as top_k_rows
 from model_store.preprocess import RESIZE_SIZE, to_model_input
+from model_store.weights import is_demo
 from visionqueue.core.errors import Unprocessable
 from visionqueue.core.images import DRAFT_SCALE_KEY, decode_image
 
@@ -55,7 +56,7 @@ def model_block(model_info: dict[str, Any]) -> dict[str, Any]:
     block: dict[str, Any] = {
         "tag": model_info["tag"],
         "weights": model_info["weights"],
-        "demo": model_info["weights"].startswith("random-init"),
+        "demo": is_demo(model_info["weights"]),
     }
     if block["demo"]:
         block["warning"] = (

@@ -13,11 +13,12 @@ from fastapi import APIRouter, File, Form, Header, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 
 from jobs.celery_app import WEBHOOK_QUEUE, WEBHOOK_TASK
-from jobs.views import job_view, task_status_view
+from jobs.views import delivery_view, job_view, task_status_view
 from jobs.webhooks import delivery_log
 from persistence import jobs_repo
 from persistence.db import session_scope
 from persistence.image_keys import is_valid_key
+from persistence.images import image_url_or_none
 from persistence.local_images import LocalImageStore, verify_image_signature
 from persistence.models import JOB_STATUSES, Job
 from visionqueue.api.openapi_errors import error_responses
@@ -28,7 +29,6 @@ from visionqueue.core.errors import (
     Conflict,
     NotFound,
     Unprocessable,
-    VQError,
 )
 from visionqueue.core.images import ACCEPTED_FORMATS, sniff_format
 
@@ -49,10 +49,7 @@ async def _read(files: list[UploadFile]) -> list[Upload]:
 
 
 def _image_url(res: FrontResources, job: Job) -> str | None:
-    try:
-        return res.store.url(job.image_key, res.settings.server.image_url_ttl_s)
-    except VQError:
-        return None
+    return image_url_or_none(res.store, job.image_key, res.settings.server.image_url_ttl_s)
 
 
 async def _submit(
@@ -80,10 +77,7 @@ async def _submit(
 
 def _load(request: Request, job_id: str) -> Job:
     with session_scope(resources(request).engine) as session:
-        job = jobs_repo.get_job(session, job_id, owner(request))
-    if job is None:
-        raise NotFound(f"no job with id {job_id}")
-    return job
+        return jobs_repo.require_job(session, job_id, owner(request))
 
 
 SUBMIT_ERRORS = error_responses(400, 401, 413, 415, 422, 429, 503)
@@ -167,13 +161,10 @@ async def cancel_job(request: Request, job_id: str) -> Any:
 
     def cancel() -> Job:
         with session_scope(res.engine) as session:
-            if not jobs_repo.cancel_job(session, job_id, owner(request)):
-                job = jobs_repo.get_job(session, job_id, owner(request))
-                if job is None:
-                    raise NotFound(f"no job with id {job_id}")
+            cancelled = jobs_repo.cancel_job(session, job_id, owner(request))
+            job = jobs_repo.require_job(session, job_id, owner(request))
+            if not cancelled:
                 raise Conflict(f"job is {job.status}; only pending jobs can be cancelled")
-            job = jobs_repo.get_job(session, job_id, owner(request))
-            assert job is not None
             return job
 
     job = await anyio.to_thread.run_sync(cancel)
@@ -189,24 +180,7 @@ async def list_deliveries(request: Request, job_id: str) -> Any:
         _load(request, job_id)
         with session_scope(res.engine) as session:
             rows = jobs_repo.list_deliveries(session, job_id)
-        return [
-            {
-                "event_id": d.event_id,
-                "event_type": d.event_type,
-                "attempt": d.attempt,
-                "attempted_at": d.attempted_at.isoformat().replace("+00:00", "Z"),
-                "status_code": d.status_code,
-                "error": d.error,
-                "latency_ms": round(d.latency_ms, 3),
-                "succeeded": d.succeeded,
-                "next_attempt_at": (
-                    d.next_attempt_at.isoformat().replace("+00:00", "Z")
-                    if d.next_attempt_at
-                    else None
-                ),
-            }
-            for d in rows
-        ]
+        return [delivery_view(d) for d in rows]
 
     deliveries = await anyio.to_thread.run_sync(query)
     return {"deliveries": deliveries}

@@ -22,7 +22,7 @@ from persistence.models import Job, utcnow
 from visionqueue.api.resources import FrontResources
 from visionqueue.core.errors import (
     BrokerUnavailable,
-    Conflict,
+    IdempotencyConflict,
     MissingField,
     TooManyRequests,
     Unprocessable,
@@ -126,7 +126,7 @@ def _replayed(res: FrontResources, owner: str | None, key: str) -> list[Job] | N
             return None
         if first.batch_id is None:
             return [first]
-        rows = session.query(Job).filter(Job.batch_id == first.batch_id, Job.owner == first.owner)
+        rows = jobs_repo.batch_jobs(session, first.batch_id, first.owner)
         # keys are KEY, KEY#1 .. KEY#n: sort by number, or KEY#10 would come before KEY#2
         return sorted(rows, key=lambda j: _key_index(j.idempotency_key, key))
 
@@ -199,7 +199,7 @@ def submit_jobs(
                 )
                 for i, (u, info, key) in enumerate(zip(uploads, infos, keys, strict=False))
             ]
-    except Conflict:
+    except IdempotencyConflict:
         # a concurrent request with the same key won the race: answer with its jobs
         earlier = _replayed(res, owner, _key(idempotency_key or "", 0))
         if earlier:
@@ -243,10 +243,9 @@ def enqueue(res: FrontResources, jobs: list[Job]) -> None:
 
 def _withdraw(res: FrontResources, job_ids: list[str]) -> None:
     """Delete the rows of a refused request's jobs that have not finished (the client got 503)."""
-    unfinished = Job.status.in_(jobs_repo.CLAIMABLE_STATUSES)
     try:
         with session_scope(res.engine) as session:
-            session.query(Job).filter(Job.id.in_(job_ids), unfinished).delete()
+            jobs_repo.delete_unfinished(session, job_ids)
     except VQError:
         # the sweeper will enqueue them later: they are processed, never lost
         logger.error("could not withdraw %d unpublished jobs", len(job_ids))

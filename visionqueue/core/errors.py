@@ -19,6 +19,12 @@
         ├── BrokerUnavailable    broker_unavailable
         └── ModelNotReady        model_not_ready
 
+    DomainError                  a rule of our own domain, with no HTTP status: raised by
+    ├── JobNotFound              persistence, mapped to a ``VQError`` in one table by the front
+    ├── ImageNotFound            (``visionqueue.api.domain_errors``); workers catch them by name
+    ├── IdempotencyConflict
+    └── InvalidCursor
+
 Third-party errors are mapped at the boundary (``raise StorageUnavailable(...) from exc``);
 messages never carry ``str(exc)`` of a third-party error or a secret.
 """
@@ -145,3 +151,27 @@ def error_body(code: str, message: str, **details: Any) -> dict[str, Any]:
     if details:
         body["details"] = details
     return {"error": body}
+
+
+class DomainError(Exception):
+    """A domain rule was broken; the caller decides what it means (an HTTP status, a failed job)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class JobNotFound(DomainError):
+    """No job with this id belongs to this owner."""
+
+
+class ImageNotFound(DomainError):
+    """No stored image under this key (or the key is not an image key)."""
+
+
+class IdempotencyConflict(DomainError):
+    """The owner already submitted a job with this idempotency key."""
+
+
+class InvalidCursor(DomainError):
+    """A listing cursor that ``encode_cursor`` did not make."""
