@@ -6,6 +6,7 @@ Everything runs on loopback and stops by itself (fixed durations and counts).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -19,6 +20,12 @@ from bench.load import LoadResult, run_async_jobs, run_load
 from bench.raw import RawResult, measure_batch
 
 ROOT = Path(__file__).resolve().parents[1]
+# What the benchmark needs beyond the product: the dev extras of a source checkout.
+DEV_DEPENDENCIES = {
+    "matplotlib": "draws docs/benchmarks.png",
+    "moto": "the S3-protocol server of the measured stack",
+    "tests.support": "starts the stack (a source checkout's tests/ folder)",
+}
 PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg")
 BATCHES = (1, 4, 8, 16)
 
@@ -287,6 +294,19 @@ def render(
     return "\n".join(lines)
 
 
+def missing_dev_dependencies(needed: dict[str, str] = DEV_DEPENDENCIES) -> list[str]:
+    """Return ``module (what for)`` for each dev-only module this interpreter cannot import."""
+    missing = []
+    for module, purpose in needed.items():
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:  # a dotted name whose parent package is missing
+            found = False
+        if not found:
+            missing.append(f"{module} ({purpose})")
+    return missing
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--seconds", type=float, default=20.0, help="duration of each load level")
@@ -300,6 +320,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--served", default="eager,onnxruntime", help="backends to serve")
     parser.add_argument("--output", default=str(ROOT / "docs" / "benchmarks.md"))
     args = parser.parse_args(argv)
+    missing = missing_dev_dependencies(DEV_DEPENDENCIES)
+    if missing:
+        print(
+            "bench: the benchmark is a developer tool; missing: "
+            + ", ".join(missing)
+            + ". Run `make bench` in a source checkout (it installs the dev dependencies).",
+            file=sys.stderr,
+        )
+        return 2
     args.load_start = os.getloadavg()[0]
     workdir = Path(tempfile.mkdtemp(prefix="vq-bench-"))
     os.environ.setdefault("BENTOML_HOME", str(workdir / "bentoml"))

@@ -216,8 +216,16 @@ def cmd_import_model(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from bench.__main__ import main as bench_main
-
+    # The benchmark is not installed with the product: it runs from a source checkout.
+    try:
+        from bench.__main__ import main as bench_main
+    except ImportError:
+        print(
+            "visionqueue bench: the benchmark is a developer tool that is not installed with "
+            "the product; run `make bench` in a source checkout",
+            file=sys.stderr,
+        )
+        return 2
     return bench_main(args.bench_args)
 
 
@@ -252,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     jb = command("jobs", "list recent jobs", cmd_jobs)
     jb.add_argument("--status")
     jb.add_argument("--limit", type=int, default=20)
-    bn = command("bench", "run the benchmark (make bench)", cmd_bench)
+    bn = command("bench", "run the benchmark from a source checkout (make bench)", cmd_bench)
     bn.add_argument("bench_args", nargs=argparse.REMAINDER)
     return parser
 

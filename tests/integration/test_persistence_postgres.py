@@ -15,8 +15,8 @@ from persistence import jobs_repo as repo
 from persistence.db import get_engine, session_scope
 from persistence.migrate import upgrade_database
 from persistence.models import Base, Job
-from tests.integration.persistence_factories import throwaway_postgres_url
-from tests.support.rows import create_job_row, upgrade_in_processes
+from tests.support.postgres import throwaway_postgres_url
+from tests.support.rows import create_job_row, record_attempt, upgrade_in_processes
 from visionqueue.core.errors import DatabaseUnavailable, IdempotencyConflict
 
 pytestmark = pytest.mark.integration
@@ -178,17 +178,7 @@ def test_stale_pending_sweep(engine: Engine) -> None:
 
 def test_deliveries_cascade_with_their_job(engine: Engine) -> None:
     job_id = create_job_row(engine)
-    with session_scope(engine) as session:
-        repo.record_delivery(
-            session,
-            job_id=job_id,
-            event_id="msg_1",
-            event_type="job.completed",
-            attempt=1,
-            succeeded=True,
-            latency_ms=4.2,
-            status_code=200,
-        )
+    record_attempt(engine, job_id, 1)
     with session_scope(engine) as session:
         assert len(repo.list_deliveries(session, job_id)) == 1
         session.execute(delete(Job).where(Job.id == job_id))

@@ -38,6 +38,20 @@ def create_job_row(engine: Engine, **overrides: Any) -> str:
         return jobs_repo.create_job(session, **job_fields(**overrides)).id
 
 
+def record_attempt(engine: Engine, job_id: str, attempt: int, **overrides: Any) -> None:
+    """Record one delivery attempt of ``job_id``'s completion event (succeeded, 200); override any."""
+    fields: dict[str, Any] = {
+        "event_id": "msg_1",
+        "event_type": "job.completed",
+        "succeeded": True,
+        "latency_ms": 4.2,
+        "status_code": 200,
+    }
+    fields.update(overrides)
+    with session_scope(engine) as session:
+        jobs_repo.record_delivery(session, job_id=job_id, attempt=attempt, **fields)
+
+
 def upgrade_in_processes(url: str, count: int = 2) -> list[tuple[int, str]]:
     """Run ``upgrade_database(url)`` in ``count`` processes at once; (exit code, output) each."""
     code = "import sys; from persistence.migrate import upgrade_database; upgrade_database(sys.argv[1])"

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import redis
 
-from tests.integration.persistence_factories import throwaway_postgres_url
+from tests.support.postgres import throwaway_postgres_url
 from tests.support.servers import BIN, bento_server, free_port, spawn, stop
 
 REDIS_URL = "redis://127.0.0.1:6379/{db}"

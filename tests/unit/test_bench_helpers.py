@@ -1,17 +1,20 @@
-"""The benchmark's request builders: what it sends is what a client would send."""
+"""The benchmark's request builders, and how it refuses to run without the dev dependencies."""
 
 from __future__ import annotations
 
 import io
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 from python_multipart.multipart import MultipartParser
 
+from bench import __main__ as bench_main
 from bench.load import unique_jpeg
 from bench.wrk import BOUNDARY, multipart
 from tests.support import images
+from visionqueue import cli
 
 
 def test_unique_jpeg_changes_the_bytes_not_the_pixels() -> None:
@@ -55,3 +58,34 @@ def test_wrk_bodies_are_one_well_formed_image_part() -> None:
     assert len(parts) == 1
     disposition, body = parts[0]
     assert b'name="image"' in disposition and body == data
+
+
+def test_missing_dev_dependencies_names_each_missing_module_and_its_use() -> None:
+    needed = {"json": "here", "vq_no_such_module": "a chart", "vq_no_such_pkg.sub": "a stack"}
+    assert bench_main.missing_dev_dependencies(needed) == [
+        "vq_no_such_module (a chart)",
+        "vq_no_such_pkg.sub (a stack)",
+    ]
+
+
+def test_bench_refuses_before_measuring_when_a_dev_dependency_is_missing(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(bench_main.DEV_DEPENDENCIES, "vq_no_such_module", "draws the chart")
+
+    def measured(*_: object) -> None:
+        raise AssertionError("the benchmark started measuring")
+
+    monkeypatch.setattr(bench_main, "raw_phase", measured)
+    assert bench_main.main(["--output", "/nonexistent/benchmarks.md"]) == 2
+    err = capsys.readouterr().err
+    assert "vq_no_such_module (draws the chart)" in err and "make bench" in err
+
+
+def test_visionqueue_bench_without_the_benchmark_says_where_it_lives(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "bench.__main__", None)  # as in an installed product
+    assert cli.main(["bench"]) == 2
+    err = capsys.readouterr().err
+    assert "not installed with the product" in err and "make bench" in err

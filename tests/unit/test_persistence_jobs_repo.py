@@ -15,7 +15,7 @@ from persistence import jobs_repo as repo
 from persistence.db import dispose_engines, get_engine, session_scope
 from persistence.migrate import upgrade_database
 from persistence.models import Job, JobStatus
-from tests.support.rows import create_job_row
+from tests.support.rows import create_job_row, record_attempt
 from visionqueue.core.errors import IdempotencyConflict, InvalidCursor, JobNotFound
 
 
@@ -249,28 +249,10 @@ def test_count_by_status(engine: Engine) -> None:
 def test_deliveries_are_recorded_listed_and_cascade(engine: Engine) -> None:
     job_id = create_job_row(engine)
     later = datetime.now(UTC) + timedelta(seconds=5)
-    with session_scope(engine) as session:
-        repo.record_delivery(
-            session,
-            job_id=job_id,
-            event_id="msg_1",
-            event_type="job.completed",
-            attempt=1,
-            succeeded=False,
-            latency_ms=12.5,
-            status_code=500,
-            next_attempt_at=later,
-        )
-        repo.record_delivery(
-            session,
-            job_id=job_id,
-            event_id="msg_1",
-            event_type="job.completed",
-            attempt=2,
-            succeeded=True,
-            latency_ms=3.0,
-            status_code=204,
-        )
+    record_attempt(
+        engine, job_id, 1, succeeded=False, latency_ms=12.5, status_code=500, next_attempt_at=later
+    )
+    record_attempt(engine, job_id, 2, latency_ms=3.0, status_code=204)
     with session_scope(engine) as session:
         deliveries = repo.list_deliveries(session, job_id)
         assert [(d.attempt, d.succeeded, d.status_code) for d in deliveries] == [
