@@ -19,9 +19,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 import redis
 
+from tests.support.prerequisites import require_binary
 from tests.support.servers import free_port, spawn, stop
 from tests.support.stack import Stack, backend_env, s3_server_process, serve_stack
 
@@ -40,9 +40,7 @@ class RedisServer:
     """A ``redis-server`` that keeps nothing on disk, so a restart loses every message."""
 
     def __init__(self, log: Path) -> None:
-        self.binary = shutil.which("redis-server")
-        if self.binary is None:
-            pytest.skip("redis-server is not installed")
+        self.binary = require_binary("redis-server", "Debian: apt-get install -y redis-server")
         self.port = free_port()
         self.log = log
         self.url = f"redis://127.0.0.1:{self.port}/0"
@@ -75,12 +73,11 @@ class RedisServer:
             stop(self.proc)
 
 
-def _postgres_bin(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
-    return str(candidates[-1]) if candidates else None
+def _postgres_bin(name: str) -> str:
+    """Return PostgreSQL's ``name`` server binary (Debian keeps them off PATH)."""
+    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), reverse=True)
+    how = "Debian: apt-get install -y postgresql"
+    return require_binary(name, how, *(str(path) for path in candidates))
 
 
 class PostgresCluster:
@@ -88,8 +85,6 @@ class PostgresCluster:
 
     def __init__(self) -> None:
         self.initdb, self.pg_ctl = _postgres_bin("initdb"), _postgres_bin("pg_ctl")
-        if self.initdb is None or self.pg_ctl is None:
-            pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
         # not under pytest's tmp_path: the postgres user must be able to reach the folder
         self.dir = Path(tempfile.mkdtemp(prefix="vq-pg-"))
         self.data = self.dir / "data"

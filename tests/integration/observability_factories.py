@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -128,12 +127,6 @@ def prometheus_config(targets: dict[str, str], interval: str = "1s") -> dict[str
     assert not missing, f"prometheus.yml has no job {sorted(missing)}"
     config["scrape_configs"] = jobs
     return config
-
-
-def prometheus_binary() -> str | None:
-    return shutil.which("prometheus") or next(
-        (p for p in ("/usr/bin/prometheus",) if Path(p).is_file()), None
-    )
 
 
 @contextlib.contextmanager

@@ -33,7 +33,6 @@ from tests.integration.observability_factories import (
     grafana_to_promql,
     metrics_worker,
     predict_many,
-    prometheus_binary,
     prometheus_config,
     prometheus_query,
     prometheus_server,
@@ -41,6 +40,7 @@ from tests.integration.observability_factories import (
 )
 from tests.integration.webhook_receiver import WebhookReceiver
 from tests.support import images
+from tests.support.prerequisites import require_binary
 from tests.support.servers import bento_server, free_port, isolated_bentoml_home, spawn, stop
 from tests.unit.test_deploy_grafana import (
     SYNTHETIC,
@@ -289,12 +289,7 @@ def test_no_secret_in_any_log(stack: Any, workload: Workload, front_log: Path) -
 
 
 def test_prometheus_scrapes_front_and_worker(stack: Any, front: str, tmp_path: Path) -> None:
-    binary = prometheus_binary()
-    if binary is None:
-        pytest.skip(
-            "prometheus is not installed (Debian: apt-get install -y --no-install-recommends "
-            "prometheus)"
-        )
+    binary = require_binary("prometheus", "Debian: apt-get install -y prometheus")
     with metrics_worker(stack, VQ_WORKER_CLASSIFIER_URL=front) as worker:
         targets = {"api": host_port(front), "worker": host_port(worker.metrics_url)}
         config = prometheus_config(targets)

@@ -15,6 +15,7 @@ import pytest
 from jobs.webhooks.delivery import MAX_RESPONSE_BYTES, build_event, deliver_once
 from jobs.webhooks.signing import generate_secret, signed_headers
 from tests.integration.webhook_receiver import WebhookReceiver, make_tls_files
+from tests.support.prerequisites import require_module
 
 pytestmark = pytest.mark.integration
 
@@ -172,7 +173,7 @@ def test_closed_port_is_a_connect_error(secret: str) -> None:
 
 
 def test_https_uses_the_original_name_for_sni_and_certificate(tmp_path: Path, secret: str) -> None:
-    pytest.importorskip("cryptography")
+    require_module("cryptography", "installed with the dev dependencies (moto needs it)")
     tls = make_tls_files(tmp_path, "hooks.test")
     client_context = ssl.create_default_context(cafile=str(tls.ca_file))
     with WebhookReceiver(secret, tls=tls) as receiver:

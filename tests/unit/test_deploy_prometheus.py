@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
+
+from tests.support.prerequisites import require_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = ROOT / "prometheus.yml"
@@ -26,11 +26,7 @@ def compose_services() -> dict[str, Any]:
 
 
 def test_promtool_accepts_config() -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip(
-            "promtool not installed (Debian: apt-get install -y --no-install-recommends prometheus)"
-        )
+    promtool = require_binary("promtool", "Debian: apt-get install -y prometheus")
     result = subprocess.run(
         [promtool, "check", "config", str(PROMETHEUS)],
         capture_output=True,
