@@ -122,7 +122,7 @@ def _configure_logging(**_: Any) -> None:
     # connected, so Celery leaves logging to us: VQ_LOG_LEVEL/VQ_LOG_JSON, ids, redaction
     from visionqueue.core.settings import get_settings
 
-    configure_logging(get_settings())
+    configure_logging(get_settings(), housekeeping_tasks=(SWEEP_TASK, PURGE_TASK))
 
 
 @worker_init.connect

@@ -1,42 +1,128 @@
 """``make run`` / ``visionqueue serve``: import the model, migrate, start every process.
 
-Starts the Bento server (front + classifier), a Celery worker and Flower as child
-process groups on the configured backends (the embedded default when none are set),
-waits for ``/readyz`` and stops them all promptly on Ctrl-C or when one dies.
+Checks that its ports are free, then starts the Bento server (front + classifier) and a
+Celery worker on the configured backends (the embedded default when none are set), Flower
+once ``/readyz`` answers, and prints one banner. Ctrl-C, SIGTERM or a closed terminal stop
+everything; so does the launcher's own death, even by SIGKILL: each child gets
+``PR_SET_PDEATHSIG`` and a watchdog process (``visionqueue.watchdog``) stops their children.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import httpx
 
+from visionqueue.core.logging_setup import RedactionFilter
 from visionqueue.core.settings import Settings, get_settings
+from visionqueue.watchdog import STACK_ENV
 
 logger = logging.getLogger("visionqueue.launcher")
 BIN = Path(sys.executable).parent
 BANNER = "=" * 78
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+# Celery warns on every start as root. The risk it means is code execution through pickled
+# messages, and our app accepts JSON only; were pickle ever accepted, Celery refuses to start
+# as root outright (an error, not this warning), so hiding the warning hides no risk.
+ROOT_WARNING_FILTER = "ignore:You're running the worker with superuser privileges"
 
 
 @dataclass
 class Child:
     name: str
     args: list[str]
+    # started once /readyz answers (Flower asks the worker for its state when it starts)
+    after_ready: bool = False
+    env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
 
-def say(message: str) -> None:
-    print(f"[visionqueue] {message}", flush=True)
+def say(message: str, *, stream: TextIO | None = None) -> None:
+    # a closed terminal (SIGHUP) must not stop the launcher before it stops its children
+    with contextlib.suppress(OSError):
+        print(f"[visionqueue] {message}", flush=True, file=stream or sys.stdout)
+
+
+def die_with(parent_pid: int) -> Callable[[], None] | None:
+    """Return a ``preexec_fn`` that makes the child get SIGTERM when ``parent_pid`` dies."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):  # not Linux: the watchdog alone stops the stack
+        return None
+
+    def arm() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return arm
+
+
+def port_settings(settings: Settings) -> list[tuple[str, str, int]]:
+    """Return (setting, host, port) of every port ``make run`` listens on."""
+    obs = settings.observability
+    ports = [("VQ_PORT", settings.server.host, settings.server.port)]
+    if obs.flower_port:
+        ports.append(("VQ_FLOWER_PORT", flower_host(settings), obs.flower_port))
+    if obs.worker_metrics_port:
+        ports.append(("VQ_WORKER_METRICS_PORT", settings.server.host, obs.worker_metrics_port))
+    return ports
+
+
+def _holder(port: int) -> str:
+    """Describe the local process listening on ``port``, when this user may see it."""
+    import psutil
+
+    with contextlib.suppress(psutil.Error, OSError):
+        for conn in psutil.net_connections(kind="inet"):
+            listening = conn.status == psutil.CONN_LISTEN and conn.laddr.port == port
+            if listening and conn.pid:
+                proc = psutil.Process(conn.pid)
+                command = " ".join(proc.cmdline()[:3]) or proc.name()
+                return f" by pid {conn.pid} ({command[:60]})"
+    return ""
+
+
+def port_problem(settings: Settings) -> str | None:
+    """Return one line saying which port cannot be used and which setting moves it, or None."""
+    seen: dict[int, str] = {}
+    for setting, host, port in port_settings(settings):
+        if port in seen:
+            return f"{setting} and {seen[port]} are both {port}: give each its own port"
+        seen[port] = setting
+        try:
+            family, kind, proto, _, address = socket.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
+            with socket.socket(family, kind, proto) as sock:
+                # as the servers do: a port left in TIME_WAIT by a stopped run is free
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return (
+                    f"port {port} on {host} is already in use{_holder(port)}: stop that process "
+                    f"or move VisionQueue's port, e.g. {setting}={port + 1} make run"
+                )
+            reason = exc.strerror or str(exc)
+            return f"cannot listen on {host}:{port} ({setting}): {reason}"
+    return None
 
 
 def prepare_model(settings: Settings) -> tuple[str, str]:
@@ -44,42 +130,46 @@ def prepare_model(settings: Settings) -> tuple[str, str]:
 
     The import runs in a child process so this long-lived supervisor never loads torch.
     """
-    from model_store.weights import IMAGENET, is_demo
+    from model_store.weights import IMAGENET
 
     cfg = settings.model
-    say(f"model: ensuring {cfg.model_name} with weights={cfg.weights} in the BentoML store")
     args = [sys.executable, "-m", "model_store", "import", "--if-missing", "--json"]
     args += ["--weights", cfg.weights, "--seed", str(cfg.random_seed), "--name", cfg.model_name]
     if cfg.weights == IMAGENET:
         args.append("--fallback-random")
-    done = subprocess.run(args, stdout=subprocess.PIPE, text=True)
+    done = subprocess.run(args, stdout=subprocess.PIPE, text=True, preexec_fn=die_with(os.getpid()))
     if done.returncode != 0:
         raise SystemExit(f"[visionqueue] model import failed (exit {done.returncode})")
     stored = json.loads(done.stdout.strip().splitlines()[-1])
-    tag, origin = str(stored["tag"]), str(stored["weights"])
-    if is_demo(origin):
-        print(
-            f"\n{BANNER}\n  WARNING: serving {origin} — an UNTRAINED demo model.\n"
-            "  Its predictions are meaningless. Every response and /readyz say so.\n"
-            "  For real predictions set VQ_WEIGHTS=imagenet1k_v1 (needs network once)\n"
-            f"  or VQ_WEIGHTS=/path/to/resnet18_checkpoint.pt\n{BANNER}\n",
-            flush=True,
-        )
-    return tag, origin
+    return str(stored["tag"]), str(stored["weights"])
 
 
 def prepare_storage(settings: Settings) -> None:
     """Create the embedded default's folders and apply database migrations."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
     from jobs.celery_app import ensure_broker_dirs
+    from persistence.migrate import upgrade_database
 
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     ensure_broker_dirs(settings)
-    try:
-        from persistence.migrate import upgrade_database
-    except ImportError:  # the async layer is optional for the sync API
-        return
-    say("database: applying migrations")
     upgrade_database(settings.database_url)
+
+
+def describe_backends(settings: Settings) -> list[str]:
+    """Return the database, broker and image-store lines of the start-up story."""
+    hide = RedactionFilter().redact  # user:password@ in URLs
+    if settings.database.url:
+        database = hide(settings.database.url)
+    else:
+        database = f"SQLite {settings.database_url.removeprefix('sqlite:///')}"
+    if settings.broker.url:
+        broker = hide(settings.broker.url)
+    else:
+        broker = f"Celery filesystem broker in {settings.broker_dir}"
+    if settings.s3.endpoint:
+        images = f"S3 bucket {settings.s3.bucket} at {settings.s3.endpoint}"
+    else:
+        images = f"local folder {settings.images_dir}"
+    return [f"database: {database} (migrations applied)", f"broker: {broker}", f"images: {images}"]
 
 
 def worker_queues(settings: Settings) -> str:
@@ -95,25 +185,27 @@ def flower_host(settings: Settings) -> str:
     return settings.server.host if os.environ.get("FLOWER_BASIC_AUTH") else "127.0.0.1"
 
 
-def children(settings: Settings, with_worker: bool) -> list[Child]:
+def children(settings: Settings) -> list[Child]:
+    """Return the processes of the stack, in start order."""
     server = settings.server
     bento = [str(BIN / "bentoml"), "serve", "service:VisionQueue"]
     bento += ["--host", server.host, "--port", str(server.port)]
     procs = [Child("bento", bento)]
-    if not with_worker:
-        return procs
-    celery = [str(BIN / "celery"), "-A", "jobs.celery_app:app"]
+    # --quiet: no ASCII-art banner (the launcher's story says what it would)
+    celery = [str(BIN / "celery"), "-A", "jobs.celery_app:app", "--quiet"]
     worker = [*celery, "worker", "--pool", "threads"]
     worker += ["--concurrency", str(settings.worker.concurrency), "-Q", worker_queues(settings)]
     worker += ["--loglevel", settings.observability.log_level, "--without-gossip"]
     # embedded beat runs the sweeper (lost enqueues, due webhook retries); with several
     # workers run one separate `celery beat` instead (see docker-compose.yml)
     worker += ["--beat", "--schedule", str(settings.data_dir.resolve() / "celerybeat-schedule")]
-    procs.append(Child("worker", worker))
+    warnings = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), ROOT_WARNING_FILTER]))
+    procs.append(Child("worker", worker, env={"PYTHONWARNINGS": warnings}))
     if settings.observability.flower_port:
         flower = [*celery, "flower", f"--address={flower_host(settings)}"]
-        flower += [f"--port={settings.observability.flower_port}"]
-        procs.append(Child("flower", flower))
+        # warnings and errors only: its INFO lines repeat the banner and list every task
+        flower += [f"--port={settings.observability.flower_port}", "--logging=warning"]
+        procs.append(Child("flower", flower, after_ready=True))
     return procs
 
 
@@ -162,18 +254,83 @@ def wait_ready(
     return False
 
 
+def start(child: Child, env: dict[str, str]) -> None:
+    child.proc = subprocess.Popen(
+        child.args,
+        env={**env, **child.env},
+        start_new_session=True,  # Ctrl-C reaches the launcher only, which stops them in order
+        preexec_fn=die_with(os.getpid()),
+    )
+
+
+def start_watchdog(stack_id: str) -> int:
+    """Start ``visionqueue.watchdog``; return the pipe end whose closing sets it off."""
+    read_end, write_end = os.pipe()
+    subprocess.Popen(
+        [sys.executable, "-m", "visionqueue.watchdog", str(read_end), stack_id],
+        pass_fds=(read_end,),
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+    )
+    os.close(read_end)
+    return write_end  # kept open (not inherited) until this process exits
+
+
+def cli_path() -> str:
+    """Return how to call the ``visionqueue`` command from here (it lives in the venv)."""
+    path = BIN / "visionqueue"
+    if not path.exists():
+        return "visionqueue"
+    with contextlib.suppress(ValueError):
+        return str(path.relative_to(Path.cwd()))
+    return str(path)
+
+
+def banner(settings: Settings, tag: str, origin: str) -> str:
+    from model_store.weights import is_demo
+
+    url = settings.public_url
+    lines = [f"VisionQueue is up: {url}", f"model {tag} (weights {origin})"]
+    if is_demo(origin):
+        lines += [
+            "WARNING: an UNTRAINED demo model; set VQ_WEIGHTS for real predictions:",
+            "  VQ_WEIGHTS=imagenet1k_v1 (downloads once) or VQ_WEIGHTS=/path/to/resnet18.pt",
+            "  (until then every response and /readyz say demo: true)",
+        ]
+    lines += [
+        f"try: curl -F image=@photo.jpg {url}/predict",
+        f"docs: {url}/docs   metrics: {url}/metrics",
+    ]
+    obs = settings.observability
+    if obs.flower_port:
+        auth = " (basic auth)" if os.environ.get("FLOWER_BASIC_AUTH") else ""
+        lines.append(f"flower: http://{flower_host(settings)}:{obs.flower_port}{auth}")
+    lines.append(f"CLI: {cli_path()} --help")
+    if not settings.server.api_keys:
+        lines.append("API keys: NONE: open on loopback only (set VQ_API_KEYS)")
+    lines.append("Ctrl-C stops everything")
+    return "\n".join([BANNER, *(f"  {line}" for line in lines), BANNER])
+
+
 def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("visionqueue").setLevel(logging.INFO)
     settings = get_settings()
     settings.check_secrets()
+    if problem := port_problem(settings):
+        say(problem, stream=sys.stderr)
+        return 1
     tag, origin = prepare_model(settings)
+    say(f"model: {tag} (weights {origin}) from the BentoML model store")
     prepare_storage(settings)
-    with_worker = (Path(__file__).resolve().parents[1] / "jobs" / "celery_app.py").exists()
-    env = {**os.environ, "VQ_MODEL_TAG": tag, "BENTOML_DO_NOT_TRACK": "true"}
+    for line in describe_backends(settings):
+        say(line)
+    stack_id = uuid.uuid4().hex
+    start_watchdog(stack_id)
+    env = {**os.environ, "VQ_MODEL_TAG": tag, "BENTOML_DO_NOT_TRACK": "true", STACK_ENV: stack_id}
     # glibc's per-thread malloc arenas make threaded servers' RSS balloon under bursts
     env.setdefault("MALLOC_ARENA_MAX", "2")
-    procs = children(settings, with_worker)
+    procs = children(settings)
 
     stopping = False
 
@@ -181,34 +338,27 @@ def main() -> int:
         nonlocal stopping
         stopping = True
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, on_signal)
 
-    for child in procs:
-        say(f"starting {child.name}: {' '.join(child.args[1:4])} ...")
-        child.proc = subprocess.Popen(child.args, env=env, start_new_session=True)
     url = settings.public_url
+    worker = settings.worker
+    say(f"starting the Bento server (front + classifier) on {url}")
+    say(f"starting the Celery worker ({worker.concurrency} threads, sweeper included)")
+    for child in procs:
+        if not child.after_ready:
+            start(child, env)
     try:
         if not wait_ready(url + "/readyz", procs, lambda: stopping):
             if stopping:
                 return 0
             say("start-up failed: a process exited or /readyz never answered; stopping")
             return 1
-        print(
-            f"\n{BANNER}\n  VisionQueue is up: {url}\n"
-            f"  model {tag} (weights {origin})\n"
-            f"  try: curl -F image=@photo.jpg {url}/predict\n"
-            f"  docs: {url}/docs   metrics: {url}/metrics\n"
-            + (
-                f"  flower: http://{flower_host(settings)}:{settings.observability.flower_port}"
-                + (" (basic auth)\n" if os.environ.get("FLOWER_BASIC_AUTH") else "\n")
-                if with_worker and settings.observability.flower_port
-                else ""
-            )
-            + ("  API keys: NONE — open on loopback only\n" if not settings.server.api_keys else "")
-            + f"  Ctrl-C stops everything\n{BANNER}\n",
-            flush=True,
-        )
+        for child in procs:
+            if child.after_ready:
+                start(child, env)
+        with contextlib.suppress(OSError):
+            print(f"\n{banner(settings, tag, origin)}\n", flush=True)
         while not stopping:
             dead = [c for c in procs if c.proc and c.proc.poll() is not None]
             if dead:

@@ -363,7 +363,7 @@ def test_flower_sees_the_embedded_broker_worker(
         monkeypatch.setenv(key, value)
     settings = Settings()
     prepare_storage(settings)
-    procs = {child.name: child for child in children(settings, with_worker=True)}
+    procs = {child.name: child for child in children(settings)}
     assert "--address=127.0.0.1" in procs["flower"].args
     auth = ("obs", "flower-pw-3b9c1e")
     child_env = {**os.environ, "FLOWER_BASIC_AUTH": ":".join(auth)}

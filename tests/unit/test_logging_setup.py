@@ -15,6 +15,7 @@ from visionqueue.core.logging_setup import (
     HANDLER_NAME,
     MASK,
     NOISY_LOGGERS,
+    TASK_LIFECYCLE_LOGGERS,
     configure_logging,
     log_context,
 )
@@ -44,6 +45,7 @@ def isolated_logging() -> Iterator[None]:
     level = root.level
     before = {id(h): (h, h.filters[:], h.formatter) for h in handlers_everywhere()}
     levels = {name: logging.getLogger(name).level for name in NOISY_LOGGERS}
+    celery_filters = {name: logging.getLogger(name).filters[:] for name in TASK_LIFECYCLE_LOGGERS}
     try:
         yield
     finally:
@@ -55,6 +57,8 @@ def isolated_logging() -> Iterator[None]:
         root.setLevel(level)
         for name, old in levels.items():
             logging.getLogger(name).setLevel(old)
+        for name, filters in celery_filters.items():
+            logging.getLogger(name).filters = filters
 
 
 @pytest.fixture
@@ -229,3 +233,26 @@ def test_short_values_are_not_treated_as_secrets(monkeypatch: pytest.MonkeyPatch
     out = configured(monkeypatch, json_lines=True)
     logging.getLogger("vq.test").info("a cat and test-key-long")
     assert json_lines(out)[0]["message"] == f"a cat and {MASK}"
+
+
+def test_housekeeping_tasks_log_nothing_routine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Celery's sent/received/succeeded lines for a periodic sweep go; a job's stay."""
+    from celery.app.trace import LOG_RECEIVED, LOG_SUCCESS
+
+    monkeypatch.setenv("VQ_LOG_JSON", "true")
+    out = io.StringIO()
+    configure_logging(Settings(), stream=out, housekeeping_tasks=["vq.sweep"])
+    beat = logging.getLogger("celery.beat")
+    received = logging.getLogger("celery.worker.strategy")
+    trace = logging.getLogger("celery.app.trace")
+    for name in ("vq.sweep", "vq.classify_job"):
+        beat.info("Scheduler: Sending due task %s (%s)", name.split(".")[1], name)
+        received.info(LOG_RECEIVED, {"id": "t1", "name": name})
+        trace.info(LOG_SUCCESS, {"id": "t1", "name": name, "return_value": 0, "runtime": 0.1})
+    trace.error("Task %(name)s[%(id)s] raised unexpected: %(exc)s", {
+        "id": "t2", "name": "vq.sweep", "exc": "OperationalError"
+    })  # fmt: skip
+    messages = [x["message"] for x in json_lines(out)]
+    assert len(messages) == 4, messages
+    assert all("classify_job" in m for m in messages[:3]), messages
+    assert "vq.sweep[t2] raised unexpected" in messages[3]

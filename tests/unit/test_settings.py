@@ -65,7 +65,7 @@ def test_variables_are_read_with_their_public_names(monkeypatch: pytest.MonkeyPa
 def test_embedded_default_when_backends_are_unset() -> None:
     s = Settings()
     assert s.database_url.startswith("sqlite:///")
-    assert s.broker_url == "filesystem://"
+    assert s.broker_url == "filesystem://localhost//"
     assert s.s3.endpoint == ""
 
 

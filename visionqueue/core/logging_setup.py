@@ -3,7 +3,8 @@
 ``configure_logging(settings)`` runs once per process from its start-up hook (the Bento
 services' ``__init__``, Celery's ``setup_logging`` signal). It decorates the handlers that
 exist (BentoML's, in a Bento worker) or adds one to stderr (a Celery worker), so every
-record gets ``job_id``/``request_id`` from ``log_context`` and has secrets masked.
+record gets ``job_id``/``request_id`` from ``log_context`` and has secrets masked. In a
+worker it also keeps periodic housekeeping quiet unless it does something.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import TextIO
@@ -37,6 +38,8 @@ NOISY_LOGGERS = (
 )
 PLAIN_FORMAT = "%(asctime)s %(levelname)s [%(name)s] %(message)s"
 CORRELATION_FIELDS = ("job_id", "request_id")
+# Where Celery logs, at INFO, every task it sends on schedule, receives and finishes.
+TASK_LIFECYCLE_LOGGERS = ("celery.beat", "celery.worker.strategy", "celery.app.trace")
 HANDLER_NAME = "visionqueue"
 
 _job_id: ContextVar[str | None] = ContextVar("vq_log_job_id", default=None)
@@ -114,6 +117,26 @@ class RedactionFilter(logging.Filter):
         return True
 
 
+class HousekeepingFilter(logging.Filter):
+    """Drop Celery's INFO lines (sent, received, succeeded) about the named periodic tasks.
+
+    A sweep every few seconds would otherwise log three lines each time; the tasks log
+    themselves when they change something, and their failures (WARNING and up) still show.
+    """
+
+    def __init__(self, task_names: Iterable[str]) -> None:
+        super().__init__()
+        self.task_names = frozenset(task_names)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.INFO:
+            return True
+        args = record.args
+        # celery.app.trace / .strategy pass one dict with "name"; celery.beat (name, task)
+        values = [args.get("name")] if isinstance(args, Mapping) else list(args or ())
+        return not any(isinstance(v, str) and v in self.task_names for v in values)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object a line: time, level, logger, message, correlation ids, exception."""
 
@@ -183,17 +206,20 @@ def _all_handlers() -> list[logging.Handler]:
     return list(seen.values())
 
 
-def _replace_filter(handler: logging.Handler, new: logging.Filter) -> None:
-    for old in [f for f in handler.filters if type(f) is type(new)]:
-        handler.removeFilter(old)
-    handler.addFilter(new)
+def _replace_filter(target: logging.Filterer, new: logging.Filter) -> None:
+    for old in [f for f in target.filters if type(f) is type(new)]:
+        target.removeFilter(old)
+    target.addFilter(new)
 
 
-def configure_logging(settings: Settings, *, stream: TextIO | None = None) -> None:
+def configure_logging(
+    settings: Settings, *, stream: TextIO | None = None, housekeeping_tasks: Iterable[str] = ()
+) -> None:
     """Apply ``VQ_LOG_LEVEL`` / ``VQ_LOG_JSON``, correlation ids and redaction to every handler.
 
     Existing handlers (BentoML's) keep their format unless JSON is asked for; when the root
     logger has none, or ``stream`` is given, a handler writing there (default stderr) is added.
+    Celery's routine INFO lines about ``housekeeping_tasks`` (periodic task names) are dropped.
     """
     obs = settings.observability
     level = logging.getLevelNamesMapping().get(obs.log_level.strip().upper())
@@ -220,3 +246,6 @@ def configure_logging(settings: Settings, *, stream: TextIO | None = None) -> No
         _replace_filter(handler, redaction)
         if obs.log_json:
             handler.setFormatter(formatter)
+    quiet = HousekeepingFilter(housekeeping_tasks)
+    for name in TASK_LIFECYCLE_LOGGERS:
+        _replace_filter(logging.getLogger(name), quiet)

@@ -267,7 +267,8 @@ class Settings(_Group):
 
     @property
     def broker_url(self) -> str:
-        return self.broker.url or "filesystem://"
+        # the filesystem transport ignores the host; naming one spares kombu's warning
+        return self.broker.url or "filesystem://localhost//"
 
     @property
     def broker_dir(self) -> Path:
