@@ -2,7 +2,15 @@
 
 ``bentoml serve service:VisionQueue`` starts both; the front calls the classifier through
 BentoML's inter-service client, so sync requests and async jobs (which call ``/predict``)
-share one adaptive-batching queue. Logic lives in ``model_store`` and ``visionqueue``.
+share one adaptive-batching queue. This module only composes: logic lives in
+``model_store`` (the model), ``visionqueue.api`` (HTTP: routes, middleware, health, backlog
+gauges) and ``visionqueue.bento`` (BentoML patches and metrics).
+
+At import this module does two things, both because BentoML takes their values when the
+classes are decorated: it reads the settings (the environment only: workers, port, host,
+batch size and deadline, model tag, middleware options) and builds the (empty) FastAPI app
+it mounts. Models, engines, clients, threads and BentoML patches are built or applied in the
+services' ``__init__``, which BentoML runs in each worker process.
 """
 
 from __future__ import annotations
@@ -18,34 +26,26 @@ import numpy as np
 from bentoml.exceptions import BentoMLException
 from starlette.responses import JSONResponse
 
-from model_store.weights import is_demo
-from visionqueue.api.app import create_api_app
+from visionqueue.api.app import attach_front, create_api_app
+from visionqueue.api.backlog import BacklogGauges
 from visionqueue.api.coalesce import CropCoalescer
-from visionqueue.api.envelope import FrontMiddleware
-from visionqueue.api.health import front_health
+from visionqueue.api.health import FrontHealth
+from visionqueue.api.middleware import front_middleware
 from visionqueue.api.predict import check_top_k, classify_upload
-from visionqueue.bentoml_patches import apply as apply_bentoml_patches
+from visionqueue.api.resources import build_front_resources
+from visionqueue.bento.metrics import classifier_metrics, front_metrics
+from visionqueue.bento.patches import NO_SESSION_RECYCLING, apply_bentoml_patches
 from visionqueue.core.errors import ModelNotReady, Unavailable, VQError
 from visionqueue.core.logging_setup import configure_logging
 from visionqueue.core.settings import get_settings
-from visionqueue.service_metrics import backlog_exposition, classifier_metrics, front_metrics
 
 logger = logging.getLogger("visionqueue.service")
-apply_bentoml_patches()
 
-# Reading settings here only reads the environment: BentoML needs these values at
-# decoration time. Models, threads and clients are built in __init__ (worker start-up).
-_settings = get_settings()
+_settings = get_settings()  # decoration-time values only (see the module docstring)
 _model_cfg = _settings.model
 
 api_app = create_api_app()
 CLASSIFY_DEADLINE_S = 90.0
-
-# BentoML 1.4.40 recycles the inter-service aiohttp session every 100 requests / 300 s
-# and closes it under in-flight requests (ServerDisconnectedError -> HTTP 500 at
-# concurrency >= 8). The upstream ``runner_connection`` setting turns recycling off;
-# tests/integration/test_predict_concurrency.py fails without it.
-_NO_SESSION_RECYCLING = {"max_requests": 2**62, "max_age": 1e12}
 
 
 @bentoml.service(
@@ -53,7 +53,7 @@ _NO_SESSION_RECYCLING = {"max_requests": 2**62, "max_age": 1e12}
     workers=_model_cfg.classifier_workers,
     threads=1,
     traffic={"timeout": 120},
-    runner_connection=_NO_SESSION_RECYCLING,
+    runner_connection=NO_SESSION_RECYCLING,  # bentoml/BentoML#5540: see visionqueue.bento
     # its only callers are our own services; the front logs the public request
     logging={"access": {"enabled": False}},
 )
@@ -63,12 +63,10 @@ class Classifier:
     model_ref = bentoml.models.BentoModel(_model_cfg.model_tag or f"{_model_cfg.model_name}:latest")
 
     def __init__(self) -> None:
-        from model_store.batching import apply_policy
         from model_store.inference import configure_threads, load_classifier
 
-        apply_policy(_model_cfg.batch_wait_policy)
-
         configure_logging(_settings)
+        apply_bentoml_patches(_model_cfg.batch_wait_policy)
         threads = configure_threads(_model_cfg.torch_threads)
         stored = self.model_ref
         meta = stored.info.metadata
@@ -149,6 +147,7 @@ class VisionQueue:
     def __init__(self) -> None:
         self.settings = get_settings()
         configure_logging(self.settings)
+        apply_bentoml_patches(self.settings.model.batch_wait_policy)
         self._model_info: dict[str, Any] | None = None
         self._limiter = anyio.CapacityLimiter(self.settings.model.preprocess_threads)
         self.metrics = front_metrics()
@@ -160,6 +159,18 @@ class VisionQueue:
             if in_flight
             else None
         )
+        resources = build_front_resources(self.settings)
+        cache_s = self.settings.server.health_cache_s
+        self.backlog = BacklogGauges(resources, cache_s)
+        attach_front(api_app, resources, FrontHealth(self.model_info, resources, cache_s))
+
+    @bentoml.on_deployment
+    def refuse_weak_secrets() -> None:  # type: ignore[misc]
+        """Refuse to start, as the worker does, with placeholder or missing production secrets."""
+        try:
+            get_settings().check_secrets()
+        except ValueError as exc:
+            raise SystemExit(f"visionqueue: refusing to start: {exc}") from None
 
     async def model_info(self) -> dict[str, Any]:
         """Return (and cache) the classifier's model description; 503 while it loads."""
@@ -198,48 +209,7 @@ class VisionQueue:
 
     def __metrics__(self, content: str) -> str:
         """Append the broker backlog and jobs-by-status gauges to BentoML's metrics."""
-        from jobs.queue_depth import queue_depths
-        from persistence import jobs_repo
-        from persistence.db import session_scope
-
-        resources = getattr(api_app.state, "resources", None)
-        if resources is None:
-            return content
-        try:
-            depths = queue_depths(resources.celery)
-            with session_scope(resources.engine) as session:
-                statuses = jobs_repo.count_by_status(session)
-        except Exception:  # a down broker or database must not break /metrics
-            logger.warning("backlog gauges unavailable for this scrape")
-            return content
-        return content + backlog_exposition(depths, statuses)
-
-    async def readiness(self) -> tuple[int, dict[str, Any]]:
-        """Report readiness: the model that answers, and every backend jobs need."""
-        from visionqueue.api.resources import check_backends
-
-        checks: dict[str, str] = {}
-        body: dict[str, Any] = {}
-        try:
-            info = await self.model_info()
-            checks["model"] = "ok"
-            body["model"] = {k: info[k] for k in ("tag", "weights", "device", "backend")}
-            if is_demo(info["weights"]):
-                body["warning"] = "serving a random-init demo model: predictions are meaningless"
-        except VQError as exc:
-            checks["model"] = exc.message
-        resources = getattr(api_app.state, "resources", None)
-        if resources is None:
-            checks["backends"] = "starting"
-        else:
-            checks.update(await anyio.to_thread.run_sync(check_backends, resources))
-        ready = all(v == "ok" for v in checks.values())
-        reasons = {k: v for k, v in checks.items() if v != "ok"}
-        body = {"status": "ready" if ready else "not_ready", "ready": ready, **body}
-        body["checks"] = checks
-        if reasons:
-            body["reason"] = "; ".join(f"{k}: {v}" for k, v in reasons.items())
-        return (200 if ready else 503), body
+        return self.backlog.append_to(content)
 
     @bentoml.api(route="/predict")
     async def predict(self, image: Path, top_k: int = 5) -> Any:
@@ -259,9 +229,5 @@ class VisionQueue:
             return JSONResponse(exc.to_body(), status_code=exc.status, headers=exc.headers())
 
 
-VisionQueue.add_asgi_middleware(  # type: ignore[attr-defined]
-    FrontMiddleware,
-    max_body_bytes=_settings.server.max_upload_bytes,
-    health=front_health,
-    api_keys=[key.get_secret_value() for key in _settings.server.api_keys],
-)
+for _middleware, _options in front_middleware(_settings.server, api_app):
+    VisionQueue.add_asgi_middleware(_middleware, **_options)  # type: ignore[attr-defined]

@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+import pytest
 from bentoml._internal.marshal.dispatcher import CorkDispatcher, Optimizer
 
-from model_store.batching import apply_policy
+from visionqueue.bento.patches import apply_bentoml_patches, revert_bentoml_patches
+
+
+@pytest.fixture(autouse=True)
+def bentomls_own() -> Iterator[None]:
+    """Each test starts and ends with BentoML's own dispatcher."""
+    revert_bentoml_patches()
+    yield
+    revert_bentoml_patches()
+
+
+def apply_policy(policy: str) -> None:
+    apply_bentoml_patches(policy)
 
 
 def _loaded_optimizer() -> Optimizer:

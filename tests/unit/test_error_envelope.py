@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from visionqueue.api.envelope import rewrite_error
+from visionqueue.api.middleware.envelope import rewrite_error
 
 
 def test_our_envelope_is_kept() -> None:

@@ -1,29 +1,30 @@
-"""The FastAPI app mounted on the front: job routes, image downloads, API docs."""
+"""The FastAPI app mounted on the front: job routes, image downloads, health, API docs.
+
+The app is built when ``service.py`` is imported (BentoML mounts it then) and holds nothing;
+the front service hands it its worker's resources at start-up (``attach_front``).
+"""
 
 from __future__ import annotations
-
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from visionqueue.api.domain_errors import to_http_error
+from visionqueue.api.health import FrontHealth
+from visionqueue.api.resources import FrontResources
 from visionqueue.core.errors import DomainError, VQError
 
 
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    from visionqueue.api.resources import build_front_resources
-    from visionqueue.core.settings import get_settings
-
-    app.state.resources = build_front_resources(get_settings())
-    yield
+def attach_front(app: FastAPI, resources: FrontResources, health: FrontHealth) -> None:
+    """Give the app the resources its routes use and the readiness policy ``/readyz`` asks."""
+    app.state.resources = resources
+    app.state.health = health
 
 
 def create_api_app() -> FastAPI:
     """Build the ASGI app for every route that is not a BentoML API."""
+    from visionqueue.api import health
     from visionqueue.api.routes import router
 
     app = FastAPI(
@@ -32,9 +33,9 @@ def create_api_app() -> FastAPI:
         docs_url=None,  # /docs below shows the whole service, /predict included
         openapi_url="/openapi.json",
         redoc_url=None,
-        lifespan=lifespan,
     )
     app.include_router(router)
+    app.include_router(health.router)
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:

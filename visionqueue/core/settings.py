@@ -66,6 +66,18 @@ class ServerSettings(_Group):
     env: Literal["dev", "production"] = Field(
         "dev", description="'production' refuses placeholder secrets."
     )
+    metrics_token: SecretStr = Field(
+        SecretStr(""),
+        description="When set, /metrics needs 'Authorization: Bearer TOKEN' (Prometheus: "
+        "'authorization: {credentials: ...}'); empty = open, for a private network.",
+    )
+    health_cache_s: float = Field(
+        2.0,
+        ge=0,
+        description="Seconds each front worker reuses its database, broker and store answers "
+        "for /readyz and the /metrics backlog gauges, whatever the request rate (0 = query "
+        "on every request).",
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod

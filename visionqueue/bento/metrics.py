@@ -58,16 +58,3 @@ def front_metrics() -> FrontMetrics:
             buckets=WAIT_BUCKETS,
         )
     )
-
-
-def backlog_exposition(depths: dict[str, int], statuses: dict[str, int]) -> str:
-    """Render the broker backlog and jobs-by-status gauges in the text exposition format."""
-    lines = [
-        "# HELP celery_queue_depth Messages waiting in the broker queue (read from the broker)",
-        "# TYPE celery_queue_depth gauge",
-        *(f'celery_queue_depth{{queue="{q}"}} {n}' for q, n in sorted(depths.items())),
-        "# HELP vq_jobs Jobs by status (from the job table)",
-        "# TYPE vq_jobs gauge",
-        *(f'vq_jobs{{status="{s}"}} {n}' for s, n in sorted(statuses.items())),
-    ]
-    return "\n".join(lines) + "\n"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from visionqueue.api.form_guard import FORM_RULES, form_problem
+from visionqueue.api.middleware.form_rules import FORM_RULES, form_problem
 from visionqueue.api.submit import clean_filename, parse_metadata
 from visionqueue.core.errors import Unprocessable
 

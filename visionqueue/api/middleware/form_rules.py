@@ -1,4 +1,4 @@
-"""Check upload forms before a framework parses them, so hostile forms get a 4xx.
+"""Upload-form rules: hostile form shapes get a 4xx before a framework parses them.
 
 BentoML answers a malformed multipart body, one with too many parts or a binary file in
 another field with a 500, and treats an ``image`` sent as a text field as a URL to

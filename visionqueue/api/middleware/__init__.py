@@ -1,0 +1,39 @@
+"""The front's ASGI middleware, one concern each, outermost first.
+
+================  =================================================================
+``health``        health probes go to the front's own routes (``api/health.py``)
+``auth``          API keys on job and predict routes, optional ``/metrics`` token
+``limits``        body-size cap, upload-form checks
+``envelope``      framework error responses rewritten into ``{"error": {...}}``
+``docs``          ``/docs.json`` with ``/predict``'s errors as the envelope sends them
+================  =================================================================
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from visionqueue.api.middleware.asgi import ASGIApp
+from visionqueue.api.middleware.auth import ApiKeyAuth
+from visionqueue.api.middleware.docs import OpenApiErrors
+from visionqueue.api.middleware.envelope import ErrorEnvelope
+from visionqueue.api.middleware.health import HealthRoutes
+from visionqueue.api.middleware.limits import RequestLimits
+from visionqueue.core.settings import ServerSettings
+
+
+def front_middleware(server: ServerSettings, api_app: ASGIApp) -> list[tuple[type, dict[str, Any]]]:
+    """Return the front's middleware and their options, outermost first."""
+    return [
+        (HealthRoutes, {"health_app": api_app}),
+        (
+            ApiKeyAuth,
+            {
+                "api_keys": [key.get_secret_value() for key in server.api_keys],
+                "metrics_token": server.metrics_token.get_secret_value(),
+            },
+        ),
+        (RequestLimits, {"max_body_bytes": server.max_upload_bytes}),
+        (ErrorEnvelope, {}),
+        (OpenApiErrors, {}),
+    ]
