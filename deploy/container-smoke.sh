@@ -5,18 +5,19 @@
 #
 # For machines with no container registry: the base image is bootstrapped locally
 # (debootstrap bookworm + Debian's python3.11) and passed as PYTHON_IMAGE, so this builds
-# the same Containerfile that production builds on python:3.11-slim. Trade-off: the PyTorch
-# CPU index may be unreachable too, so torch comes from TORCH_INDEX_URL below (PyPI by
-# default: the CUDA build, ~5.5 GB installed instead of ~1 GB; it runs on the CPU all the
-# same). Local wheel sources from the host's pip config (find-links, file:// indexes) are
+# the same Containerfile that production builds on python:3.11-slim. torch comes from pip's
+# default index unless VQ_SMOKE_TORCH_INDEX_URL names another (the default index has the
+# CUDA build, ~5.5 GB installed instead of ~1 GB from PyTorch's CPU wheel index; it runs on
+# the CPU all the same). Local wheel sources from the host's pip config (find-links, file:// indexes) are
 # mounted into the build so pip can skip the downloads.
 #
 # Environment (all optional):
 #   VQ_SMOKE_DIR              podman storage, base rootfs, logs (default: $TMPDIR/vq-container-smoke;
 #                             kept between runs as a layer cache, removed by --clean)
 #   VQ_SMOKE_PORT             host port on 127.0.0.1 (default 3300)
-#   VQ_SMOKE_TORCH_INDEX_URL  torch/torchvision index (default https://pypi.org/simple)
-#   VQ_SMOKE_DEBIAN_MIRROR    debootstrap mirror (default: the host's apt mirror)
+#   VQ_SMOKE_TORCH_INDEX_URL  torch/torchvision index (default: pip's default index)
+#   VQ_SMOKE_DEBIAN_MIRROR    debootstrap mirror (default: the host's apt mirror, else
+#                             debootstrap's own default)
 #   VQ_SMOKE_READY_TIMEOUT    seconds to wait for /readyz (default 300)
 #   VQ_SMOKE_CA_BUNDLE        CA bundle pip uses in the build (default: the host's)
 set -euo pipefail
@@ -24,7 +25,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WORK=${VQ_SMOKE_DIR:-${TMPDIR:-/tmp}/vq-container-smoke}
 PORT=${VQ_SMOKE_PORT:-3300}
-TORCH_INDEX_URL=${VQ_SMOKE_TORCH_INDEX_URL:-https://pypi.org/simple}
+TORCH_INDEX_URL=${VQ_SMOKE_TORCH_INDEX_URL:-}
 READY_TIMEOUT=${VQ_SMOKE_READY_TIMEOUT:-300}
 BASE_IMAGE=localhost/vq-smoke-python:bookworm
 IMAGE=localhost/visionqueue:smoke
@@ -84,16 +85,16 @@ host_debian_mirror() {
         uri=$(grep -hoE '^deb[[:space:]]+(\[[^]]*\][[:space:]]+)?\S+' /etc/apt/sources.list 2>/dev/null \
             | head -n1 | awk '{print $NF}')
     fi
-    echo "${uri:-http://deb.debian.org/debian}"
+    echo "${uri:-}"  # empty: debootstrap picks its own default mirror
 }
 
 # 1. Base image: Debian bookworm ships Python 3.11, the version python:3.11-slim has.
 if ! podman image exists "$BASE_IMAGE"; then
     mirror=${VQ_SMOKE_DEBIAN_MIRROR:-$(host_debian_mirror)}
-    log "bootstrapping Debian bookworm from $mirror (~2 min)"
+    log "bootstrapping Debian bookworm from ${mirror:-the default mirror of debootstrap} (~2 min)"
     rm -rf "$WORK/rootfs"
     timeout 900 debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
-        bookworm "$WORK/rootfs" "$mirror" >"$WORK/debootstrap.log" 2>&1 \
+        bookworm "$WORK/rootfs" ${mirror:+"$mirror"} >"$WORK/debootstrap.log" 2>&1 \
         || die "debootstrap (see $WORK/debootstrap.log)"
     # An imported rootfs has no image config; the Containerfile's ENV PATH=/opt/venv/bin:$PATH
     # needs a PATH to extend.
@@ -140,7 +141,7 @@ if [ -f "$ca_bundle" ]; then
 fi
 
 # 3. Build (docker format: OCI images drop HEALTHCHECK).
-log "building $IMAGE (torch from $TORCH_INDEX_URL; the first build takes several minutes)"
+log "building $IMAGE (torch from ${TORCH_INDEX_URL:-the default index of pip}; the first build takes several minutes)"
 timeout 2400 podman build --format docker --pull=never \
     --ignorefile "$ROOT/deploy/Containerfile.dockerignore" \
     -f "$ROOT/deploy/Containerfile" "${build_args[@]}" "${mounts[@]}" \

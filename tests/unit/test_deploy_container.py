@@ -64,14 +64,30 @@ def test_image_runs_as_non_root() -> None:
     assert users[-1] not in ("root", "0", "0:0")
 
 
-def test_torch_comes_from_the_cpu_index_by_default() -> None:
+def _torch_install(tmp_path: Path, **env: str) -> list[str]:
+    """Run the Containerfile's torch RUN line with a recording pip; return pip's arguments."""
+    [run] = [arg for keyword, arg in instructions() if keyword == "RUN" and "torch==" in arg]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    log = tmp_path / "pip.log"
+    stub = bin_dir / "pip"
+    stub.write_text(f'#!/bin/sh\nfor a in "$@"; do echo "$a"; done > "{log}"\n')
+    stub.chmod(0o755)
+    base = {"PATH": f"{bin_dir}:/usr/bin:/bin", "TORCH_VERSION": "2.14.1"}
+    subprocess.run(["/bin/sh", "-c", run], env={**base, **env}, check=True, timeout=30)
+    return log.read_text(encoding="utf-8").splitlines()
+
+
+def test_torch_comes_from_pips_default_index_unless_one_is_given(tmp_path: Path) -> None:
     args = dict(
         arg.split("=", 1) for keyword, arg in instructions() if keyword == "ARG" and "=" in arg
     )
     assert args["PYTHON_IMAGE"].startswith("python:3.11-slim")
-    assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
-    runs = [arg for keyword, arg in instructions() if keyword == "RUN"]
-    assert any('--index-url "${TORCH_INDEX_URL}"' in run and "torch==" in run for run in runs)
+    assert args["TORCH_INDEX_URL"] == ""
+    assert "--index-url" not in " ".join(_torch_install(tmp_path, TORCH_INDEX_URL=""))
+    given = _torch_install(tmp_path, TORCH_INDEX_URL="http://127.0.0.1:8080/cpu wheels")
+    assert given[:3] == ["install", "--index-url", "http://127.0.0.1:8080/cpu wheels"]
+    assert "torch==2.14.1" in given
 
 
 def test_healthcheck_probes_readyz_with_python() -> None:
