@@ -2,6 +2,8 @@
 
 Client commands talk to a server (``--url``, default ``$VQ_URL`` or http://127.0.0.1:3000)
 with an optional API key (``--api-key`` or ``$VQ_API_KEY``); ``--json`` prints machine output.
+These common options go before or after the command name. After ``make run`` the command is
+``.venv/bin/visionqueue`` (or ``visionqueue`` once ``source .venv/bin/activate``).
 """
 
 from __future__ import annotations
@@ -209,7 +211,7 @@ def cmd_import_model(args: argparse.Namespace) -> int:
 
     argv = ["import"]
     if args.weights:
-        argv += ["--weights", "random" if args.weights == "random" else args.weights]
+        argv += ["--weights", args.weights]
     if args.json:
         argv.append("--json")
     return model_main(argv)
@@ -229,13 +231,38 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(args.bench_args)
 
 
+def add_common_options(parser: argparse.ArgumentParser, *, with_defaults: bool) -> None:
+    """Add ``--url``, ``--api-key``, ``--timeout`` and ``--json`` to ``parser``.
+
+    The top-level parser holds the defaults; each command's copy has none (SUPPRESS), so an
+    option given before the command name is not overwritten by the command's default.
+    """
+
+    def default(value: Any) -> Any:
+        return value if with_defaults else argparse.SUPPRESS
+
+    url = os.environ.get("VQ_URL", "http://127.0.0.1:3000")
+    parser.add_argument("--url", default=default(url), help=f"server URL (default {url})")
+    parser.add_argument(
+        "--api-key", default=default(os.environ.get("VQ_API_KEY")), help="default $VQ_API_KEY"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=default(60.0), help="seconds per request (60)"
+    )
+    parser.add_argument(
+        "--json", action="store_true", default=default(False), help="machine-readable output"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", default=os.environ.get("VQ_URL", "http://127.0.0.1:3000"))
-    common.add_argument("--api-key", default=os.environ.get("VQ_API_KEY"))
-    common.add_argument("--timeout", type=float, default=60.0)
-    common.add_argument("--json", action="store_true", help="machine-readable output")
-    parser = argparse.ArgumentParser(prog="visionqueue", description=__doc__)
+    add_common_options(common, with_defaults=False)
+    parser = argparse.ArgumentParser(
+        prog="visionqueue",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_common_options(parser, with_defaults=True)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help_: str, func: Any) -> argparse.ArgumentParser:

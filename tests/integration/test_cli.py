@@ -72,7 +72,14 @@ def test_unacceptable_file_is_reported_readably(stack, tmp_path: Path) -> None: 
     assert "Traceback" not in result.stdout + result.stderr
 
 
-def test_unreachable_server_is_one_readable_line() -> None:
-    result = run("jobs", "--url", "http://127.0.0.1:9")
+@pytest.mark.parametrize(
+    "argv",
+    [("jobs", "--url", "http://127.0.0.1:9"), ("--url", "http://127.0.0.1:9", "jobs")],
+    ids=["options-after", "options-before"],
+)
+def test_unreachable_server_is_one_readable_line(argv: tuple[str, ...]) -> None:
+    result = run(*argv)
     assert result.returncode == 1
-    assert result.stderr.strip().startswith("visionqueue: cannot reach")
+    assert result.stderr.strip() == (
+        "visionqueue: cannot reach http://127.0.0.1:9 (is `make run` running?)"
+    )

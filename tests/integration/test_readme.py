@@ -107,3 +107,26 @@ def test_python_examples(stack, worker, photos: Path, capsys) -> None:  # type: 
     assert "predictions" in out
     assert out.count("completed") >= 2  # the v1 example prints each finished job
     assert httpx.get(f"{stack.url}/readyz", timeout=10).status_code == 200
+
+
+def test_readme_cli_commands_run_as_written() -> None:
+    """The README's path to the command works after `make run`, and its examples parse."""
+    from visionqueue.cli import build_parser
+
+    commands = [
+        line.split("#")[0].strip()
+        for block in blocks("bash")
+        for line in block.splitlines()
+        if line.startswith(".venv/bin/visionqueue ")
+    ]
+    assert len(commands) >= 3, commands
+    done = subprocess.run(
+        [str(README.parent / ".venv" / "bin" / "visionqueue"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "classify" in done.stdout and "--api-key" in done.stdout
+    for command in commands:
+        build_parser().parse_args(shlex.split(command)[1:])  # SystemExit(2) on a wrong line
