@@ -1,1 +1,1 @@
-"""The HTTP front: predict handling, job routes, health and the error envelope."""
+"""The HTTP front: predict handling, job routes, health, backlog gauges; ``middleware/`` wraps it."""

@@ -1,0 +1,54 @@
+"""API-key checks: a typed verdict, constant-time comparison, the owner never the key."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+
+from visionqueue.api.middleware.auth import ApiKeyAuth, ApiKeys, Verdict, key_owner
+
+
+def test_no_keys_allows_everyone_as_the_anonymous_owner() -> None:
+    assert ApiKeys([]).check(None) == Verdict(allowed=True, owner=None)
+    assert ApiKeys([]).check("anything") == Verdict(allowed=True, owner=None)
+
+
+def test_only_a_known_key_is_allowed_as_its_owner() -> None:
+    keys = ApiKeys(["key-a", "key-b"])
+    assert keys.check("key-b") == Verdict(allowed=True, owner=key_owner("key-b"))
+    assert keys.check("key-c") == Verdict(allowed=False)
+    assert keys.check(None) == Verdict(allowed=False)
+    assert "key-b" not in key_owner("key-b")
+
+
+async def _owner_echo(scope: Any, receive: Any, send: Any) -> None:
+    owner = str(scope.get("state", {}).get("vq_owner")).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": owner})
+
+
+def _get(app: Any, path: str, headers: dict[str, str]) -> httpx.Response:
+    async def main() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://front") as client:
+            return await client.get(path, headers=headers)
+
+    return asyncio.run(main())
+
+
+def test_the_middleware_files_jobs_under_the_owner_and_guards_metrics() -> None:
+    app = ApiKeyAuth(_owner_echo, api_keys=["key-a"], metrics_token="scrape")
+    assert _get(app, "/v1/jobs", {"Authorization": "Bearer key-a"}).text == key_owner("key-a")
+    refused = _get(app, "/v1/jobs", {"Authorization": "Basic key-a"})
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "unauthorized"
+    assert _get(app, "/metrics", {}).status_code == 401
+    assert _get(app, "/metrics", {"Authorization": "Bearer key-a"}).status_code == 401
+    assert _get(app, "/metrics", {"Authorization": "Bearer scrape"}).status_code == 200
+    assert _get(app, "/livez", {}).status_code == 200  # neither protected nor metrics
+
+
+def test_without_a_token_metrics_stay_open() -> None:
+    app = ApiKeyAuth(_owner_echo, api_keys=["key-a"])
+    assert _get(app, "/metrics", {}).status_code == 200
