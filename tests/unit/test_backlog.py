@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from persistence.db import get_engine
+from persistence import jobs_repo
+from persistence.db import get_engine, session_scope
 from persistence.migrate import upgrade_database
 from tests.support.rows import create_job_row
 from visionqueue.api.submit import check_backlog
@@ -25,7 +26,9 @@ def _resources(tmp_path: Path, limit: int) -> Any:
 def test_a_batch_that_would_overshoot_the_cap_is_refused(tmp_path: Path) -> None:
     res = _resources(tmp_path, limit=3)
     create_job_row(res.engine)
-    create_job_row(res.engine, status="completed")  # finished jobs do not count
+    finished = create_job_row(res.engine)
+    with session_scope(res.engine) as session:  # finished jobs do not count
+        assert jobs_repo.fail_job(session, finished, "image_missing", "gone")
     check_backlog(res, 2)  # 1 + 2 == 3: fits exactly
     with pytest.raises(TooManyRequests) as refused:
         check_backlog(res, 3)  # 1 + 3 > 3: used to be accepted, overshooting by 1
