@@ -28,6 +28,7 @@ def test_a_batch_that_would_overshoot_the_cap_is_refused(tmp_path: Path) -> None
     create_job_row(res.engine)
     finished = create_job_row(res.engine)
     with session_scope(res.engine) as session:  # finished jobs do not count
+        assert jobs_repo.claim_job(session, finished) is not None
         assert jobs_repo.fail_job(session, finished, "image_missing", "gone")
     check_backlog(res, 2)  # 1 + 2 == 3: fits exactly
     with pytest.raises(TooManyRequests) as refused:
