@@ -64,3 +64,10 @@ def stack(server_env: dict[str, str], session_dir: Path):  # type: ignore[no-unt
 
     with production_stack(server_env, session_dir / "stack") as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def worker(stack):  # type: ignore[no-untyped-def]
+    """A real ``celery worker`` on the stack for this module's tests, stopped after them."""
+    with stack.worker() as proc:
+        yield proc

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import redis
@@ -20,9 +18,8 @@ from sqlalchemy.pool import NullPool
 
 from persistence.models import Job
 from tests.support import images
-from tests.support.servers import BIN, free_port, spawn, stop
+from tests.support.waiting import wait_until
 
-T = TypeVar("T")
 FINAL_STATUSES = ("completed", "failed", "cancelled")
 SMALL_SIZES = ((64, 64), (96, 72), (128, 96), (160, 120), (120, 160))
 # Celery logs one line per finished task, with the value ``classify_job`` returned.
@@ -32,20 +29,6 @@ _OUTCOME = re.compile(r"Task visionqueue\.classify_job\[[^\]]+\] succeeded in [^
 def small_jpegs(count: int, seed: int = 0) -> list[bytes]:
     """Return ``count`` distinct small JPEGs (64x64 .. 160x120)."""
     return [images.jpeg(*SMALL_SIZES[i % len(SMALL_SIZES)], seed=seed + i) for i in range(count)]
-
-
-def wait_until(
-    probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.2
-) -> T:
-    """Call ``probe`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(interval)
-    raise TimeoutError(f"{what} not reached within {timeout}s (last: {last!r})")
 
 
 async def _post_all(
@@ -145,30 +128,3 @@ def broker_idle(broker_url: str, queue_prefix: str = "") -> bool:
         return True
     finally:
         client.close()
-
-
-@contextlib.contextmanager
-def degraded_front(env: dict[str, str], log: Path, timeout: float = 180) -> Iterator[str]:
-    """Run ``bentoml serve`` with ``env`` (a backend may be down); yield once the model answers.
-
-    Unlike ``bento_server`` it does not need ``/readyz`` to be 200: the point is a broken backend.
-    """
-    port = free_port()
-    full_env = {**os.environ, **env, "VQ_PORT": str(port), "VQ_HOST": "127.0.0.1"}
-    args = [str(BIN / "bentoml"), "serve", "service:VisionQueue"]
-    proc = spawn([*args, "--host", "127.0.0.1", "--port", str(port)], full_env, log)
-    url = f"http://127.0.0.1:{port}"
-
-    def model_loaded() -> bool:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {log.read_text(errors='replace')[-3000:]}")
-        with contextlib.suppress(httpx.HTTPError, ValueError):
-            checks = httpx.get(url + "/readyz", timeout=5).json().get("checks", {})
-            return checks.get("model") == "ok" and "backends" not in checks
-        return False
-
-    try:
-        wait_until(model_loaded, timeout, f"{url} model loaded", interval=0.5)
-        yield url
-    finally:
-        stop(proc)

@@ -73,21 +73,11 @@ def metrics_worker(stack: Any, **env: str) -> Iterator[MetricsWorker]:
     """Start a stack worker that serves its metrics on a free loopback port; stop it after."""
     port = free_port()
     name = f"obs-{uuid.uuid4().hex[:6]}"
-    saved = dict(stack.env)
-    stack.env.update({"VQ_WORKER_METRICS_PORT": str(port), **env})
-    try:
-        proc = stack.start_worker(concurrency=4, name=name)
-    finally:
-        stack.env.clear()
-        stack.env.update(saved)
-    try:
+    worker_env = {"VQ_WORKER_METRICS_PORT": str(port), **env}
+    with stack.worker(concurrency=4, name=name, env=worker_env) as proc:
         yield MetricsWorker(
             proc, f"http://127.0.0.1:{port}/metrics", stack.log_dir / f"worker-{name}.log"
         )
-    finally:
-        stop(proc)
-        if proc in stack.workers:
-            stack.workers.remove(proc)
 
 
 def predict_many(url: str, payloads: list[bytes], concurrency: int = 8) -> list[httpx.Response]:

@@ -20,13 +20,6 @@ def run(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture(scope="module")
-def worker(stack):  # type: ignore[no-untyped-def]
-    proc = stack.start_worker()
-    yield proc
-    stack.stop_workers()
-
-
 def test_classify_prints_the_same_top1_as_predict(stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     img = tmp_path / "coffee.png"
     img.write_bytes(images.skimage_photo("coffee.png"))

@@ -12,8 +12,9 @@ import httpx
 import pytest
 
 from persistence.local_images import image_signature
-from tests.integration.jobs_factories import small_jpegs, wait_until
+from tests.integration.jobs_factories import small_jpegs
 from tests.support.launcher import BANNER, launcher_env, start_launcher
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # each test starts the whole stack
 

@@ -30,10 +30,10 @@ from tests.integration.jobs_factories import (
     small_jpegs,
     submit_concurrently,
     wait_all_final,
-    wait_until,
 )
 from tests.support import images
-from tests.support.servers import BIN, free_port, spawn, stop
+from tests.support.servers import answers_livez, bento_server, free_port
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -144,28 +144,12 @@ def test_readyz_says_why_when_the_classifier_cannot_load(
     server_env: dict[str, str], tmp_path: Path
 ) -> None:
     """A classifier that crashes at start-up: /readyz answers promptly and names the model."""
-    port = free_port()
     env = {
-        **os.environ,
         **server_env,
         "VQ_DATA_DIR": str(tmp_path / "data"),
         "VQ_DEVICE": "no-such-device",  # torch refuses it: the classifier worker exits
-        "VQ_PORT": str(port),
-        "VQ_HOST": "127.0.0.1",
     }
-    args = [str(BIN / "bentoml"), "serve", "service:VisionQueue", "--host", "127.0.0.1"]
-    log = tmp_path / "bento.log"
-    proc = spawn([*args, "--port", str(port)], env, log)
-    url = f"http://127.0.0.1:{port}"
-    try:
-
-        def live() -> bool:
-            assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
-            with contextlib.suppress(httpx.HTTPError):
-                return httpx.get(f"{url}/livez", timeout=2).status_code == 200
-            return False
-
-        wait_until(live, 120, "the front answers /livez", interval=0.5)
+    with bento_server(env, tmp_path / "bento.log", 120, ready=answers_livez) as url:
         started = time.monotonic()
         ready = httpx.get(f"{url}/readyz", timeout=60)
         assert time.monotonic() - started < 15, "a readiness probe must not hang"
@@ -178,8 +162,6 @@ def test_readyz_says_why_when_the_classifier_cannot_load(
             f"{url}/predict", files={"image": ("a.jpg", images.jpeg(64, 64))}, timeout=60
         )
         assert_unavailable(predict, "model_not_ready")
-    finally:
-        stop(proc)
 
 
 def test_redis_restart_loses_messages_and_the_sweeper_requeues_the_jobs(

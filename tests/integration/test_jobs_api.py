@@ -18,10 +18,10 @@ from tests.integration.jobs_factories import (
     broker_idle,
     database,
     small_jpegs,
-    wait_until,
     worker_outcomes,
 )
 from tests.support import images
+from tests.support.waiting import wait_for_job, wait_until
 
 pytestmark = pytest.mark.integration
 UNKNOWN_ID = "00000000-0000-0000-0000-000000000000"
@@ -60,14 +60,6 @@ def get_job(url: str, job_id: str) -> dict[str, Any]:
     return dict(resp.json())
 
 
-def wait_job(url: str, job_id: str, timeout: float = 60) -> dict[str, Any]:
-    def final() -> dict[str, Any] | None:
-        job = get_job(url, job_id)
-        return job if job["status"] in ("completed", "failed", "cancelled") else None
-
-    return wait_until(final, timeout, f"job {job_id} final", interval=0.2)
-
-
 def assert_error(resp: httpx.Response, status: int, code: str) -> None:
     assert resp.status_code == status, resp.text
     body = resp.json()
@@ -93,7 +85,7 @@ def test_a_cancelled_pending_job_is_never_processed(stack) -> None:  # type: ign
     # a worker now receives both messages; it must drop the cancelled one
     name = f"api-{uuid.uuid4().hex[:6]}"
     stack.start_worker(name=name)
-    assert wait_job(stack.url, kept_id)["status"] == "completed"
+    assert wait_for_job(stack.url, kept_id)["status"] == "completed"
     prefix = stack.env["VQ_BROKER_QUEUE_PREFIX"]
     wait_until(lambda: broker_idle(stack.broker_url, prefix), 15, "broker drained")
     job = get_job(stack.url, doomed_id)
@@ -107,7 +99,7 @@ def test_a_cancelled_pending_job_is_never_processed(stack) -> None:  # type: ign
 def test_cancel_answers_409_once_finished_and_404_for_unknown_ids(stack, worker) -> None:  # type: ignore[no-untyped-def]
     resp = post_jobs(stack.url, small_jpegs(1, seed=310))
     job_id = resp.json()["jobs"][0]["id"]
-    assert wait_job(stack.url, job_id)["status"] == "completed"
+    assert wait_for_job(stack.url, job_id)["status"] == "completed"
 
     assert_error(httpx.delete(f"{stack.url}/v1/jobs/{job_id}", timeout=10), 409, "conflict")
     assert get_job(stack.url, job_id)["status"] == "completed"
@@ -154,7 +146,7 @@ def test_a_batch_shares_a_batch_id_and_an_idempotent_retry_replays_it(stack, wor
     assert again.headers["idempotent-replayed"] == "true"
     assert [job["id"] for job in again.json()["jobs"]] == ids
 
-    finals = [wait_job(stack.url, job_id) for job_id in ids]
+    finals = [wait_for_job(stack.url, job_id) for job_id in ids]
     assert {job["status"] for job in finals} == {"completed"}
     for i, job in enumerate(finals):
         assert job["metadata"]["filename"] == f"img{i}.jpg"

@@ -18,16 +18,15 @@ from persistence.models import Job
 from tests.integration.jobs_factories import (
     broker_idle,
     database,
-    degraded_front,
     job_rows,
     small_jpegs,
     status_counts,
     submit_concurrently,
     wait_all_final,
-    wait_until,
     worker_outcomes,
 )
-from tests.support.servers import free_port
+from tests.support.servers import bento_server, free_port, model_loaded
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -133,11 +132,15 @@ def fronts_with_a_dead_backend(stack):  # type: ignore[no-untyped-def]
     """Two more fronts on the stack's DB and S3: one whose broker, one whose S3 is down."""
     dead = f"127.0.0.1:{free_port()}"  # nothing listens there
     with (
-        degraded_front(
-            {**stack.env, "VQ_BROKER_URL": f"redis://{dead}/0"}, stack.log_dir / "no-broker.log"
+        bento_server(
+            {**stack.env, "VQ_BROKER_URL": f"redis://{dead}/0"},
+            stack.log_dir / "no-broker.log",
+            ready=model_loaded,
         ) as no_broker,
-        degraded_front(
-            {**stack.env, "VQ_S3_ENDPOINT": f"http://{dead}"}, stack.log_dir / "no-s3.log"
+        bento_server(
+            {**stack.env, "VQ_S3_ENDPOINT": f"http://{dead}"},
+            stack.log_dir / "no-s3.log",
+            ready=model_loaded,
         ) as no_s3,
     ):
         yield {"broker": no_broker, "storage": no_s3}

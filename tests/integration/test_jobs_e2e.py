@@ -2,33 +2,14 @@
 
 from __future__ import annotations
 
-import time
-from typing import Any
-
 import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
 from tests.support import images
+from tests.support.waiting import wait_for_job
 
 pytestmark = pytest.mark.integration
-
-
-def wait_final(url: str, task_id: str, timeout: float = 60) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = httpx.get(f"{url}/task-status/{task_id}", timeout=10).json()
-        if body["status"] in ("completed", "failed", "cancelled"):
-            return dict(body)
-        time.sleep(0.2)
-    raise TimeoutError(f"job {task_id} not finished: {body}")
-
-
-@pytest.fixture(scope="module")
-def worker(stack):  # type: ignore[no-untyped-def]
-    proc = stack.start_worker()
-    yield proc
-    stack.stop_workers()
 
 
 def test_seed_route_round_trip(stack, worker) -> None:  # type: ignore[no-untyped-def]
@@ -44,7 +25,7 @@ def test_seed_route_round_trip(stack, worker) -> None:  # type: ignore[no-untype
     assert accepted["status"] == "pending"
     assert accepted["message"] == "Image classification task submitted successfully"
 
-    final = wait_final(stack.url, accepted["task_id"])
+    final = wait_for_job(stack.url, accepted["task_id"], route="/task-status/{id}")
     assert final["status"] == "completed", final
     assert final["error"] is None
     sync = httpx.post(
@@ -86,7 +67,7 @@ def test_corrupt_image_fails_once_with_a_clear_code(stack, worker) -> None:  # t
         f"{stack.url}/classify", files={"image": ("t.jpg", images.truncated_jpeg())}, timeout=30
     )
     assert resp.status_code == 202  # acceptance only reads the header
-    final = wait_final(stack.url, resp.json()["task_id"])
+    final = wait_for_job(stack.url, resp.json()["task_id"], route="/task-status/{id}")
     assert final["status"] == "failed"
     assert final["error"]["code"] == "invalid_image"
     job = httpx.get(f"{stack.url}/v1/jobs/{resp.json()['task_id']}", timeout=10).json()

@@ -25,7 +25,6 @@ from tests.integration.jobs_factories import (
     database,
     small_jpegs,
     wait_all_final,
-    wait_until,
     worker_outcomes,
 )
 from tests.integration.observability_factories import (
@@ -42,6 +41,7 @@ from tests.integration.webhook_receiver import WebhookReceiver
 from tests.support import images
 from tests.support.prerequisites import require_binary
 from tests.support.servers import bento_server, free_port, isolated_bentoml_home, spawn, stop
+from tests.support.waiting import wait_until
 from tests.unit.test_deploy_grafana import (
     SYNTHETIC,
     all_targets,

@@ -6,14 +6,15 @@ import json
 import re
 import shlex
 import subprocess
-import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from tests.integration.webhook_receiver import WebhookReceiver
 from tests.support import images
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -32,13 +33,6 @@ def curl_commands() -> list[str]:
             line.strip() for line in joined.splitlines() if line.strip().startswith("curl ")
         ]
     return commands
-
-
-@pytest.fixture(scope="module")
-def worker(stack):  # type: ignore[no-untyped-def]
-    proc = stack.start_worker()
-    yield proc
-    stack.stop_workers()
 
 
 @pytest.fixture
@@ -65,17 +59,16 @@ def test_curl_examples(stack, worker, photos: Path) -> None:  # type: ignore[no-
             command = command.replace("https://example.com/hook", receiver.url())
             if "/task-status/" in command:
                 assert task_id, "the README submits a job before asking its status"
-                deadline = time.monotonic() + 60
                 command = re.sub(r"/task-status/\S+", f"/task-status/{task_id}", command)
-                while True:
-                    body = json.loads(
-                        subprocess.run(
-                            shlex.split(command), capture_output=True, text=True, check=True
-                        ).stdout
+
+                def final(command: str = command) -> dict[str, Any] | None:
+                    out = subprocess.run(
+                        shlex.split(command), capture_output=True, text=True, check=True
                     )
-                    if body["status"] in ("completed", "failed") or time.monotonic() > deadline:
-                        break
-                    time.sleep(0.3)
+                    body = dict(json.loads(out.stdout))
+                    return body if body["status"] in ("completed", "failed") else None
+
+                body = wait_until(final, 60, f"the README's status command says {task_id} ended")
                 assert body["status"] == "completed", body
                 assert set(body) == {"task_id", "status", "result", "error"}
                 continue

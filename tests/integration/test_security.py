@@ -13,10 +13,11 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from tests.integration.jobs_factories import small_jpegs, wait_until
+from tests.integration.jobs_factories import small_jpegs
 from tests.support import images
 from tests.support.servers import bento_server
 from tests.support.stack import migrate
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

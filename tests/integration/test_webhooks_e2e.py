@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from jobs.webhooks.signing import generate_secret
 from tests.integration.webhook_receiver import ReceivedRequest, WebhookReceiver
 from tests.support import images
 from tests.support.servers import free_port
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -56,15 +57,9 @@ class HookWorkers:
         }
         if kind == "guarded":
             env["VQ_WEBHOOK_ALLOWED_HOSTS"] = ""  # the front keeps its allow-list
-        saved = dict(self.stack.env)
-        self.stack.env.update(env)
         name = f"hooks-{kind}-{uuid.uuid4().hex[:6]}"
         self.log = self.stack.log_dir / f"worker-{name}.log"
-        try:
-            self.stack.start_worker(concurrency=4, name=name)
-        finally:
-            self.stack.env.clear()
-            self.stack.env.update(saved)
+        self.stack.start_worker(concurrency=4, name=name, env=env)
         self.kind = kind
         self.metrics_url = f"http://127.0.0.1:{port}/metrics"
 
@@ -108,17 +103,6 @@ def submit(stack: Any, receiver: WebhookReceiver, image: bytes | None = None) ->
     )
     assert resp.status_code == 202, resp.text
     return str(resp.json()["task_id"])
-
-
-def wait_until(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} after {timeout_s}s")
-        time.sleep(0.1)
 
 
 def deliveries(stack: Any, job_id: str) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 
 from tests.support.servers import ROOT, free_port
+from tests.support.waiting import wait_until
 
 BANNER = "VisionQueue is up"
 BANNER_END = "Ctrl-C stops everything"
@@ -50,13 +51,17 @@ class Launched:
         return [p for p in started_by(self.data_dir) if p.pid != self.proc.pid]
 
     def wait_for_output(self, text: str, timeout: float = 240) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.output():
+        def printed() -> bool:
+            if text in self.output():
+                return True
             if self.proc.poll() is not None:
                 raise RuntimeError(f"launcher exited:\n{self.output()[-4000:]}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{text!r} not printed in {timeout}s:\n{self.output()[-4000:]}")
-            time.sleep(0.2)
+            return False
+
+        try:
+            wait_until(printed, timeout, f"{text!r} printed")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}:\n{self.output()[-4000:]}") from None
 
     def interrupt_and_wait(self, timeout: float = 20) -> float:
         """Send Ctrl-C's SIGINT; return how long the launcher took to exit (code 0)."""
@@ -73,9 +78,8 @@ class Launched:
 
     def wait_all_gone(self, timeout: float = 5) -> None:
         """Fail unless every process of the stack has exited within ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while self.children() and time.monotonic() < deadline:
-            time.sleep(0.2)
+        with contextlib.suppress(TimeoutError):
+            wait_until(lambda: not self.children(), timeout, "every process gone")
         assert not self.children(), describe(self.children())
 
     def kill_all(self) -> None:

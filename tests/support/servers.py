@@ -8,11 +8,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -24,18 +25,47 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+Probe = Callable[[str], bool]
+
+
+def answers(url: str) -> bool:
+    """The server answers HTTP at all (any status)."""
+    httpx.get(url, timeout=2)
+    return True
+
+
+def readyz_ok(url: str) -> bool:
+    """The server is ready: ``/readyz`` answers 200 (model loaded, every backend up)."""
+    return httpx.get(f"{url}/readyz", timeout=5).status_code == 200
+
+
+def model_loaded(url: str) -> bool:
+    """The model answers and the backends were checked, up or not (a broken-backend test)."""
+    checks = httpx.get(f"{url}/readyz", timeout=5).json().get("checks", {})
+    return checks.get("model") == "ok" and "backends" not in checks
+
+
+def answers_livez(url: str) -> bool:
+    """The front process answers, whatever the classifier does (a broken-model test)."""
+    return httpx.get(f"{url}/livez", timeout=2).status_code == 200
+
+
+def wait_ready(
+    url: str, proc: subprocess.Popen[bytes], timeout: float, log: Path, ready: Probe = readyz_ok
+) -> None:
+    """Wait until ``ready(url)``; fail at once if the process exits."""
+
+    def probe() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} not ready after {timeout}s:\n{log.read_text()[-4000:]}")
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            return ready(url)
+        return False
+
+    try:
+        wait_until(probe, timeout, f"{url} ready", interval=0.5)
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc}:\n{log.read_text(errors='replace')[-4000:]}") from None
 
 
 def stop(proc: subprocess.Popen[bytes], grace: float = 15) -> None:
@@ -86,11 +116,15 @@ def isolated_bentoml_home(shared: Path, home: Path) -> Path:
 
 
 @contextlib.contextmanager
-def bento_server(env: dict[str, str], log: Path, timeout: float = 180) -> Iterator[str]:
+def bento_server(
+    env: dict[str, str], log: Path, timeout: float = 180, ready: Probe = readyz_ok
+) -> Iterator[str]:
     """Run ``bentoml serve service:VisionQueue`` on a free loopback port; yield its URL.
 
-    Each server gets a BentoML home of its own (sharing the model store), so servers
-    running side by side keep their metrics apart.
+    Yields once ``ready(url)`` holds: by default ``/readyz`` is 200; a test of a broken
+    backend passes ``model_loaded``, one of a broken model ``answers_livez``. Each server
+    gets a BentoML home of its own (sharing the model store), so servers running side by
+    side keep their metrics apart.
     """
     port = free_port()
     shared = Path(env.get("BENTOML_HOME") or os.environ["BENTOML_HOME"])
@@ -117,7 +151,7 @@ def bento_server(env: dict[str, str], log: Path, timeout: float = 180) -> Iterat
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url + "/readyz", proc, timeout, log)
+        wait_ready(url, proc, timeout, log, ready)
         yield url
     finally:
         stop(proc)

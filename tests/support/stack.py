@@ -6,17 +6,17 @@ import contextlib
 import os
 import signal
 import subprocess
-import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import httpx
 import redis
 
 from tests.support.postgres import throwaway_postgres_url
-from tests.support.servers import BIN, bento_server, free_port, spawn, stop
+from tests.support.servers import BIN, answers, bento_server, free_port, spawn, stop, wait_ready
+from tests.support.waiting import wait_until
 
 REDIS_URL = "redis://127.0.0.1:6379/{db}"
 
@@ -37,13 +37,8 @@ def s3_server_process(log: Path) -> Iterator[S3Server]:
         [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], dict(os.environ), log
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError):
-            httpx.get(url, timeout=1)
-            break
-        time.sleep(0.2)
     try:
+        wait_ready(url, proc, 30, log, ready=answers)
         yield S3Server(url, proc)
     finally:
         stop(proc)
@@ -68,9 +63,16 @@ class Stack:
         return f"{prefix}visionqueue,{prefix}webhooks"
 
     def start_worker(
-        self, concurrency: int = 8, name: str | None = None, beat: bool = False
+        self,
+        concurrency: int = 8,
+        name: str | None = None,
+        beat: bool = False,
+        env: Mapping[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
-        """Start a real ``celery worker`` process (with the sweeper if ``beat``); wait for it."""
+        """Start a real ``celery worker`` process (with the sweeper if ``beat``); wait for it.
+
+        ``env`` adds to (or overrides) the stack's env for this worker only.
+        """
         name = name or f"w{len(self.workers)}-{uuid.uuid4().hex[:6]}"
         log = self.log_dir / f"worker-{name}.log"
         args = [
@@ -80,16 +82,34 @@ class Stack:
         ]  # fmt: skip
         if beat:
             args += ["--beat", "--schedule", str(self.log_dir / f"beat-{name}")]
-        proc = spawn(args, {**os.environ, **self.env}, log)
+        proc = spawn(args, {**os.environ, **self.env, **(env or {})}, log)
         self.workers.append(proc)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+
+        def ready() -> bool:
             if proc.poll() is not None:
                 raise RuntimeError(f"worker exited: {log.read_text()[-3000:]}")
-            if "ready." in log.read_text(errors="replace"):
-                return proc
-            time.sleep(0.2)
-        raise TimeoutError(f"worker not ready: {log.read_text()[-3000:]}")
+            return "ready." in log.read_text(errors="replace")
+
+        try:
+            wait_until(ready, 60, f"worker {name} ready")
+        except TimeoutError:
+            raise TimeoutError(f"worker not ready: {log.read_text()[-3000:]}") from None
+        return proc
+
+    @contextlib.contextmanager
+    def worker(self, **kwargs: Any) -> Iterator[subprocess.Popen[bytes]]:
+        """Run one worker (``start_worker``'s arguments) for the block; stop it after."""
+        proc = self.start_worker(**kwargs)
+        try:
+            yield proc
+        finally:
+            self.stop_worker(proc)
+
+    def stop_worker(self, proc: subprocess.Popen[bytes]) -> None:
+        """Stop one worker (SIGTERM, then SIGKILL) and forget it."""
+        stop(proc)
+        if proc in self.workers:
+            self.workers.remove(proc)
 
     def kill_worker(self, proc: subprocess.Popen[bytes]) -> None:
         """SIGKILL a worker's whole process group (no graceful shutdown, no acks)."""
