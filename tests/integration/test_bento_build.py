@@ -79,7 +79,13 @@ def test_bentoml_build_offline(stored_model: Any) -> None:
     assert envs["VQ_LOG_JSON"] == "true"
 
     src = bento / "src"
-    for path in ("service.py", "visionqueue/core/logging_setup.py", "jobs/tasks.py"):
+    for path in (
+        "service.py",
+        "visionqueue/core/logging_setup.py",
+        "jobs/tasks.py",
+        "visionqueue/api/ui/index.html",  # the web page at /
+        "visionqueue/api/ui/app.js",
+    ):
         assert (src / path).is_file(), path
     assert any((src / "persistence" / "migrations").rglob("*.py"))
     assert not (src / "tests").exists()

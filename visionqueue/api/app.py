@@ -26,6 +26,7 @@ def create_api_app() -> FastAPI:
     """Build the ASGI app for every route that is not a BentoML API."""
     from visionqueue.api import health
     from visionqueue.api.routes import router
+    from visionqueue.api.webui import router as web_page
 
     app = FastAPI(
         title="VisionQueue",
@@ -36,6 +37,7 @@ def create_api_app() -> FastAPI:
     )
     app.include_router(router)
     app.include_router(health.router)
+    app.include_router(web_page)  # `/`: matched before BentoML's own index page
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
