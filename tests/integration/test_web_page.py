@@ -25,6 +25,8 @@ pytestmark = pytest.mark.integration
 API_KEY = "ui-test-key-0123456789"
 PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png")
 SCREENSHOT = ROOT / "docs" / "ui.png"
+# Generous: a loaded 2-core CI machine runs the stack, the worker and Chromium at once.
+TIMEOUT_MS = 60_000
 
 
 def photo_path(name: str) -> Path:
@@ -48,6 +50,7 @@ def browser() -> Iterator[Browser]:
     executable = require_binary("chromium", "scripts/services installs it from Debian as root")
     with sync_playwright() as p:
         launched = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        expect.set_options(timeout=TIMEOUT_MS)
         yield launched
         launched.close()
 
@@ -60,6 +63,7 @@ class Recorded:
         self.urls: list[str] = []
         self.problems: list[str] = []
         self.navigations = 0
+        context.set_default_timeout(TIMEOUT_MS)
         context.on("request", lambda request: self.urls.append(request.url))
         self.page = context.new_page()
         self.page.on("pageerror", lambda error: self.problems.append(f"script error: {error}"))
