@@ -1,11 +1,14 @@
 # The two commands that matter: `make run` and `make test`. Everything else is optional.
-.PHONY: run test check bench soak bento import-model container-smoke help
+.PHONY: run test test-fast check bench soak bento import-model container-smoke help
 
 run:            ## start the whole system on the embedded default on http://127.0.0.1:$VQ_PORT
 	@scripts/run
 
-test:           ## run the whole test suite (installs what it needs)
+test:           ## run the whole test suite (installs what it needs); what CI runs
 	@scripts/test
+
+test-fast:      ## the edit-test loop: unit tests not marked slow (see CONTRIBUTING.md)
+	@scripts/test -m "not slow" tests/unit
 
 check:          ## ruff lint + format check + mypy + import layering (lint-imports)
 	@scripts/check

@@ -15,7 +15,7 @@ import yaml
 
 from tests.support.servers import BIN, ROOT
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # runs `bentoml build`
 
 # Any attempt to reach a package index fails at once instead of hanging or passing by luck.
 OFFLINE_ENV = {

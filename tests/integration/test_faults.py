@@ -35,7 +35,10 @@ from tests.support import images
 from tests.support.servers import answers_livez, bento_server, free_port
 from tests.support.waiting import wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow,
+]  # a side stack of its own; restarts Postgres and Redis
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +142,6 @@ def test_jobs_wait_for_an_unreachable_classifier_then_complete(faulty: SideStack
             proxy.close()
 
 
-@pytest.mark.slow  # a Bento server of its own
 def test_readyz_says_why_when_the_classifier_cannot_load(
     server_env: dict[str, str], tmp_path: Path
 ) -> None:

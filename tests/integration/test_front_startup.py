@@ -21,7 +21,7 @@ from tests.support import images
 from tests.support.servers import BIN, bento_server, free_port, spawn, stop
 from tests.support.stack import migrate
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # Bento servers of its own
 
 
 def _whsec() -> str:

@@ -49,7 +49,10 @@ from tests.unit.test_deploy_grafana import (
     promql_metric_names,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow,
+]  # a front, a workload and Prometheus of its own
 
 N_SYNC = 4
 M_JOBS = 3

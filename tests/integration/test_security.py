@@ -19,7 +19,7 @@ from tests.support.servers import bento_server
 from tests.support.stack import migrate
 from tests.support.waiting import wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # two Bento servers of its own
 
 PROTECTED = [
     ("POST", "/predict"),

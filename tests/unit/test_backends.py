@@ -35,7 +35,11 @@ def reference(stored_model, crops: np.ndarray) -> np.ndarray:  # type: ignore[no
         return torch.softmax(model((x - mean) / std), dim=1).numpy()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "backend",
+    # torch.compile takes minutes on 2 cores until its cache (COMPILE_CACHE) is warm
+    [pytest.param(b, marks=pytest.mark.slow) if b == "compile" else b for b in BACKENDS],
+)
 def test_backend_matches_the_reference(  # type: ignore[no-untyped-def]
     stored_model, crops: np.ndarray, reference: np.ndarray, backend: str
 ) -> None:
