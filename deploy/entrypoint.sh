@@ -1,5 +1,5 @@
 #!/bin/sh
-# Start one VisionQueue role: api | worker | beat | flower | migrate | import-model; anything else is exec'd.
+# Start one VisionQueue role: api | worker | webhooks | beat | flower | migrate | import-model; anything else is exec'd.
 set -eu
 
 role="${1:-api}"
@@ -23,11 +23,18 @@ case "$role" in
     worker)
         exec celery -A jobs.celery_app:app worker \
             --pool threads --concurrency "${VQ_WORKER_CONCURRENCY:-16}" \
-            -Q "${VQ_BROKER_QUEUE_PREFIX:-}visionqueue,${VQ_BROKER_QUEUE_PREFIX:-}webhooks" \
+            -Q "${VQ_BROKER_QUEUE_PREFIX:-}visionqueue,${VQ_BROKER_QUEUE_PREFIX:-}maintenance" \
+            --loglevel "${VQ_LOG_LEVEL:-INFO}" "$@"
+        ;;
+    webhooks)
+        # Deliveries in a pool of their own; sweeps may run here too (single-flight).
+        exec celery -A jobs.celery_app:app worker -n "webhooks@%h" \
+            --pool threads --concurrency "${VQ_WEBHOOK_CONCURRENCY:-8}" \
+            -Q "${VQ_BROKER_QUEUE_PREFIX:-}webhooks,${VQ_BROKER_QUEUE_PREFIX:-}maintenance" \
             --loglevel "${VQ_LOG_LEVEL:-INFO}" "$@"
         ;;
     beat)
-        # One per deployment: schedules the sweeper (lost enqueues, due webhook retries).
+        # One per deployment: schedules the sweeper (lost jobs, the webhook outbox relay).
         exec celery -A jobs.celery_app:app beat --loglevel "${VQ_LOG_LEVEL:-INFO}" \
             --schedule /tmp/celerybeat-schedule "$@"
         ;;

@@ -1,24 +1,44 @@
 """The Celery app of VisionQueue (``celery -A jobs.celery_app:app worker``).
 
-Creating the app object makes no connection; the broker is reached on first use.
+Creating the app object reads no settings and makes no connection: the configuration is
+built from the settings on first use, and the broker is reached on first publish.
 Messages carry job ids only (JSON); images stay in the image store.
+
+Three queues: jobs (classification), webhooks (deliveries, their own worker pool so a slow
+receiver cannot hold classification threads) and maintenance (sweeps and purges, so they
+never wait behind a backlog of jobs).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
 
 from visionqueue.core.settings import Settings, get_settings
 
-# Queue names carry VQ_BROKER_QUEUE_PREFIX so deployments can share one broker.
-JOB_QUEUE = f"{get_settings().broker.queue_prefix}visionqueue"
-WEBHOOK_QUEUE = f"{get_settings().broker.queue_prefix}webhooks"
 CLASSIFY_TASK = "visionqueue.classify_job"
 WEBHOOK_TASK = "visionqueue.deliver_webhook"
 SWEEP_TASK = "visionqueue.sweep"
 PURGE_TASK = "visionqueue.purge"
+
+
+@dataclass(frozen=True)
+class Queues:
+    """The queue names of a deployment (``VQ_BROKER_QUEUE_PREFIX`` lets several share a broker)."""
+
+    jobs: str
+    webhooks: str
+    maintenance: str
+
+    @classmethod
+    def of(cls, settings: Settings) -> Queues:
+        prefix = settings.broker.queue_prefix
+        return cls(f"{prefix}visionqueue", f"{prefix}webhooks", f"{prefix}maintenance")
+
+    def all(self) -> tuple[str, str, str]:
+        return (self.jobs, self.webhooks, self.maintenance)
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -51,6 +71,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             transport_options["unacked_restore_interval"] = max(1, min(10, visibility // 4))
             transport_options["unacked_restore_throttle"] = 1
     worker = settings.worker
+    queues = Queues.of(settings)
     return {
         "broker_url": broker,
         "broker_transport_options": transport_options,
@@ -66,12 +87,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "task_time_limit": worker.task_time_limit_s,
         "task_soft_time_limit": max(5, worker.task_time_limit_s - 10),
-        "task_default_queue": JOB_QUEUE,
+        "task_default_queue": queues.jobs,
         "task_routes": {
-            CLASSIFY_TASK: {"queue": JOB_QUEUE},
-            WEBHOOK_TASK: {"queue": WEBHOOK_QUEUE},
-            SWEEP_TASK: {"queue": JOB_QUEUE},
-            PURGE_TASK: {"queue": JOB_QUEUE},
+            CLASSIFY_TASK: {"queue": queues.jobs},
+            WEBHOOK_TASK: {"queue": queues.webhooks},
+            SWEEP_TASK: {"queue": queues.maintenance},
+            PURGE_TASK: {"queue": queues.maintenance},
         },
         "task_publish_retry": True,
         "task_publish_retry_policy": {
@@ -101,10 +122,13 @@ def ensure_broker_dirs(settings: Settings) -> None:
 
 
 def create_celery_app(settings: Settings | None = None) -> Celery:
-    """Build the Celery app for ``settings`` (default: the process settings)."""
-    settings = settings or get_settings()
+    """Build the Celery app for ``settings``; by default the process settings, read on first use."""
     celery = Celery("visionqueue", include=["jobs.tasks"])
-    celery.conf.update(celery_config(settings))
+    if settings is not None:
+        celery.conf.update(celery_config(settings))
+    else:
+        # Evaluated when the configuration is first read, not at import.
+        celery.add_defaults(lambda: celery_config(get_settings()))
     return celery
 
 

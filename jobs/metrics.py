@@ -15,6 +15,9 @@ IMAGE_TASK_LATENCY = Histogram(
 )
 WEBHOOK_SUCCESS = Counter("webhook_success", "Webhook deliveries answered with 2xx")
 WEBHOOK_FAILURE = Counter("webhook_failure", "Webhook delivery attempts that failed", ["error"])
+WEBHOOK_EXHAUSTED = Counter(
+    "webhook_exhausted", "Webhook events given up on (retries or delivery deadline spent, 410)"
+)
 WEBHOOK_LATENCY = Histogram(
     "webhook_latency_seconds",
     "Duration of one webhook delivery attempt",

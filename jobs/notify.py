@@ -1,11 +1,13 @@
-"""Webhook notifications of finished jobs: one signed attempt, logged, next one planned.
+"""Webhook notifications of finished jobs: the outbox row, one signed attempt, the next one.
 
-Short waits are scheduled with a Celery countdown; long ones (hours, up to ~3 days) are
-written as ``next_attempt_at`` on the delivery row and picked up by the sweeper, so no
-message sits in the broker for hours (Redis would redeliver it after its visibility timeout).
+A finished job owes its event from the transaction that finishes it (``owe_event``): the
+outbox row is the truth, a broker message only makes the attempt prompt. Each attempt
+claims the row (``deliveries_repo.claim_attempt``), which numbers it, keeps it the only
+attempt in flight, and caps attempts in flight per destination. The outcome and the next
+due time are written back in one transaction with the delivery log. Short waits also get a
+Celery countdown (the fast path); a message lost on the way (failed publish, SIGKILL, a
+broker restart) is covered by the sweeper, which relays every due row no message claimed.
 
-Every attempt number is sent at most once per log row: a duplicate message (broker
-redelivery, a manual redelivery racing a pending retry) finds its number logged and stops.
 Without ``VQ_WEBHOOK_SECRETS`` requests go out unsigned, with no ``webhook-signature``
 header, in dev only; in production they are not sent (logged ``signing_error``, retried).
 """
@@ -14,42 +16,60 @@ from __future__ import annotations
 
 import functools
 import logging
+import random
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from jobs.metrics import WEBHOOK_FAILURE, WEBHOOK_LATENCY, WEBHOOK_SUCCESS
+from sqlalchemy.orm import Session
+
+from jobs.metrics import WEBHOOK_EXHAUSTED, WEBHOOK_FAILURE, WEBHOOK_LATENCY, WEBHOOK_SUCCESS
 from jobs.resources import Resources
 from jobs.views import task_status_view
-from jobs.webhooks import delivery_log
 from jobs.webhooks.delivery import AttemptResult, build_event, deliver_once, next_delay
+from jobs.webhooks.events import destination_of, event_id_for, event_type_for
 from jobs.webhooks.signing import USER_AGENT, SecretLike, signed_headers
-from persistence import jobs_repo
+from persistence import deliveries_repo, jobs_repo
 from persistence.db import session_scope
 from persistence.images import image_url_or_none
 from persistence.models import Job, utcnow
 
 logger = logging.getLogger(__name__)
 
-# Above this wait the sweeper, not a broker countdown, schedules the next attempt.
+__all__ = ["destination_of", "event_id_for", "event_type_for"]  # re-exported for callers
+
+# Above this wait only the row's due time schedules the next attempt (the sweeper relays
+# it): no message sits in the broker for hours (Redis would redeliver it after its
+# visibility timeout).
 COUNTDOWN_LIMIT_S = 600.0
+# A claimed attempt is held this long past its deadline before another may take over.
+CLAIM_MARGIN_S = 30.0
+# A due row still unclaimed after this long has lost its message; relay it, and again
+# at most this often while the queue is long.
+RELAY_STALE_S = 15.0
+RELAY_EVERY_S = 60.0
+# A claim refused for a busy destination is tried again after this many seconds.
+BUSY_RETRY_S = (0.5, 3.0)
 
 
 @dataclass(frozen=True)
 class DeliveryOutcome:
     succeeded: bool
-    retry_in_s: float | None  # countdown for the next attempt; None = none or the sweeper
+    retry_in_s: float | None  # countdown for the fast path; None = none or the sweeper
+    claimed: bool = True
 
 
-def event_id_for(job_id: str, event_type: str) -> str:
-    """Return the stable id of a job's event (the same for every retry and redelivery)."""
-    return f"evt_{uuid.uuid5(uuid.NAMESPACE_URL, f'visionqueue:{job_id}:{event_type}').hex}"
-
-
-def event_type_for(status: str) -> str:
-    return "job.completed" if status == "completed" else "job.failed"
+def owe_event(session: Session, job_id: str, status: str, webhook_url: str) -> None:
+    """Write the finished job's outbox row, due now, in the caller's transaction."""
+    event_type = event_type_for(status)
+    deliveries_repo.add_event(
+        session,
+        job_id=job_id,
+        event_id=event_id_for(job_id, event_type),
+        event_type=event_type,
+        destination=destination_of(webhook_url),
+    )
 
 
 def event_headers(
@@ -74,27 +94,33 @@ def event_headers(
     }
 
 
-def attempt_delivery(job_id: str, attempt: int, res: Resources) -> DeliveryOutcome:
-    """Make delivery attempt number ``attempt`` for a finished job and log it."""
+def attempt_delivery(job_id: str, res: Resources) -> DeliveryOutcome:
+    """Claim the job's next due attempt, make it, and record its outcome."""
     settings = res.settings
+    hook = settings.webhook
     with session_scope(res.engine) as session:
+        claim = deliveries_repo.claim_attempt(
+            session,
+            job_id,
+            hold_s=hook.timeout_s + CLAIM_MARGIN_S,
+            max_in_flight=hook.max_in_flight_per_destination,
+        )
+        if claim is None:
+            # due but refused: its destination has the most attempts in flight; soon again
+            busy = deliveries_repo.waits_for_a_slot(session, job_id)
+            return DeliveryOutcome(False, random.uniform(*BUSY_RETRY_S) if busy else None, False)
         job = jobs_repo.get_job_by_id(session, job_id)
-        if job is None or not job.webhook_url or job.status not in ("completed", "failed"):
-            return DeliveryOutcome(False, None)
-        event_type = event_type_for(job.status)
-        event_id = event_id_for(job_id, event_type)
+        event = deliveries_repo.get_event(session, job_id)
+        assert job is not None and event is not None  # the outbox row references the job
         data = task_status_view(job, _image_url(res, job))
         # The event happened when the job finished: the body says so on every attempt.
-        body = build_event(event_type, event_id, data, job.finished_at or utcnow())
-        url = job.webhook_url
-    if delivery_log.attempt_logged(res.engine, job_id, attempt):
-        logger.info("job %s: webhook attempt %d already made; duplicate dropped", job_id, attempt)
-        return DeliveryOutcome(False, None)
+        body = build_event(claim.event_type, claim.event_id, data, job.finished_at or utcnow())
+        url, owed_since = job.webhook_url or "", event.created_at
 
     try:
         headers = event_headers(
-            settings.webhook.secrets,
-            event_id,
+            hook.secrets,
+            claim.event_id,
             int(time.time()),
             body,
             allow_unsigned=settings.server.env != "production",
@@ -104,9 +130,7 @@ def attempt_delivery(job_id: str, attempt: int, res: Resources) -> DeliveryOutco
         logger.error("job %s: webhook not sent, VQ_WEBHOOK_SECRETS is malformed or empty", job_id)
         result = AttemptResult(None, "signing_error", 0.0)
     else:
-        result = deliver_once(
-            url, body, headers, settings.webhook.timeout_s, settings.webhook.allowed_hosts
-        )
+        result = deliver_once(url, body, headers, hook.timeout_s, hook.allowed_hosts)
         WEBHOOK_LATENCY.observe(result.latency_s)
 
     delay = None
@@ -115,48 +139,55 @@ def attempt_delivery(job_id: str, attempt: int, res: Resources) -> DeliveryOutco
     else:
         WEBHOOK_FAILURE.labels(error=result.error or "unknown").inc()
         if not result.permanent:
-            delay = next_delay(attempt, settings.webhook.retry_schedule, result.retry_after_s)
-    next_at = None
-    if delay is not None and delay > COUNTDOWN_LIMIT_S:
-        next_at, delay = utcnow() + timedelta(seconds=delay), None
+            delay = next_delay(claim.series_attempt, hook.retry_schedule, result.retry_after_s)
+    now = utcnow()
+    next_at = None if delay is None else now + timedelta(seconds=delay)
+    if next_at is not None and next_at > owed_since + timedelta(seconds=hook.delivery_deadline_s):
+        next_at = delay = None  # past the delivery deadline: give up
     with session_scope(res.engine) as session:
-        jobs_repo.record_delivery(
+        deliveries_repo.record_attempt(
             session,
             job_id=job_id,
-            event_id=event_id,
-            event_type=event_type,
-            attempt=attempt,
+            event_id=claim.event_id,
+            event_type=claim.event_type,
+            attempt=claim.attempt,
             succeeded=result.succeeded,
             latency_ms=result.latency_s * 1000,
             status_code=result.status_code,
             error=result.error,
             next_attempt_at=next_at,
         )
+        status = deliveries_repo.finish_attempt(
+            session, claim, delivered=result.succeeded, next_attempt_at=next_at
+        )
+    if status == "exhausted":
+        WEBHOOK_EXHAUSTED.inc()
     logger.info(
         "job %s: webhook attempt %d %s%s",
         job_id,
-        attempt,
+        claim.attempt,
         "delivered" if result.succeeded else f"failed ({result.error})",
-        _next_note(delay, next_at),
+        _next_note(next_at, status),
     )
-    return DeliveryOutcome(result.succeeded, delay)
+    fast = delay if delay is not None and delay <= COUNTDOWN_LIMIT_S else None
+    return DeliveryOutcome(result.succeeded, fast)
 
 
-def due_deliveries(res: Resources, limit: int = 100) -> list[tuple[str, int]]:
-    """Claim logged attempts whose retry is due; return (job_id, next attempt number)."""
-    return delivery_log.due_deliveries(res.engine, limit)
+def relay_due(res: Resources, limit: int = 100) -> list[str]:
+    """Return the jobs whose due event lost its message (and mark them relayed)."""
+    with session_scope(res.engine) as session:
+        return deliveries_repo.relay_due(
+            session, stale_s=RELAY_STALE_S, relay_every_s=RELAY_EVERY_S, limit=limit
+        )
 
 
-def hand_to_sweeper(res: Resources, job_id: str, attempt: int, delay_s: float) -> None:
-    """Leave the retry after ``attempt`` to the sweeper (the countdown could not be queued)."""
-    delivery_log.schedule_retry(res.engine, job_id, attempt, utcnow() + timedelta(seconds=delay_s))
-
-
-def _next_note(delay: float | None, next_at: datetime | None) -> str:
-    if delay is not None:
-        return f"; next in {delay:.1f}s"
+def _next_note(next_at: datetime | None, status: str | None) -> str:
+    if status == "exhausted":
+        return "; retries exhausted"
+    if status is None:
+        return "; its claim had lapsed (another attempt took over)"
     if next_at is not None:
-        return f"; next at {next_at.isoformat()} (sweeper)"
+        return f"; next at {next_at.isoformat()}"
     return ""
 
 

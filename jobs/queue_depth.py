@@ -4,12 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from jobs.celery_app import JOB_QUEUE, WEBHOOK_QUEUE
 
-
-def queue_depths(
-    celery_app: Any, queues: tuple[str, ...] = (JOB_QUEUE, WEBHOOK_QUEUE)
-) -> dict[str, int]:
+def queue_depths(celery_app: Any, queues: tuple[str, ...]) -> dict[str, int]:
     """Return ``{queue: waiting messages}``; a queue the broker does not know counts 0.
 
     Uses a passive ``queue_declare`` (AMQP's message count, Redis' LLEN, the

@@ -1,4 +1,4 @@
-"""Per-process resources of a worker: engine, image store, HTTP client (never across fork)."""
+"""Per-process resources of a worker: engine, image store, HTTP client, leases (never across fork)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import httpx
 from sqlalchemy import Engine
 
+from jobs.lease_keeper import LeaseKeeper
 from persistence.db import get_engine
 from persistence.images import ImageStore, build_image_store
 from visionqueue.core.settings import Settings, get_settings
@@ -23,16 +24,19 @@ class Resources:
     engine: Engine
     store: ImageStore
     http: httpx.Client
+    leases: LeaseKeeper
 
 
 def build_resources(settings: Settings) -> Resources:
     """Create the resources of one process (no I/O beyond pool set-up)."""
     limits = httpx.Limits(max_connections=settings.worker.concurrency * 2)
+    engine = get_engine(settings.database_url)
     return Resources(
         settings=settings,
-        engine=get_engine(settings.database_url),
+        engine=engine,
         store=build_image_store(settings),
         http=httpx.Client(timeout=httpx.Timeout(120, connect=5), limits=limits),
+        leases=LeaseKeeper(engine, settings.worker.lease_s),
     )
 
 

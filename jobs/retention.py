@@ -8,6 +8,12 @@ same bytes refreshes the write time). Pending and processing jobs are never touc
 
 ``purge_orphans`` removes images no job refers to at all: those of submissions refused after
 their image was stored (database or broker down), which nothing else would ever delete.
+Each key is checked again just before it is deleted (no job, still old), so a re-upload
+after the listing keeps its object. What is left is the instant between that check and
+the delete; a job that loses its image to it fails ``image_missing``, never silently.
+
+Jobs whose webhook event is still owed are kept past the retention period until the
+event is delivered or exhausted.
 """
 
 from __future__ import annotations
@@ -16,11 +22,12 @@ import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import Engine
 
+from persistence import retention_repo
 from persistence.db import session_scope
 from persistence.images import ImageStore
-from persistence.models import FINAL_STATUSES, Job, utcnow
+from persistence.models import utcnow
 
 IN_FLIGHT_GRACE = timedelta(hours=1)
 
@@ -36,19 +43,13 @@ def purge_expired(engine: Engine, store: ImageStore, days: float, batch: int = 5
     if days <= 0:
         return PurgeResult(0, 0)
     cutoff = utcnow() - timedelta(days=days)
-    finals = [status.value for status in FINAL_STATUSES]
     with session_scope(engine) as session:
-        rows = session.execute(
-            select(Job.id, Job.image_key)
-            .where(Job.status.in_(finals), Job.finished_at < cutoff)
-            .order_by(Job.finished_at)
-            .limit(batch)
-        ).all()
+        rows = retention_repo.expired_jobs(session, cutoff, batch)
         if not rows:
             return PurgeResult(0, 0)
-        session.execute(delete(Job).where(Job.id.in_([r.id for r in rows])))
+        retention_repo.delete_jobs(session, [r.id for r in rows])
         keys = {r.image_key for r in rows}
-        still_used = set(session.scalars(select(Job.image_key).where(Job.image_key.in_(keys))))
+        still_used = retention_repo.keys_in_use(session, keys)
     deleted = _delete_unless_recent(store, keys - still_used)
     return PurgeResult(len(rows), deleted)
 
@@ -81,7 +82,17 @@ def purge_orphans(
     if not old:
         return 0
     with session_scope(engine) as session:
-        used = set(session.scalars(select(Job.image_key).where(Job.image_key.in_(old))))
+        used = retention_repo.keys_in_use(session, old)
+    deleted = 0
     for key in sorted(old - used):
+        # again, just before deleting: a re-upload since the listing refreshed the write
+        # time, and a job committed since then refers to it
+        written = store.last_modified(key)
+        if written is None or written >= recent:
+            continue
+        with session_scope(engine) as session:
+            if retention_repo.keys_in_use(session, [key]):
+                continue
         store.delete(key)
-    return len(old - used)
+        deleted += 1
+    return deleted

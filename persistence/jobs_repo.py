@@ -183,11 +183,15 @@ def claim_job(session: Session, job_id: str) -> Job | None:
     return session.scalars(stmt).one_or_none()
 
 
-def _finish(session: Session, job_id: str, **values: Any) -> bool:
+def _finish(session: Session, job_id: str, holder: str | None = None, **values: Any) -> bool:
+    conditions = [Job.id == job_id, Job.status == JobStatus.PROCESSING.value]
+    if holder is not None:
+        # a worker whose lease lapsed (and was taken over) must not finish the job
+        conditions.append(Job.leased_by == holder)
     stmt = (
         update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.PROCESSING.value)
-        .values(finished_at=utcnow(), **values)
+        .where(*conditions)
+        .values(finished_at=utcnow(), lease_until=None, leased_by=None, **values)
         .returning(Job.id)
     )
     return session.execute(stmt).first() is not None
@@ -199,11 +203,14 @@ def complete_job(
     result: dict[str, Any],
     model_tag: str,
     weights_origin: str,
+    *,
+    holder: str | None = None,
 ) -> bool:
     """Store the result of a processing job; False if it was not processing (no-op)."""
     return _finish(
         session,
         job_id,
+        holder,
         status=JobStatus.COMPLETED.value,
         result=result,
         model_tag=model_tag,
@@ -213,11 +220,14 @@ def complete_job(
     )
 
 
-def fail_job(session: Session, job_id: str, code: str, message: str) -> bool:
+def fail_job(
+    session: Session, job_id: str, code: str, message: str, *, holder: str | None = None
+) -> bool:
     """Mark a processing job failed; False if it was not processing (no-op)."""
     return _finish(
         session,
         job_id,
+        holder,
         status=JobStatus.FAILED.value,
         error_code=code,
         error_message=message,

@@ -127,6 +127,10 @@ class Job(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument)
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
+    # Processing: the worker that holds the job renews this lease while it runs it; once it
+    # lapses the worker is presumed dead and the sweeper hands the job to another one.
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    leased_by: Mapped[str | None] = mapped_column(String(128))
 
     def __repr__(self) -> str:
         return f"Job(id={self.id!r}, status={self.status!r})"
@@ -153,3 +157,54 @@ class WebhookDelivery(Base):
 
     def __repr__(self) -> str:
         return f"WebhookDelivery(job_id={self.job_id!r}, attempt={self.attempt})"
+
+
+class OutboxStatus(StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    EXHAUSTED = "exhausted"
+
+
+class WebhookOutbox(Base):
+    """The finished-job event owed to a job's webhook URL, written with the job's outcome.
+
+    All delivery state lives here: the next attempt's due time, the attempts made, and the
+    claim of the attempt in flight. Broker messages only make delivery prompt.
+    """
+
+    __tablename__ = "webhook_outbox"
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'delivered', 'exhausted')", name="status"),
+        # The relay's due scan and the per-destination in-flight count.
+        Index(None, "status", "next_attempt_at"),
+        Index(None, "destination", "claimed_until"),
+    )
+
+    job_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    event_id: Mapped[str] = mapped_column(String(64))
+    event_type: Mapped[str] = mapped_column(String(64))
+    destination: Mapped[str] = mapped_column(String(300))  # scheme://host:port of the URL
+    status: Mapped[str] = mapped_column(String(16), default=OutboxStatus.PENDING.value)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Attempts made before the current retry series (a manual redelivery starts a new one).
+    series_start: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    relayed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    redelivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"WebhookOutbox(job_id={self.job_id!r}, status={self.status!r})"
+
+
+class MaintenanceLock(Base):
+    """A named lock with an expiry: one sweep or purge at a time across every worker."""
+
+    __tablename__ = "maintenance_locks"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str | None] = mapped_column(String(128))
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -82,6 +82,8 @@ def port_settings(settings: Settings) -> list[tuple[str, str, int]]:
         ports.append(("VQ_FLOWER_PORT", flower_host(settings), obs.flower_port))
     if obs.worker_metrics_port:
         ports.append(("VQ_WORKER_METRICS_PORT", settings.server.host, obs.worker_metrics_port))
+        # the webhook worker's metrics, on the next port
+        ports.append(("VQ_WORKER_METRICS_PORT", settings.server.host, obs.worker_metrics_port + 1))
     return ports
 
 
@@ -146,12 +148,10 @@ def prepare_model(settings: Settings) -> tuple[str, str]:
 
 def prepare_storage(settings: Settings) -> None:
     """Create the embedded default's folders and apply database migrations."""
-    from jobs.celery_app import ensure_broker_dirs
-    from persistence.migrate import upgrade_database
+    from jobs.worker_setup import prepare_backends
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    ensure_broker_dirs(settings)
-    upgrade_database(settings.database_url)
+    prepare_backends(settings)
 
 
 def describe_backends(settings: Settings) -> list[str]:
@@ -172,10 +172,12 @@ def describe_backends(settings: Settings) -> list[str]:
     return [f"database: {database} (migrations applied)", f"broker: {broker}", f"images: {images}"]
 
 
-def worker_queues(settings: Settings) -> str:
-    """Return the worker's ``-Q`` argument: the job and webhook queues, prefixed."""
-    prefix = settings.broker.queue_prefix
-    return f"{prefix}visionqueue,{prefix}webhooks"
+def worker_queues(settings: Settings) -> tuple[str, str]:
+    """Return the ``-Q`` arguments of the two workers: jobs, and webhooks (both sweep)."""
+    from jobs.celery_app import Queues
+
+    queues = Queues.of(settings)
+    return f"{queues.jobs},{queues.maintenance}", f"{queues.webhooks},{queues.maintenance}"
 
 
 def flower_host(settings: Settings) -> str:
@@ -193,14 +195,24 @@ def children(settings: Settings) -> list[Child]:
     procs = [Child("bento", bento)]
     # --quiet: no ASCII-art banner (the launcher's story says what it would)
     celery = [str(BIN / "celery"), "-A", "jobs.celery_app:app", "--quiet"]
+    job_queues, webhook_queues = worker_queues(settings)
     worker = [*celery, "worker", "--pool", "threads"]
-    worker += ["--concurrency", str(settings.worker.concurrency), "-Q", worker_queues(settings)]
+    worker += ["--concurrency", str(settings.worker.concurrency), "-Q", job_queues]
     worker += ["--loglevel", settings.observability.log_level, "--without-gossip"]
-    # embedded beat runs the sweeper (lost enqueues, due webhook retries); with several
-    # workers run one separate `celery beat` instead (see docker-compose.yml)
+    # embedded beat runs the sweeper (lost jobs, the webhook relay); with several workers
+    # run one separate `celery beat` instead (see docker-compose.yml)
     worker += ["--beat", "--schedule", str(settings.data_dir.resolve() / "celerybeat-schedule")]
     warnings = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), ROOT_WARNING_FILTER]))
     procs.append(Child("worker", worker, env={"PYTHONWARNINGS": warnings}))
+    # webhooks get a pool of their own: a receiver that never answers holds webhook
+    # threads (at most VQ_WEBHOOK_MAX_IN_FLIGHT_PER_DESTINATION), never classification ones
+    hooks = [*celery, "worker", "--pool", "threads", "-n", "webhooks@%h"]
+    hooks += ["--concurrency", str(settings.webhook.concurrency), "-Q", webhook_queues]
+    hooks += ["--loglevel", settings.observability.log_level, "--without-gossip"]
+    # its metrics (webhook_*) on the next port: two servers cannot share one
+    port = settings.observability.worker_metrics_port
+    hooks_env = {"PYTHONWARNINGS": warnings, "VQ_WORKER_METRICS_PORT": str(port + 1 if port else 0)}
+    procs.append(Child("webhooks", hooks, env=hooks_env))
     if settings.observability.flower_port:
         flower = [*celery, "flower", f"--address={flower_host(settings)}"]
         # warnings and errors only: its INFO lines repeat the banner and list every task
@@ -345,6 +357,7 @@ def main() -> int:
     worker = settings.worker
     say(f"starting the Bento server (front + classifier) on {url}")
     say(f"starting the Celery worker ({worker.concurrency} threads, sweeper included)")
+    say(f"starting the webhook worker ({settings.webhook.concurrency} threads)")
     for child in procs:
         if not child.after_ready:
             start(child, env)

@@ -252,6 +252,7 @@ def test_metric_values_match_the_workload(stack: Any, workload: Workload) -> Non
     assert front.label_values("celery_queue_depth", "queue") == {
         f"{prefix}visionqueue",
         f"{prefix}webhooks",
+        f"{prefix}maintenance",
     }
     assert front.total("vq_jobs", status="completed") >= M_JOBS
     assert front.total("vq_jobs", status="failed") >= 1

@@ -60,7 +60,7 @@ class Stack:
     @property
     def queues(self) -> str:
         prefix = self.env.get("VQ_BROKER_QUEUE_PREFIX", "")
-        return f"{prefix}visionqueue,{prefix}webhooks"
+        return f"{prefix}visionqueue,{prefix}webhooks,{prefix}maintenance"
 
     def start_worker(
         self,

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / "deploy" / "compose.env.example"
 
-APP_SERVICES = ("migrate", "api", "worker", "beat", "flower")
+APP_SERVICES = ("migrate", "api", "worker", "webhooks", "beat", "flower")
 ONE_SHOT = ("migrate",)
 EXPECTED_SERVICES = {*APP_SERVICES, "redis", "postgres", "minio", "prometheus", "grafana"}
 
@@ -122,6 +122,7 @@ def test_app_services_share_one_image_built_from_containerfile() -> None:
         ["migrate"],
         ["api"],
         ["worker"],
+        ["webhooks"],
         ["beat"],
         ["flower"],
     ]

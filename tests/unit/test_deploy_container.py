@@ -169,8 +169,10 @@ def test_api_can_migrate_on_start(tmp_path: Path) -> None:
     assert commands[2][:3] == ["bentoml", "serve", "service:VisionQueue"]
 
 
-def test_worker_consumes_both_queues(tmp_path: Path) -> None:
-    commands = run_entrypoint(tmp_path, "worker", VQ_WORKER_CONCURRENCY="4")
+def test_job_and_webhook_workers_have_queues_of_their_own(tmp_path: Path) -> None:
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "hooks").mkdir()
+    commands = run_entrypoint(tmp_path / "jobs", "worker", VQ_WORKER_CONCURRENCY="4")
     assert commands == [
         [
             "celery",
@@ -182,7 +184,26 @@ def test_worker_consumes_both_queues(tmp_path: Path) -> None:
             "--concurrency",
             "4",
             "-Q",
-            "visionqueue,webhooks",
+            "visionqueue,maintenance",
+            "--loglevel",
+            "INFO",
+        ]
+    ]
+    commands = run_entrypoint(tmp_path / "hooks", "webhooks", VQ_WEBHOOK_CONCURRENCY="3")
+    assert commands == [
+        [
+            "celery",
+            "-A",
+            "jobs.celery_app:app",
+            "worker",
+            "-n",
+            "webhooks@%h",
+            "--pool",
+            "threads",
+            "--concurrency",
+            "3",
+            "-Q",
+            "webhooks,maintenance",
             "--loglevel",
             "INFO",
         ]

@@ -39,7 +39,7 @@ def test_promtool_accepts_config() -> None:
 
 def test_scrapes_api_and_flower_on_their_compose_ports() -> None:
     jobs = scrape_jobs()
-    assert set(jobs) == {"api", "worker", "flower"}
+    assert set(jobs) == {"api", "worker", "webhooks", "flower"}
     assert jobs["api"]["static_configs"][0]["targets"] == ["api:3000"]
     assert jobs["flower"]["static_configs"][0]["targets"] == ["flower:5555"]
     services = compose_services()

@@ -1,4 +1,4 @@
-"""Webhook notification bookkeeping on a migrated SQLite file: the log, retries, the sweeper.
+"""Webhook outbox bookkeeping on a migrated SQLite file: claims, the log, retries, the relay.
 
 No network: the targets here are refused before any connection (SSRF guard, bad secret).
 """
@@ -18,22 +18,23 @@ import standardwebhooks
 from pydantic import SecretStr
 from sqlalchemy import update
 
+from jobs.lease_keeper import LeaseKeeper
 from jobs.notify import (
     COUNTDOWN_LIMIT_S,
+    RELAY_STALE_S,
     attempt_delivery,
-    due_deliveries,
     event_headers,
     event_id_for,
-    hand_to_sweeper,
+    owe_event,
+    relay_due,
 )
 from jobs.resources import Resources
-from jobs.webhooks import delivery_log
 from jobs.webhooks.signing import generate_secret
-from persistence import jobs_repo
+from persistence import deliveries_repo, jobs_repo
 from persistence.db import dispose_engines, get_engine, session_scope
 from persistence.local_images import LocalImageStore
 from persistence.migrate import upgrade_database
-from persistence.models import WebhookDelivery, utcnow
+from persistence.models import OutboxStatus, WebhookDelivery, WebhookOutbox, utcnow
 from visionqueue.core.settings import DatabaseSettings, ServerSettings, Settings, WebhookSettings
 
 HOOK = "http://127.0.0.1:9/hooks"  # never reached: every test's guard or secret stops it first
@@ -49,8 +50,9 @@ def make_resources(tmp_path: Path, env: str = "dev", **webhook: Any) -> Iterator
         webhook=WebhookSettings(**webhook),
     )
     store = LocalImageStore(tmp_path / "images", "http://127.0.0.1:3000", b"test-signing-key")
+    engine = get_engine(url)
     with httpx.Client() as http:
-        yield Resources(settings, get_engine(url), store, http)
+        yield Resources(settings, engine, store, http, LeaseKeeper(engine, 15))
     dispose_engines(url)
 
 
@@ -93,58 +95,45 @@ def finished_job(res: Resources, status: str = "completed", webhook_url: str = H
             jobs_repo.complete_job(session, job_id, result, "resnet18:x", "random-init:seed=0")
         else:
             jobs_repo.fail_job(session, job_id, "invalid_image", "the image is corrupt")
+        if webhook_url:
+            owe_event(session, job_id, status, webhook_url)
     return job_id
 
 
-def log_row(res: Resources, job_id: str, attempt: int, next_at_offset_s: float | None) -> None:
+def outbox(res: Resources, job_id: str) -> WebhookOutbox:
     with session_scope(res.engine) as session:
-        jobs_repo.record_delivery(
-            session,
-            job_id=job_id,
-            event_id=event_id_for(job_id, "job.completed"),
-            event_type="job.completed",
-            attempt=attempt,
-            succeeded=False,
-            latency_ms=12.0,
-            status_code=500,
-            error="http_500",
-            next_attempt_at=(
-                None if next_at_offset_s is None else utcnow() + timedelta(seconds=next_at_offset_s)
-            ),
+        row = deliveries_repo.get_event(session, job_id)
+    assert row is not None
+    return row
+
+
+def make_due(res: Resources, job_id: str, seconds_ago: float = 1.0) -> None:
+    with session_scope(res.engine) as session:
+        session.execute(
+            update(WebhookOutbox)
+            .where(WebhookOutbox.job_id == job_id)
+            .values(next_attempt_at=utcnow() - timedelta(seconds=seconds_ago))
         )
 
 
 def deliveries(res: Resources, job_id: str) -> list[WebhookDelivery]:
     with session_scope(res.engine) as session:
-        return jobs_repo.list_deliveries(session, job_id)
+        return list(deliveries_repo.list_attempts(session, job_id))
 
 
-def test_a_due_retry_is_claimed_exactly_once(res: Resources) -> None:
-    due, later, done = finished_job(res), finished_job(res), finished_job(res)
-    log_row(res, due, 1, None)
-    log_row(res, due, 2, -5)
-    log_row(res, later, 1, 3600)
-    log_row(res, done, 1, None)
-
-    assert due_deliveries(res) == [(due, 3)]
-    assert due_deliveries(res) == []
-    assert [d.next_attempt_at for d in deliveries(res, due)] == [None, None]
-    [pending] = deliveries(res, later)
-    assert pending.next_attempt_at is not None  # not due yet: left alone
-
-
-def test_due_retries_come_oldest_first_and_respect_the_limit(res: Resources) -> None:
-    jobs = [finished_job(res) for _ in range(3)]
-    for offset, job_id in zip((-10, -30, -20), jobs, strict=True):
-        log_row(res, job_id, 1, offset)
-    assert due_deliveries(res, limit=2) == [(jobs[1], 2), (jobs[2], 2)]
-    assert due_deliveries(res, limit=2) == [(jobs[0], 2)]
-
-
-def test_a_forbidden_address_is_logged_once_and_never_retried(res: Resources) -> None:
+def test_finishing_a_job_owes_its_event_due_now(res: Resources) -> None:
     job_id = finished_job(res)
-    outcome = attempt_delivery(job_id, 1, res)
-    assert (outcome.succeeded, outcome.retry_in_s) == (False, None)
+    row = outbox(res, job_id)
+    assert (row.status, row.attempts, row.destination) == ("pending", 0, "http://127.0.0.1:9")
+    assert row.event_id == event_id_for(job_id, "job.completed")
+    assert row.next_attempt_at is not None and row.next_attempt_at <= utcnow()
+    assert deliveries(res, job_id) == []  # owed, not attempted yet
+
+
+def test_a_forbidden_address_is_logged_once_and_recorded_exhausted(res: Resources) -> None:
+    job_id = finished_job(res)
+    outcome = attempt_delivery(job_id, res)
+    assert (outcome.succeeded, outcome.retry_in_s, outcome.claimed) == (False, None, True)
     [row] = deliveries(res, job_id)
     assert (row.attempt, row.error, row.status_code, row.succeeded) == (
         1,
@@ -155,22 +144,67 @@ def test_a_forbidden_address_is_logged_once_and_never_retried(res: Resources) ->
     assert row.event_id == event_id_for(job_id, "job.completed")
     assert row.event_type == "job.completed"
     assert row.next_attempt_at is None
+    owed = outbox(res, job_id)
+    assert (owed.status, owed.attempts, owed.claimed_until) == ("exhausted", 1, None)
 
 
 def test_a_failed_job_sends_job_failed(res: Resources) -> None:
     job_id = finished_job(res, status="failed")
-    attempt_delivery(job_id, 1, res)
+    attempt_delivery(job_id, res)
     [row] = deliveries(res, job_id)
     assert (row.event_type, row.event_id) == ("job.failed", event_id_for(job_id, "job.failed"))
 
 
-def test_an_attempt_number_already_logged_is_not_sent_again(res: Resources) -> None:
+def test_a_duplicate_message_sends_nothing(res: Resources) -> None:
     job_id = finished_job(res)
-    attempt_delivery(job_id, 1, res)
-    # a redelivered broker message, or a redelivery racing a pending retry
-    outcome = attempt_delivery(job_id, 1, res)
-    assert (outcome.succeeded, outcome.retry_in_s) == (False, None)
+    attempt_delivery(job_id, res)
+    # a redelivered broker message, or the relay racing the fast path
+    outcome = attempt_delivery(job_id, res)
+    assert (outcome.succeeded, outcome.retry_in_s, outcome.claimed) == (False, None, False)
     assert len(deliveries(res, job_id)) == 1
+
+
+def test_an_attempt_in_flight_cannot_be_claimed_twice_and_numbers_are_unique(
+    res: Resources,
+) -> None:
+    job_id = finished_job(res)
+    with session_scope(res.engine) as session:
+        first = deliveries_repo.claim_attempt(session, job_id, hold_s=60, max_in_flight=10)
+    with session_scope(res.engine) as session:
+        second = deliveries_repo.claim_attempt(session, job_id, hold_s=60, max_in_flight=10)
+    assert first is not None and first.attempt == 1
+    assert second is None  # one attempt at a time
+    # the holder died: once its claim lapses the next attempt gets the next number
+    with session_scope(res.engine) as session:
+        session.execute(
+            update(WebhookOutbox).values(claimed_until=utcnow() - timedelta(seconds=1))
+        )
+    with session_scope(res.engine) as session:
+        third = deliveries_repo.claim_attempt(session, job_id, hold_s=60, max_in_flight=10)
+    assert third is not None and third.attempt == 2
+    with session_scope(res.engine) as session:
+        # the lapsed holder finishing late changes nothing: the row is the new claim's
+        assert (
+            deliveries_repo.finish_attempt(session, first, delivered=True, next_attempt_at=None)
+            is None
+        )
+    assert outbox(res, job_id).status == "pending"
+
+
+def test_a_destination_at_its_cap_waits_and_others_go_on(res: Resources) -> None:
+    busy = [finished_job(res) for _ in range(3)]
+    elsewhere = finished_job(res, webhook_url="http://127.0.0.2:9/hooks")
+
+    def claim(job_id: str) -> deliveries_repo.Claim | None:
+        with session_scope(res.engine) as session:
+            return deliveries_repo.claim_attempt(session, job_id, hold_s=60, max_in_flight=2)
+
+    assert claim(busy[0]) is not None and claim(busy[1]) is not None
+    assert claim(busy[2]) is None  # two in flight to 127.0.0.1:9 already
+    assert claim(elsewhere) is not None
+    with session_scope(res.engine) as session:
+        assert deliveries_repo.waits_for_a_slot(session, busy[2])
+        assert not deliveries_repo.waits_for_a_slot(session, busy[0])  # in flight
 
 
 @pytest.mark.parametrize("case", ["pending", "no-webhook", "missing"])
@@ -180,62 +214,105 @@ def test_nothing_is_sent_for_unfinished_or_hookless_jobs(res: Resources, case: s
         "no-webhook": lambda: finished_job(res, webhook_url=""),
         "missing": lambda: str(uuid.uuid4()),
     }[case]()
-    outcome = attempt_delivery(job_id, 1, res)
+    outcome = attempt_delivery(job_id, res)
     assert (outcome.succeeded, outcome.retry_in_s) == (False, None)
     assert deliveries(res, job_id) == []
 
 
-def test_a_long_wait_goes_to_the_sweeper_and_a_short_one_to_a_countdown(
-    badly_keyed: Resources,
-) -> None:
+def test_retry_state_lives_in_the_outbox_row(badly_keyed: Resources) -> None:
     res = badly_keyed
     job_id = finished_job(res)
 
-    first = attempt_delivery(job_id, 1, res)  # schedule[0] = 3600 s: beyond a countdown
+    first = attempt_delivery(job_id, res)  # schedule[0] = 3600 s: beyond a countdown
     assert (first.succeeded, first.retry_in_s) == (False, None)
     [row] = deliveries(res, job_id)
     assert row.error == "signing_error"
-    assert row.next_attempt_at is not None
-    wait_s = (row.next_attempt_at - utcnow()).total_seconds()
+    owed = outbox(res, job_id)
+    assert owed.status == "pending" and owed.next_attempt_at is not None
+    wait_s = (owed.next_attempt_at - utcnow()).total_seconds()
     assert COUNTDOWN_LIMIT_S < wait_s <= 3600 * 1.2 + 1
-    assert due_deliveries(res) == []  # not due for an hour
+    assert row.next_attempt_at == owed.next_attempt_at
+    assert attempt_delivery(job_id, res).claimed is False  # not due for an hour
 
-    with session_scope(res.engine) as session:
-        session.execute(
-            update(WebhookDelivery).values(next_attempt_at=utcnow() - timedelta(seconds=1))
-        )
-    assert due_deliveries(res) == [(job_id, 2)]
-    assert due_deliveries(res) == []
-
-    second = attempt_delivery(job_id, 2, res)  # schedule[1] = 5 s: a broker countdown
+    make_due(res, job_id)
+    second = attempt_delivery(job_id, res)  # schedule[1] = 5 s: also a broker countdown
     assert second.retry_in_s is not None and 4 <= second.retry_in_s <= 6
-    assert deliveries(res, job_id)[-1].next_attempt_at is None
+    assert outbox(res, job_id).next_attempt_at is not None  # and in the row
 
-    third = attempt_delivery(job_id, 3, res)  # out of schedule: the last attempt
+    make_due(res, job_id)
+    third = attempt_delivery(job_id, res)  # out of schedule: the last attempt
     assert (third.succeeded, third.retry_in_s) == (False, None)
     assert [d.attempt for d in deliveries(res, job_id)] == [1, 2, 3]
-    assert all(d.next_attempt_at is None for d in deliveries(res, job_id))
+    owed = outbox(res, job_id)
+    assert (owed.status, owed.next_attempt_at) == (OutboxStatus.EXHAUSTED.value, None)
 
 
-def test_an_unqueued_countdown_is_handed_to_the_sweeper(res: Resources) -> None:
+def test_no_retry_is_planned_past_the_delivery_deadline(tmp_path: Path) -> None:
+    for res in make_resources(
+        tmp_path, secrets=[SecretStr("not-a-whsec")], retry_schedule=[5.0], delivery_deadline_s=3
+    ):
+        job_id = finished_job(res)
+        outcome = attempt_delivery(job_id, res)
+        assert outcome.retry_in_s is None
+        assert outbox(res, job_id).status == "exhausted"
+
+
+def test_the_relay_sends_due_rows_no_message_claimed_once_per_interval(res: Resources) -> None:
+    fresh, stale, later = finished_job(res), finished_job(res), finished_job(res)
+    make_due(res, stale, RELAY_STALE_S + 5)
+    make_due(res, later, -3600)  # due in an hour
+    assert relay_due(res) == [stale]  # the fresh one still has its fast-path message
+    assert relay_due(res) == []  # relayed: not again for a while
+    assert outbox(res, fresh).relayed_at is None
+
+
+def test_redelivery_starts_a_new_series_and_is_rate_limited(res: Resources) -> None:
     job_id = finished_job(res)
-    log_row(res, job_id, 1, None)
-    hand_to_sweeper(res, job_id, 1, 0.0)
-    assert due_deliveries(res) == [(job_id, 2)]
+    attempt_delivery(job_id, res)  # forbidden address: exhausted after attempt 1
+
+    def redeliver() -> deliveries_repo.Redelivery:
+        with session_scope(res.engine) as session:
+            return deliveries_repo.redeliver(
+                session,
+                job_id=job_id,
+                event_id=event_id_for(job_id, "job.completed"),
+                event_type="job.completed",
+                destination="http://127.0.0.1:9",
+                min_interval_s=60,
+            )
+
+    assert redeliver() == deliveries_repo.Redelivery(2)
+    owed = outbox(res, job_id)
+    assert (owed.status, owed.series_start, owed.attempts) == ("pending", 1, 1)
+    again = redeliver()
+    assert again.attempt is None and again.retry_after_s is not None
+    assert 59 < again.retry_after_s <= 60
+    with session_scope(res.engine) as session:
+        claim = deliveries_repo.claim_attempt(session, job_id, hold_s=60, max_in_flight=4)
+    assert claim is not None and (claim.attempt, claim.series_attempt) == (2, 1)
 
 
-def test_redelivery_numbers_follow_the_log_and_cancel_older_sweeper_retries(
-    res: Resources,
-) -> None:
-    job_id = finished_job(res)
-    assert delivery_log.next_attempt_number(res.engine, job_id) == 1
-    log_row(res, job_id, 1, None)
-    log_row(res, job_id, 2, 3600)
-    attempt = delivery_log.next_attempt_number(res.engine, job_id)
-    assert attempt == 3
-    log_row(res, job_id, 3, 3600)  # the redelivery failed and planned its own retry
-    assert delivery_log.cancel_scheduled(res.engine, job_id, before_attempt=attempt) == 1
-    assert [d.next_attempt_at is None for d in deliveries(res, job_id)] == [True, True, False]
+def test_a_job_finished_before_the_outbox_is_redelivered_after_its_log(res: Resources) -> None:
+    job_id = finished_job(res, webhook_url="")
+    with session_scope(res.engine) as session:
+        deliveries_repo.record_attempt(
+            session,
+            job_id=job_id,
+            event_id=event_id_for(job_id, "job.completed"),
+            event_type="job.completed",
+            attempt=4,
+            succeeded=False,
+            latency_ms=1.0,
+        )
+        planned = deliveries_repo.redeliver(
+            session,
+            job_id=job_id,
+            event_id=event_id_for(job_id, "job.completed"),
+            event_type="job.completed",
+            destination="http://127.0.0.1:9",
+            min_interval_s=60,
+        )
+    assert planned.attempt == 5
 
 
 def test_headers_are_signed_with_every_secret() -> None:
@@ -262,7 +339,7 @@ def test_production_never_sends_unsigned(tmp_path: Path) -> None:
         event_headers([], "evt_1", 1_700_000_000, b"{}", allow_unsigned=False)
     for res in make_resources(tmp_path, env="production", retry_schedule=[5.0]):
         job_id = finished_job(res)
-        outcome = attempt_delivery(job_id, 1, res)
+        outcome = attempt_delivery(job_id, res)
         assert outcome.retry_in_s is not None  # retried: the operator sets the secret
         [row] = deliveries(res, job_id)
         assert (row.error, row.status_code) == ("signing_error", None)

@@ -29,12 +29,13 @@ def backlog_exposition(depths: dict[str, int], statuses: dict[str, int]) -> str:
 
 def read_backlog(resources: FrontResources) -> str:
     """Ask the broker and the database for the backlog; '' when either is down."""
+    from jobs.celery_app import Queues
     from jobs.queue_depth import queue_depths
     from persistence import jobs_repo
     from persistence.db import session_scope
 
     try:
-        depths = queue_depths(resources.celery)
+        depths = queue_depths(resources.celery, Queues.of(resources.settings).all())
         with session_scope(resources.engine) as session:
             statuses = jobs_repo.count_by_status(session)
     except Exception:  # a down broker or database must not break /metrics

@@ -34,7 +34,7 @@ _MEANINGS = {
     413: "The request body is over VQ_MAX_UPLOAD_BYTES.",
     415: "Not a JPEG, PNG, WebP, BMP or GIF image.",
     422: "Invalid parameters: image too large, metadata, webhook URL, query values.",
-    429: "The job backlog is full; retry after Retry-After seconds.",
+    429: "The job backlog is full, or a redelivery came too soon; retry after Retry-After seconds.",
     503: "A dependency is down and nothing was recorded; retry after Retry-After seconds.",
 }
 _HEADERS = {

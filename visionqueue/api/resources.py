@@ -26,10 +26,10 @@ class FrontResources:
 
 def build_front_resources(settings: Settings) -> FrontResources:
     """Create the front's resources; the bucket is created now if the store answers."""
-    from jobs.celery_app import app as celery_app
-    from jobs.celery_app import ensure_broker_dirs
+    from jobs.celery_app import create_celery_app, ensure_broker_dirs
 
     ensure_broker_dirs(settings)
+    celery_app = create_celery_app(settings)
 
     store = build_image_store(settings)
     try:

@@ -6,16 +6,18 @@ them into the error envelope.
 
 from __future__ import annotations
 
+import logging
+import math
 from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, File, Form, Header, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 
-from jobs.celery_app import WEBHOOK_QUEUE, WEBHOOK_TASK
+from jobs.celery_app import WEBHOOK_TASK
 from jobs.views import delivery_view, job_view, task_status_view
-from jobs.webhooks import delivery_log
-from persistence import jobs_repo
+from jobs.webhooks.events import destination_of, event_id_for, event_type_for
+from persistence import deliveries_repo, jobs_repo
 from persistence.db import session_scope
 from persistence.image_keys import is_valid_key
 from persistence.images import image_url_or_none
@@ -25,13 +27,14 @@ from visionqueue.api.openapi_errors import error_responses
 from visionqueue.api.resources import FrontResources
 from visionqueue.api.submit import Upload, check_webhook, parse_metadata, submit_jobs
 from visionqueue.core.errors import (
-    BrokerUnavailable,
     Conflict,
     NotFound,
+    TooManyRequests,
     Unprocessable,
 )
 from visionqueue.core.images import ACCEPTED_FORMATS, sniff_format
 
+logger = logging.getLogger(__name__)
 router = APIRouter()
 ACCEPTED_MESSAGE = "Image classification task submitted successfully"
 
@@ -179,7 +182,7 @@ async def list_deliveries(request: Request, job_id: str) -> Any:
     def query() -> list[dict[str, Any]]:
         _load(request, job_id)
         with session_scope(res.engine) as session:
-            rows = jobs_repo.list_deliveries(session, job_id)
+            rows = deliveries_repo.list_attempts(session, job_id)
         return [delivery_view(d) for d in rows]
 
     deliveries = await anyio.to_thread.run_sync(query)
@@ -190,7 +193,7 @@ async def list_deliveries(request: Request, job_id: str) -> Any:
     "/v1/jobs/{job_id}/deliveries/redeliver",
     status_code=202,
     tags=["webhooks"],
-    responses=error_responses(401, 404, 409, 503),
+    responses=error_responses(401, 404, 409, 429, 503),
 )
 async def redeliver(request: Request, job_id: str) -> Any:
     """Send the job's event again now (same event id), e.g. after fixing the receiver."""
@@ -202,14 +205,29 @@ async def redeliver(request: Request, job_id: str) -> Any:
             raise Conflict("the job has no webhook_url")
         if job.status not in ("completed", "failed"):
             raise Conflict(f"job is {job.status}; events are sent when it finishes")
-        attempt = delivery_log.next_attempt_number(res.engine, job_id)
+        event_type = event_type_for(job.status)
+        with session_scope(res.engine) as session:
+            planned = deliveries_repo.redeliver(
+                session,
+                job_id=job_id,
+                event_id=event_id_for(job_id, event_type),
+                event_type=event_type,
+                destination=destination_of(job.webhook_url),
+                min_interval_s=res.settings.webhook.redeliver_interval_s,
+            )
+        if planned.attempt is None:
+            wait = max(1, math.ceil(planned.retry_after_s or 1))
+            raise TooManyRequests(
+                f"this job's event was redelivered moments ago; retry in {wait}s",
+                code="redeliver_rate_limited",
+                retry_after=wait,
+            )
         try:
-            res.celery.send_task(WEBHOOK_TASK, args=[job_id, attempt], queue=WEBHOOK_QUEUE)
-        except Exception as exc:  # kombu errors differ by transport
-            raise BrokerUnavailable("the job queue is unavailable, retry later") from exc
-        # Only now: a refused publish must leave the planned retries in place.
-        delivery_log.cancel_scheduled(res.engine, job_id, before_attempt=attempt)
-        return attempt
+            res.celery.send_task(WEBHOOK_TASK, args=[job_id, planned.attempt])
+        except Exception:  # kombu errors differ by transport
+            # the event is due in the database: the sweeper relays it
+            logger.warning("job %s: redelivery message not queued; left to the sweeper", job_id)
+        return planned.attempt
 
     attempt = await anyio.to_thread.run_sync(schedule)
     return JSONResponse({"status": "scheduled", "attempt": attempt}, status_code=202)

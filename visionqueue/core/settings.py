@@ -199,11 +199,23 @@ class WorkerSettings(_Group):
     )
     task_time_limit_s: int = Field(300, ge=10, description="Hard time limit of a job task.")
     max_retries: int = Field(10, ge=0, description="Retries of a job on transient errors.")
+    max_attempts: int = Field(
+        13,
+        ge=1,
+        description="Runs of one job (first, retries, re-runs after its worker died) before it "
+        "fails with error code attempts_exhausted.",
+    )
+    lease_s: float = Field(
+        15.0,
+        ge=3,
+        description="A running job's lease, renewed every third of it; a job whose worker "
+        "stops renewing is handed to another worker by the next sweep.",
+    )
     pending_requeue_after_s: int = Field(
         600, ge=5, description="Recovery sweep re-enqueues jobs pending longer than this."
     )
     sweep_interval_s: float = Field(
-        30.0, gt=0, description="How often the sweeper re-enqueues lost jobs and due webhooks."
+        10.0, gt=0, description="How often the sweeper re-enqueues lost jobs and due webhooks."
     )
     top_k: int = Field(5, ge=1, le=20, description="Classes stored in each job's result.")
     retention_days: float = Field(
@@ -231,7 +243,29 @@ class WebhookSettings(_Group):
         default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0] + [36000.0] * 7,
         description="Comma-separated seconds between delivery attempts (~3 days by default).",
     )
-    timeout_s: float = Field(10.0, gt=0, description="Timeout of one delivery attempt.")
+    timeout_s: float = Field(
+        10.0, gt=0, description="Deadline of one delivery attempt (connect to last byte)."
+    )
+    max_in_flight_per_destination: int = Field(
+        4,
+        ge=1,
+        description="Delivery attempts in flight at once to one scheme://host:port; the rest "
+        "wait, so a receiver that never answers holds at most this many webhook threads.",
+    )
+    delivery_deadline_s: float = Field(
+        4 * 86400.0,
+        gt=0,
+        description="No retry is planned later than this after the job finished; the event "
+        "is then recorded as exhausted.",
+    )
+    redeliver_interval_s: float = Field(
+        10.0,
+        ge=0,
+        description="Minimum seconds between two manual redeliveries of one job's event (429).",
+    )
+    concurrency: int = Field(
+        8, ge=1, description="Threads of the webhook worker pool (make run's webhook worker)."
+    )
     allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Hosts exempt from the SSRF guard (tests/local dev only, e.g. 127.0.0.1).",

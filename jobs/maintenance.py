@@ -1,0 +1,77 @@
+"""The sweeper and the purge, each single-flight across every worker (a lock in the database).
+
+``sweep_once`` finds what a crash or a lost message left behind: jobs whose worker's lease
+lapsed, retries and enqueues nobody claimed, jobs out of attempts (failed, their event
+owed), and webhook events due with no message (relayed). The task publishes the messages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from jobs.classify import exhaust_if_spent
+from jobs.notify import relay_due
+from jobs.resources import Resources
+from persistence import job_leases, locks
+from persistence.db import session_scope
+
+SWEEP_LOCK, PURGE_LOCK = "sweep", "purge"
+PURGE_LOCK_TTL_S = 3600.0
+
+
+@dataclass
+class SweepReport:
+    requeued: list[str] = field(default_factory=list)
+    relayed: list[str] = field(default_factory=list)
+    failed: int = 0
+    skipped: bool = False  # another sweep held the lock
+
+
+def sweep_once(res: Resources) -> SweepReport:
+    """Run one sweep unless another one runs; return what it found."""
+    holder = res.leases.holder
+    worker = res.settings.worker
+    ttl = max(60.0, 3 * worker.sweep_interval_s)
+    with session_scope(res.engine) as session:
+        if not locks.acquire(session, SWEEP_LOCK, holder, ttl):
+            return SweepReport(skipped=True)
+    try:
+        report = SweepReport()
+        with session_scope(res.engine) as session:
+            ids = job_leases.requeue_abandoned(
+                session,
+                pending_after=timedelta(seconds=worker.pending_requeue_after_s),
+                legacy_stuck_after=timedelta(seconds=2 * worker.task_time_limit_s),
+                grace=timedelta(seconds=max(60.0, 2 * worker.sweep_interval_s)),
+            )
+            for job_id in ids:
+                if exhaust_if_spent(session, job_id, worker.max_attempts).status == "failed":
+                    report.failed += 1
+                    report.relayed.append(job_id)
+                else:
+                    report.requeued.append(job_id)
+        report.relayed += [j for j in relay_due(res) if j not in report.relayed]
+        return report
+    finally:
+        with session_scope(res.engine) as session:
+            locks.release(session, SWEEP_LOCK, holder)
+
+
+def purge_once(res: Resources) -> dict[str, int]:
+    """Run the retention and orphan purges unless another purge runs."""
+    from jobs.retention import purge_expired, purge_orphans
+
+    holder = res.leases.holder
+    with session_scope(res.engine) as session:
+        if not locks.acquire(session, PURGE_LOCK, holder, PURGE_LOCK_TTL_S):
+            return {"jobs": 0, "images": 0, "orphan_images": 0, "skipped": 1}
+    try:
+        result = purge_expired(res.engine, res.store, res.settings.worker.retention_days)
+        orphans = 0
+        if res.settings.worker.purge_orphan_images:
+            orphans = purge_orphans(res.engine, res.store)
+        return {"jobs": result.jobs, "images": result.images, "orphan_images": orphans}
+    finally:
+        with session_scope(res.engine) as session:
+            locks.release(session, PURGE_LOCK, holder)

@@ -1,0 +1,194 @@
+"""Job leases: who runs a job, until when, and which jobs a dead worker left behind.
+
+A worker claims a job with a lease (``leased_by``, ``lease_until``) and renews it while it
+runs it. Nobody else can claim a processing job whose lease is live, so a slow but live
+job never runs twice at once; once the lease lapses, the sweeper puts the job back to
+``pending`` and re-enqueues it. A pending job's ``lease_until`` is the time by which its
+message (a retry countdown, a re-enqueue) should have been claimed; after it, the message
+is presumed lost and the sweeper sends another. Plain functions; the caller commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from persistence.models import Job, JobStatus, utcnow
+
+PENDING = JobStatus.PENDING.value
+PROCESSING = JobStatus.PROCESSING.value
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """What a worker needs of a job it claimed."""
+
+    id: str
+    image_key: str
+    content_type: str
+    webhook_url: str | None
+    attempts: int
+    created_at: datetime
+
+
+def claim(
+    session: Session, job_id: str, *, holder: str, lease_s: float, max_attempts: int
+) -> ClaimedJob | None:
+    """Claim a pending job (or one whose worker's lease lapsed) for ``holder``; count it.
+
+    None if the job is final, runs under a live lease, is missing, or has used up
+    ``max_attempts`` (see ``exhaust``).
+    """
+    now = utcnow()
+    stmt = (
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.attempts < max_attempts,
+            or_(
+                Job.status == PENDING,
+                and_(
+                    Job.status == PROCESSING,
+                    or_(Job.lease_until.is_(None), Job.lease_until < now),
+                ),
+            ),
+        )
+        .values(
+            status=PROCESSING,
+            attempts=Job.attempts + 1,
+            started_at=now,
+            leased_by=holder,
+            lease_until=now + timedelta(seconds=lease_s),
+        )
+        .returning(
+            Job.id,
+            Job.image_key,
+            Job.content_type,
+            Job.webhook_url,
+            Job.attempts,
+            Job.created_at,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    row = session.execute(stmt).first()
+    return ClaimedJob(*row) if row is not None else None
+
+
+def exhaust(session: Session, job_id: str, *, max_attempts: int, code: str, message: str) -> bool:
+    """Fail a claimable job that has used up its attempts; False if it is not one."""
+    now = utcnow()
+    stmt = (
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.attempts >= max_attempts,
+            or_(
+                Job.status == PENDING,
+                and_(
+                    Job.status == PROCESSING,
+                    or_(Job.lease_until.is_(None), Job.lease_until < now),
+                ),
+            ),
+        )
+        .values(
+            status=JobStatus.FAILED.value,
+            finished_at=now,
+            error_code=code,
+            error_message=message,
+            lease_until=None,
+            leased_by=None,
+        )
+        .returning(Job.id)
+        .execution_options(synchronize_session=False)
+    )
+    return session.execute(stmt).first() is not None
+
+
+def renew(session: Session, holder: str, job_ids: Collection[str], lease_s: float) -> int:
+    """Extend ``holder``'s leases on ``job_ids``; return how many it still holds."""
+    if not job_ids:
+        return 0
+    stmt = (
+        update(Job)
+        .where(Job.id.in_(list(job_ids)), Job.leased_by == holder, Job.status == PROCESSING)
+        .values(lease_until=utcnow() + timedelta(seconds=lease_s))
+        .returning(Job.id)
+        .execution_options(synchronize_session=False)
+    )
+    return len(session.execute(stmt).all())
+
+
+def release_for_retry(session: Session, job_id: str, holder: str, due_in_s: float) -> bool:
+    """Hand a job back to the queue for a retry in ``due_in_s`` (its message is in the broker).
+
+    The job waits as pending; if no message claims it by ``due_in_s`` plus the lease,
+    the sweeper presumes the message lost and sends another.
+    """
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, Job.status == PROCESSING, Job.leased_by == holder)
+        .values(
+            status=PENDING,
+            leased_by=None,
+            lease_until=utcnow() + timedelta(seconds=due_in_s),
+        )
+        .returning(Job.id)
+        .execution_options(synchronize_session=False)
+    )
+    return session.execute(stmt).first() is not None
+
+
+def requeue_abandoned(
+    session: Session,
+    *,
+    pending_after: timedelta,
+    legacy_stuck_after: timedelta,
+    grace: timedelta,
+    limit: int = 100,
+) -> list[str]:
+    """Put back to pending, and return, the jobs whose worker or message was lost.
+
+    - processing with a lapsed lease (its worker died);
+    - processing with no lease for ``legacy_stuck_after`` (claimed by a worker that
+      predates leases);
+    - pending past its ``lease_until`` (a retry or re-enqueue nobody claimed);
+    - pending with no lease and not queued within ``pending_after`` (a lost enqueue).
+
+    Each gets ``grace`` more before it is sent again, so a long queue is not flooded.
+    """
+    now = utcnow()
+    abandoned = or_(
+        and_(Job.status == PROCESSING, Job.lease_until < now),
+        and_(
+            Job.status == PROCESSING,
+            Job.lease_until.is_(None),
+            Job.started_at < now - legacy_stuck_after,
+            or_(Job.queued_at.is_(None), Job.queued_at < now - legacy_stuck_after),
+        ),
+        and_(Job.status == PENDING, Job.lease_until < now),
+        and_(
+            Job.status == PENDING,
+            Job.lease_until.is_(None),
+            Job.created_at < now - pending_after,
+            or_(Job.queued_at.is_(None), Job.queued_at < now - pending_after),
+        ),
+    )
+    ids = list(
+        session.scalars(
+            select(Job.id).where(abandoned).order_by(Job.created_at, Job.id).limit(limit)
+        )
+    )
+    if not ids:
+        return []
+    stmt = (
+        update(Job)
+        .where(Job.id.in_(ids), abandoned)
+        .values(status=PENDING, leased_by=None, lease_until=now + grace, queued_at=now)
+        .returning(Job.id)
+        .execution_options(synchronize_session=False)
+    )
+    return list(session.scalars(stmt))
