@@ -28,6 +28,11 @@ class SweepReport:
     skipped: bool = False  # another sweep held the lock
 
 
+def requeue_grace_s(res: Resources) -> float:
+    """Return how long a re-sent message has to be claimed before it is sent once more."""
+    return max(15.0, 3 * res.settings.worker.sweep_interval_s)
+
+
 def sweep_once(res: Resources) -> SweepReport:
     """Run one sweep unless another one runs; return what it found."""
     holder = res.leases.holder
@@ -43,7 +48,7 @@ def sweep_once(res: Resources) -> SweepReport:
                 session,
                 pending_after=timedelta(seconds=worker.pending_requeue_after_s),
                 legacy_stuck_after=timedelta(seconds=2 * worker.task_time_limit_s),
-                grace=timedelta(seconds=max(60.0, 2 * worker.sweep_interval_s)),
+                grace=timedelta(seconds=requeue_grace_s(res)),
             )
             for job_id in ids:
                 if exhaust_if_spent(session, job_id, worker.max_attempts).status == "failed":
@@ -51,7 +56,8 @@ def sweep_once(res: Resources) -> SweepReport:
                     report.relayed.append(job_id)
                 else:
                     report.requeued.append(job_id)
-        report.relayed += [j for j in relay_due(res) if j not in report.relayed]
+        relayed = relay_due(res, every_s=requeue_grace_s(res))
+        report.relayed += [j for j in relayed if j not in report.relayed]
         return report
     finally:
         with session_scope(res.engine) as session:

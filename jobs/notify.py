@@ -46,9 +46,9 @@ COUNTDOWN_LIMIT_S = 600.0
 # A claimed attempt is held this long past its deadline before another may take over.
 CLAIM_MARGIN_S = 30.0
 # A due row still unclaimed after this long has lost its message; relay it, and again
-# at most this often while the queue is long.
+# at most this often while the queue is long (the sweeper passes its own interval).
 RELAY_STALE_S = 15.0
-RELAY_EVERY_S = 60.0
+RELAY_EVERY_S = 30.0
 # A claim refused for a busy destination is tried again after this many seconds.
 BUSY_RETRY_S = (0.5, 3.0)
 
@@ -173,11 +173,11 @@ def attempt_delivery(job_id: str, res: Resources) -> DeliveryOutcome:
     return DeliveryOutcome(result.succeeded, fast)
 
 
-def relay_due(res: Resources, limit: int = 100) -> list[str]:
+def relay_due(res: Resources, every_s: float = RELAY_EVERY_S, limit: int = 100) -> list[str]:
     """Return the jobs whose due event lost its message (and mark them relayed)."""
     with session_scope(res.engine) as session:
         return deliveries_repo.relay_due(
-            session, stale_s=RELAY_STALE_S, relay_every_s=RELAY_EVERY_S, limit=limit
+            session, stale_s=RELAY_STALE_S, relay_every_s=every_s, limit=limit
         )
 
 

@@ -17,6 +17,12 @@ from celery.utils.log import get_task_logger
 import jobs.worker_setup  # noqa: F401  (connects the worker's start-up signals)
 from jobs.celery_app import CLASSIFY_TASK, PURGE_TASK, SWEEP_TASK, WEBHOOK_TASK, app
 from jobs.classify import fail_job, process_job, release_for_retry
+from jobs.crash_points import (
+    AFTER_COMPLETION_COMMIT,
+    AFTER_RETRY_PLANNED,
+    SWEEP_BEFORE_PUBLISH,
+    crash_point,
+)
 from jobs.maintenance import purge_once, sweep_once
 from jobs.metrics import IMAGE_TASK_FAILURE, IMAGE_TASK_LATENCY, IMAGE_TASK_SUCCESS
 from jobs.notify import attempt_delivery
@@ -72,6 +78,7 @@ def classify_job(self: Task, job_id: str) -> str:
         elif outcome.status == "failed" and outcome.error_code == "attempts_exhausted":
             IMAGE_TASK_FAILURE.labels(code=outcome.error_code).inc()
         if outcome.webhook_url and outcome.status in ("completed", "failed"):
+            crash_point(AFTER_COMPLETION_COMMIT)
             publish_delivery(job_id)
         return outcome.status
 
@@ -88,6 +95,8 @@ def deliver_webhook(self: Task, job_id: str, attempt: int = 0) -> bool:
     # not claimed: not due, in flight elsewhere or final; unless its destination was busy
     if outcome.retry_in_s is not None:
         publish_delivery(job_id, countdown=outcome.retry_in_s)
+        if outcome.claimed:
+            crash_point(AFTER_RETRY_PLANNED)
     return outcome.succeeded
 
 
@@ -95,6 +104,8 @@ def deliver_webhook(self: Task, job_id: str, attempt: int = 0) -> bool:
 def sweep() -> dict[str, Any]:
     """Re-enqueue jobs whose worker or message was lost; relay webhook events nobody sent."""
     report = sweep_once(get_resources())
+    if report.requeued or report.relayed:
+        crash_point(SWEEP_BEFORE_PUBLISH)
     try:
         for job_id in report.requeued:
             app.send_task(CLASSIFY_TASK, args=[job_id])

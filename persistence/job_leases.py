@@ -142,6 +142,20 @@ def release_for_retry(session: Session, job_id: str, holder: str, due_in_s: floa
     return session.execute(stmt).first() is not None
 
 
+def leave_to_sweeper(session: Session, job_ids: Collection[str], within_s: float) -> int:
+    """Mark pending jobs whose message was never published: the sweeper sends it later."""
+    if not job_ids:
+        return 0
+    stmt = (
+        update(Job)
+        .where(Job.id.in_(list(job_ids)), Job.status == PENDING)
+        .values(lease_until=utcnow() + timedelta(seconds=within_s))
+        .returning(Job.id)
+        .execution_options(synchronize_session=False)
+    )
+    return len(session.execute(stmt).all())
+
+
 def requeue_abandoned(
     session: Session,
     *,

@@ -209,3 +209,27 @@ def test_submission_with_a_dead_backend_is_503_and_leaves_no_job(  # type: ignor
         if backend == "broker":
             assert int(resp.headers["retry-after"]) > 0
     assert _job_count(stack) == before
+
+
+@pytest.mark.slow  # two more Bento servers
+def test_a_keyed_submission_the_broker_refused_is_kept_for_its_replays(  # type: ignore[no-untyped-def]
+    stack, fronts_with_a_dead_backend
+) -> None:
+    # Request A commits, its publish fails; a retry B with the same key may already hold
+    # A's ids: they are kept (202), never withdrawn, and the sweeper enqueues them.
+    key = f"race-{uuid.uuid4().hex}"
+    image = {"image": ("a.jpg", small_jpegs(1, seed=88)[0])}
+    headers = {"Idempotency-Key": key}
+    first = httpx.post(
+        f"{fronts_with_a_dead_backend['broker']}/classify", files=image, headers=headers, timeout=60
+    )
+    assert first.status_code == 202, first.text
+    replay = httpx.post(f"{stack.url}/classify", files=image, headers=headers, timeout=60)
+    assert replay.status_code == 202, replay.text
+    job_id = first.json()["task_id"]
+    assert replay.json()["task_id"] == job_id
+    stack.start_worker(name=f"relay-{uuid.uuid4().hex[:6]}", beat=True)
+    with database(stack.database_url) as engine:
+        row = wait_all_final(engine, [job_id], timeout=120)[job_id]
+    assert row.status == "completed" and row.attempts == 1
+    assert httpx.get(f"{stack.url}/task-status/{job_id}", timeout=30).status_code == 200

@@ -67,17 +67,19 @@ class Stack:
         concurrency: int = 8,
         name: str | None = None,
         beat: bool = False,
+        queues: str | None = None,
         env: Mapping[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
         """Start a real ``celery worker`` process (with the sweeper if ``beat``); wait for it.
 
-        ``env`` adds to (or overrides) the stack's env for this worker only.
+        ``queues`` (default: all three) sets it apart; ``env`` adds to (or overrides) the
+        stack's env for this worker only.
         """
         name = name or f"w{len(self.workers)}-{uuid.uuid4().hex[:6]}"
         log = self.log_dir / f"worker-{name}.log"
         args = [
             str(BIN / "celery"), "-A", "jobs.celery_app:app", "worker", "--pool", "threads",
-            "--concurrency", str(concurrency), "-Q", self.queues, "-n", f"{name}@%h",
+            "--concurrency", str(concurrency), "-Q", queues or self.queues, "-n", f"{name}@%h",
             "--loglevel", "INFO", "--without-gossip", "--without-mingle",
         ]  # fmt: skip
         if beat:

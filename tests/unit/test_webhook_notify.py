@@ -176,9 +176,7 @@ def test_an_attempt_in_flight_cannot_be_claimed_twice_and_numbers_are_unique(
     assert second is None  # one attempt at a time
     # the holder died: once its claim lapses the next attempt gets the next number
     with session_scope(res.engine) as session:
-        session.execute(
-            update(WebhookOutbox).values(claimed_until=utcnow() - timedelta(seconds=1))
-        )
+        session.execute(update(WebhookOutbox).values(claimed_until=utcnow() - timedelta(seconds=1)))
     with session_scope(res.engine) as session:
         third = deliveries_repo.claim_attempt(session, job_id, hold_s=60, max_in_flight=10)
     assert third is not None and third.attempt == 2

@@ -2,7 +2,9 @@
 
 Acceptance never decodes the full image or runs the model. If the store, the database or
 the broker fails, the client gets a 503 and nothing it was told about exists: the rows of
-a request whose messages could not all be published are deleted again.
+a request whose messages could not all be published are deleted again. Except with an
+``Idempotency-Key``: once its rows are committed a retry may already have been answered
+with their ids, so they are kept (202) and the sweeper publishes what the broker refused.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 from jobs.celery_app import CLASSIFY_TASK
 from jobs.webhooks.ssrf import check_url
-from persistence import jobs_repo
+from persistence import job_leases, jobs_repo
 from persistence.db import session_scope
 from persistence.image_keys import digest_of
 from persistence.models import Job, utcnow
@@ -205,7 +207,7 @@ def submit_jobs(
         if earlier:
             return earlier, True
         raise
-    enqueue(res, jobs)
+    enqueue(res, jobs, keep=idempotency_key is not None)
     return jobs, False
 
 
@@ -224,8 +226,12 @@ def _key_index(job_key: str | None, base: str) -> int:
     return int(index) if not head and index.isdigit() else 0
 
 
-def enqueue(res: FrontResources, jobs: list[Job]) -> None:
-    """Publish one message per committed job (ids only); undo the rows if the broker refuses."""
+def enqueue(res: FrontResources, jobs: list[Job], *, keep: bool = False) -> None:
+    """Publish one message per committed job (ids only); undo the rows if the broker refuses.
+
+    ``keep``: the rows may already have been handed out (an idempotent replay); never
+    withdraw them, leave their messages to the sweeper instead.
+    """
     ids = [job.id for job in jobs]
     published = 0
     try:
@@ -233,12 +239,28 @@ def enqueue(res: FrontResources, jobs: list[Job]) -> None:
             res.celery.send_task(CLASSIFY_TASK, args=[job_id])
             published += 1
     except Exception as exc:  # kombu/redis/amqp errors differ by transport
+        if keep and _leave_to_sweeper(res, ids[published:]):
+            logger.warning(
+                "broker refused %d jobs; the sweeper enqueues them", len(ids) - published
+            )
+            return
         # the client hears that nothing was accepted: withdraw the published jobs too
         # (a worker skips a message whose row is gone), or its retry would duplicate them
         _withdraw(res, ids)
         if published:
             logger.warning("broker failed mid-batch; withdrew %d published jobs", published)
         raise BrokerUnavailable("the job queue is unavailable, retry later", retry_after=5) from exc
+
+
+def _leave_to_sweeper(res: FrontResources, job_ids: list[str]) -> bool:
+    """Mark the unpublished jobs for the sweeper; False if even the database refused."""
+    within = max(15.0, 3 * res.settings.worker.sweep_interval_s)
+    try:
+        with session_scope(res.engine) as session:
+            job_leases.leave_to_sweeper(session, job_ids, within)
+    except VQError:
+        return False
+    return True
 
 
 def _withdraw(res: FrontResources, job_ids: list[str]) -> None:

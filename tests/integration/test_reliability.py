@@ -1,0 +1,368 @@
+"""Nothing accepted is lost: a worker SIGKILLed at each window, on both backends, repeatedly.
+
+Each run submits jobs with a webhook, lets a worker die at an armed crash point
+(``jobs.crash_points``) or by SIGKILL mid-batch, starts a clean worker, and checks every
+accepted job ends completed/failed and every owed event ends delivered (or exhausted).
+The counts are printed per backend and crash point (``-s``); docs/reliability.md records
+them. ``RELIABILITY_RUNS`` sets the runs per crash point (default 3).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import statistics
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from jobs.crash_points import AFTER_COMPLETION_COMMIT, AFTER_RETRY_PLANNED, SWEEP_BEFORE_PUBLISH
+from persistence.models import Job, WebhookOutbox, utcnow
+from tests.integration.jobs_factories import (
+    database,
+    job_rows,
+    small_jpegs,
+    wait_all_final,
+    wait_until,
+)
+from tests.integration.webhook_receiver import WebhookReceiver
+from tests.support.servers import bento_server
+from tests.support.stack import Stack, migrate
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+RUNS = int(os.environ.get("RELIABILITY_RUNS", "3"))
+JOBS_PER_RUN = 3
+# Short leases, sweeps and retries keep each run to seconds; the recovery test uses defaults.
+FAST = {
+    "VQ_WORKER_LEASE_S": "5",
+    "VQ_WORKER_SWEEP_INTERVAL_S": "2",
+    "VQ_WEBHOOK_RETRY_SCHEDULE": "1,1,1,1",
+    "VQ_WEBHOOK_TIMEOUT_S": "2",
+    "VQ_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
+}
+RESULTS: dict[tuple[str, str], Counter[str]] = {}
+
+
+@pytest.fixture(scope="module")
+def embedded(server_env: dict[str, str], session_dir: Path) -> Iterator[Stack]:
+    """The embedded default: SQLite and the filesystem broker in one data folder."""
+    log_dir = session_dir / "reliability-embedded"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    data = log_dir / "data"
+    env = {
+        **server_env,
+        "VQ_DATA_DIR": str(data),
+        "VQ_WORKER_METRICS_PORT": "0",
+        "VQ_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
+    }
+    migrate(env)
+    with bento_server(env, log_dir / "bento.log") as url:
+        env["VQ_WORKER_CLASSIFIER_URL"] = url
+        db_url = f"sqlite:///{(data / 'visionqueue.db').resolve()}"
+        running = Stack(url, env, db_url, "filesystem://", "", log_dir)
+        try:
+            yield running
+        finally:
+            running.stop_workers()
+
+
+@pytest.fixture(params=["embedded", "postgres+redis"])
+def rig(request: pytest.FixtureRequest) -> Iterator[tuple[str, Stack]]:
+    name = request.param
+    stack: Stack = request.getfixturevalue("embedded" if name == "embedded" else "stack")
+    yield name, stack
+    stack.stop_workers()
+
+
+def submit(stack: Stack, hook: str | None, n: int, seed: int) -> list[str]:
+    ids = []
+    for data in small_jpegs(n, seed=seed):
+        form = {"webhook_url": hook} if hook else {}
+        resp = httpx.post(
+            f"{stack.url}/classify", files={"image": ("a.jpg", data)}, data=form, timeout=60
+        )
+        assert resp.status_code == 202, resp.text
+        ids.append(str(resp.json()["task_id"]))
+    return ids
+
+
+def outbox_rows(stack: Stack, ids: list[str]) -> dict[str, WebhookOutbox]:
+    with database(stack.database_url) as engine, Session(engine) as session:
+        rows = session.scalars(select(WebhookOutbox).where(WebhookOutbox.job_id.in_(ids)))
+        return {row.job_id: row for row in rows}
+
+
+def wait_events_settled(stack: Stack, ids: list[str], timeout: float) -> dict[str, WebhookOutbox]:
+    def settled() -> dict[str, WebhookOutbox] | None:
+        rows = outbox_rows(stack, ids)
+        done = len(rows) == len(ids) and all(r.status != "pending" for r in rows.values())
+        return rows if done else None
+
+    return wait_until(settled, timeout, "every owed webhook delivered or exhausted", interval=0.5)  # type: ignore[no-any-return]
+
+
+def wait_dead(proc: Any, timeout: float) -> None:
+    wait_until(lambda: proc.poll() is not None, timeout, "the armed worker to crash", interval=0.2)
+
+
+def tally(key: tuple[str, str], stack: Stack, ids: list[str], receiver: WebhookReceiver) -> None:
+    with database(stack.database_url) as engine:
+        jobs = job_rows(engine, ids)
+    events = outbox_rows(stack, ids)
+    # 2xx answers the receiver gave, by event id (the stack sends unsigned, dev mode)
+    heard = {r.headers.get("webhook-id") for r in receiver.requests}
+    counts = RESULTS.setdefault(key, Counter())
+    counts["runs"] += 1
+    counts["accepted"] += len(ids)
+    counts["completed"] += sum(j.status == "completed" for j in jobs.values())
+    counts["failed"] += sum(j.status == "failed" for j in jobs.values())
+    counts["delivered"] += sum(
+        e.status == "delivered" and e.event_id in heard for e in events.values()
+    )
+    counts["exhausted"] += sum(e.status == "exhausted" for e in events.values())
+    lost = [i for i in ids if jobs[i].status not in ("completed", "failed")]
+    lost += [i for i in ids if i not in events or events[i].status == "pending"]
+    counts["lost"] += len(lost)
+    assert lost == [], lost
+
+
+CRASH_POINTS = [AFTER_COMPLETION_COMMIT, AFTER_RETRY_PLANNED, SWEEP_BEFORE_PUBLISH]
+
+
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_a_worker_killed_at_each_window_loses_nothing(rig: tuple[str, Stack], point: str) -> None:
+    backend, stack = rig
+    for run in range(RUNS):
+        with WebhookReceiver() as receiver:
+            hook = receiver.url()
+            if point == AFTER_RETRY_PLANNED:
+                receiver.respond(500)  # the first attempt fails: a retry is planned
+            ids = submit(stack, hook, JOBS_PER_RUN, seed=9000 + run)
+            if point == SWEEP_BEFORE_PUBLISH:
+                # a job a dead worker left behind: the sweep claims it, then dies
+                with database(stack.database_url) as engine, Session(engine) as s, s.begin():
+                    s.execute(
+                        update(Job)
+                        .where(Job.id == ids[0])
+                        .values(
+                            status="processing",
+                            attempts=1,
+                            leased_by="gone",
+                            lease_until=utcnow() - timedelta(seconds=1),
+                        )
+                    )
+            armed = stack.start_worker(
+                concurrency=4,
+                name=f"armed-{uuid.uuid4().hex[:6]}",
+                beat=True,
+                env={**FAST, "VQTEST_CRASH_AT": point},
+            )
+            wait_dead(armed, 90)
+            stack.workers.remove(armed)
+            crashed_at = time.monotonic()
+            stack.start_worker(
+                concurrency=4, name=f"rescue-{uuid.uuid4().hex[:6]}", beat=True, env=FAST
+            )
+            with database(stack.database_url) as engine:
+                wait_all_final(engine, ids, timeout=120)
+            wait_events_settled(stack, ids, timeout=120)
+            recovered_s = time.monotonic() - crashed_at
+            stack.stop_workers()
+            tally((backend, point), stack, ids, receiver)
+            RESULTS[(backend, point)]["max_recovery_s"] = max(
+                RESULTS[(backend, point)]["max_recovery_s"], round(recovered_s)
+            )
+    print(f"\n{backend} {point}: {dict(RESULTS[(backend, point)])}")
+
+
+def resumed(engine: Any, killed: set[str], since: Any) -> bool:
+    rows = job_rows(engine, list(killed))
+    return all(
+        r.status in ("completed", "failed") or (r.started_at is not None and r.started_at > since)
+        for r in rows.values()
+    )
+
+
+def test_a_dead_workers_jobs_resume_within_30s_of_a_live_worker(
+    rig: tuple[str, Stack],
+) -> None:
+    """Default lease (15 s) and sweep interval (10 s): measured, not a fixed timeout."""
+    backend, stack = rig
+    defaults = {"VQ_WORKER_LEASE_S": "15", "VQ_WORKER_SWEEP_INTERVAL_S": "10"}
+    measured = []
+    for run in range(RUNS):
+        doomed = stack.start_worker(
+            concurrency=4, name=f"doomed-{uuid.uuid4().hex[:6]}", beat=True, env=defaults
+        )
+        ids = submit(stack, None, 12, seed=9500 + run)
+        with database(stack.database_url) as engine:
+            wait_until(
+                lambda e=engine, i=ids: any(  # type: ignore[misc]
+                    r.status == "processing" for r in job_rows(e, i).values()
+                ),
+                60,
+                "a job in flight",
+                interval=0.05,
+            )
+            stack.kill_worker(doomed)
+            stack.workers.remove(doomed)
+            killed = {i for i, r in job_rows(engine, ids).items() if r.status == "processing"}
+            assert killed
+            stack.start_worker(
+                concurrency=4, name=f"live-{uuid.uuid4().hex[:6]}", beat=True, env=defaults
+            )
+            live_at = utcnow()
+            wait_until(
+                lambda e=engine, k=killed, t=live_at: resumed(e, k, t),  # type: ignore[misc]
+                60,
+                "the dead worker's jobs claimed again",
+                interval=0.2,
+            )
+            rows = job_rows(engine, list(killed))
+            starts = [r.started_at for r in rows.values() if r.started_at is not None]
+            measured.append(max((s - live_at).total_seconds() for s in starts))
+            final = wait_all_final(engine, ids, timeout=120)
+        assert {r.status for r in final.values()} == {"completed"}
+        # never twice at once: each killed job was claimed once more, the rest once
+        assert all(final[i].attempts == 2 for i in killed), [final[i].attempts for i in killed]
+        stack.stop_workers()
+    print(f"\n{backend}: resumed {measured} s after a live worker started")
+    key = (backend, "worker SIGKILLed mid-job")
+    RESULTS.setdefault(key, Counter())["max_recovery_s"] = round(max(measured))
+    assert max(measured) <= 30, measured
+
+
+@contextlib.contextmanager
+def never_answering() -> Iterator[str]:
+    """A TCP server that accepts connections and never answers a byte."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                conn, _ = server.accept()
+                held.append(conn)
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}/hook"
+    finally:
+        stop.set()
+        for sock in [server, *held]:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+def latencies(stack: Stack, n: int, seed: int) -> list[float]:
+    ids = submit(stack, None, n, seed)
+    with database(stack.database_url) as engine:
+        rows = wait_all_final(engine, ids, timeout=120)
+    return [
+        (r.finished_at - r.created_at).total_seconds()  # type: ignore[operator]
+        for r in rows.values()
+    ]
+
+
+def test_a_never_answering_receiver_does_not_slow_other_jobs(stack: Stack) -> None:
+    """Jobs and webhooks on workers of their own, as ``make run`` and compose start them."""
+    prefix = stack.env["VQ_BROKER_QUEUE_PREFIX"]
+    env = {"VQ_WEBHOOK_TIMEOUT_S": "10", "VQ_WEBHOOK_MAX_IN_FLIGHT_PER_DESTINATION": "2"}
+    stack.start_worker(
+        concurrency=4, name="jobs-only", queues=f"{prefix}visionqueue,{prefix}maintenance", env=env
+    )
+    stack.start_worker(
+        concurrency=4, name="hooks-only", queues=f"{prefix}webhooks,{prefix}maintenance", env=env
+    )
+    try:
+        latencies(stack, 4, seed=9900)  # warm-up
+        baseline = latencies(stack, 16, seed=9901)
+        with never_answering() as sink:
+            stuck = submit(stack, sink, 12, seed=9902)
+            time.sleep(1)  # their deliveries are now hanging
+            loaded = latencies(stack, 16, seed=9903)
+            owed = outbox_rows(stack, stuck)
+            # at most the cap of attempts hang at once; the rest wait their turn
+            now = utcnow()
+            in_flight = [r for r in owed.values() if r.claimed_until and r.claimed_until > now]
+            assert len(in_flight) <= 2
+    finally:
+        stack.stop_workers()
+    base, load = statistics.median(baseline), statistics.median(loaded)
+    print(
+        f"\nmedian job latency: baseline {base:.2f}s, beside a never-answering receiver {load:.2f}s"
+    )
+    RESULTS[("postgres+redis", "never-answering receiver")] = Counter(
+        {"baseline_ms": round(base * 1000), "loaded_ms": round(load * 1000)}
+    )
+    assert load <= 2 * base + 0.25, (baseline, loaded)
+
+
+def test_killing_the_whole_stack_loses_nothing(
+    tmp_path: Path, stored_model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``make run`` SIGKILLed whole (every process) mid-batch, then started on the same data."""
+    from tests.integration.test_embedded_default import (
+        BANNER,
+        start_launcher,
+        started_by,
+        wait_for_output,
+    )
+
+    monkeypatch.setenv("VQ_WEBHOOK_ALLOWED_HOSTS", "127.0.0.1")
+    monkeypatch.setenv("VQ_WEBHOOK_RETRY_SCHEDULE", "2,2,2,2")
+    db_url = f"sqlite:///{(tmp_path / 'data' / 'visionqueue.db').resolve()}"
+    with WebhookReceiver() as receiver:
+        for _ in range(4):
+            receiver.respond(500)  # webhook retries are in flight when the stack dies
+        with start_launcher(tmp_path) as first:
+            wait_for_output(first, BANNER)
+            where = Stack(first.url, {}, db_url, "filesystem://", "", tmp_path)
+            ids = submit(where, receiver.url(), 12, seed=9700)
+            wait_until(lambda: len(receiver.requests) >= 3, 120, "webhooks under way")
+            for proc in started_by(first.data_dir):
+                with contextlib.suppress(OSError):
+                    os.kill(proc.pid, 9)
+            first.proc.wait(10)
+        with database(db_url) as engine:
+            at_kill = Counter(r.status for r in job_rows(engine, ids).values())
+        with start_launcher(tmp_path) as second:
+            wait_for_output(second, BANNER)
+            restarted = time.monotonic()
+            with database(db_url) as engine:
+                rows = wait_all_final(engine, ids, timeout=180)
+            events = wait_events_settled(where, ids, timeout=180)
+            settled_s = time.monotonic() - restarted
+            second.interrupt_and_wait()
+    assert {r.status for r in rows.values()} == {"completed"}
+    assert set(events) == set(ids)
+    heard = {r.headers.get("webhook-id") for r in receiver.requests}
+    for event in events.values():
+        assert event.status in ("delivered", "exhausted"), event
+        if event.status == "delivered":
+            assert event.event_id in heard
+    print(f"\nwhole stack killed with {dict(at_kill)}; all settled {settled_s:.0f}s after restart")
+    RESULTS[("embedded", "whole stack SIGKILLed")] = Counter(
+        {
+            "runs": 1,
+            "accepted": len(ids),
+            "completed": len(rows),
+            "delivered": sum(e.status == "delivered" for e in events.values()),
+            "exhausted": sum(e.status == "exhausted" for e in events.values()),
+            "lost": 0,
+            "max_recovery_s": round(settled_s),
+        }
+    )
