@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -162,4 +163,5 @@ def test_one_sweep_at_a_time(res: Resources) -> None:
     with session_scope(res.engine) as session:
         # a holder that died leaves the lock to expire
         assert locks.acquire(session, SWEEP_LOCK, "dies", 0.001)
+    time.sleep(0.01)
     assert not sweep_once(res).skipped
