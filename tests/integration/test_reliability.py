@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import statistics
 import threading
@@ -37,6 +38,7 @@ from tests.integration.jobs_factories import (
     wait_until,
 )
 from tests.integration.webhook_receiver import WebhookReceiver
+from tests.support.launcher import BANNER, BANNER_END, launcher_env, start_launcher, started_by
 from tests.support.servers import bento_server
 from tests.support.stack import Stack, migrate
 
@@ -311,36 +313,33 @@ def test_a_never_answering_receiver_does_not_slow_other_jobs(stack: Stack) -> No
     assert load <= 2 * base + 0.25, (baseline, loaded)
 
 
-def test_killing_the_whole_stack_loses_nothing(
-    tmp_path: Path, stored_model: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_killing_the_whole_stack_loses_nothing(tmp_path: Path, stored_model: Any) -> None:
     """``make run`` SIGKILLed whole (every process) mid-batch, then started on the same data."""
-    from tests.integration.test_embedded_default import (
-        BANNER,
-        start_launcher,
-        started_by,
-        wait_for_output,
+    env = launcher_env(
+        tmp_path / "data",
+        VQ_WEBHOOK_ALLOWED_HOSTS="127.0.0.1",
+        VQ_WEBHOOK_RETRY_SCHEDULE="2,2,2,2",
     )
-
-    monkeypatch.setenv("VQ_WEBHOOK_ALLOWED_HOSTS", "127.0.0.1")
-    monkeypatch.setenv("VQ_WEBHOOK_RETRY_SCHEDULE", "2,2,2,2")
     db_url = f"sqlite:///{(tmp_path / 'data' / 'visionqueue.db').resolve()}"
     with WebhookReceiver() as receiver:
         for _ in range(4):
             receiver.respond(500)  # webhook retries are in flight when the stack dies
-        with start_launcher(tmp_path) as first:
-            wait_for_output(first, BANNER)
+        with start_launcher(env, tmp_path / "launcher.log") as first:
+            first.wait_for_output(BANNER)
             where = Stack(first.url, {}, db_url, "filesystem://", "", tmp_path)
             ids = submit(where, receiver.url(), 12, seed=9700)
             wait_until(lambda: len(receiver.requests) >= 3, 120, "webhooks under way")
-            for proc in started_by(first.data_dir):
-                with contextlib.suppress(OSError):
-                    os.kill(proc.pid, 9)
+            # freeze everything first, so no process sees another die and cleans up
+            tree = started_by(first.data_dir)
+            for signum in (signal.SIGSTOP, signal.SIGKILL):
+                for proc in tree:
+                    with contextlib.suppress(OSError):
+                        os.kill(proc.pid, signum)
             first.proc.wait(10)
         with database(db_url) as engine:
             at_kill = Counter(r.status for r in job_rows(engine, ids).values())
-        with start_launcher(tmp_path) as second:
-            wait_for_output(second, BANNER)
+        with start_launcher(env, tmp_path / "launcher.log") as second:
+            second.wait_for_output(BANNER_END)
             restarted = time.monotonic()
             with database(db_url) as engine:
                 rows = wait_all_final(engine, ids, timeout=180)
