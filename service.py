@@ -31,7 +31,7 @@ from visionqueue.api.backlog import BacklogGauges
 from visionqueue.api.coalesce import CropCoalescer
 from visionqueue.api.health import FrontHealth
 from visionqueue.api.middleware import front_middleware
-from visionqueue.api.predict import check_top_k, classify_upload
+from visionqueue.api.predict import check_top_k, classify_images, classify_upload
 from visionqueue.api.resources import build_front_resources
 from visionqueue.bento.metrics import classifier_metrics, front_metrics
 from visionqueue.bento.patches import NO_SESSION_RECYCLING, apply_bentoml_patches
@@ -162,7 +162,8 @@ class VisionQueue:
         resources = build_front_resources(self.settings)
         cache_s = self.settings.server.health_cache_s
         self.backlog = BacklogGauges(resources, cache_s)
-        attach_front(api_app, resources, FrontHealth(self.model_info, resources, cache_s))
+        health = FrontHealth(self.model_info, resources, cache_s)
+        attach_front(api_app, resources, health, front=self)
 
     @bentoml.on_deployment
     def refuse_weak_secrets() -> None:  # type: ignore[misc]
@@ -207,6 +208,42 @@ class VisionQueue:
         self.metrics.queue_wait.observe(max(0.0, round_trip - float(out[0, -1])))
         return out[0, :-1]
 
+    async def classify_crops(self, crops: np.ndarray) -> np.ndarray:
+        """Classify one request's ``(N, 224, 224, 3)`` crops together; return their probabilities."""
+        sent = time.perf_counter()
+        if self._coalescer is not None:
+            out = await self._coalescer.classify_many(crops)
+        else:
+            size = self.settings.model.batch_max_size
+            chunks = [crops[i : i + size] for i in range(0, len(crops), size)]
+            out = np.concatenate([await self._classify_batch(chunk) for chunk in chunks])
+        round_trip = time.perf_counter() - sent
+        for forward_s in out[:, -1]:
+            self.metrics.queue_wait.observe(max(0.0, round_trip - float(forward_s)))
+        return out[:, :-1]
+
+    async def classify_images(self, images: list[bytes] | list[np.ndarray]) -> Any:
+        """Classify encoded images (or decoded pixels) in one batch, as ``/predict`` does one."""
+        return await classify_images(
+            images,
+            classify_many=self.classify_crops,
+            max_pixels=self.settings.server.max_image_pixels,
+            limiter=self._limiter,
+            jpeg_draft=self.settings.model.jpeg_draft,
+        )
+
+    async def classify_upload(self, data: bytes | Path, top_k: int) -> dict[str, Any]:
+        """Classify one upload exactly as ``POST /predict`` does; return its response body."""
+        return await classify_upload(
+            data,
+            check_top_k(top_k),
+            classify=self.classify_crop,
+            model_info=await self.model_info(),
+            max_pixels=self.settings.server.max_image_pixels,
+            limiter=self._limiter,
+            jpeg_draft=self.settings.model.jpeg_draft,
+        )
+
     def __metrics__(self, content: str) -> str:
         """Append the broker backlog and jobs-by-status gauges to BentoML's metrics."""
         return self.backlog.append_to(content)
@@ -215,16 +252,7 @@ class VisionQueue:
     async def predict(self, image: Path, top_k: int = 5) -> Any:
         """Classify one image (multipart field ``image``); return the top ``top_k`` classes."""
         try:
-            k = check_top_k(top_k)
-            return await classify_upload(
-                Path(image),
-                k,
-                classify=self.classify_crop,
-                model_info=await self.model_info(),
-                max_pixels=self.settings.server.max_image_pixels,
-                limiter=self._limiter,
-                jpeg_draft=self.settings.model.jpeg_draft,
-            )
+            return await self.classify_upload(Path(image), top_k)
         except VQError as exc:
             return JSONResponse(exc.to_body(), status_code=exc.status, headers=exc.headers())
 

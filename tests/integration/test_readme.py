@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shlex
@@ -49,28 +50,32 @@ def test_readme_has_the_examples_this_test_runs() -> None:
     assert any("/classify" in c for c in commands)
     assert any("/task-status/" in c for c in commands)
     assert any("SyncHTTPClient" in b for b in blocks("python"))
+    assert any("/predictions/" in c for c in commands)
+    assert any("/api/upload-image" in c for c in commands)
+    assert any("/api/task-status/" in c for c in commands)
+    assert any("tritonclient" in b for b in blocks("python"))
 
 
 def test_curl_examples(stack, worker, photos: Path) -> None:  # type: ignore[no-untyped-def]
     with WebhookReceiver() as receiver:
-        task_id = None
+        task_ids: dict[str, str] = {}
         for command in curl_commands():
             command = command.replace(DOC_URL, stack.url)
             command = command.replace("https://example.com/hook", receiver.url())
             if "/task-status/" in command:
-                assert task_id, "the README submits a job before asking its status"
-                command = re.sub(r"/task-status/\S+", f"/task-status/{task_id}", command)
-
-                def final(command: str = command) -> dict[str, Any] | None:
-                    out = subprocess.run(
-                        shlex.split(command), capture_output=True, text=True, check=True
-                    )
-                    body = dict(json.loads(out.stdout))
-                    return body if body["status"] in ("completed", "failed") else None
-
-                body = wait_until(final, 60, f"the README's status command says {task_id} ended")
-                assert body["status"] == "completed", body
-                assert set(body) == {"task_id", "status", "result", "error"}
+                # /task-status/ is the seed API, /api/task-status/ the original's code
+                which = "legacy" if "/api/task-status/" in command else "seed"
+                assert which in task_ids, "the README submits a job before asking its status"
+                command = re.sub(r"/task-status/\S+", f"/task-status/{task_ids[which]}", command)
+                body = wait_until(
+                    functools.partial(finished, command), 60, f"the README's {which} job ended"
+                )
+                if which == "legacy":
+                    assert body["state"] == "SUCCESS", body
+                    assert {"predictions", "processing_time"} <= set(body["result"])
+                else:
+                    assert body["status"] == "completed", body
+                    assert set(body) == {"task_id", "status", "result", "error"}
                 continue
             out = subprocess.run(
                 [*shlex.split(command), "--fail-with-body"], capture_output=True, text=True
@@ -79,12 +84,27 @@ def test_curl_examples(stack, worker, photos: Path) -> None:  # type: ignore[no-
             body = json.loads(out.stdout)
             if "/classify" in command:
                 assert body["message"] == "Image classification task submitted successfully"
-                task_id = body["task_id"]
+                task_ids["seed"] = body["task_id"]
+            elif "/api/upload-image" in command:
+                task_ids["legacy"] = body["task_id"]
+            elif "/predictions/" in command:
+                assert len(body) == 5 and all(isinstance(p, float) for p in body.values())
             elif "/predict" in command:
                 assert len(body["predictions"]) == 3
-        received = receiver.wait_for_requests(1, timeout_s=30)
-        assert received, "the README's webhook example was never delivered"
-        assert json.loads(received[0].body)["data"]["task_id"] == task_id
+        received = receiver.wait_for_requests(len(task_ids), timeout_s=30)
+        assert len(received) == len(task_ids), "the README's webhook examples were not delivered"
+        assert {json.loads(r.body)["data"]["task_id"] for r in received} == set(task_ids.values())
+
+
+def finished(command: str) -> dict[str, Any] | None:
+    """Run a status command; return its body once the job ended (either API's words)."""
+    out = subprocess.run(shlex.split(command), capture_output=True, text=True, check=True)
+    body = dict(json.loads(out.stdout))
+    ended = body.get("status") in ("completed", "failed") or body.get("state") in (
+        "SUCCESS",
+        "FAILURE",
+    )
+    return body if ended else None
 
 
 def test_python_examples(stack, worker, photos: Path, capsys) -> None:  # type: ignore[no-untyped-def]
@@ -93,6 +113,7 @@ def test_python_examples(stack, worker, photos: Path, capsys) -> None:  # type: 
         if "def handle(" in block:
             continue  # the receiver-side snippet; tests/integration/test_webhooks_e2e.py covers it
         code = block.replace(DOC_URL, stack.url)
+        code = code.replace(DOC_URL.removeprefix("http://"), stack.url.removeprefix("http://"))
         exec(compile(code, "README.md", "exec"), {})
         ran += 1
     assert ran >= 2

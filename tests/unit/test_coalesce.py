@@ -113,3 +113,15 @@ def test_a_caller_that_went_away_is_not_sent() -> None:
 def test_bad_limits_are_refused() -> None:
     with pytest.raises(ValueError):
         CropCoalescer(Recorder(), max_batch=0)
+
+
+def test_one_requests_crops_leave_together_in_order_split_at_max_batch() -> None:
+    call = Recorder()
+
+    async def main() -> np.ndarray:
+        coalescer = CropCoalescer(call, max_batch=4, max_in_flight=2)
+        return await coalescer.classify_many(np.stack([crop(v) for v in range(1, 7)]))
+
+    out = asyncio.run(main())
+    assert [float(v) for v in out[:, 0]] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    assert call.sizes == [4, 2]  # not six calls of one: the request was queued at once

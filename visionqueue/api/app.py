@@ -16,15 +16,22 @@ from visionqueue.api.resources import FrontResources
 from visionqueue.core.errors import DomainError, VQError
 
 
-def attach_front(app: FastAPI, resources: FrontResources, health: FrontHealth) -> None:
-    """Give the app the resources its routes use and the readiness policy ``/readyz`` asks."""
+def attach_front(
+    app: FastAPI, resources: FrontResources, health: FrontHealth, front: object = None
+) -> None:
+    """Give the app the resources its routes use and the readiness policy ``/readyz`` asks.
+
+    ``front`` is the front service itself: the protocol adapters classify through it.
+    """
     app.state.resources = resources
     app.state.health = health
+    app.state.front = front
 
 
 def create_api_app() -> FastAPI:
     """Build the ASGI app for every route that is not a BentoML API."""
     from visionqueue.api import health
+    from visionqueue.api.protocols import legacy, torchserve, v2
     from visionqueue.api.routes import router
     from visionqueue.api.webui import router as web_page
 
@@ -38,6 +45,9 @@ def create_api_app() -> FastAPI:
     app.include_router(router)
     app.include_router(health.router)
     app.include_router(web_page)  # `/`: matched before BentoML's own index page
+    app.include_router(v2.router)
+    app.include_router(torchserve.router)
+    app.include_router(legacy.router)
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:

@@ -48,6 +48,20 @@ class CropCoalescer:
         self._kick()
         return await future
 
+    async def classify_many(self, crops: np.ndarray) -> np.ndarray:
+        """Classify ``(N, 224, 224, 3)`` crops queued together; return their ``N`` output rows.
+
+        The crops join the queue at once, so they leave in as few calls as the batch size
+        allows (one request's images are classified together, not one call each).
+        """
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[np.ndarray]] = []
+        for crop in crops:
+            futures.append(loop.create_future())
+            self._pending.append(_Pending(crop, futures[-1]))
+        self._kick()
+        return np.concatenate(await asyncio.gather(*futures))
+
     def _kick(self) -> None:
         while self._pending and self._in_flight < self._max_in_flight:
             batch = self._take()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -13,12 +14,14 @@ import numpy as np
 from model_store.inference import top_k as top_k_rows
 from model_store.preprocess import RESIZE_SIZE, to_model_input
 from model_store.weights import is_demo
-from visionqueue.core.errors import Unprocessable
+from visionqueue.core.errors import ImageTooLarge, InvalidImage, Unprocessable
 from visionqueue.core.images import DRAFT_SCALE_KEY, decode_image
 
 MAX_TOP_K = 20
 
 ClassifyFn = Callable[[np.ndarray], Awaitable[np.ndarray]]  # (224, 224, 3) crop -> probs
+# (N, 224, 224, 3) crops -> (N, classes) probabilities, the crops classified together
+ClassifyManyFn = Callable[[np.ndarray], Awaitable[np.ndarray]]
 
 
 def check_top_k(value: Any) -> int:
@@ -49,6 +52,24 @@ def prepare_crop(
     image = decode_image(data, max_pixels, DRAFT_MIN_SIDE if jpeg_draft else 0)
     scale = int(image.info.get(DRAFT_SCALE_KEY, 1))
     return to_model_input(image), ("exact" if scale == 1 else f"jpeg-draft-1/{scale}")
+
+
+def prepare_pixels(pixels: np.ndarray, max_pixels: int) -> tuple[np.ndarray, str]:
+    """Crop decoded ``(H, W, 3)`` uint8 RGB pixels as ``prepare_crop`` crops a decoded image."""
+    from PIL import Image
+
+    if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
+        raise InvalidImage("decoded pixels must be uint8 of shape (height, width, 3)")
+    height, width = int(pixels.shape[0]), int(pixels.shape[1])
+    if height < 1 or width < 1:
+        raise InvalidImage("the image has no pixels")
+    if height * width > max_pixels:
+        raise ImageTooLarge(
+            f"image is {width}x{height}; the limit is {max_pixels} pixels",
+            details={"width": width, "height": height, "max_pixels": max_pixels},
+        )
+    image = Image.fromarray(np.ascontiguousarray(pixels), mode="RGB")
+    return to_model_input(image), "exact"
 
 
 def model_block(model_info: dict[str, Any]) -> dict[str, Any]:
@@ -88,3 +109,30 @@ async def classify_upload(
         "processing_time": round(time.perf_counter() - started, 6),
         "preprocessing": preprocessing,
     }
+
+
+async def classify_images(
+    images: list[bytes] | list[np.ndarray],
+    *,
+    classify_many: ClassifyManyFn,
+    max_pixels: int,
+    limiter: anyio.CapacityLimiter,
+    jpeg_draft: bool = False,
+) -> tuple[np.ndarray, list[str]]:
+    """Preprocess encoded images (or decoded pixels) and classify them in one batch.
+
+    Returns the ``(N, classes)`` probabilities and how each image was preprocessed. One
+    bad image fails the whole request, as one bad ``/predict`` upload does.
+    """
+
+    async def prepare(item: bytes | np.ndarray) -> tuple[np.ndarray, str]:
+        if isinstance(item, np.ndarray):
+            return await anyio.to_thread.run_sync(prepare_pixels, item, max_pixels, limiter=limiter)
+        return await anyio.to_thread.run_sync(
+            prepare_crop, item, max_pixels, jpeg_draft, limiter=limiter
+        )
+
+    # the first bad image answers the request; the others' threads finish on their own
+    crops = await asyncio.gather(*(prepare(item) for item in images))
+    probs = await classify_many(np.stack([crop for crop, _ in crops]))
+    return probs, [how for _, how in crops]

@@ -1,6 +1,7 @@
 """The front's ASGI middleware, one concern each, outermost first.
 
 ================  =================================================================
+``protocols``     protocol routes' errors in their protocol's shape (``api/protocols``)
 ``health``        health probes go to the front's own routes (``api/health.py``)
 ``auth``          API keys on job and predict routes, optional ``/metrics`` token
 ``limits``        body-size cap, upload-form checks
@@ -19,12 +20,14 @@ from visionqueue.api.middleware.docs import OpenApiErrors
 from visionqueue.api.middleware.envelope import ErrorEnvelope
 from visionqueue.api.middleware.health import HealthRoutes
 from visionqueue.api.middleware.limits import RequestLimits
+from visionqueue.api.protocols.error_shapes import ProtocolErrorShapes
 from visionqueue.core.settings import ServerSettings
 
 
 def front_middleware(server: ServerSettings, api_app: ASGIApp) -> list[tuple[type, dict[str, Any]]]:
     """Return the front's middleware and their options, outermost first."""
     return [
+        (ProtocolErrorShapes, {}),
         (HealthRoutes, {"health_app": api_app}),
         (
             ApiKeyAuth,

@@ -1,7 +1,7 @@
 """API-key authentication of the job and predict routes, and the optional /metrics token.
 
-With ``VQ_API_KEYS`` set, ``/predict``, ``/classify``, ``/task-status`` and ``/v1/jobs`` need
-``Authorization: Bearer KEY``; the caller's owner id (a hash of the key, never the key) goes
+With ``VQ_API_KEYS`` set, ``/predict``, ``/classify``, ``/task-status``, ``/v1/jobs`` and the
+protocol routes (``/v2/models``, ``/predictions``, ``/api``) need ``Authorization: Bearer KEY``; the caller's owner id (a hash of the key, never the key) goes
 into ``scope["state"]["vq_owner"]`` for the job routes. Without keys they are open and the
 owner is None. With ``VQ_METRICS_TOKEN`` set, ``/metrics`` needs ``Authorization: Bearer
 TOKEN``. Keys are compared in constant time.
@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from visionqueue.api.middleware.asgi import ASGIApp, Receive, Scope, Send, header, send_json
 from visionqueue.core.errors import error_body
 
-PROTECTED_PREFIXES = ("/predict", "/classify", "/task-status", "/v1/jobs")
+# "/predict" covers TorchServe's /predictions too
+PROTECTED_PREFIXES = ("/predict", "/classify", "/task-status", "/v1/jobs", "/v2/models", "/api/")
 METRICS_PATH = "/metrics"
 
 

@@ -33,6 +33,7 @@ FORM_RULES = {
     "/predict": FormRule("image", 1, ("top_k",)),
     "/classify": FormRule("image", 1, ("webhook_url", "metadata")),
     "/v1/jobs": FormRule("images", None, ("webhook_url", "metadata")),
+    "/api/upload-image": FormRule("file", 1, ()),
 }
 
 

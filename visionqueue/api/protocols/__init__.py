@@ -1,0 +1,12 @@
+"""Protocol adapters: the APIs clients already speak, on the native path's rules.
+
+- ``v2``: the Open Inference Protocol v2 over REST (KServe, Triton, MLServer), with Triton's
+  binary tensor data and classification extensions (tensors in ``v2_tensors``);
+- ``torchserve``: TorchServe's inference API (``/predictions/{name}``, ``/ping``);
+- ``legacy``: the original VisionQueue's routes (``/api/upload-image``, ``/api/task-status``,
+  ``/health``).
+
+Each route calls what ``/predict`` and job submission call (``served``); the front's
+middleware applies the same body cap, API keys and tenancy, and ``error_shapes`` rewrites the
+error envelope into each protocol's own error body.
+"""

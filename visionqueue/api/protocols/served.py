@@ -1,0 +1,69 @@
+"""What the protocol adapters serve: the front service and its model's name and version.
+
+Until several models are served, the one model answers to its tag's name (``resnet18``)
+and version (the tag's version); any other name or version is a 404.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, cast
+
+import numpy as np
+from starlette.requests import Request
+
+from visionqueue.core.errors import ModelNotReady, NotFound
+
+
+class Front(Protocol):
+    """The front service's methods the adapters call (``service.VisionQueue``)."""
+
+    async def model_info(self) -> dict[str, Any]: ...
+
+    async def classify_images(
+        self, images: list[bytes] | list[np.ndarray]
+    ) -> tuple[np.ndarray, list[str]]: ...
+
+    async def classify_upload(self, data: bytes | Path, top_k: int) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    name: str
+    version: str
+    info: dict[str, Any]
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(self.info["labels"])
+
+
+def current_front(request: Request) -> Front:
+    """Return the front service this app was attached to (503 while the server starts)."""
+    front = getattr(request.app.state, "front", None)
+    if front is None:
+        raise ModelNotReady("the service is starting", retry_after=2)
+    return cast(Front, front)
+
+
+def name_and_version(tag: str) -> tuple[str, str]:
+    """Split a model tag ``name:version``."""
+    name, _, version = tag.partition(":")
+    return name, version
+
+
+async def served_model(request: Request, name: str, version: str | None = None) -> ServedModel:
+    """Return the served model called ``name`` (at ``version``, if given); 404 otherwise."""
+    info = await current_front(request).model_info()
+    served_name, served_version = name_and_version(info["tag"])
+    if name != served_name:
+        raise NotFound(
+            f"unknown model '{name}'; this server serves '{served_name}'", code="model_not_found"
+        )
+    if version not in (None, "", served_version):
+        raise NotFound(
+            f"model '{name}' has no version '{version}'; it serves version '{served_version}'",
+            code="model_not_found",
+        )
+    return ServedModel(served_name, served_version, info)
