@@ -16,10 +16,10 @@ from pydantic import BaseModel
 
 from persistence import jobs_repo
 from persistence.db import session_scope
+from persistence.images import image_url_or_none
 from persistence.models import Job
 from visionqueue.api.routes import owner, resources
 from visionqueue.api.submit import Upload, check_webhook, parse_metadata, submit_jobs
-from visionqueue.core.errors import NotFound, VQError
 
 router = APIRouter(tags=["original VisionQueue API"])
 # Celery's state names, as the original answered from AsyncResult
@@ -79,17 +79,11 @@ async def task_status(request: Request, task_id: str) -> dict[str, Any]:
 
     def load() -> Job:
         with session_scope(res.engine) as session:
-            job = jobs_repo.get_job(session, task_id, owner(request))
-        if job is None:
-            raise NotFound(f"no task with id {task_id}")
-        return job
+            return jobs_repo.require_job(session, task_id, owner(request))
 
     job = await anyio.to_thread.run_sync(load)
-    try:
-        image_url = res.store.url(job.image_key, res.settings.server.image_url_ttl_s)
-    except VQError:
-        image_url = None
-    return task_state(job, image_url)
+    ttl_s = res.settings.server.image_url_ttl_s
+    return task_state(job, image_url_or_none(res.store, job.image_key, ttl_s))
 
 
 @router.get("/health")
