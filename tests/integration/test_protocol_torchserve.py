@@ -64,7 +64,7 @@ def test_bad_inputs_get_torchserves_error_shape(bento_url: str) -> None:
         ("not an image", "POST", f"/predictions/{name}", {"content": b"hello"}, 415),
         ("corrupt", "PUT", f"/predictions/{name}", {"content": images.truncated_jpeg()}, 400),
         ("bomb", "PUT", f"/predictions/{name}", {"content": images.png_header_bomb()}, 422),
-        ("no data part", "POST", f"/predictions/{name}", {"files": {"img": ("a", photo)}}, 422),
+        ("no data part", "POST", f"/predictions/{name}", {"files": {"img": ("a", photo)}}, 400),
         ("data as text", "POST", f"/predictions/{name}", {"files": {"data": (None, "x")}}, 422),
         (
             "two data files",

@@ -12,15 +12,15 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
+from python_multipart.multipart import parse_options_header
 from starlette.datastructures import UploadFile
 
-from visionqueue.api.middleware.form_rules import FormRule, form_problem
 from visionqueue.api.protocols.served import current_front, served_model
-from visionqueue.core.errors import MissingField
+from visionqueue.core.errors import BadRequest, MissingField, Unprocessable
 
 router = APIRouter(tags=["TorchServe inference API"])
 TOP_K = 5  # the image_classifier handler's topk
-DATA_RULE = FormRule("data", 1, ())
+MAX_FORM_PARTS = 100
 
 
 class TorchServeError(BaseModel):
@@ -79,16 +79,20 @@ async def image_bytes(request: Request) -> bytes:
     """Return the image of a prediction request: the raw body, or the form's ``data`` file."""
     body = await request.body()
     content_type = request.headers.get("content-type", "")
-    if content_type.split(";")[0].strip().lower() != "multipart/form-data":
+    kind, options = parse_options_header(content_type)
+    if kind != b"multipart/form-data":
         return body  # curl --data-binary says x-www-form-urlencoded: the bytes are the image
-    problem = form_problem(content_type, body, DATA_RULE)
-    if problem is not None:
-        raise problem
-    form = await request.form(max_files=1)
-    part = form.get("data")
-    if not isinstance(part, UploadFile):
+    if not options.get(b"boundary"):
+        raise BadRequest("the multipart body has no boundary")
+    form = await request.form(max_files=MAX_FORM_PARTS, max_fields=MAX_FORM_PARTS)
+    parts = form.getlist("data")
+    if not parts:
         raise MissingField("multipart field 'data' (the image file) is required")
-    return await part.read()
+    if len(parts) > 1:
+        raise Unprocessable("send exactly one 'data' file", code="too_many_images")
+    if not isinstance(parts[0], UploadFile):
+        raise Unprocessable("'data' must be a file, not a text field")
+    return await parts[0].read()
 
 
 async def _predict(request: Request, name: str, model_version: str | None) -> dict[str, float]:
