@@ -14,6 +14,7 @@ import pytest
 
 from persistence.images import S3ImageStore, key_for
 from tests.integration.persistence_factories import MotoS3, moto_s3_server, s3_image_store
+from tests.support.rows import add_job, migrated_sqlite
 from visionqueue.core.errors import ImageNotFound, StorageUnavailable
 
 pytestmark = pytest.mark.integration
@@ -63,31 +64,19 @@ def test_keys_are_listed_in_order_and_orphans_purged(
     store: S3ImageStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from jobs import retention
-    from persistence import jobs_repo
-    from persistence.db import get_engine, session_scope
-    from persistence.migrate import upgrade_database
+    from persistence.db import session_scope
 
     keys = sorted(store.put(DATA + bytes([i]), "image/jpeg") for i in range(5))
     assert [key for key, _ in store.list_keys("", 100)] == keys
     assert [key for key, _ in store.list_keys(keys[1], 2)] == keys[2:4]
     assert store.last_modified(key_for(b"never stored")) is None
 
-    url = f"sqlite:///{tmp_path / 'vq.db'}"
-    upgrade_database(url)
-    engine = get_engine(url)
-    with session_scope(engine) as session:
-        jobs_repo.create_job(
-            session,
-            image_key=keys[0],
-            image_sha256=keys[0].rsplit("/", 1)[1],
-            content_type="image/jpeg",
-            image_size=len(DATA) + 1,
-            width=1,
-            height=1,
-        )
-    assert retention.purge_orphans(engine, store) == 0  # all written just now: in flight
-    monkeypatch.setattr(retention, "IN_FLIGHT_GRACE", timedelta(seconds=-60))
-    assert retention.purge_orphans(engine, store) == 4
+    with migrated_sqlite(tmp_path) as engine:
+        with session_scope(engine) as session:
+            add_job(session, image_key=keys[0], image_sha256=keys[0].rsplit("/", 1)[1])
+        assert retention.purge_orphans(engine, store) == 0  # all written just now: in flight
+        monkeypatch.setattr(retention, "IN_FLIGHT_GRACE", timedelta(seconds=-60))
+        assert retention.purge_orphans(engine, store) == 4
     assert [key for key, _ in store.list_keys("", 100)] == keys[:1]  # the referenced one
 
 

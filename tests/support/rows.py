@@ -1,17 +1,22 @@
-"""Job rows and schema upgrades for persistence tests on any database URL."""
+"""Job rows, migrated databases and schema upgrades for tests on any database URL."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.orm import Session
 
 from persistence import jobs_repo
-from persistence.db import session_scope
+from persistence.db import dispose_engines, get_engine, session_scope
+from persistence.migrate import upgrade_database
+from persistence.models import Job
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,10 +37,29 @@ def job_fields(**overrides: Any) -> dict[str, Any]:
     return fields
 
 
+def add_job(session: Session, **overrides: Any) -> Job:
+    """Insert a valid pending job in ``session``'s transaction (``job_fields`` + overrides)."""
+    return jobs_repo.create_job(session, **job_fields(**overrides))
+
+
 def create_job_row(engine: Engine, **overrides: Any) -> str:
     """Insert one job in its own transaction; return its id."""
     with session_scope(engine) as session:
-        return jobs_repo.create_job(session, **job_fields(**overrides)).id
+        return add_job(session, **overrides).id
+
+
+@contextmanager
+def migrated_sqlite(folder: Path) -> Iterator[Engine]:
+    """Yield the engine of a SQLite file in ``folder`` at the latest schema; dispose it after.
+
+    ``str(engine.url)`` is the URL to hand to settings or to another process.
+    """
+    url = f"sqlite:///{folder / 'vq.db'}"
+    upgrade_database(url)
+    try:
+        yield get_engine(url)
+    finally:
+        dispose_engines(url)
 
 
 def record_attempt(engine: Engine, job_id: str, attempt: int, **overrides: Any) -> None:

@@ -2,29 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from sqlalchemy import Engine
 
 from persistence import jobs_repo
-from persistence.db import get_engine, session_scope
-from persistence.migrate import upgrade_database
-from tests.support.rows import create_job_row
+from persistence.db import session_scope
+from tests.support.rows import create_job_row, migrated_sqlite
 from visionqueue.api.submit import check_backlog
 from visionqueue.core.errors import TooManyRequests
 
 
-def _resources(tmp_path: Path, limit: int) -> Any:
-    url = f"sqlite:///{tmp_path / 'vq.db'}"
-    upgrade_database(url)
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    with migrated_sqlite(tmp_path) as engine:
+        yield engine
+
+
+def _resources(engine: Engine, limit: int) -> Any:
     settings = SimpleNamespace(server=SimpleNamespace(max_backlog=limit))
-    return SimpleNamespace(settings=settings, engine=get_engine(url))
+    return SimpleNamespace(settings=settings, engine=engine)
 
 
-def test_a_batch_that_would_overshoot_the_cap_is_refused(tmp_path: Path) -> None:
-    res = _resources(tmp_path, limit=3)
+def test_a_batch_that_would_overshoot_the_cap_is_refused(engine: Engine) -> None:
+    res = _resources(engine, limit=3)
     create_job_row(res.engine)
     finished = create_job_row(res.engine)
     with session_scope(res.engine) as session:  # finished jobs do not count
@@ -36,8 +41,8 @@ def test_a_batch_that_would_overshoot_the_cap_is_refused(tmp_path: Path) -> None
     assert refused.value.code == "backlog_full" and refused.value.status == 429
 
 
-def test_no_cap_means_no_check(tmp_path: Path) -> None:
-    res = _resources(tmp_path, limit=0)
+def test_no_cap_means_no_check(engine: Engine) -> None:
+    res = _resources(engine, limit=0)
     for _ in range(3):
         create_job_row(res.engine)
     check_backlog(res, 32)

@@ -12,19 +12,16 @@ from sqlalchemy import Engine, delete, update
 from sqlalchemy.exc import IntegrityError
 
 from persistence import jobs_repo as repo
-from persistence.db import dispose_engines, get_engine, session_scope
-from persistence.migrate import upgrade_database
+from persistence.db import session_scope
 from persistence.models import Job, JobStatus
-from tests.support.rows import create_job_row, record_attempt
+from tests.support.rows import create_job_row, migrated_sqlite, record_attempt
 from visionqueue.core.errors import IdempotencyConflict, InvalidCursor, JobNotFound
 
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[Engine]:
-    url = f"sqlite:///{tmp_path}/vq.db"
-    upgrade_database(url)
-    yield get_engine(url)
-    dispose_engines(url)
+    with migrated_sqlite(tmp_path) as engine:
+        yield engine
 
 
 def test_create_and_get_is_owner_scoped(engine: Engine) -> None:

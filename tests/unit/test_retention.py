@@ -10,21 +10,19 @@ from pathlib import Path
 import pytest
 
 from jobs.retention import purge_expired, purge_orphans
-from persistence import jobs_repo
-from persistence.db import get_engine, session_scope
+from persistence.db import session_scope
 from persistence.images import LocalImageStore, key_for, sha256_hex
-from persistence.migrate import upgrade_database
 from persistence.models import Job, utcnow
 from tests.support import images
+from tests.support.rows import add_job, migrated_sqlite
 
 
 @pytest.fixture
 def env(tmp_path: Path):  # type: ignore[no-untyped-def]
-    url = f"sqlite:///{tmp_path / 'vq.db'}"
-    upgrade_database(url)
     store = LocalImageStore(tmp_path / "images", "http://127.0.0.1:3000", b"k")
     store.ensure_bucket()
-    return get_engine(url), store
+    with migrated_sqlite(tmp_path) as engine:
+        yield engine, store
 
 
 def _age(store: LocalImageStore, key: str, days: float) -> None:
@@ -36,14 +34,12 @@ def _age(store: LocalImageStore, key: str, days: float) -> None:
 def _job(session, store, data: bytes, status: str, age_days: float) -> str:  # type: ignore[no-untyped-def]
     key = store.put(data, "image/jpeg")
     _age(store, key, age_days)
-    job = jobs_repo.create_job(
+    job = add_job(
         session,
         image_key=key,
         image_sha256=sha256_hex(data),
         content_type="image/jpeg",
         image_size=len(data),
-        width=64,
-        height=64,
     )
     job.status = status
     job.finished_at = utcnow() - timedelta(days=age_days) if status != "pending" else None
