@@ -16,6 +16,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
+from tests.integration.webhook_receiver import WebhookReceiver
 from tests.support.images import skimage_photo
 from tests.support.launcher import BANNER, launcher_env, start_launcher
 from tests.support.prerequisites import require_binary
@@ -38,7 +39,8 @@ def photo_path(name: str) -> Path:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, stored_model: Any) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("web")
-    env = launcher_env(folder / "data", VQ_API_KEYS=API_KEY)
+    # webhooks may go to the test's receiver on loopback (the SSRF guard refuses it otherwise)
+    env = launcher_env(folder / "data", VQ_API_KEYS=API_KEY, VQ_WEBHOOK_ALLOWED_HOSTS="127.0.0.1")
     with start_launcher(env, folder / "launcher.log") as launched:
         launched.wait_for_output(BANNER)
         yield launched.url
@@ -107,6 +109,12 @@ def enter_key(page: Page) -> None:
     page.fill("#key-input", API_KEY)
     page.click("#key-form button[type=submit]")
     expect(page.locator("#key-panel")).to_be_hidden()
+
+
+def api_get(server: str, path: str) -> Any:
+    resp = httpx.get(server + path, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
 
 
 def predict(server: str, name: str) -> dict[str, Any]:
@@ -191,7 +199,7 @@ def test_a_non_image_shows_its_error(recorded: Recorded) -> None:
     expect(error).to_contain_text("payload_too_large")
 
 
-def test_jobs_table_goes_live_and_detail_shows_the_image(recorded: Recorded) -> None:
+def test_jobs_table_goes_live_and_detail_shows_the_image(recorded: Recorded, server: str) -> None:
     page = recorded.open()
     enter_key(page)
     page.set_input_files("#try-files", str(photo_path("chelsea.png")))  # for the screenshot
@@ -205,6 +213,11 @@ def test_jobs_table_goes_live_and_detail_shows_the_image(recorded: Recorded) -> 
         expect(row).to_have_attribute("data-status", "completed", timeout=120_000)
         expect(row.locator("td").nth(3)).not_to_be_empty()
     expect(page.locator("#jobs-progress-text")).to_have_text("3 of 3")
+    # the serving state follows: jobs by status as /metrics reports them
+    completed = len(api_get(server, "/v1/jobs?status=completed&limit=200")["jobs"])
+    assert completed >= 3
+    gauge = page.locator("#jobs-by-status li", has_text="completed").locator(".value")
+    expect(gauge).to_have_text(str(completed))
     assert recorded.navigations == 1, "the page reloaded"
     # live updates come from the listing, never from one request per job
     listings = [u for u in recorded.urls if re.search(r"/v1/jobs\?", u)]
@@ -226,6 +239,30 @@ def test_jobs_table_goes_live_and_detail_shows_the_image(recorded: Recorded) -> 
     expect(page.locator("#detail-cancel")).to_be_hidden()  # a finished job cannot be cancelled
     SCREENSHOT.parent.mkdir(exist_ok=True)
     page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+
+def test_detail_shows_webhook_deliveries_and_redelivers(recorded: Recorded) -> None:
+    with WebhookReceiver() as receiver:
+        page = recorded.open()
+        enter_key(page)
+        page.set_input_files("#job-files", str(photo_path("rocket.jpg")))
+        page.fill("#webhook-url", receiver.url())
+        page.click("#jobs-submit")
+        expect(page.locator("#jobs-message")).to_contain_text("1 job submitted")
+        row = page.locator("#jobs-table tbody tr", has_text="rocket.jpg")
+        expect(row).to_have_attribute("data-status", "completed", timeout=120_000)
+        row.locator("button").click()
+        deliveries = page.locator("#deliveries-table tbody tr")
+        expect(deliveries).to_have_count(1)
+        expect(deliveries.first).to_contain_text("delivered (200)")
+        expect(page.locator("#detail-cancel")).to_be_hidden()
+
+        page.click("#detail-redeliver")
+        expect(page.locator("#detail-message")).to_contain_text("attempt 2")
+        expect(deliveries).to_have_count(2)
+        expect(deliveries.nth(1)).to_contain_text("delivered (200)")
+        sent = receiver.wait_for_requests(2)
+        assert sent[0].headers["webhook-id"] == sent[1].headers["webhook-id"]  # same event
 
 
 def test_phone_width_and_labels(browser: Browser, server: str) -> None:

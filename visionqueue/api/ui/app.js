@@ -60,6 +60,12 @@ async function main() {
     jobsByStatus: byId("jobs-by-status"),
     updated: byId("state-updated"),
   };
+  // a job changed status, so the gauges did too (the server caches them for a moment)
+  let stateTimer = null;
+  function stateSoon() {
+    clearTimeout(stateTimer);
+    stateTimer = setTimeout(() => refreshState(stateView), 2500);
+  }
   const jobs = new JobsPanel(
     {
       form: byId("jobs-form"),
@@ -86,7 +92,7 @@ async function main() {
       deliveries: byId("deliveries-table"),
       json: byId("detail-json"),
     },
-    { config, modelField },
+    { config, modelField, onStatusChange: stateSoon },
   );
   const tryPanel = new TryPanel(
     { files: byId("try-files"), drop: byId("drop"), topK: byId("top-k"), results: byId("try-results") },

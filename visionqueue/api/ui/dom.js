@@ -49,6 +49,15 @@ export function clock(iso) {
   return Number.isNaN(date.getTime()) ? String(iso) : date.toLocaleTimeString();
 }
 
+// How an image was preprocessed: a label ("exact") or a description of the steps.
+export function preprocessing(value) {
+  if (value === null || value === undefined || value === "") return "?";
+  if (typeof value !== "object") return String(value);
+  return Object.entries(value)
+    .map(([k, v]) => `${k} ${Array.isArray(v) ? v.join("/") : typeof v === "object" ? JSON.stringify(v) : v}`)
+    .join(", ");
+}
+
 // Top-k predictions as labelled bars; the percentage is text, the bar only repeats it.
 export function bars(predictions, caption) {
   const list = el("ol", { class: "bars", "aria-label": caption });

@@ -1,6 +1,8 @@
 // Async jobs: submit, a live table from the listing endpoint, one job's detail.
 import { apiKey, request } from "./api.js";
-import { bars, clear, clock, el, errorBox, percent, seconds, statusBadge } from "./dom.js";
+import {
+  bars, clear, clock, el, errorBox, percent, preprocessing, seconds, statusBadge,
+} from "./dom.js";
 
 const UNFINISHED = new Set(["pending", "processing"]);
 const POLL_MS = 2000;
@@ -41,8 +43,10 @@ export function imageSource(url) {
 export class JobsPanel {
   constructor(view, options) {
     this.view = view;
-    this.options = options; // {config, modelField()}
+    this.options = options; // {config, modelField(), onStatusChange()}
     this.jobs = new Map();
+    this.statuses = new Map();
+    this.deliveriesSettled = true;
     this.mine = new Set();
     this.openId = null;
     this.openStatus = null;
@@ -91,6 +95,10 @@ export class JobsPanel {
     try {
       const body = await request(`/v1/jobs?${query}`);
       this.jobs = new Map(body.jobs.map((job) => [job.id, job]));
+      const statuses = new Map(body.jobs.map((job) => [job.id, job.status]));
+      const changed = [...statuses].some(([id, st]) => this.statuses.get(id) !== st);
+      this.statuses = statuses;
+      if (changed) this.options.onStatusChange();
       this.renderTable(body.jobs);
       this.renderProgress();
       this.view.updated.textContent = `Updated ${new Date().toLocaleTimeString()}`;
@@ -192,6 +200,8 @@ export class JobsPanel {
   async openDetail(id) {
     this.openId = id;
     this.openStatus = null;
+    this.awaitedAttempt = 0;
+    this.deliveriesSettled = true;
     const v = this.view;
     v.detailImage.removeAttribute("src");
     v.imageCaption.textContent = "";
@@ -242,7 +252,7 @@ export class JobsPanel {
       ["metadata", JSON.stringify(job.metadata || {})],
     ];
     if (job.result) {
-      fields.push(["preprocessing", String(job.result.preprocessing || "")]);
+      fields.push(["preprocessing", preprocessing(job.result.preprocessing)]);
       fields.push(["processing time", seconds(job.result.processing_time)]);
     }
     clear(v.fields);
@@ -254,7 +264,8 @@ export class JobsPanel {
     v.json.textContent = JSON.stringify(job, null, 2);
     v.cancel.hidden = job.status !== "pending";
     v.redeliver.hidden = !(job.webhook_url && (job.status === "completed" || job.status === "failed"));
-    if (job.status !== this.openStatus) {
+    // deliveries: when the status changes, then each tick until the last attempt settled
+    if (job.status !== this.openStatus || (job.webhook_url && !this.deliveriesSettled)) {
       this.openStatus = job.status;
       this.loadDeliveries(job.id);
     }
@@ -265,6 +276,13 @@ export class JobsPanel {
     try {
       const answer = await request(`/v1/jobs/${encodeURIComponent(id)}/deliveries`);
       if (id !== this.openId) return;
+      const job = this.jobs.get(id);
+      const last = answer.deliveries[answer.deliveries.length - 1];
+      const awaited = this.awaitedAttempt || 0;
+      this.deliveriesSettled = Boolean(
+        !job || !job.webhook_url || UNFINISHED.has(job.status)
+          || (last && last.attempt >= awaited && (last.succeeded || !last.next_attempt_at)),
+      );
       clear(body);
       if (!answer.deliveries.length) {
         body.append(el("tr", {}, el("td", { colspan: 6 }, "No webhook deliveries.")));
@@ -306,7 +324,8 @@ export class JobsPanel {
     try {
       const answer = await request(`/v1/jobs/${encodeURIComponent(id)}/deliveries/redeliver`, { method: "POST" });
       this.view.detailMessage.textContent = `Redelivery scheduled (attempt ${answer.attempt}).`;
-      setTimeout(() => this.openId === id && this.loadDeliveries(id), 1500);
+      this.deliveriesSettled = false; // the table follows until the new attempt shows
+      this.awaitedAttempt = answer.attempt;
     } catch (error) {
       this.view.detailMessage.replaceChildren(errorBox(error, "Not redelivered"));
     }

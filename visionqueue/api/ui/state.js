@@ -74,7 +74,8 @@ export async function loadModels(ready) {
         name: String(m.name || m.id),
         tag: m.tag ? String(m.tag) : "",
         weights: m.weights || m.weights_origin || "",
-        isDefault: Boolean(m.default),
+        isDefault: Boolean(m.default) || (body && body.default === (m.name || m.id)),
+        ready: m.ready !== false,
       }));
     if (models.length) return { named: true, models };
   } catch (error) {
@@ -93,7 +94,7 @@ export function fillModelSelect(select, served) {
   clear(select);
   for (const m of served.models) {
     const label = served.named
-      ? `${m.name}${m.tag ? ` (${m.tag})` : ""}${m.isDefault ? ", default" : ""}`
+      ? `${m.name}${m.tag ? ` (${m.tag})` : ""}${m.isDefault ? ", default" : ""}${m.ready ? "" : ", not ready"}`
       : `default${m.tag ? ` (${m.tag})` : ""}`;
     select.append(el("option", { value: m.name, selected: m.isDefault }, label));
   }

@@ -1,6 +1,6 @@
 // "Try a model": each image goes to POST /predict; its top-k answer is shown beside it.
 import { request } from "./api.js";
-import { bars, bytes, el, errorBox, seconds } from "./dom.js";
+import { bars, bytes, el, errorBox, preprocessing, seconds } from "./dom.js";
 
 function imageFiles(list) {
   return Array.from(list || []).filter((f) => f instanceof File);
@@ -30,8 +30,8 @@ function showAnswer(body, answer, elapsedMs) {
     el(
       "p",
       { class: "meta" },
-      `Model ${model.tag || "?"} · weights ${model.weights || "?"} · preprocessing `,
-      `${answer.preprocessing || "?"} · server ${seconds(answer.processing_time)} · `,
+      `Model ${model.name ? `${model.name} ` : ""}${model.tag || "?"} · weights ${model.weights || "?"}`,
+      ` · preprocessing ${preprocessing(answer.preprocessing)} · server ${seconds(answer.processing_time)} · `,
       `round trip ${seconds(elapsedMs / 1000)}`,
     ),
   ];
