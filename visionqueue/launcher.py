@@ -36,9 +36,10 @@ logger = logging.getLogger("visionqueue.launcher")
 BIN = Path(sys.executable).parent
 BANNER = "=" * 78
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-# Celery warns on every start as root. The risk it means is code execution through pickled
-# messages, and our app accepts JSON only; were pickle ever accepted, Celery refuses to start
-# as root outright (an error, not this warning), so hiding the warning hides no risk.
+# Celery's multi-line warning on every start as root (a Python warning, so a warnings filter
+# is its lever). The danger Celery's docs give is code execution through pickled messages;
+# this app accepts JSON only, and were pickle ever accepted Celery would refuse to start as
+# root outright, an error this filter leaves alone. Only `make run`'s worker gets the filter.
 ROOT_WARNING_FILTER = "ignore:You're running the worker with superuser privileges"
 
 
