@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
 
-LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800)
+from persistence.outcome_counts import LATENCY_BUCKETS
 
 IMAGE_TASK_SUCCESS = Counter("image_task_success", "Jobs completed")
 IMAGE_TASK_FAILURE = Counter("image_task_failure", "Jobs failed", ["code"])

@@ -24,6 +24,7 @@ from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from persistence import outcome_counts
 from persistence.models import (
     ANONYMOUS_OWNER,
     JOB_STATUSES,
@@ -188,13 +189,19 @@ def _finish(session: Session, job_id: str, holder: str | None = None, **values: 
     if holder is not None:
         # a worker whose lease lapsed (and was taken over) must not finish the job
         conditions.append(Job.leased_by == holder)
+    finished_at = utcnow()
     stmt = (
         update(Job)
         .where(*conditions)
-        .values(finished_at=utcnow(), lease_until=None, leased_by=None, **values)
-        .returning(Job.id)
+        .values(finished_at=finished_at, lease_until=None, leased_by=None, **values)
+        .returning(Job.created_at)
     )
-    return session.execute(stmt).first() is not None
+    row = session.execute(stmt).first()
+    if row is None:
+        return False
+    latency_s = (finished_at - row.created_at).total_seconds()
+    outcome_counts.record(session, values["status"], values.get("error_code"), latency_s)
+    return True
 
 
 def complete_job(

@@ -208,3 +208,19 @@ class MaintenanceLock(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     holder: Mapped[str | None] = mapped_column(String(128))
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class JobOutcomeCount(Base):
+    """A running total of finished jobs, kept with every job that finishes.
+
+    Rows: ``("success", "")``, ``("failure", CODE)``, ``("latency_bucket", LE)`` (jobs whose
+    latency fell in that bucket, not cumulative), ``("latency_sum", "")``. Totals kept in
+    the database stay right with any number of workers and hosts, survive restarts and the
+    retention purge, and any front can report them (``image_task_*`` on its ``/metrics``).
+    """
+
+    __tablename__ = "job_outcome_counts"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    label: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[float] = mapped_column(Float, default=0.0)

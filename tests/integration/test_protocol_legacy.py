@@ -86,6 +86,43 @@ def test_a_broken_image_ends_in_failure(stack) -> None:  # type: ignore[no-untyp
     assert final["state"] == "FAILURE" and isinstance(final["error"], str) and final["error"]
 
 
+def service_metric(url: str, sample: str) -> float:
+    """Return one sample's value from the service's own /metrics (0 when absent)."""
+    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_the_originals_monitoring_example_works_on_the_service_port(stack) -> None:  # type: ignore[no-untyped-def]
+    """``curl -s :3000/metrics | grep image_task_success_total``: totals of every worker."""
+    samples = {
+        "success": "image_task_success_total",
+        "failure": 'image_task_failure_total{code="invalid_image"}',
+        "latency": "image_task_latency_seconds_count",
+    }
+    before = {k: service_metric(stack.url, s) for k, s in samples.items()}
+    good = upload(stack.url, images.skimage_photo("coffee.png")).json()["task_id"]
+    bad = upload(stack.url, images.truncated_jpeg()).json()["task_id"]
+    # two worker processes share the jobs; the front's totals come from the database
+    stack.start_worker(concurrency=2)
+    stack.start_worker(concurrency=2)
+    try:
+        assert wait_state(stack.url, good)["state"] == "SUCCESS"
+        assert wait_state(stack.url, bad)["state"] == "FAILURE"
+    finally:
+        stack.stop_workers()
+    deadline = time.monotonic() + 30  # the front caches backend reads for VQ_HEALTH_CACHE_S
+    while time.monotonic() < deadline:
+        after = {k: service_metric(stack.url, s) for k, s in samples.items()}
+        if after != before:
+            break
+        time.sleep(0.5)
+    assert after["success"] - before["success"] == 1
+    assert after["failure"] - before["failure"] == 1
+    assert after["latency"] - before["latency"] == 1
+
+
 def test_bad_inputs_get_fastapis_error_shape(stack) -> None:  # type: ignore[no-untyped-def]
     photo = images.skimage_photo("coffee.png")
     url = f"{stack.url}/api/upload-image"

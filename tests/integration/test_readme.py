@@ -54,6 +54,7 @@ def test_readme_has_the_examples_this_test_runs() -> None:
     assert any("/api/upload-image" in c for c in commands)
     assert any("/api/task-status/" in c for c in commands)
     assert any("tritonclient" in b for b in blocks("python"))
+    assert any("/metrics | grep image_task_success_total" in c for c in commands)
 
 
 def test_curl_examples(stack, worker, photos: Path) -> None:  # type: ignore[no-untyped-def]
@@ -62,6 +63,11 @@ def test_curl_examples(stack, worker, photos: Path) -> None:  # type: ignore[no-
         for command in curl_commands():
             command = command.replace(DOC_URL, stack.url)
             command = command.replace("https://example.com/hook", receiver.url())
+            if "| grep " in command:  # the monitoring example: a pipeline, run by a shell
+                out = subprocess.run(["bash", "-c", command], capture_output=True, text=True)
+                assert out.returncode == 0, (command, out.stdout, out.stderr)
+                assert re.search(r"^image_task_success_total \d", out.stdout, flags=re.M)
+                continue
             if "/task-status/" in command:
                 # /task-status/ is the seed API, /api/task-status/ the original's code
                 which = "legacy" if "/api/task-status/" in command else "seed"

@@ -1,13 +1,21 @@
-"""The backlog gauges the front appends to ``/metrics``: broker queue depths, jobs by status.
+"""What the front appends to ``/metrics`` from the backends: backlog gauges and job totals.
 
-Both are read from the backends (the broker, the job table), at most once per
-``VQ_HEALTH_CACHE_S`` per front worker whatever the scrape rate.
+- ``celery_queue_depth`` (the broker) and ``vq_jobs{status}`` (the job table);
+- ``image_task_success_total``, ``image_task_failure_total{code}`` and
+  ``image_task_latency_seconds``: the original VisionQueue's names, as running totals the
+  database keeps with every job that finishes (``persistence.outcome_counts``). They are
+  global: right with any number of workers and hosts, and every front replica reports the
+  same values (aggregate them with ``max``, not ``sum``; ``prometheus.yml`` keeps the
+  workers' per-process series instead).
+
+All are read at most once per ``VQ_HEALTH_CACHE_S`` per front worker whatever the scrape rate.
 """
 
 from __future__ import annotations
 
 import logging
 
+from persistence.outcome_counts import INF, LATENCY_BUCKETS, OutcomeTotals
 from visionqueue.api.probe_cache import CachedProbe
 from visionqueue.api.resources import FrontResources
 
@@ -27,21 +35,49 @@ def backlog_exposition(depths: dict[str, int], statuses: dict[str, int]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def outcome_exposition(totals: OutcomeTotals) -> str:
+    """Render the job totals under the original VisionQueue's metric names."""
+    lines = [
+        "# HELP image_task_success_total Jobs completed (all workers, from the database)",
+        "# TYPE image_task_success_total counter",
+        f"image_task_success_total {totals.success}",
+        "# HELP image_task_failure_total Jobs failed, by error code (all workers, from the database)",
+        "# TYPE image_task_failure_total counter",
+        *(
+            f'image_task_failure_total{{code="{code}"}} {n}'
+            for code, n in sorted(totals.failures.items())
+        ),
+        "# HELP image_task_latency_seconds Job latency from submission to stored result "
+        "(all workers, from the database)",
+        "# TYPE image_task_latency_seconds histogram",
+    ]
+    cumulative = 0.0
+    for bound in [str(float(b)) for b in LATENCY_BUCKETS] + [INF]:
+        cumulative += totals.latency_buckets.get(bound, 0.0)
+        lines.append(f'image_task_latency_seconds_bucket{{le="{bound}"}} {cumulative}')
+    lines += [
+        f"image_task_latency_seconds_count {cumulative}",
+        f"image_task_latency_seconds_sum {totals.latency_sum}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def read_backlog(resources: FrontResources) -> str:
     """Ask the broker and the database for the backlog; '' when either is down."""
     from jobs.celery_app import Queues
     from jobs.queue_depth import queue_depths
-    from persistence import jobs_repo
+    from persistence import jobs_repo, outcome_counts
     from persistence.db import session_scope
 
     try:
         depths = queue_depths(resources.celery, Queues.of(resources.settings).all())
         with session_scope(resources.engine) as session:
             statuses = jobs_repo.count_by_status(session)
+            totals = outcome_counts.read(session)
     except Exception:  # a down broker or database must not break /metrics
         logger.warning("backlog gauges unavailable for this scrape")
         return ""
-    return backlog_exposition(depths, statuses)
+    return backlog_exposition(depths, statuses) + outcome_exposition(totals)
 
 
 class BacklogGauges:

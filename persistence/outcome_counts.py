@@ -1,0 +1,72 @@
+"""Running totals of finished jobs, kept in the database with each job that finishes.
+
+``record`` runs in the transaction that finishes the job (``jobs_repo``), so a job counts
+once however many workers, hosts or redeliveries there are, and totals survive restarts and
+the retention purge. ``read`` returns them for the front's ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from persistence.models import JobOutcomeCount
+
+# Upper bounds (seconds) of the job-latency histogram; the worker's uses the same.
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800)
+INF = "+Inf"
+
+
+@dataclass
+class OutcomeTotals:
+    success: float = 0.0
+    failures: dict[str, float] = field(default_factory=dict)
+    latency_buckets: dict[str, float] = field(default_factory=dict)  # per bucket, not cumulative
+    latency_sum: float = 0.0
+
+
+def bucket_label(latency_s: float) -> str:
+    """Return the label of the histogram bucket ``latency_s`` falls in."""
+    index = bisect.bisect_left(LATENCY_BUCKETS, latency_s)
+    return str(float(LATENCY_BUCKETS[index])) if index < len(LATENCY_BUCKETS) else INF
+
+
+def _add(session: Session, name: str, label: str, amount: float) -> None:
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(JobOutcomeCount).values(name=name, label=label, value=amount)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["name", "label"],
+        set_={"value": JobOutcomeCount.value + stmt.excluded.value},
+    )
+    session.execute(stmt)
+
+
+def record(session: Session, status: str, code: str | None, latency_s: float) -> None:
+    """Count one job that just finished as ``status`` (``completed`` or ``failed``)."""
+    # always the same row order, so concurrent finishers never deadlock on these rows
+    if status == "completed":
+        _add(session, "latency_bucket", bucket_label(latency_s), 1)
+        _add(session, "latency_sum", "", latency_s)
+        _add(session, "success", "", 1)
+    else:
+        _add(session, "failure", code or "", 1)
+
+
+def read(session: Session) -> OutcomeTotals:
+    """Return every running total."""
+    totals = OutcomeTotals()
+    for row in session.execute(select(JobOutcomeCount)).scalars():
+        if row.name == "success":
+            totals.success = row.value
+        elif row.name == "failure":
+            totals.failures[row.label] = row.value
+        elif row.name == "latency_bucket":
+            totals.latency_buckets[row.label] = row.value
+        elif row.name == "latency_sum":
+            totals.latency_sum = row.value
+    return totals

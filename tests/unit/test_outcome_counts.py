@@ -1,0 +1,71 @@
+"""Running job totals in the database: counted once per finished job, rendered for /metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+
+from persistence import jobs_repo, outcome_counts
+from persistence.db import dispose_engines, get_engine, session_scope
+from persistence.migrate import upgrade_database
+from tests.support.rows import create_job_row
+from visionqueue.api.backlog import outcome_exposition
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    url = f"sqlite:///{tmp_path}/vq.db"
+    upgrade_database(url)
+    yield get_engine(url)
+    dispose_engines(url)
+
+
+def finish(engine: Engine, code: str | None) -> bool:
+    job_id = create_job_row(engine)
+    with session_scope(engine) as session:
+        jobs_repo.claim_job(session, job_id)
+    with session_scope(engine) as session:
+        if code is None:
+            done = jobs_repo.complete_job(session, job_id, {"predictions": []}, "m:1", "random")
+        else:
+            done = jobs_repo.fail_job(session, job_id, code, "broken")
+    with session_scope(engine) as session:  # a redelivered finish changes nothing
+        assert not jobs_repo.complete_job(session, job_id, {}, "m:1", "random")
+        assert not jobs_repo.fail_job(session, job_id, "late", "late")
+    return done
+
+
+def test_each_finished_job_counts_once(engine: Engine) -> None:
+    for code in (None, None, None, "invalid_image", "invalid_image", "image_missing"):
+        assert finish(engine, code)
+    with session_scope(engine) as session:
+        totals = outcome_counts.read(session)
+    assert totals.success == 3
+    assert totals.failures == {"invalid_image": 2, "image_missing": 1}
+    assert sum(totals.latency_buckets.values()) == 3
+    assert totals.latency_sum >= 0
+
+    text = outcome_exposition(totals)
+    assert "image_task_success_total 3.0" in text
+    assert 'image_task_failure_total{code="invalid_image"} 2.0' in text
+    assert 'image_task_latency_seconds_bucket{le="+Inf"} 3.0' in text
+    assert "image_task_latency_seconds_count 3.0" in text
+
+
+def test_latency_buckets_are_cumulative_in_the_exposition() -> None:
+    assert outcome_counts.bucket_label(0.05) == "0.1"
+    assert outcome_counts.bucket_label(0.1) == "0.1"  # le is inclusive
+    assert outcome_counts.bucket_label(3) == "5.0"
+    assert outcome_counts.bucket_label(10_000) == "+Inf"
+    totals = outcome_counts.OutcomeTotals(
+        success=3, latency_buckets={"0.1": 1, "5.0": 1, "+Inf": 1}, latency_sum=10_003.15
+    )
+    text = outcome_exposition(totals)
+    assert 'image_task_latency_seconds_bucket{le="0.1"} 1.0' in text
+    assert 'image_task_latency_seconds_bucket{le="2.0"} 1.0' in text
+    assert 'image_task_latency_seconds_bucket{le="5.0"} 2.0' in text
+    assert 'image_task_latency_seconds_bucket{le="1800.0"} 2.0' in text
+    assert 'image_task_latency_seconds_bucket{le="+Inf"} 3.0' in text
