@@ -9,18 +9,15 @@ import pytest
 from sqlalchemy import Engine
 
 from persistence import jobs_repo, outcome_counts
-from persistence.db import dispose_engines, get_engine, session_scope
-from persistence.migrate import upgrade_database
-from tests.support.rows import create_job_row
+from persistence.db import session_scope
+from tests.support.rows import create_job_row, migrated_sqlite
 from visionqueue.api.backlog import outcome_exposition
 
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[Engine]:
-    url = f"sqlite:///{tmp_path}/vq.db"
-    upgrade_database(url)
-    yield get_engine(url)
-    dispose_engines(url)
+    with migrated_sqlite(tmp_path) as migrated:
+        yield migrated
 
 
 def finish(engine: Engine, code: str | None) -> bool:
