@@ -7,7 +7,10 @@ every request the page makes.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,8 +20,8 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
 from tests.integration.webhook_receiver import WebhookReceiver
-from tests.support.images import skimage_photo
-from tests.support.launcher import BANNER, launcher_env, start_launcher
+from tests.support.images import jpeg, skimage_photo
+from tests.support.launcher import BANNER, Launched, launcher_env, start_launcher
 from tests.support.prerequisites import require_binary
 from tests.support.servers import ROOT
 
@@ -37,13 +40,32 @@ def photo_path(name: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, stored_model: Any) -> Iterator[str]:
+def launched(tmp_path_factory: pytest.TempPathFactory, stored_model: Any) -> Iterator[Launched]:
     folder = tmp_path_factory.mktemp("web")
     # webhooks may go to the test's receiver on loopback (the SSRF guard refuses it otherwise)
     env = launcher_env(folder / "data", VQ_API_KEYS=API_KEY, VQ_WEBHOOK_ALLOWED_HOSTS="127.0.0.1")
-    with start_launcher(env, folder / "launcher.log") as launched:
-        launched.wait_for_output(BANNER)
-        yield launched.url
+    with start_launcher(env, folder / "launcher.log") as running:
+        running.wait_for_output(BANNER)
+        yield running
+
+
+@pytest.fixture(scope="module")
+def server(launched: Launched) -> str:
+    return launched.url
+
+
+@contextlib.contextmanager
+def worker_paused(launched: Launched) -> Iterator[None]:
+    """SIGSTOP the stack's Celery worker, so a job submitted meanwhile stays pending."""
+    workers = [p for p in launched.children() if "worker" in p.cmdline()]
+    assert workers, [p.cmdline() for p in launched.children()]
+    for proc in workers:
+        os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for proc in workers:
+            os.kill(proc.pid, signal.SIGCONT)
 
 
 @pytest.fixture(scope="module")
@@ -63,14 +85,19 @@ class Recorded:
     def __init__(self, context: BrowserContext, server: str) -> None:
         self.server = server
         self.urls: list[str] = []
+        self.requests: list[Any] = []
         self.problems: list[str] = []
         self.navigations = 0
         context.set_default_timeout(TIMEOUT_MS)
-        context.on("request", lambda request: self.urls.append(request.url))
+        context.on("request", self._request)
         self.page = context.new_page()
         self.page.on("pageerror", lambda error: self.problems.append(f"script error: {error}"))
         self.page.on("console", self._console)
         self.page.on("framenavigated", self._navigated)
+
+    def _request(self, request: Any) -> None:
+        self.urls.append(request.url)
+        self.requests.append(request)
 
     def _console(self, message: Any) -> None:
         if "Content Security Policy" in message.text:
@@ -263,6 +290,42 @@ def test_detail_shows_webhook_deliveries_and_redelivers(recorded: Recorded) -> N
         expect(deliveries.nth(1)).to_contain_text("delivered (200)")
         sent = receiver.wait_for_requests(2)
         assert sent[0].headers["webhook-id"] == sent[1].headers["webhook-id"]  # same event
+
+
+def test_detail_cancels_a_pending_job(recorded: Recorded, launched: Launched) -> None:
+    page = recorded.open()
+    enter_key(page)
+    with worker_paused(launched):
+        page.set_input_files(
+            "#job-files",
+            files=[{"name": "waits.jpg", "mimeType": "image/jpeg", "buffer": jpeg(96, 72)}],
+        )
+        page.click("#jobs-submit")
+        row = page.locator("#jobs-table tbody tr", has_text="waits.jpg")
+        expect(row).to_have_attribute("data-status", "pending")
+        row.locator("button").click()
+        expect(page.locator("#detail-redeliver")).to_be_hidden()
+        page.click("#detail-cancel")
+        expect(page.locator("#detail-message")).to_have_text("Cancelled.")
+        expect(page.locator("#detail-fields")).to_contain_text("cancelled")
+        expect(page.locator("#detail-cancel")).to_be_hidden()
+        expect(row).to_have_attribute("data-status", "cancelled")
+
+
+def test_without_api_keys_there_is_no_prompt(browser: Browser, bento_url: str) -> None:
+    context = browser.new_context()
+    try:
+        seen = Recorded(context, bento_url)
+        page = seen.open()
+        expect(page.locator("#key-state")).to_have_text("No API key needed")
+        expect(page.locator("#key-panel")).to_be_hidden()
+        page.set_input_files("#try-files", str(photo_path("astronaut.png")))
+        expect(page.locator("#try-results .result").first.locator(".bar-row")).to_have_count(5)
+        assert seen.problems == [] and seen.foreign() == []
+        headers = [r.headers for r in seen.requests if r.url.endswith("/predict")]
+        assert headers and all("authorization" not in h for h in headers)
+    finally:
+        context.close()
 
 
 def test_phone_width_and_labels(browser: Browser, server: str) -> None:
