@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import time
 import uuid
@@ -149,6 +150,50 @@ def test_a_job_is_visible_only_to_the_key_that_submitted_it(keyed: Keyed) -> Non
     assert job_id not in {j["id"] for j in listed_b}
 
 
+def test_protocol_routes_need_a_key_and_refuse_in_their_own_shape(keyed: Keyed) -> None:
+    name = httpx.get(f"{keyed.url}/readyz", timeout=30).json()["model"]["tag"].split(":")[0]
+    photo = images.skimage_photo("coffee.png")
+    infer = {"inputs": [{"name": "IMAGE", "datatype": "BYTES", "shape": [1], "data": []}]}
+    infer["inputs"][0]["data"] = [base64.b64encode(photo).decode()]
+    refused = {
+        "v2 infer": (httpx.post, f"/v2/models/{name}/infer", {"json": infer}, {"error"}),
+        "v2 metadata": (httpx.get, f"/v2/models/{name}", {}, {"error"}),
+        "torchserve": (
+            httpx.put,
+            f"/predictions/{name}",
+            {"content": photo},
+            {"code", "type", "message"},
+        ),
+        "upload": (httpx.post, "/api/upload-image", {"files": {"file": ("a", photo)}}, {"detail"}),
+        "task state": (httpx.get, "/api/task-status/nope", {}, {"detail"}),
+    }
+    for label, (method, path, kwargs, shape) in refused.items():
+        resp = method(f"{keyed.url}{path}", timeout=30, **kwargs)
+        assert resp.status_code == 401, (label, resp.text)
+        assert set(resp.json()) == shape, (label, resp.text)
+        assert resp.headers["www-authenticate"] == "Bearer", label
+        granted = method(f"{keyed.url}{path}", timeout=60, headers=bearer(keyed.key_a), **kwargs)
+        assert granted.status_code in (200, 404), (label, granted.text)  # 404: no such task
+    for path in ("/v2", "/v2/health/live", "/v2/health/ready", "/ping", "/health"):
+        assert httpx.get(f"{keyed.url}{path}", timeout=30).status_code == 200, path
+
+
+def test_an_original_route_task_is_visible_only_to_its_key(keyed: Keyed) -> None:
+    a, b = bearer(keyed.key_a), bearer(keyed.key_b)
+    data = small_jpegs(1, seed=910)[0]
+    resp = httpx.post(
+        f"{keyed.url}/api/upload-image", files={"file": ("a.jpg", data)}, headers=a, timeout=30
+    )
+    assert resp.status_code == 200, resp.text
+    task_id = resp.json()["task_id"]
+    state = httpx.get(f"{keyed.url}/api/task-status/{task_id}", headers=a, timeout=30)
+    assert state.status_code == 200 and state.json()["state"] in ("PENDING", "STARTED", "SUCCESS")
+    other = httpx.get(f"{keyed.url}/api/task-status/{task_id}", headers=b, timeout=30)
+    assert other.status_code == 404 and set(other.json()) == {"detail"}
+    native = httpx.get(f"{keyed.url}/v1/jobs/{task_id}", headers=b, timeout=30)
+    assert native.status_code == 404
+
+
 def test_no_key_is_ever_logged(keyed: Keyed) -> None:
     wrong = "vq-wrong-" + uuid.uuid4().hex
     assert call(keyed.url, "GET", "/v1/jobs", bearer(wrong)).status_code == 401
@@ -205,6 +250,11 @@ def test_a_full_backlog_answers_429_with_retry_after(embedded: Embedded) -> None
         assert resp.status_code == 429, resp.text
         assert resp.json()["error"]["code"] == "backlog_full"
         assert int(resp.headers["retry-after"]) > 0
+    legacy = httpx.post(
+        f"{embedded.url}/api/upload-image", files={"file": ("c.jpg", extra[0])}, timeout=30
+    )
+    assert legacy.status_code == 429, legacy.text
+    assert set(legacy.json()) == {"detail"} and int(legacy.headers["retry-after"]) > 0
     listed = httpx.get(f"{embedded.url}/v1/jobs", timeout=30).json()["jobs"]
     assert sorted(j["id"] for j in listed) == sorted(embedded.job_ids)
 
