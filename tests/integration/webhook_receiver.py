@@ -16,7 +16,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import httpx
 import standardwebhooks
+
+# Requests to this path are the tests' own markers (``settle``): not recorded, not scripted.
+MARKER_PATH = "/.vq-marker"
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         receiver = self.server.receiver
+        if self.path == MARKER_PATH:
+            self.send_response(204)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            return
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         sni = getattr(self.connection, "_vq_sni", None)
@@ -99,6 +108,7 @@ class WebhookReceiver:
         self._script: collections.deque[ScriptedResponse] = collections.deque()
         self._requests: list[ReceivedRequest] = []
         self._connections = 0
+        self._markers = 0
         self._arrived = threading.Condition(self._lock)
         self._stopping = threading.Event()
         self._server: _Server | None = None
@@ -164,8 +174,22 @@ class WebhookReceiver:
 
     @property
     def connections(self) -> int:
+        """Connections accepted so far, the markers of ``settle`` left out."""
         with self._lock:
-            return self._connections
+            return self._connections - self._markers
+
+    def settle(self, timeout_s: float = 10.0) -> None:
+        """Return once every connection opened to the receiver before this call is accepted.
+
+        One thread accepts connections in arrival order, so once a marker connection opened
+        now has been answered, no earlier one is still waiting in the listen queue. The test
+        can then assert that nothing (more) arrived without sleeping and hoping.
+        """
+        with self._lock:
+            self._markers += 1
+        # verify=False: a TLS receiver's certificate names a test host, not 127.0.0.1
+        with httpx.Client(verify=False, timeout=timeout_s) as client:
+            client.get(self.url(path=MARKER_PATH))
 
     def wait_for_requests(self, count: int, timeout_s: float = 5.0) -> list[ReceivedRequest]:
         with self._arrived:
