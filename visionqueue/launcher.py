@@ -311,6 +311,7 @@ def banner(settings: Settings, tag: str, origin: str) -> str:
             "  (until then every response and /readyz say demo: true)",
         ]
     lines += [
+        f"web page: {url}/ (try a model, watch jobs)",
         f"try: curl -F image=@photo.jpg {url}/predict",
         f"docs: {url}/docs   metrics: {url}/metrics",
     ]

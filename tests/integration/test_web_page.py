@@ -46,6 +46,7 @@ def launched(tmp_path_factory: pytest.TempPathFactory, stored_model: Any) -> Ite
     env = launcher_env(folder / "data", VQ_API_KEYS=API_KEY, VQ_WEBHOOK_ALLOWED_HOSTS="127.0.0.1")
     with start_launcher(env, folder / "launcher.log") as running:
         running.wait_for_output(BANNER)
+        running.wait_for_output(f"web page: {running.url}/")  # make run's banner points here
         yield running
 
 
@@ -312,11 +313,25 @@ def test_detail_cancels_a_pending_job(recorded: Recorded, launched: Launched) ->
         expect(row).to_have_attribute("data-status", "cancelled")
 
 
+def pulse_animation(page: Page) -> str:
+    """The animation a pending job's status marker runs on this page."""
+    return str(
+        page.evaluate(
+            """() => { const probe = document.createElement('span');
+                probe.className = 'badge status-pending working';
+                document.body.append(probe);
+                const name = getComputedStyle(probe, '::before').animationName;
+                probe.remove(); return name; }"""
+        )
+    )
+
+
 def test_without_api_keys_there_is_no_prompt(browser: Browser, bento_url: str) -> None:
-    context = browser.new_context()
+    context = browser.new_context(reduced_motion="no-preference")
     try:
         seen = Recorded(context, bento_url)
         page = seen.open()
+        assert pulse_animation(page) == "pulse"
         expect(page.locator("#key-state")).to_have_text("No API key needed")
         expect(page.locator("#key-panel")).to_be_hidden()
         page.set_input_files("#try-files", str(photo_path("astronaut.png")))
@@ -347,6 +362,8 @@ def test_phone_width_and_labels(browser: Browser, server: str) -> None:
                 .map((c) => c.id || c.outerHTML)"""
         )
         assert unlabelled == []
+        # "working" markers do not pulse for people who asked for less motion
+        assert pulse_animation(page) == "none"
         # keyboard only: the prompt takes focus, Tab shows where focus went, Enter sends the key
         assert page.evaluate("document.activeElement.id") == "key-input"
         page.keyboard.type(API_KEY)
