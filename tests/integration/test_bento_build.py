@@ -6,7 +6,6 @@ import importlib.metadata
 import os
 import re
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ OFFLINE_ENV = {
     "PIP_NO_INDEX": "1",
     "UV_OFFLINE": "1",
 }
-BUILD_BUDGET_S = 60
+BUILD_TIMEOUT_S = 240
 
 
 def built_bento(stdout: str) -> Path:
@@ -51,19 +50,23 @@ def test_bentoml_build_offline(stored_model: Any) -> None:
 
     latest = str(bentoml.models.get("resnet18:latest").tag)  # what bentofile's models: resolves
     env = {**os.environ, **OFFLINE_ENV, "BENTOML_DO_NOT_TRACK": "true"}
-    started = time.monotonic()
+    # the timeout only stops a hung build; being offline is checked on what it printed
     result = subprocess.run(
         [str(BIN / "bentoml"), "build", "--output", "tag"],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
-        timeout=BUILD_BUDGET_S * 2,
+        timeout=BUILD_TIMEOUT_S,
         check=False,
     )
-    elapsed = time.monotonic() - started
+    output = result.stdout + result.stderr
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert elapsed < BUILD_BUDGET_S
+    # nothing was fetched or installed: the build never reached for an index
+    fetched = re.findall(
+        r"^.*(?:Downloading|Collecting|Retrying|Installing collected).*$", output, re.M
+    )
+    assert not fetched, fetched[:5]
 
     bento = built_bento(result.stdout)
     info = yaml.safe_load((bento / "bento.yaml").read_text(encoding="utf-8"))
