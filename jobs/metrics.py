@@ -1,37 +1,67 @@
-"""Worker-side Prometheus metrics (the seed's names), served on ``VQ_WORKER_METRICS_PORT``."""
+"""Worker-side Prometheus metrics (the seed's names), served on ``VQ_WORKER_METRICS_PORT``.
+
+Built on first use, not at import: importing ``jobs`` registers nothing in a process
+(the front's) that never runs a task.
+"""
 
 from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
 
 from prometheus_client import Counter, Histogram
 
 from persistence.outcome_counts import LATENCY_BUCKETS
 
-IMAGE_TASK_SUCCESS = Counter("image_task_success", "Jobs completed")
-IMAGE_TASK_FAILURE = Counter("image_task_failure", "Jobs failed", ["code"])
-IMAGE_TASK_LATENCY = Histogram(
-    "image_task_latency_seconds",
-    "Job latency from submission to stored result",
-    buckets=LATENCY_BUCKETS,
-)
-WEBHOOK_SUCCESS = Counter("webhook_success", "Webhook deliveries answered with 2xx")
-WEBHOOK_FAILURE = Counter("webhook_failure", "Webhook delivery attempts that failed", ["error"])
-WEBHOOK_EXHAUSTED = Counter(
-    "webhook_exhausted", "Webhook events given up on (retries or delivery deadline spent, 410)"
-)
-WEBHOOK_LATENCY = Histogram(
-    "webhook_latency_seconds",
-    "Duration of one webhook delivery attempt",
-    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-)
+WEBHOOK_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 # Failure series that exist from start-up at 0, so Prometheus' increase() counts the first one.
 COMMON_JOB_FAILURES = ("invalid_image", "image_missing", "classifier_unavailable")
 COMMON_WEBHOOK_ERRORS = ("timeout", "connect_error", "http_500", "forbidden_address")
 
 
+@dataclass(frozen=True)
+class WorkerMetrics:
+    job_success: Counter
+    job_failure: Counter
+    job_latency: Histogram
+    webhook_success: Counter
+    webhook_failure: Counter
+    webhook_exhausted: Counter
+    webhook_latency: Histogram
+
+
+@functools.cache
+def worker_metrics() -> WorkerMetrics:
+    """Return this process's worker metrics, registering them on the first call."""
+    return WorkerMetrics(
+        job_success=Counter("image_task_success", "Jobs completed"),
+        job_failure=Counter("image_task_failure", "Jobs failed", ["code"]),
+        job_latency=Histogram(
+            "image_task_latency_seconds",
+            "Job latency from submission to stored result",
+            buckets=LATENCY_BUCKETS,
+        ),
+        webhook_success=Counter("webhook_success", "Webhook deliveries answered with 2xx"),
+        webhook_failure=Counter(
+            "webhook_failure", "Webhook delivery attempts that failed", ["error"]
+        ),
+        webhook_exhausted=Counter(
+            "webhook_exhausted",
+            "Webhook events given up on (retries or delivery deadline spent, 410)",
+        ),
+        webhook_latency=Histogram(
+            "webhook_latency_seconds",
+            "Duration of one webhook delivery attempt",
+            buckets=WEBHOOK_BUCKETS,
+        ),
+    )
+
+
 def prime_failure_series() -> None:
     """Create the common failure label sets at zero (call once at worker start)."""
+    metrics = worker_metrics()
     for code in COMMON_JOB_FAILURES:
-        IMAGE_TASK_FAILURE.labels(code=code)
+        metrics.job_failure.labels(code=code)
     for error in COMMON_WEBHOOK_ERRORS:
-        WEBHOOK_FAILURE.labels(error=error)
+        metrics.webhook_failure.labels(error=error)

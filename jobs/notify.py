@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
-from jobs.metrics import WEBHOOK_EXHAUSTED, WEBHOOK_FAILURE, WEBHOOK_LATENCY, WEBHOOK_SUCCESS
+from jobs.metrics import worker_metrics
 from jobs.resources import Resources
 from jobs.views import task_status_view
 from jobs.webhooks.delivery import AttemptResult, build_event, deliver_once, next_delay
@@ -131,13 +131,13 @@ def attempt_delivery(job_id: str, res: Resources) -> DeliveryOutcome:
         result = AttemptResult(None, "signing_error", 0.0)
     else:
         result = deliver_once(url, body, headers, hook.timeout_s, hook.allowed_hosts)
-        WEBHOOK_LATENCY.observe(result.latency_s)
+        worker_metrics().webhook_latency.observe(result.latency_s)
 
     delay = None
     if result.succeeded:
-        WEBHOOK_SUCCESS.inc()
+        worker_metrics().webhook_success.inc()
     else:
-        WEBHOOK_FAILURE.labels(error=result.error or "unknown").inc()
+        worker_metrics().webhook_failure.labels(error=result.error or "unknown").inc()
         if not result.permanent:
             delay = next_delay(claim.series_attempt, hook.retry_schedule, result.retry_after_s)
     now = utcnow()
@@ -161,7 +161,7 @@ def attempt_delivery(job_id: str, res: Resources) -> DeliveryOutcome:
             session, claim, delivered=result.succeeded, next_attempt_at=next_at
         )
     if status == "exhausted":
-        WEBHOOK_EXHAUSTED.inc()
+        worker_metrics().webhook_exhausted.inc()
     logger.info(
         "job %s: webhook attempt %d %s%s",
         job_id,

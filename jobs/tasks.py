@@ -24,7 +24,7 @@ from jobs.crash_points import (
     crash_point,
 )
 from jobs.maintenance import purge_once, sweep_once
-from jobs.metrics import IMAGE_TASK_FAILURE, IMAGE_TASK_LATENCY, IMAGE_TASK_SUCCESS
+from jobs.metrics import worker_metrics
 from jobs.notify import attempt_delivery
 from jobs.resources import get_resources
 from visionqueue.core.errors import DatabaseUnavailable, Unavailable, VQError
@@ -58,7 +58,7 @@ def classify_job(self: Task, job_id: str) -> str:
             if self.request.retries >= res.settings.worker.max_retries:
                 outcome = fail_job(job_id, res, exc.code, f"gave up after retries: {exc.message}")
                 if outcome.status == "failed":
-                    IMAGE_TASK_FAILURE.labels(code=exc.code).inc()
+                    worker_metrics().job_failure.labels(code=exc.code).inc()
             else:
                 delay = backoff_s(self.request.retries)
                 logger.warning("job %s: %s; retry in %.1fs", job_id, exc.code, delay)
@@ -69,14 +69,14 @@ def classify_job(self: Task, job_id: str) -> str:
         except VQError as exc:
             outcome = fail_job(job_id, res, exc.code, exc.message)
             if outcome.status == "failed":
-                IMAGE_TASK_FAILURE.labels(code=exc.code).inc()
+                worker_metrics().job_failure.labels(code=exc.code).inc()
                 logger.info("job %s failed: %s", job_id, exc.code)
         if outcome.status == "completed":
-            IMAGE_TASK_SUCCESS.inc()
+            worker_metrics().job_success.inc()
             if outcome.latency_s is not None:
-                IMAGE_TASK_LATENCY.observe(outcome.latency_s)
+                worker_metrics().job_latency.observe(outcome.latency_s)
         elif outcome.status == "failed" and outcome.error_code == "attempts_exhausted":
-            IMAGE_TASK_FAILURE.labels(code=outcome.error_code).inc()
+            worker_metrics().job_failure.labels(code=outcome.error_code).inc()
         if outcome.webhook_url and outcome.status in ("completed", "failed"):
             crash_point(AFTER_COMPLETION_COMMIT)
             publish_delivery(job_id)

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
+from persistence import outcome_counts
 from persistence.models import Job, JobStatus, utcnow
 
 PENDING = JobStatus.PENDING.value
@@ -102,10 +103,16 @@ def exhaust(session: Session, job_id: str, *, max_attempts: int, code: str, mess
             lease_until=None,
             leased_by=None,
         )
-        .returning(Job.id)
+        .returning(Job.created_at)
         .execution_options(synchronize_session=False)
     )
-    return session.execute(stmt).first() is not None
+    row = session.execute(stmt).first()
+    if row is None:
+        return False
+    outcome_counts.record(
+        session, JobStatus.FAILED.value, code, (now - row.created_at).total_seconds()
+    )
+    return True
 
 
 def renew(session: Session, holder: str, job_ids: Collection[str], lease_s: float) -> int:

@@ -282,6 +282,11 @@ def test_redeliver_sends_the_same_event_again(
     resp = httpx.post(f"{stack.url}/v1/jobs/{job_id}/deliveries/redeliver", timeout=10)
     assert resp.status_code == 202, resp.text
     assert resp.json() == {"status": "scheduled", "attempt": 2}
+    # a second one right away is rate limited (VQ_WEBHOOK_REDELIVER_INTERVAL_S, 10 s)
+    again = httpx.post(f"{stack.url}/v1/jobs/{job_id}/deliveries/redeliver", timeout=10)
+    assert again.status_code == 429, again.text
+    assert again.json()["error"]["code"] == "redeliver_rate_limited"
+    assert 1 <= int(again.headers["retry-after"]) <= 10
     rows = wait_deliveries(stack, worker, job_id, 2)
     assert [(r["attempt"], r["succeeded"]) for r in rows] == [(1, True), (2, True)]
     assert rows[1]["event_id"] == first["event_id"]

@@ -95,3 +95,57 @@ def test_cli_upgrade_and_current(sqlite_url: str) -> None:
         [*run, "current"], cwd=REPO_ROOT, check=True, timeout=60, capture_output=True, text=True
     )
     assert f"{_head()} (head)" in current.stdout
+
+
+def test_upgrading_owes_the_events_of_jobs_finished_before_the_outbox(sqlite_url: str) -> None:
+    """Jobs finished under 0001 get outbox rows: nothing the old retries carried is lost."""
+    from sqlalchemy import text
+
+    upgrade_database(sqlite_url, "0001")
+    common = (
+        "'k', 'a' , 'image/png', 1, 1, 1, '{}', '', 0, "
+        "'2026-11-01 00:00:00.000000', '2026-11-01 00:00:01.000000'"
+    )
+    with get_engine(sqlite_url).begin() as conn:
+        for job_id, status, hook in [
+            ("never-sent", "completed", "http://a.example/h"),
+            ("delivered", "completed", "https://b.example/h"),
+            ("retrying", "failed", "http://a.example:8080/h"),
+            ("no-hook", "completed", None),
+        ]:
+            conn.execute(
+                text(
+                    "INSERT INTO jobs (id, status, webhook_url, image_key, image_sha256, "
+                    "content_type, image_size, width, height, metadata, owner, attempts, "
+                    f"created_at, finished_at) VALUES (:id, :status, :hook, {common})"
+                ),
+                {"id": job_id, "status": status, "hook": hook},
+            )
+        for job_id, attempt, ok, planned in [
+            ("delivered", 1, True, None),
+            ("retrying", 2, False, "2026-12-01 00:00:00.000000"),
+        ]:
+            conn.execute(
+                text(
+                    "INSERT INTO webhook_deliveries (job_id, event_id, event_type, attempt, "
+                    "attempted_at, latency_ms, succeeded, next_attempt_at) VALUES "
+                    "(:j, 'e', 't', :a, '2026-11-01 00:00:02.000000', 1.0, :ok, :p)"
+                ),
+                {"j": job_id, "a": attempt, "ok": ok, "p": planned},
+            )
+    upgrade_database(sqlite_url)
+    with get_engine(sqlite_url).connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT job_id, status, attempts, destination, next_attempt_at, event_type "
+                "FROM webhook_outbox ORDER BY job_id"
+            )
+        ).all()
+    by_job = {row[0]: row[1:] for row in rows}
+    assert set(by_job) == {"never-sent", "delivered", "retrying"}
+    assert by_job["delivered"][:2] == ("delivered", 1)
+    assert by_job["never-sent"][:3] == ("pending", 0, "http://a.example:80")
+    assert by_job["never-sent"][3] is not None  # due now
+    assert by_job["retrying"][:3] == ("pending", 2, "http://a.example:8080")
+    assert str(by_job["retrying"][3]).startswith("2026-12-01")
+    assert by_job["retrying"][4] == "job.failed"

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import os
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 
 from jobs.retention import purge_expired, purge_orphans
+from persistence import deliveries_repo
 from persistence.db import session_scope
 from persistence.images import LocalImageStore, key_for, sha256_hex
-from persistence.models import Job, utcnow
+from persistence.models import Job, WebhookOutbox, utcnow
 from tests.support import images
 from tests.support.rows import add_job, migrated_sqlite
 
@@ -113,3 +115,46 @@ def test_listing_resumes_after_a_key_and_skips_part_files(env) -> None:  # type:
     assert store.list_keys(keys[-1], 10) == []
     assert store.last_modified(keys[0]) is not None
     assert store.last_modified("images/00/" + "0" * 64) is None
+
+
+def test_a_job_still_owing_its_webhook_outlives_the_retention(env) -> None:  # type: ignore[no-untyped-def]
+    engine, store = env
+    with session_scope(engine) as session:
+        owing = _job(session, store, images.jpeg(64, 64, seed=11), "completed", 40)
+        session.flush()
+        deliveries_repo.add_event(
+            session,
+            job_id=owing,
+            event_id="evt_x",
+            event_type="job.completed",
+            destination="http://127.0.0.1:9",
+        )
+    assert purge_expired(engine, store, days=30).jobs == 0  # retries pending: kept
+    with session_scope(engine) as session:
+        session.execute(update(WebhookOutbox).values(status="exhausted"))
+    assert purge_expired(engine, store, days=30).jobs == 1  # given up on: purged
+
+
+class ReuploadAfterListing(LocalImageStore):
+    """A real local store on which a submission re-uploads an image right after a listing."""
+
+    again: bytes = b""
+
+    def list_keys(self, start_after: str, limit: int) -> list[tuple[str, datetime]]:
+        listed = super().list_keys(start_after, limit)
+        if self.again:
+            self.put(self.again, "image/jpeg")  # refreshes the write time
+        return listed
+
+
+def test_an_orphan_uploaded_again_after_the_listing_is_kept(tmp_path: Path, env) -> None:  # type: ignore[no-untyped-def]
+    engine, _ = env
+    store = ReuploadAfterListing(tmp_path / "racy", "http://127.0.0.1:3000", b"k")
+    store.ensure_bucket()
+    data, gone = images.jpeg(64, 64, seed=12), images.jpeg(64, 64, seed=13)
+    for each in (data, gone):
+        _age(store, store.put(each, "image/jpeg"), 2)
+    store.again = data
+    assert purge_orphans(engine, store, start_after="") == 1
+    assert store.path(key_for(data)).exists()  # its new job would have lost it
+    assert not store.path(key_for(gone)).exists()

@@ -7,7 +7,10 @@ Create Date: 2026-11-30 13:00:00
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 from alembic import op
@@ -73,6 +76,84 @@ def upgrade() -> None:
     op.bulk_insert(
         locks, [{"name": name, "holder": None, "expires_at": None} for name in LOCK_NAMES]
     )
+    _owe_events_of_finished_jobs()
+
+
+def _event_id(job_id: str, event_type: str) -> str:
+    # frozen copy of jobs.webhooks.events.event_id_for: a revision must not change with it
+    return f"evt_{uuid.uuid5(uuid.NAMESPACE_URL, f'visionqueue:{job_id}:{event_type}').hex}"
+
+
+def _destination(url: str) -> str:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"[:300]
+
+
+def _owe_events_of_finished_jobs() -> None:
+    """Give every finished job with a webhook its outbox row, from its delivery log.
+
+    Delivered once: delivered. A retry planned in the log: pending at that time. Anything
+    else (no attempt yet, or a retry that lived only in a broker countdown): pending now,
+    so the new relay sends it; a receiver may see a duplicate, never a loss.
+    """
+    bind = op.get_bind()
+    now = datetime.now(UTC)
+    jobs = bind.execute(
+        sa.text(
+            "SELECT id, status, webhook_url FROM jobs "
+            "WHERE webhook_url IS NOT NULL AND webhook_url != '' "
+            "AND status IN ('completed', 'failed')"
+        )
+    ).all()
+    log = bind.execute(
+        sa.text(
+            "SELECT job_id, MAX(attempt), MAX(CASE WHEN succeeded THEN 1 ELSE 0 END), "
+            "MAX(next_attempt_at) FROM webhook_deliveries GROUP BY job_id"
+        )
+    ).all()
+    by_job = {row[0]: row[1:] for row in log}
+    outbox = sa.table(
+        "webhook_outbox",
+        sa.column("job_id"),
+        sa.column("event_id"),
+        sa.column("event_type"),
+        sa.column("destination"),
+        sa.column("status"),
+        sa.column("attempts"),
+        sa.column("series_start"),
+        sa.column("next_attempt_at", _timestamp),
+        sa.column("created_at", _timestamp),
+    )
+    rows = []
+    for job_id, status, url in jobs:
+        event_type = "job.completed" if status == "completed" else "job.failed"
+        attempts, delivered, planned = by_job.get(job_id, (0, 0, None))
+        if isinstance(planned, str):  # SQLite hands back text
+            planned = datetime.fromisoformat(planned)
+        if planned is not None and planned.tzinfo is None:
+            planned = planned.replace(tzinfo=UTC)
+        rows.append(
+            {
+                "job_id": job_id,
+                "event_id": _event_id(job_id, event_type),
+                "event_type": event_type,
+                "destination": _destination(url),
+                "status": "delivered" if delivered else "pending",
+                "attempts": int(attempts or 0),
+                "series_start": 0,
+                "next_attempt_at": None if delivered else _stored(planned or now, bind),
+                "created_at": _stored(now, bind),
+            }
+        )
+    for start in range(0, len(rows), 1000):
+        op.bulk_insert(outbox, rows[start : start + 1000])
+
+
+def _stored(value: datetime, bind: sa.engine.Connection) -> datetime:
+    # the models store UTC without a zone on SQLite (text compares in order)
+    value = value.astimezone(UTC)
+    return value.replace(tzinfo=None) if bind.dialect.name == "sqlite" else value
 
 
 def downgrade() -> None:
