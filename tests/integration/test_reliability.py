@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from jobs.crash_points import AFTER_COMPLETION_COMMIT, AFTER_RETRY_PLANNED, SWEEP_BEFORE_PUBLISH
@@ -115,6 +115,33 @@ def wait_events_settled(stack: Stack, ids: list[str], timeout: float) -> dict[st
     return wait_until(settled, timeout, "every owed webhook delivered or exhausted", interval=0.5)  # type: ignore[no-any-return]
 
 
+def abandoned_job(stack: Stack, like: str, hook: str) -> str:
+    """Insert a job (the image of ``like``) as a dead worker leaves it: lapsed lease, no message."""
+    with database(stack.database_url) as engine, Session(engine) as session, session.begin():
+        model = session.get(Job, like)
+        assert model is not None
+        job = Job(
+            image_key=model.image_key,
+            image_sha256=model.image_sha256,
+            content_type=model.content_type,
+            image_size=model.image_size,
+            width=model.width,
+            height=model.height,
+            metadata_={},
+            webhook_url=hook,
+            owner=model.owner,
+            status="processing",
+            attempts=1,
+            created_at=utcnow(),
+            started_at=utcnow(),
+            leased_by="gone",
+            lease_until=utcnow() - timedelta(seconds=1),
+        )
+        session.add(job)
+        session.flush()
+        return job.id
+
+
 def wait_dead(proc: Any, timeout: float) -> None:
     wait_until(lambda: proc.poll() is not None, timeout, "the armed worker to crash", interval=0.2)
 
@@ -153,18 +180,9 @@ def test_a_worker_killed_at_each_window_loses_nothing(rig: tuple[str, Stack], po
                 receiver.respond(500)  # the first attempt fails: a retry is planned
             ids = submit(stack, hook, JOBS_PER_RUN, seed=9000 + run)
             if point == SWEEP_BEFORE_PUBLISH:
-                # a job a dead worker left behind: the sweep claims it, then dies
-                with database(stack.database_url) as engine, Session(engine) as s, s.begin():
-                    s.execute(
-                        update(Job)
-                        .where(Job.id == ids[0])
-                        .values(
-                            status="processing",
-                            attempts=1,
-                            leased_by="gone",
-                            lease_until=utcnow() - timedelta(seconds=1),
-                        )
-                    )
+                # a job a dead worker left behind, its message gone: the sweep claims it,
+                # then dies before it publishes anything
+                ids.append(abandoned_job(stack, ids[0], hook))
             armed = stack.start_worker(
                 concurrency=4,
                 name=f"armed-{uuid.uuid4().hex[:6]}",
