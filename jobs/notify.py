@@ -44,7 +44,7 @@ __all__ = ["destination_of", "event_id_for", "event_type_for"]  # re-exported fo
 # visibility timeout).
 COUNTDOWN_LIMIT_S = 600.0
 # A claimed attempt is held this long past its deadline before another may take over.
-CLAIM_MARGIN_S = 30.0
+CLAIM_MARGIN_S = 10.0
 # A due row still unclaimed after this long has lost its message; relay it, and again
 # at most this often while the queue is long (the sweeper passes its own interval).
 RELAY_STALE_S = 15.0
