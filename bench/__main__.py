@@ -140,7 +140,7 @@ def served_phase(
     batch: int,
     workdir: Path,
     cache: Path,
-) -> tuple[list[LoadResult], list[dict[str, Any]]]:
+) -> tuple[list[LoadResult], list[dict[str, Any]], list[LoadResult]]:
     from model_store.store import ensure_model
     from tests.support.stack import production_stack
 
@@ -161,6 +161,14 @@ def served_phase(
             sync.append(run_load(stack.url, data, c, seconds))
             s = sync[-1]
             print(f"  {backend} c={c}: {s.per_s:.1f} req/s p50 {s.p50_ms:.0f} ms err {s.errors}")
+        protocols = []
+        if 32 in levels:  # the same images at c=32: /predict, then v2 binary infer
+            model = str(stored.tag).split(":")[0]
+            for v2_model in (None, model):
+                protocols.append(run_load(stack.url, data, 32, seconds, v2_model=v2_model))
+                p = protocols[-1]
+                route = "v2 binary" if v2_model else "/predict"
+                print(f"  {backend} {route} c=32: {p.per_s:.1f} req/s p50 {p.p50_ms:.0f} ms")
         async_results = []
         if jobs:
             stack.start_worker(concurrency=16)
@@ -170,11 +178,15 @@ def served_phase(
                 )
                 print(f"  {backend} async: {json.dumps(result)}", flush=True)
                 async_results.append(result)
-    return sync, async_results
+    return sync, async_results, protocols
 
 
 def _targets(
-    best: RawResult, single: RawResult, sync: list[LoadResult], jobs: list[dict[str, Any]]
+    best: RawResult,
+    single: RawResult,
+    sync: list[LoadResult],
+    jobs: list[dict[str, Any]],
+    protocols: list[LoadResult],
 ) -> list[str]:
     """The issue's ratio targets against this run's numbers."""
     rows = []
@@ -188,6 +200,12 @@ def _targets(
     if 64 in by_c:
         errors = by_c[64].errors
         rows.append(("0 errors at c=64", f"{errors} errors", errors == 0))
+    if len(protocols) == 2:
+        predict, v2 = protocols
+        ratio = v2.per_s / predict.per_s
+        rows.append(
+            ("v2 binary infer c=32 >= /predict c=32 (images/s)", f"{ratio:.2f}x", ratio >= 0.98)
+        )
     for result in jobs:
         ratio = result["jobs_per_s"] / best.images_per_s
         per = int(result["per_request"])
@@ -203,13 +221,13 @@ def _targets(
 
 def render(
     raw: list[RawResult],
-    served: dict[str, tuple[list[LoadResult], list[dict[str, Any]]]],
+    served: dict[str, tuple[list[LoadResult], list[dict[str, Any]], list[LoadResult]]],
     photos: list[dict[str, Any]],
     args: Any,
 ) -> str:
     best = max(raw, key=lambda r: r.images_per_s)
     single = min((r for r in raw if r.batch == 1), key=lambda r: r.p50_ms)
-    generators = sorted({s.generator for sync, _ in served.values() for s in sync})
+    generators = sorted({s.generator for sync, _, _ in served.values() for s in sync})
     generator = {
         "wrk": "wrk (C, one thread; ~0.3 ms of CPU per request)",
         "httpx": "httpx (Python; ~2 ms of CPU per request, install wrk for a lighter one)",
@@ -237,7 +255,7 @@ def render(
         f"fastest single image: **{single.p50_ms:.0f} ms** ({single.backend}).",
         "",
     ]
-    for backend, (sync, jobs) in served.items():
+    for backend, (sync, jobs, protocols) in served.items():
         lines += [
             f"## `POST /predict`, backend `{backend}` (production stack, {args.seconds:.0f} s per level)",
             "",
@@ -255,6 +273,22 @@ def render(
             lines += [
                 f"Lone request: p50 {c1.p50_ms:.0f} ms = **{c1.p50_ms / single.p50_ms:.2f}x** the "
                 "fastest raw single-image pipeline.",
+                "",
+            ]
+        if protocols:
+            lines += [
+                f"Open Inference Protocol v2 vs `/predict`, backend `{backend}`: the same images "
+                "at concurrency 32, one image per request (v2: binary tensor data, top 5 by "
+                "the classification extension, as tritonclient sends it):",
+                "",
+                "| route | images/s | p50 (ms) | p99 (ms) | errors |",
+                "|---|---|---|---|---|",
+                *(
+                    f"| {route} | {p.per_s:.1f} | {p.p50_ms:.0f} | {p.p99_ms:.0f} | {p.errors} |"
+                    for route, p in zip(
+                        ("`POST /predict`", "`POST /v2/.../infer`"), protocols, strict=True
+                    )
+                ),
                 "",
             ]
         if jobs:
@@ -276,7 +310,7 @@ def render(
         lines += [
             f"Targets of issue #7, backend `{backend}`:",
             "",
-            *_targets(best, single, sync, jobs),
+            *_targets(best, single, sync, jobs, protocols),
         ]
     if photos:
         lines += [
@@ -350,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.chart import draw
 
     chart = output.with_name("benchmarks.png")
-    draw({b: s for b, (s, _) in served.items()}, raw, chart)
+    draw({b: s for b, (s, _, _) in served.items()}, raw, chart)
     text += f"\n![throughput and latency vs concurrency]({chart.name})\n"
     output.write_text(text)
     print(f"bench: wrote {output} and {chart}")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
+import struct
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +28,34 @@ class LoadResult:
         return (self.requests - self.errors) / self.seconds
 
 
+def v2_infer_request(data: bytes, top_k: int = 5) -> tuple[dict[str, str], bytes]:
+    """An Open Inference Protocol v2 infer request for one image, as tritonclient sends it.
+
+    Binary tensor data both ways and Triton's classification extension: the same answer as
+    ``/predict``'s top 5, so the two routes do the same work per image.
+    """
+    raw = struct.pack("<I", len(data)) + data
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "IMAGE",
+                    "datatype": "BYTES",
+                    "shape": [1],
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ],
+            "outputs": [
+                {
+                    "name": "PROBABILITIES",
+                    "parameters": {"binary_data": True, "classification": top_k},
+                }
+            ],
+        }
+    ).encode()
+    return {"Inference-Header-Content-Length": str(len(header))}, header + raw
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -33,7 +63,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def _run(url: str, payloads: list[bytes], concurrency: int, seconds: float) -> LoadResult:
+async def _run(
+    url: str, payloads: list[bytes], concurrency: int, seconds: float, v2_model: str | None
+) -> LoadResult:
     latencies: list[float] = []
     errors = 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -46,10 +78,15 @@ async def _run(url: str, payloads: list[bytes], concurrency: int, seconds: float
             i = uid
             while time.perf_counter() < deadline:
                 t0 = time.perf_counter()
+                data = payloads[i % len(payloads)]
                 try:
-                    resp = await client.post(
-                        f"{url}/predict", files={"image": ("img", payloads[i % len(payloads)])}
-                    )
+                    if v2_model is None:
+                        resp = await client.post(f"{url}/predict", files={"image": ("img", data)})
+                    else:
+                        headers, body = v2_infer_request(data)
+                        resp = await client.post(
+                            f"{url}/v2/models/{v2_model}/infer", content=body, headers=headers
+                        )
                     ok = resp.status_code == 200
                 except httpx.HTTPError:
                     ok = False
@@ -70,14 +107,22 @@ async def _run(url: str, payloads: list[bytes], concurrency: int, seconds: float
 
 
 def run_load(
-    url: str, payloads: list[bytes], concurrency: int, seconds: float, generator: str = "auto"
+    url: str,
+    payloads: list[bytes],
+    concurrency: int,
+    seconds: float,
+    generator: str = "auto",
+    v2_model: str | None = None,
 ) -> LoadResult:
-    """Closed-loop ``/predict`` load; ``auto`` uses wrk when installed, else httpx."""
+    """Closed-loop ``/predict`` load (v2 binary infer of ``v2_model`` if given).
+
+    ``auto`` uses wrk when installed, else httpx.
+    """
     from bench import wrk
 
     if generator == "wrk" or (generator == "auto" and wrk.available()):
-        return wrk.run_wrk(url, payloads, concurrency, seconds)
-    return asyncio.run(_run(url, payloads, concurrency, seconds))
+        return wrk.run_wrk(url, payloads, concurrency, seconds, v2_model=v2_model)
+    return asyncio.run(_run(url, payloads, concurrency, seconds, v2_model))
 
 
 def unique_jpeg(data: bytes, n: int) -> bytes:

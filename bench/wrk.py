@@ -26,11 +26,10 @@ for i, path in ipairs({PATHS}) do
   bodies[i] = fh:read("*a")
   fh:close()
 end
+local headers = {HEADERS}
 local requests = {}
 for i, body in ipairs(bodies) do
-  requests[i] = wrk.format("POST", "{ROUTE}", {
-    ["Content-Type"] = "multipart/form-data; boundary=BOUNDARY",
-  }, body)
+  requests[i] = wrk.format("POST", "{ROUTE}", headers[i], body)
 end
 local n = 0
 request = function()
@@ -60,21 +59,37 @@ def multipart(data: bytes, field: str = "image") -> bytes:
     return head + data + f"\r\n--{BOUNDARY}--\r\n".encode()
 
 
+def _lua_table(headers: dict[str, str]) -> str:
+    return "{" + ", ".join(f"[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items()) + "}"
+
+
 def run_wrk(
-    url: str, payloads: list[bytes], concurrency: int, seconds: float, route: str = "/predict"
+    url: str,
+    payloads: list[bytes],
+    concurrency: int,
+    seconds: float,
+    v2_model: str | None = None,
 ) -> LoadResult:
-    """Run wrk against ``url + route`` with ``concurrency`` connections for ``seconds``."""
+    """Run wrk against ``/predict`` (v2 infer of ``v2_model`` if given) for ``seconds``."""
+    from bench.load import v2_infer_request
+
     with tempfile.TemporaryDirectory(prefix="vq-wrk-") as tmp:
-        paths = []
+        paths, headers = [], []
         for i, data in enumerate(payloads):
+            if v2_model is None:
+                head = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+                body = multipart(data)
+            else:
+                head, body = v2_infer_request(data)
             path = Path(tmp) / f"body{i}"
-            path.write_bytes(multipart(data))
+            path.write_bytes(body)
             paths.append(str(path))
-        lua_paths = "{" + ", ".join(json.dumps(p) for p in paths) + "}"
+            headers.append(_lua_table(head))
+        route = "/predict" if v2_model is None else f"/v2/models/{v2_model}/infer"
         script = (
-            _SCRIPT.replace("{PATHS}", lua_paths)
+            _SCRIPT.replace("{PATHS}", "{" + ", ".join(json.dumps(p) for p in paths) + "}")
+            .replace("{HEADERS}", "{" + ", ".join(headers) + "}")
             .replace("{ROUTE}", route)
-            .replace("BOUNDARY", BOUNDARY)
         )
         script_path = Path(tmp) / "load.lua"
         script_path.write_text(script)

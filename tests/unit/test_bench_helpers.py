@@ -11,10 +11,11 @@ from PIL import Image
 from python_multipart.multipart import MultipartParser
 
 from bench import __main__ as bench_main
-from bench.load import unique_jpeg
+from bench.load import unique_jpeg, v2_infer_request
 from bench.wrk import BOUNDARY, multipart
 from tests.support import images
 from visionqueue import cli
+from visionqueue.api.protocols import v2_tensors
 
 
 def test_unique_jpeg_changes_the_bytes_not_the_pixels() -> None:
@@ -89,3 +90,11 @@ def test_visionqueue_bench_without_the_benchmark_says_where_it_lives(
     assert cli.main(["bench"]) == 2
     err = capsys.readouterr().err
     assert "not installed with the product" in err and "make bench" in err
+
+
+def test_the_v2_requests_are_what_tritonclient_sends_for_one_image() -> None:
+    data = images.jpeg(32, 24)
+    headers, body = v2_infer_request(data)
+    request = v2_tensors.parse_infer_request(body, headers["Inference-Header-Content-Length"])
+    assert request.images == [data]
+    assert request.output == v2_tensors.RequestedOutput(binary=True, classification=5)
