@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.load import LoadResult, run_async_jobs, run_load
+from bench.lone import LoneResult, cpu_ms_per_job, cpu_seconds, measure_lone, stack_processes
 from bench.raw import RawResult, measure_batch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,12 +174,95 @@ def served_phase(
         if jobs:
             stack.start_worker(concurrency=16)
             for per_request in sorted({1, batch}):
-                result = run_async_jobs(
-                    stack.url, data, jobs, stack.database_url, per_request=per_request
+                procs = stack_processes(env["VQ_DATA_DIR"], {"bench client": [os.getpid()]})
+                if stack.s3_process is not None:
+                    procs["S3 server (moto)"] = [stack.s3_process.pid]
+                before = cpu_seconds(procs)
+                result: dict[str, Any] = dict(
+                    run_async_jobs(
+                        stack.url, data, jobs, stack.database_url, per_request=per_request
+                    )
                 )
+                result["cpu_ms"] = cpu_ms_per_job(before, cpu_seconds(procs), jobs)
                 print(f"  {backend} async: {json.dumps(result)}", flush=True)
                 async_results.append(result)
     return sync, async_results, protocols
+
+
+def embedded_phase(jobs: int, lone_jobs: int, workdir: Path) -> dict[str, Any]:
+    """``make run``'s embedded default: a lone job's latency, then ``jobs`` jobs with CPU per job."""
+    from model_store.store import ensure_model
+    from tests.support.launcher import BANNER, launcher_env, start_launcher
+
+    stored = ensure_model("random", seed=0)
+    data_dir = workdir / "data-embedded"
+    env = launcher_env(data_dir, VQ_MODEL_TAG=stored.tag, VQ_WORKER_CONCURRENCY="16")
+    data = payloads()
+    out: dict[str, Any] = {}
+    with start_launcher(env, workdir / "launcher.log") as launched:
+        launched.wait_for_output(BANNER, timeout=600)
+        run_load(launched.url, data, 4, 5)  # warm-up, as for the production stack
+        lone: LoneResult = measure_lone(launched.url, data, jobs=lone_jobs)
+        out["lone"] = lone
+        print(
+            f"  embedded lone job: p50 {lone.job_p50_ms:.0f} ms (/predict c=1 p50 "
+            f"{lone.predict_p50_ms:.0f} ms)",
+            flush=True,
+        )
+        procs = stack_processes(str(data_dir), {"bench client": [os.getpid()]})
+        before = cpu_seconds(procs)
+        database_url = f"sqlite:///{(data_dir / 'visionqueue.db').resolve()}"
+        result: dict[str, Any] = dict(run_async_jobs(launched.url, data, jobs, database_url))
+        result["cpu_ms"] = cpu_ms_per_job(before, cpu_seconds(procs), jobs)
+        print(f"  embedded async: {json.dumps(result)}", flush=True)
+        out["jobs"] = result
+        launched.interrupt_and_wait(60)
+    return out
+
+
+def _cpu_table(jobs: list[dict[str, Any]]) -> list[str]:
+    """Per-process CPU per job (ms) of each async run, from /proc before and after."""
+    runs = [j for j in jobs if "cpu_ms" in j]
+    if not runs:
+        return []
+    roles = sorted({r for j in runs for r in j["cpu_ms"]})
+    heads = [f"{int(j['per_request'])} per request" for j in runs]
+    lines = [
+        "CPU per job (ms, user + system, every process of the stack, from /proc):",
+        "",
+        "| process | " + " | ".join(heads) + " |",
+        "|---|" + "---|" * len(runs),
+    ]
+    for role in roles:
+        lines.append(
+            f"| {role} | " + " | ".join(f"{j['cpu_ms'].get(role, 0.0):.1f}" for j in runs) + " |"
+        )
+    lines.append(
+        "| **all** | " + " | ".join(f"{sum(j['cpu_ms'].values()):.1f}" for j in runs) + " |"
+    )
+    return [*lines, ""]
+
+
+def _embedded_section(embedded: dict[str, Any], best: RawResult) -> list[str]:
+    lone: LoneResult = embedded["lone"]
+    job = embedded["jobs"]
+    ratio = job["jobs_per_s"] / best.images_per_s
+    return [
+        "## Async jobs on `make run`'s embedded default (SQLite, filesystem broker, local images)",
+        "",
+        f"A lone job (one every 2 s, {lone.jobs} jobs): submit -> `completed` p50 "
+        f"**{lone.job_p50_ms:.0f} ms** (p90 {lone.job_p90_ms:.0f} ms); sync `/predict` at "
+        f"c=1 in the same stack: p50 {lone.predict_p50_ms:.0f} ms. Target (p50 + 150 ms): "
+        f"{'met' if lone.met else '**not met**'}.",
+        "",
+        "| jobs | jobs/s (first submit to last result stored) | ratio to best raw | "
+        "p50 submit->done (s) | p99 (s) | failed |",
+        "|---|---|---|---|---|---|",
+        f"| {int(job['jobs'])} | {job['jobs_per_s']:.1f} | {ratio:.2f}x | {job['p50_s']:.2f} | "
+        f"{job['p99_s']:.2f} | {int(job['failed'])} |",
+        "",
+        *_cpu_table([job]),
+    ]
 
 
 def _targets(
@@ -224,6 +308,7 @@ def render(
     served: dict[str, tuple[list[LoadResult], list[dict[str, Any]], list[LoadResult]]],
     photos: list[dict[str, Any]],
     args: Any,
+    embedded: dict[str, Any] | None = None,
 ) -> str:
     best = max(raw, key=lambda r: r.images_per_s)
     single = min((r for r in raw if r.batch == 1), key=lambda r: r.p50_ms)
@@ -306,12 +391,15 @@ def render(
                     for j in jobs
                 ),
                 "",
+                *_cpu_table(jobs),
             ]
         lines += [
             f"Targets of issue #7, backend `{backend}`:",
             "",
             *_targets(best, single, sync, jobs, protocols),
         ]
+    if embedded:
+        lines += _embedded_section(embedded, best)
     if photos:
         lines += [
             "## Large photos (decode + resize + crop, one thread)",
@@ -352,6 +440,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--backends", default="eager,channels_last,onnxruntime,compile")
     parser.add_argument("--served", default="eager,onnxruntime", help="backends to serve")
+    parser.add_argument(
+        "--embedded-jobs",
+        type=int,
+        default=300,
+        help="jobs through make run's embedded default (0 = skip that stack)",
+    )
+    parser.add_argument("--lone-jobs", type=int, default=10, help="lone jobs, one every 2 s")
     parser.add_argument("--output", default=str(ROOT / "docs" / "benchmarks.md"))
     args = parser.parse_args(argv)
     missing = missing_dev_dependencies(DEV_DEPENDENCIES)
@@ -378,7 +473,11 @@ def main(argv: list[str] | None = None) -> int:
         served[backend] = served_phase(
             backend, args.seconds, levels, args.jobs, args.job_batch, workdir, cache
         )
-    text = render(raw, served, photos, args)
+    embedded = None
+    if args.embedded_jobs:
+        print("bench: make run's embedded default ...", flush=True)
+        embedded = embedded_phase(args.embedded_jobs, args.lone_jobs, workdir)
+    text = render(raw, served, photos, args, embedded)
     output = Path(args.output)
     output.parent.mkdir(exist_ok=True)
     from bench.chart import draw

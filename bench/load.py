@@ -8,6 +8,7 @@ import statistics
 import struct
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -169,6 +170,13 @@ async def submit_jobs(
     return ids
 
 
+def _utc(value: datetime | str) -> datetime:
+    """A timestamp column as an aware UTC datetime (SQLite returns text, naive in UTC)."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
 def run_async_jobs(
     url: str,
     payloads: list[bytes],
@@ -204,8 +212,9 @@ def run_async_jobs(
             {"ids": ids},
         ).all()
     engine.dispose()
-    latencies = [(f - c).total_seconds() for c, f in rows]
-    last = max(f for _, f in rows).timestamp()
+    stamps = [(_utc(c), _utc(f)) for c, f in rows]
+    latencies = [(f - c).total_seconds() for c, f in stamps]
+    last = max(f for _, f in stamps).timestamp()
     return {
         "jobs": float(jobs),
         "per_request": float(per_request),

@@ -53,6 +53,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "processed_folder": str(settings.broker_dir / "processed"),
             "control_folder": str(settings.broker_dir / "control"),
             "store_processed": False,
+            # kombu sleeps this long whenever every queue it reads is empty: the pick-up
+            # delay of a lone job (kombu's default of 1 s was most of its latency)
+            "polling_interval": settings.broker.poll_interval_s,
         }
     elif broker.startswith(("redis://", "rediss://", "sqs://")):
         visibility = settings.broker.visibility_timeout_s
