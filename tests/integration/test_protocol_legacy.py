@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import httpx
@@ -11,6 +10,7 @@ import pytest
 
 from tests.integration.webhook_receiver import WebhookReceiver
 from tests.support import images
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -22,13 +22,13 @@ def state(url: str, task_id: str) -> dict[str, Any]:
 
 
 def wait_state(url: str, task_id: str, timeout: float = 60) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """Poll the original's task-status route until the task succeeded or failed."""
+
+    def final() -> dict[str, Any] | None:
         body = state(url, task_id)
-        if body["state"] in ("SUCCESS", "FAILURE"):
-            return body
-        time.sleep(0.2)
-    raise TimeoutError(f"task {task_id} not finished: {body}")
+        return body if body["state"] in ("SUCCESS", "FAILURE") else None
+
+    return wait_until(final, timeout, f"task {task_id} final")
 
 
 def upload(url: str, data: bytes, **params: str) -> httpx.Response:
@@ -112,12 +112,13 @@ def test_the_originals_monitoring_example_works_on_the_service_port(stack) -> No
         assert wait_state(stack.url, bad)["state"] == "FAILURE"
     finally:
         stack.stop_workers()
-    deadline = time.monotonic() + 30  # the front caches backend reads for VQ_HEALTH_CACHE_S
-    while time.monotonic() < deadline:
-        after = {k: service_metric(stack.url, s) for k, s in samples.items()}
-        if after != before:
-            break
-        time.sleep(0.5)
+
+    def moved() -> dict[str, float] | None:
+        now = {k: service_metric(stack.url, s) for k, s in samples.items()}
+        return now if now != before else None
+
+    # the front caches backend reads for VQ_HEALTH_CACHE_S
+    after = wait_until(moved, 30, "the service's totals to move", interval=0.5)
     assert after["success"] - before["success"] == 1
     assert after["failure"] - before["failure"] == 1
     assert after["latency"] - before["latency"] == 1

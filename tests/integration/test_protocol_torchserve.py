@@ -91,3 +91,23 @@ def test_bad_inputs_get_torchserves_error_shape(bento_url: str) -> None:
             assert body["code"] == status and body["type"].endswith("Exception"), label
     unknown = httpx.put(f"{bento_url}/predictions/resnet-99", content=photo, timeout=60).json()
     assert unknown["type"] == "ModelNotFoundException"
+
+
+def test_the_openapi_document_describes_every_protocol_route(bento_url: str) -> None:
+    paths = httpx.get(f"{bento_url}/docs.json", timeout=30).json()["paths"]
+    for path, method in [
+        ("/v2", "get"),
+        ("/v2/health/ready", "get"),
+        ("/v2/models/{name}", "get"),
+        ("/v2/models/{name}/versions/{model_version}/infer", "post"),
+        ("/predictions/{name}", "put"),
+        ("/predictions/{name}/{model_version}", "post"),
+        ("/ping", "get"),
+        ("/api/upload-image", "post"),
+        ("/api/task-status/{task_id}", "get"),
+        ("/health", "get"),
+    ]:
+        assert method in paths.get(path, {}), (path, method)
+    infer = paths["/v2/models/{name}/infer"]["post"]
+    assert {"application/json", "application/octet-stream"} <= set(infer["requestBody"]["content"])
+    assert "404" in infer["responses"] and "422" in infer["responses"]
