@@ -1,1 +1,1 @@
-"""The HTTP front: predict handling, job routes, health, backlog gauges; ``middleware/`` wraps it."""
+"""The HTTP front: predict, job routes, health, backlog gauges, ``protocols/``; ``middleware/`` wraps it."""
