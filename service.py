@@ -1,21 +1,26 @@
-"""Bento services: ``Classifier`` (batched ResNet18) and ``VisionQueue`` (the public front).
+"""Bento services: ``Classifier`` (the served models, batched) and ``VisionQueue`` (the front).
 
 ``bentoml serve service:VisionQueue`` starts both; the front calls the classifier through
 BentoML's inter-service client, so sync requests and async jobs (which call ``/predict``)
-share one adaptive-batching queue. This module only composes: logic lives in
+share each model's adaptive-batching queue. ``VQ_MODELS`` names the served models: each gets
+a batchable API of its own on the classifier (generated below from the settings), so a batch
+never mixes models. This module only composes: logic lives in
 ``model_store`` (the model), ``visionqueue.api`` (HTTP: routes, middleware, health, backlog
 gauges) and ``visionqueue.bento`` (BentoML patches and metrics).
 
-At import this module does two things, both because BentoML takes their values when the
-classes are decorated: it reads the settings (the environment only: workers, port, host,
-batch size and deadline, model tag, middleware options) and builds the (empty) FastAPI app
-it mounts. Models, engines, clients, threads and BentoML patches are built or applied in the
+At import this module does three things, the first two because BentoML takes their values
+when the classes are decorated: it reads the settings (the environment only: workers, port,
+host, batch size and deadline, served models, middleware options), builds the (empty)
+FastAPI app it mounts, and, in the process that starts the server, refuses served models that
+would not fit in memory (file sizes only: a classifier worker that cannot load would just be
+restarted forever). Models, engines, clients, threads and BentoML patches are built or applied in the
 services' ``__init__``, which BentoML runs in each worker process.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,16 +31,17 @@ import numpy as np
 from bentoml.exceptions import BentoMLException
 from starlette.responses import JSONResponse
 
+from model_store.serving import check_memory, resolve_served, served_specs
 from visionqueue.api.app import attach_front, create_api_app
 from visionqueue.api.backlog import BacklogGauges
-from visionqueue.api.coalesce import CropCoalescer
 from visionqueue.api.health import FrontHealth
 from visionqueue.api.middleware import front_middleware
 from visionqueue.api.predict import check_top_k, classify_images, classify_upload
 from visionqueue.api.resources import build_front_resources
+from visionqueue.api.served_models import Answer, ServedModels
 from visionqueue.bento.metrics import classifier_metrics, front_metrics
 from visionqueue.bento.patches import NO_SESSION_RECYCLING, apply_bentoml_patches
-from visionqueue.core.errors import ModelNotReady, Unavailable, VQError
+from visionqueue.core.errors import Unavailable, VQError
 from visionqueue.core.logging_setup import configure_logging
 from visionqueue.core.settings import get_settings
 
@@ -43,12 +49,121 @@ logger = logging.getLogger("visionqueue.service")
 
 _settings = get_settings()  # decoration-time values only (see the module docstring)
 _model_cfg = _settings.model
+_served = served_specs(_model_cfg.models, _model_cfg.model_name, _model_cfg.model_tag)
+if "_bentoml_impl" not in sys.argv[0]:  # the serving process, not its service workers
+    check_memory(
+        {name: m.path for name, m in resolve_served(_served).items()},
+        _model_cfg.classifier_workers,
+        _model_cfg.model_memory_limit_mb,
+    )
 
 api_app = create_api_app()
 CLASSIFY_DEADLINE_S = 90.0
 
 
-@bentoml.service(
+class _Classifier:
+    """Every served model over uint8 crops; one adaptive-batching API per model."""
+
+    # `bentoml build` packs the configured default version
+    model_ref = bentoml.models.BentoModel(_served[0].tag)
+
+    def __init__(self) -> None:
+        from model_store.inference import configure_threads
+        from model_store.promotions import record_path
+        from model_store.serving import ModelSlot, PromotionWatcher
+
+        configure_logging(_settings)
+        apply_bentoml_patches(_model_cfg.batch_wait_policy)
+        self.threads = configure_threads(_model_cfg.torch_threads)
+        # a promoted version wins over VQ_MODELS for its name, also across restarts
+        stored = resolve_served(_served)
+        self.slots = {name: ModelSlot(name, self._load) for name in stored}
+        for name, model in stored.items():
+            self.slots[name].load(model.tag)
+        self.metrics = classifier_metrics()
+        self.watcher = PromotionWatcher(self.slots, record_path(), _model_cfg.promotion_poll_s)
+        self.watcher.start()
+
+    def _load(self, tag: str) -> Any:
+        """Load one stored version and warm it up (start-up and promotions)."""
+        from model_store.inference import load_classifier
+        from model_store.store import get_model
+
+        stored = get_model(tag)
+        model = load_classifier(
+            stored.path,
+            tag=stored.tag,
+            weights_origin=stored.weights_origin,
+            labels=tuple(stored.metadata["labels"]),
+            device=_model_cfg.device,
+            backend=_model_cfg.inference_backend,
+            warmup_batch=_model_cfg.batch_max_size,
+            compile_cache_dir=_model_cfg.compile_cache_dir
+            or str(_settings.data_dir.resolve() / "torch-compile"),
+            metadata=stored.metadata,
+        )
+        info = model.info
+        logger.info(
+            "classifier loaded %s (%s, %d classes) weights=%s device=%s backend=%s threads=%d",
+            info.tag,
+            info.architecture,
+            len(info.labels),
+            info.weights_origin,
+            info.device,
+            info.backend,
+            self.threads,
+        )
+        if info.demo:
+            logger.warning(
+                "SERVING A RANDOM-INIT DEMO MODEL (%s, %s): predictions are meaningless. "
+                "Set VQ_WEIGHTS to imagenet1k_v1 (online) or a checkpoint path.",
+                info.tag,
+                info.weights_origin,
+            )
+        return model
+
+    def run_batch(self, name: str, crops: np.ndarray) -> np.ndarray:
+        """Classify one adaptive batch of ``name``'s crops.
+
+        Returns ``(N, C + 2)`` float32: C softmax probabilities, the forward-pass seconds of
+        the batch (the caller derives its queue wait from it), and the id of the tag that
+        ran it (``model_store.serving.tag_id``).
+        """
+        out, elapsed = self.slots[name].run(crops)
+        self.metrics.batch_seconds.observe(elapsed)
+        self.metrics.batch_images.observe(len(out))
+        self.metrics.images.inc(len(out))
+        return out
+
+    @bentoml.api
+    def model_info(self, name: str = "") -> dict[str, Any]:
+        """Describe a served model (default: the first): its version, and versions served."""
+        slot = self.slots.get(name or _served[0].name)
+        if slot is None:
+            raise BentoMLException(f"no served model {name!r}")
+        return slot.describe()
+
+
+def _batch_api(name: str, api: str) -> Any:
+    """Make ``name``'s batchable API: its own adaptive batching queue."""
+
+    def classify(self: Any, crops: np.ndarray) -> np.ndarray:
+        return self.run_batch(name, crops)  # type: ignore[no-any-return]
+
+    classify.__name__ = classify.__qualname__ = api
+    classify.__doc__ = f"Classify ``(N, H, W, 3)`` uint8 crops with {name} (its own queue)."
+    return bentoml.api(
+        batchable=True,
+        batch_dim=(0, 0),
+        max_batch_size=_model_cfg.batch_max_size,
+        max_latency_ms=_model_cfg.batch_max_latency_ms,
+    )(classify)
+
+
+for _spec in _served:
+    setattr(_Classifier, _spec.api, _batch_api(_spec.name, _spec.api))
+
+Classifier = bentoml.service(
     name="classifier",
     workers=_model_cfg.classifier_workers,
     threads=1,
@@ -56,80 +171,7 @@ CLASSIFY_DEADLINE_S = 90.0
     runner_connection=NO_SESSION_RECYCLING,  # bentoml/BentoML#5540: see visionqueue.bento
     # its only callers are our own services; the front logs the public request
     logging={"access": {"enabled": False}},
-)
-class Classifier:
-    """ResNet18 over uint8 crops, batched adaptively across all callers."""
-
-    model_ref = bentoml.models.BentoModel(_model_cfg.model_tag or f"{_model_cfg.model_name}:latest")
-
-    def __init__(self) -> None:
-        from model_store.inference import configure_threads, load_classifier
-
-        configure_logging(_settings)
-        apply_bentoml_patches(_model_cfg.batch_wait_policy)
-        threads = configure_threads(_model_cfg.torch_threads)
-        stored = self.model_ref
-        meta = stored.info.metadata
-        self.model = load_classifier(
-            stored.path,
-            tag=str(stored.tag),
-            weights_origin=str(meta.get("weights_origin", "unknown")),
-            labels=tuple(meta["labels"]),
-            device=_model_cfg.device,
-            backend=_model_cfg.inference_backend,
-            warmup_batch=_model_cfg.batch_max_size,
-            compile_cache_dir=_model_cfg.compile_cache_dir
-            or str(_settings.data_dir.resolve() / "torch-compile"),
-        )
-        self.metrics = classifier_metrics()
-        info = self.model.info
-        logger.info(
-            "classifier ready: %s weights=%s device=%s backend=%s threads=%d",
-            info.tag,
-            info.weights_origin,
-            info.device,
-            info.backend,
-            threads,
-        )
-        if info.demo:
-            logger.warning(
-                "SERVING A RANDOM-INIT DEMO MODEL (%s): predictions are meaningless. "
-                "Set VQ_WEIGHTS to imagenet1k_v1 (online) or a checkpoint path.",
-                info.weights_origin,
-            )
-
-    @bentoml.api(
-        batchable=True,
-        batch_dim=(0, 0),
-        max_batch_size=_model_cfg.batch_max_size,
-        max_latency_ms=_model_cfg.batch_max_latency_ms,
-    )
-    def classify(self, crops: np.ndarray) -> np.ndarray:
-        """Classify ``(N, 224, 224, 3)`` uint8 crops.
-
-        Returns ``(N, 1001)`` float32: 1000 softmax probabilities, then the forward-pass
-        seconds of the batch the row was in (the caller derives its queue wait from it).
-        """
-        started = time.perf_counter()
-        probs = self.model.predict_proba(crops)
-        elapsed = time.perf_counter() - started
-        self.metrics.batch_seconds.observe(elapsed)
-        self.metrics.batch_images.observe(len(probs))
-        self.metrics.images.inc(len(probs))
-        timing = np.full((len(probs), 1), elapsed, dtype=np.float32)
-        return np.concatenate([probs, timing], axis=1)
-
-    @bentoml.api
-    def model_info(self) -> dict[str, Any]:
-        """Describe the served model: tag, weights origin, device, backend, labels."""
-        info = self.model.info
-        return {
-            "tag": info.tag,
-            "weights": info.weights_origin,
-            "device": info.device,
-            "backend": info.backend,
-            "labels": list(info.labels),
-        }
+)(_Classifier)
 
 
 @bentoml.service(
@@ -148,22 +190,20 @@ class VisionQueue:
         self.settings = get_settings()
         configure_logging(self.settings)
         apply_bentoml_patches(self.settings.model.batch_wait_policy)
-        self._model_info: dict[str, Any] | None = None
         self._limiter = anyio.CapacityLimiter(self.settings.model.preprocess_threads)
         self.metrics = front_metrics()
         model = self.settings.model
         # two calls outstanding per classifier process keep each one's next batch queued
         in_flight = model.calls_in_flight * model.classifier_workers
-        self._coalescer = (
-            CropCoalescer(self._classify_batch, model.batch_max_size, in_flight)
-            if in_flight
-            else None
+        # the served models: list, look up by name, classify (one queue and coalescer each)
+        self.models = ServedModels(
+            _served, self._call_api, self._describe, model.batch_max_size, in_flight
         )
         resources = build_front_resources(self.settings)
         cache_s = self.settings.server.health_cache_s
         self.backlog = BacklogGauges(resources, cache_s)
-        health = FrontHealth(self.model_info, resources, cache_s)
-        attach_front(api_app, resources, health, front=self)
+        health = FrontHealth(self.models, resources, cache_s)
+        attach_front(api_app, resources, health, front=self, models=self.models)
 
     @bentoml.on_deployment
     def refuse_weak_secrets() -> None:  # type: ignore[misc]
@@ -173,72 +213,62 @@ class VisionQueue:
         except ValueError as exc:
             raise SystemExit(f"visionqueue: refusing to start: {exc}") from None
 
-    async def model_info(self) -> dict[str, Any]:
-        """Return (and cache) the classifier's model description; 503 while it loads."""
-        if self._model_info is None:
-            try:
-                # the arbiter holds the classifier's socket even while no worker serves it:
-                # without a deadline a probe would wait out the 120 s traffic timeout
-                with anyio.fail_after(5):
-                    self._model_info = await self.classifier.to_async.model_info()
-            except Exception as exc:
-                raise ModelNotReady("the classifier is not ready yet", retry_after=2) from exc
-        return self._model_info
+    async def _describe(self, name: str) -> dict[str, Any]:
+        return dict(await self.classifier.to_async.model_info(name=name))
 
-    async def _classify_batch(self, crops: np.ndarray) -> np.ndarray:
-        """One call into the batched service: ``(N, 1001)`` rows, the last column timing."""
+    async def _call_api(self, api: str, crops: np.ndarray) -> np.ndarray:
+        """One call into a model's batched API: ``(N, C + 2)`` rows (timing, tag id last)."""
         try:
             # a classifier that died after loading must not hold the caller for BentoML's
             # 120 s traffic timeout and then answer outside our error envelope
             with anyio.fail_after(CLASSIFY_DEADLINE_S):
-                return np.asarray(await self.classifier.to_async.classify(crops))
+                return np.asarray(await getattr(self.classifier.to_async, api)(crops))
         except (BentoMLException, TimeoutError) as exc:
             raise Unavailable(
                 "the classifier is overloaded or unavailable; retry shortly", retry_after=1
             ) from exc
 
-    async def classify_crop(self, crop: np.ndarray) -> np.ndarray:
-        """Classify one crop through the batched service; return its probabilities."""
-        sent = time.perf_counter()
-        if self._coalescer is not None:
-            out = await self._coalescer.classify(crop)
-        else:
-            out = await self._classify_batch(crop[np.newaxis])
-        round_trip = time.perf_counter() - sent
-        self.metrics.queue_wait.observe(max(0.0, round_trip - float(out[0, -1])))
-        return out[0, :-1]
+    def _observe(self, round_trip: float, answer: Answer) -> None:
+        self.metrics.queue_wait.observe(max(0.0, round_trip - answer.forward_s))
 
-    async def classify_crops(self, crops: np.ndarray) -> np.ndarray:
-        """Classify one request's ``(N, 224, 224, 3)`` crops together; return their probabilities."""
-        sent = time.perf_counter()
-        if self._coalescer is not None:
-            out = await self._coalescer.classify_many(crops)
-        else:
-            size = self.settings.model.batch_max_size
-            chunks = [crops[i : i + size] for i in range(0, len(crops), size)]
-            out = np.concatenate([await self._classify_batch(chunk) for chunk in chunks])
-        round_trip = time.perf_counter() - sent
-        for forward_s in out[:, -1]:
-            self.metrics.queue_wait.observe(max(0.0, round_trip - float(forward_s)))
-        return out[:, :-1]
+    async def model_info(self, model: str | None = None) -> dict[str, Any]:
+        """Describe ``model``'s current version (the default model); 503 while it loads."""
+        return await self.models.info(model)
 
-    async def classify_images(self, images: list[bytes] | list[np.ndarray]) -> Any:
-        """Classify encoded images (or decoded pixels) in one batch, as ``/predict`` does one."""
+    async def classify_images(
+        self, images: list[bytes] | list[np.ndarray], model: str | None = None
+    ) -> tuple[np.ndarray, list[str]]:
+        """Classify encoded images (or decoded pixels) together on ``model``, as ``/predict``
+        does one; return ``(N, classes)`` probabilities and how each was preprocessed."""
+        sent = time.perf_counter()
+        probs, how, _, forward_s = await self._classify_images(images, model)
+        round_trip = time.perf_counter() - sent
+        for seconds in forward_s:
+            self.metrics.queue_wait.observe(max(0.0, round_trip - float(seconds)))
+        return probs, how
+
+    async def _classify_images(
+        self, images: list[bytes] | list[np.ndarray], model: str | None
+    ) -> tuple[np.ndarray, list[str], dict[str, Any], np.ndarray]:
         return await classify_images(
             images,
-            classify_many=self.classify_crops,
+            served=self.models,
+            model=model,
             max_pixels=self.settings.server.max_image_pixels,
             limiter=self._limiter,
             jpeg_draft=self.settings.model.jpeg_draft,
         )
 
-    async def classify_upload(self, data: bytes | Path, top_k: int) -> dict[str, Any]:
+    async def classify_upload(
+        self, data: bytes | Path, top_k: int, model: str | None = None
+    ) -> dict[str, Any]:
         """Classify one upload exactly as ``POST /predict`` does; return its response body."""
         return await classify_upload(
             data,
             check_top_k(top_k),
-            classify=self.classify_crop,
-            model_info=await self.model_info(),
+            served=self.models,
+            model=model or None,
+            on_answer=self._observe,
             max_pixels=self.settings.server.max_image_pixels,
             limiter=self._limiter,
             jpeg_draft=self.settings.model.jpeg_draft,
@@ -249,10 +279,11 @@ class VisionQueue:
         return self.backlog.append_to(content)
 
     @bentoml.api(route="/predict")
-    async def predict(self, image: Path, top_k: int = 5) -> Any:
-        """Classify one image (multipart field ``image``); return the top ``top_k`` classes."""
+    async def predict(self, image: Path, top_k: int = 5, model: str = "") -> Any:
+        """Classify one image (multipart field ``image``) with ``model`` (default: the first
+        served); return the top ``top_k`` classes and the exact model version that answered."""
         try:
-            return await self.classify_upload(Path(image), top_k)
+            return await self.classify_upload(Path(image), top_k, model)
         except VQError as exc:
             return JSONResponse(exc.to_body(), status_code=exc.status, headers=exc.headers())
 

@@ -36,8 +36,10 @@ class JobOutcome:
     error_code: str | None = None
 
 
-def classify_bytes(res: Resources, data: bytes, content_type: str, top_k: int) -> dict[str, Any]:
-    """POST the image to the front's ``/predict`` (the shared batching queue)."""
+def classify_bytes(
+    res: Resources, data: bytes, content_type: str, top_k: int, model: str | None = None
+) -> dict[str, Any]:
+    """POST the image to the front's ``/predict`` (the model's shared batching queue)."""
     url = f"{res.settings.classifier_url}/predict"
     headers = {}
     if res.settings.server.api_keys:
@@ -46,7 +48,7 @@ def classify_bytes(res: Resources, data: bytes, content_type: str, top_k: int) -
         resp = res.http.post(
             url,
             files={"image": ("image", data, content_type)},
-            data={"top_k": str(top_k)},
+            data={"top_k": str(top_k), **({"model": model} if model else {})},
             headers=headers,
         )
     except httpx.HTTPError as exc:
@@ -89,7 +91,8 @@ def process_job(job_id: str, res: Resources) -> JobOutcome:
             data = res.store.get(job.image_key)
         except ImageNotFound as exc:
             raise Unprocessable("the stored image no longer exists", code="image_missing") from exc
-        body = classify_bytes(res, data, job.content_type, worker.top_k)
+        # the version promoted when the job runs serves it (policy: docs/models.md)
+        body = classify_bytes(res, data, job.content_type, worker.top_k, job.model_name)
         result = {
             "predictions": body["predictions"],
             "processing_time": body["processing_time"],

@@ -56,7 +56,11 @@ def job_view(job: Job, image_url: str | None) -> dict[str, Any]:
             "height": job.height,
             "url": image_url,
         },
-        "model": ({"tag": job.model_tag, "weights": job.weights_origin} if job.model_tag else None),
+        "model": (
+            {"name": job.model_name, "tag": job.model_tag, "weights": job.weights_origin}
+            if job.model_tag or job.model_name
+            else None
+        ),
         "metadata": job.metadata_ or {},
         "webhook_url": job.webhook_url,
         "result": _result(job, image_url),

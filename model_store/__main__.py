@@ -1,25 +1,48 @@
-"""``python -m model_store import --weights SPEC``: put ResNet18 into the BentoML store."""
+"""``python -m model_store``: import classifiers into the BentoML store, list, promote, delete.
+
+python -m model_store import NAME --weights FILE [--arch ARCH] [--labels FILE] [--resize N]
+                            [--crop N] [--mean R,G,B] [--std R,G,B] [--interpolation I]
+python -m model_store import [--weights imagenet1k_v1|PATH|random]   # the default ResNet18
+python -m model_store list [NAME]
+python -m model_store promote NAME:TAG
+python -m model_store delete NAME:TAG
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
+from typing import Any
 
 from model_store.weights import WeightsError
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m model_store")
-    sub = parser.add_subparsers(dest="command", required=True)
-    imp = sub.add_parser("import", help="save ResNet18 weights into the BentoML model store")
+def add_import_arguments(imp: argparse.ArgumentParser, with_json: bool = True) -> None:
+    """The ``import`` flags, shared with ``visionqueue import-model``."""
+    imp.add_argument(
+        "name", nargs="?", default=None, help="model name in the store (default: $VQ_MODEL_NAME)"
+    )
     imp.add_argument(
         "--weights",
         default=None,
-        help="imagenet1k_v1 | CHECKPOINT_PATH | random (default: $VQ_WEIGHTS or imagenet1k_v1)",
+        help="a state_dict checkpoint, TorchScript archive or ONNX file (detected by content); "
+        "for the default ResNet18 also imagenet1k_v1 | random (default: $VQ_WEIGHTS)",
     )
+    imp.add_argument(
+        "--arch", default=None, help="torchvision builder of a state_dict (default resnet18)"
+    )
+    imp.add_argument(
+        "--labels", type=Path, default=None, help="text lines, JSON list or index_to_name.json"
+    )
+    imp.add_argument("--resize", type=int, default=None, help="shorter side before the crop")
+    imp.add_argument("--crop", type=int, default=None, help="centre crop (the input size)")
+    imp.add_argument("--mean", default=None, help="normalisation mean R,G,B")
+    imp.add_argument("--std", default=None, help="normalisation std R,G,B")
+    imp.add_argument("--interpolation", choices=("bilinear", "bicubic", "nearest"), default=None)
     imp.add_argument("--seed", type=int, default=None, help="seed for random weights")
-    imp.add_argument("--name", default=None, help="model name in the store")
+    imp.add_argument("--name", dest="name_flag", default=None, help=argparse.SUPPRESS)
     imp.add_argument(
         "--if-missing", action="store_true", help="reuse a stored model with the same weights"
     )
@@ -28,34 +51,158 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="offline and no checkpoint: fall back to a seeded random-init demo model",
     )
-    imp.add_argument("--json", action="store_true", help="print the result as JSON")
-    args = parser.parse_args(argv)
+    if with_json:  # `visionqueue` has its own --json
+        imp.add_argument("--json", action="store_true", help="print the result as JSON")
 
+
+def _is_custom(args: argparse.Namespace) -> bool:
+    if args.if_missing or args.fallback_random:  # make import-model / make run: VQ_WEIGHTS
+        return False
+    flags = (args.arch, args.labels, args.resize, args.crop, args.mean, args.std)
+    special = args.weights in (None, "imagenet1k_v1", "random")
+    return not special or any(v is not None for v in (*flags, args.interpolation))
+
+
+def run_import(args: argparse.Namespace) -> int:
     from model_store.store import ensure_model, import_model
     from visionqueue.core.settings import get_settings
 
     cfg = get_settings().model
-    spec = args.weights or cfg.weights
-    seed = cfg.random_seed if args.seed is None else args.seed
-    name = args.name or cfg.model_name
+    name = args.name or args.name_flag or cfg.model_name
     try:
-        if args.if_missing or args.fallback_random:
-            stored = ensure_model(spec, seed, name, allow_fallback=args.fallback_random)
+        if args.weights is not None and _is_custom(args):
+            stored = _import_custom(name, args)
         else:
-            stored = import_model(spec, seed, name)
+            spec = args.weights or cfg.weights
+            seed = cfg.random_seed if args.seed is None else args.seed
+            if args.if_missing or args.fallback_random:
+                stored = ensure_model(spec, seed, name, allow_fallback=args.fallback_random)
+            else:
+                stored = import_model(spec, seed, name)
     except WeightsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    summary = stored.summary()
     if args.json:
-        print(json.dumps({"tag": stored.tag, "weights": stored.weights_origin}))
+        print(json.dumps({"tag": stored.tag, "weights": stored.weights_origin, **summary}))
     else:
-        print(f"{stored.tag}  weights={stored.weights_origin}")
+        prep = summary["preprocessing"]
+        print(
+            f"{stored.tag}  {summary['architecture']}  {summary['classes']} classes  "
+            f"weights={stored.weights_origin}  resize={prep['resize']} crop={prep['crop']} "
+            f"{prep['interpolation']}"
+        )
         if stored.demo:
             print(
                 "WARNING: random-init weights: a demo model whose predictions mean nothing",
                 file=sys.stderr,
             )
     return 0
+
+
+def _import_custom(name: str, args: argparse.Namespace) -> Any:
+    from model_store.importer import PreprocessingOverrides, import_classifier, parse_triplet
+
+    if args.weights is None:
+        raise WeightsError("--weights FILE is required")
+    overrides = PreprocessingOverrides(
+        resize=args.resize,
+        crop=args.crop,
+        mean=parse_triplet(args.mean, "--mean") if args.mean is not None else None,
+        std=parse_triplet(args.std, "--std") if args.std is not None else None,
+        interpolation=args.interpolation,
+    )
+    path = Path(args.weights).expanduser()
+    return import_classifier(name, path, arch=args.arch, labels=args.labels, overrides=overrides)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from model_store.promotions import promoted_tags
+    from model_store.store import list_versions
+
+    versions = list_versions(args.name)
+    promoted = promoted_tags()
+    rows = [{**v.summary(), "promoted": promoted.get(v.name) == v.tag} for v in versions]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no models in the store" + (f" named {args.name}" if args.name else ""))
+    for row in rows:
+        mark = "*" if row["promoted"] else " "
+        print(
+            f"{mark} {row['tag']:<40} {row['architecture']:<34} {row['classes']:>5} classes  "
+            f"{row['weights'][:24]}  {row['created_at'][:19]}"
+        )
+    if any(r["promoted"] for r in rows):
+        print("(* = promoted: the version served for its name)")
+    return 0
+
+
+def run_promote(args: argparse.Namespace) -> int:
+    from model_store.promotions import promote
+
+    try:
+        record = promote(args.tag)
+    except WeightsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(record))
+    else:
+        previous = record.get("previous") or "(the configured version)"
+        print(
+            f"promoted {record['tag']} (was {previous}); classifier workers switch within seconds"
+        )
+    return 0
+
+
+def run_delete(args: argparse.Namespace) -> int:
+    from model_store.promotions import promoted_tags
+    from model_store.store import delete_version, get_model
+
+    try:
+        stored = get_model(args.tag)
+        if promoted_tags().get(stored.name) == stored.tag:
+            raise WeightsError(
+                f"{stored.tag} is the promoted version of {stored.name}: promote another "
+                "version first"
+            )
+        delete_version(stored.tag)
+    except WeightsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"deleted {stored.tag}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m model_store",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    imp = sub.add_parser("import", help="import a classifier into the BentoML model store")
+    add_import_arguments(imp)
+    imp.set_defaults(func=run_import)
+    lst = sub.add_parser("list", help="list stored versions, newest first")
+    lst.add_argument("name", nargs="?", default=None)
+    lst.add_argument("--json", action="store_true")
+    lst.set_defaults(func=run_list)
+    pro = sub.add_parser("promote", help="serve NAME:TAG for NAME (rolling back is the same)")
+    pro.add_argument("tag")
+    pro.add_argument("--json", action="store_true")
+    pro.set_defaults(func=run_promote)
+    dele = sub.add_parser("delete", help="delete a stored version")
+    dele.add_argument("tag")
+    dele.set_defaults(func=run_delete)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
 
 
 if __name__ == "__main__":

@@ -1,20 +1,22 @@
-"""Batched ResNet18 inference: uint8 crops in, class probabilities out.
+"""Batched inference of a stored classifier: uint8 crops in, class probabilities out.
 
-The front ships ``(N, 224, 224, 3)`` uint8 crops (``model_store.preprocess``); here they
-are converted to float, normalised exactly like torchvision's preset, and run in one forward.
+The front ships ``(N, crop, crop, 3)`` uint8 crops (``model_store.preprocess``); here they
+are converted to float, normalised exactly like the model's torchvision preset (or its
+imported preprocessing), and run in one forward. A stored model is a torchvision
+state_dict, a TorchScript archive or an ONNX graph (``model_store.formats``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from model_store.preprocess import MEAN, STD
+from model_store.preprocess import IMAGENET_PREPROCESSING, Preprocessing
 from model_store.weights import is_demo
 
 logger = logging.getLogger(__name__)
@@ -29,6 +31,8 @@ class ModelInfo:
     device: str
     backend: str
     labels: tuple[str, ...]
+    preprocessing: Preprocessing = field(default=IMAGENET_PREPROCESSING)
+    architecture: str = "torchvision.models.resnet18"
 
     @property
     def demo(self) -> bool:
@@ -56,25 +60,37 @@ def pick_device(requested: str) -> str:
 
 
 class BatchClassifier:
-    """A loaded ResNet18 that classifies uint8 crops in batches."""
+    """A loaded classifier that classifies uint8 crops in batches."""
 
     def __init__(self, module: Any, info: ModelInfo) -> None:
         import torch
 
         self.module = module
         self.info = info
+        prep = info.preprocessing
         self._device = torch.device(info.device)
-        self._mean = torch.tensor(MEAN, dtype=torch.float32, device=self._device).view(1, 3, 1, 1)
-        self._std = torch.tensor(STD, dtype=torch.float32, device=self._device).view(1, 3, 1, 1)
+        self._mean = torch.tensor(prep.mean, dtype=torch.float32, device=self._device).view(
+            1, 3, 1, 1
+        )
+        self._std = torch.tensor(prep.std, dtype=torch.float32, device=self._device).view(
+            1, 3, 1, 1
+        )
         self._channels_last = info.backend in ("channels_last", "compile")
         self.onnx: Any = None  # an OnnxRunner for the "onnxruntime" backend
+        self.weights_bytes = 0  # bytes of the parameters it holds (set by load_classifier)
+
+    def check_crops(self, crops: np.ndarray) -> None:
+        size = self.info.preprocessing.crop
+        if crops.dtype != np.uint8 or crops.ndim != 4 or crops.shape[1:] != (size, size, 3):
+            raise ValueError(
+                f"expected (N, {size}, {size}, 3) uint8 crops, got {crops.dtype} {crops.shape}"
+            )
 
     def normalize_batch(self, crops: np.ndarray) -> Any:
-        """Turn ``(N, 224, 224, 3)`` uint8 into the normalised float tensor torchvision makes."""
+        """Turn ``(N, crop, crop, 3)`` uint8 into the normalised float tensor torchvision makes."""
         import torch
 
-        if crops.dtype != np.uint8 or crops.ndim != 4 or crops.shape[-1] != 3:
-            raise ValueError(f"expected (N, H, W, 3) uint8 crops, got {crops.dtype} {crops.shape}")
+        self.check_crops(crops)
         if not (crops.flags.writeable and crops.flags.c_contiguous):
             crops = np.array(crops, order="C")  # torch refuses read-only buffers
         batch = torch.from_numpy(crops).to(self._device)
@@ -85,17 +101,15 @@ class BatchClassifier:
         return batch
 
     def predict_proba(self, crops: np.ndarray) -> np.ndarray:
-        """Return ``(N, 1000)`` float32 softmax probabilities."""
+        """Return ``(N, C)`` float32 softmax probabilities."""
         import torch
 
         if self.onnx is not None:
             from model_store.onnx_backend import normalize_numpy, softmax
 
-            if crops.dtype != np.uint8 or crops.ndim != 4 or crops.shape[-1] != 3:
-                raise ValueError(
-                    f"expected (N, H, W, 3) uint8 crops, got {crops.dtype} {crops.shape}"
-                )
-            return softmax(self.onnx.logits(normalize_numpy(crops)))
+            self.check_crops(crops)
+            prep = self.info.preprocessing
+            return softmax(self.onnx.logits(normalize_numpy(crops, prep.mean, prep.std)))
 
         with torch.inference_mode():
             logits = self.module(self.normalize_batch(crops))
@@ -112,38 +126,65 @@ def load_classifier(
     backend: str = "eager",
     warmup_batch: int = 1,
     compile_cache_dir: str | None = None,
+    metadata: dict[str, Any] | None = None,
 ) -> BatchClassifier:
-    """Load a stored state_dict into ResNet18 and return a ready ``BatchClassifier``."""
+    """Load a stored model (its ``metadata`` says which kind) into a ready ``BatchClassifier``.
+
+    ONNX files always run on ONNX Runtime; TorchScript archives run eagerly (``compile``
+    and the ONNX export need the Python module), ``channels_last`` included.
+    """
     import torch
-    from torchvision.models import resnet18
 
     from model_store.store import WEIGHTS_FILE
 
     if backend not in BACKENDS:
         raise ValueError(f"unknown inference backend {backend!r}; choose from {BACKENDS}")
+    meta = metadata or {}
+    kind = str(meta.get("format", "state_dict"))
+    prep = Preprocessing.from_spec(meta.get("preprocessing"))
+    architecture = str(meta.get("architecture", "torchvision.models.resnet18"))
+    file = os.path.join(model_path, str(meta.get("file", WEIGHTS_FILE)))
     dev = pick_device(device)
-    state_dict = torch.load(
-        os.path.join(model_path, WEIGHTS_FILE), map_location="cpu", weights_only=True
-    )
-    module = resnet18(weights=None)
-    module.load_state_dict(state_dict, strict=True)
-    module.eval().to(dev)
+    module: Any = None
+    if kind == "onnx":
+        backend = "onnxruntime"
+    elif kind == "torchscript":
+        if backend in ("compile", "onnxruntime"):
+            backend = "eager"
+        from model_store.formats import load_torchscript
+
+        module = load_torchscript(Path(file)).to(dev)
+    else:
+        from model_store.architectures import build_stored
+
+        state_dict = torch.load(file, map_location="cpu", weights_only=True)
+        arch = architecture.rsplit(".", 1)[-1]
+        module = build_stored(arch, int(meta.get("num_classes", len(labels))), state_dict)
+        module.to(dev)
     if backend in ("channels_last", "compile"):
         module = module.to(memory_format=torch.channels_last)
     if backend == "compile":
         module = compile_module(module, compile_cache_dir)
-    info = ModelInfo(tag, weights_origin, dev, backend, labels)
+    info = ModelInfo(tag, weights_origin, dev, backend, labels, prep, architecture)
     classifier = BatchClassifier(module, info)
-    if backend == "onnxruntime":
-        classifier.onnx = onnx_runner(module, tag, compile_cache_dir)
+    if module is not None:
+        tensors = [*module.parameters(), *module.buffers()]
+        classifier.weights_bytes = sum(t.numel() * t.element_size() for t in tensors)
+    if kind == "onnx":
+        from model_store.onnx_backend import OnnxRunner
+
+        classifier.onnx = OnnxRunner(Path(file), torch.get_num_threads())
+        classifier.weights_bytes = os.path.getsize(file)
+    elif backend == "onnxruntime":
+        classifier.onnx = onnx_runner(module, tag, compile_cache_dir, prep.crop)
         classifier.module = None  # the exported graph holds the weights now
     # warm-up (and, for "compile", compilation) at start-up, never on a first request
     for batch in sorted({1, max(1, warmup_batch)}):
-        classifier.predict_proba(np.zeros((batch, 224, 224, 3), dtype=np.uint8))
+        classifier.predict_proba(np.zeros((batch, prep.crop, prep.crop, 3), dtype=np.uint8))
     return classifier
 
 
-def onnx_runner(module: Any, tag: str, cache_dir: str | None) -> Any:
+def onnx_runner(module: Any, tag: str, cache_dir: str | None, size: int = 224) -> Any:
     """Export (or reuse the cached export of) the model and open an ONNX Runtime session."""
     import tempfile
 
@@ -155,7 +196,7 @@ def onnx_runner(module: Any, tag: str, cache_dir: str | None) -> Any:
     path = folder / f"{tag.replace(':', '-')}.onnx"
     if not path.exists():
         logger.info("exporting %s to ONNX (%s)", tag, path)
-        export_onnx(module, path)
+        export_onnx(module, path, size)
     return OnnxRunner(path, torch.get_num_threads())
 
 

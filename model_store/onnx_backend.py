@@ -1,4 +1,4 @@
-"""The ``onnxruntime`` backend: ResNet18 exported once to ONNX, run by ONNX Runtime.
+"""The ``onnxruntime`` backend: a torch model exported once to ONNX, or an imported ONNX file.
 
 The export is cached next to the torch.compile cache, keyed by the model tag, so a restart
 loads it in a fraction of a second. Normalisation is done in NumPy with the same float32
@@ -18,17 +18,14 @@ from model_store.preprocess import MEAN, STD
 
 logger = logging.getLogger(__name__)
 
-_MEAN = np.asarray(MEAN, dtype=np.float32).reshape(1, 3, 1, 1)
-_STD = np.asarray(STD, dtype=np.float32).reshape(1, 3, 1, 1)
 
-
-def export_onnx(module: Any, path: Path) -> Path:
-    """Export an eval-mode ResNet18 to ``path`` with a dynamic batch dimension."""
+def export_onnx(module: Any, path: Path, size: int = 224) -> Path:
+    """Export an eval-mode classifier to ``path`` with a dynamic batch dimension."""
     import torch
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    example = torch.zeros(1, 3, 224, 224)
+    example = torch.zeros(1, 3, size, size)
     torch.onnx.export(
         module,
         (example,),
@@ -44,7 +41,7 @@ def export_onnx(module: Any, path: Path) -> Path:
 
 
 class OnnxRunner:
-    """Callable like the torch module: ``(N, 3, 224, 224)`` float32 in, logits out."""
+    """Callable like the torch module: ``(N, 3, H, W)`` float32 in, logits out."""
 
     def __init__(self, path: Path, threads: int) -> None:
         import onnxruntime as ort
@@ -57,15 +54,27 @@ class OnnxRunner:
         # those cycles to decode the next images
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        first = self._session.get_inputs()[0]
+        self._input = first.name
+        # a graph exported with a fixed batch of 1 runs image by image
+        self._one_at_a_time = first.shape[0] == 1
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
-        return np.asarray(self._session.run(None, {"images": batch})[0])
+        if self._one_at_a_time and len(batch) > 1:
+            return np.concatenate([self.logits(batch[i : i + 1]) for i in range(len(batch))])
+        return np.asarray(self._session.run(None, {self._input: batch})[0])
 
 
-def normalize_numpy(crops: np.ndarray) -> np.ndarray:
-    """``(N, 224, 224, 3)`` uint8 to the normalised ``(N, 3, 224, 224)`` float32 batch."""
+def normalize_numpy(
+    crops: np.ndarray,
+    mean: tuple[float, ...] = MEAN,
+    std: tuple[float, ...] = STD,
+) -> np.ndarray:
+    """``(N, H, W, 3)`` uint8 to the normalised ``(N, 3, H, W)`` float32 batch."""
     batch = crops.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255)
-    return np.ascontiguousarray((batch - _MEAN) / _STD)
+    mean_ = np.asarray(mean, dtype=np.float32).reshape(1, 3, 1, 1)
+    std_ = np.asarray(std, dtype=np.float32).reshape(1, 3, 1, 1)
+    return np.ascontiguousarray((batch - mean_) / std_)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -1,14 +1,20 @@
-"""Preprocessing equal to ``torchvision.models.ResNet18_Weights.IMAGENET1K_V1.transforms()``.
+"""Preprocessing equal to torchvision's classification presets, split at the uint8 crop.
 
-torchvision's preset resizes the PIL image (shorter side 256, bilinear, antialiased), centre
-crops 224, converts to float in [0, 1] and normalises. We split it at the uint8 crop: the
-front does the PIL part (``to_model_input``) and ships 150 KB of uint8 per image; the
-classifier does the float part (``normalize_batch`` in ``model_store.inference``). The split
-is exact because the preset converts to float only after cropping.
+torchvision's ``ImageClassification`` preset resizes the PIL image (shorter side ``resize``,
+its interpolation, antialiased), centre crops ``crop``, converts to float in [0, 1] and
+normalises with ``mean``/``std``. We split it at the uint8 crop: the front does the PIL part
+(``to_model_input``) and ships ``crop x crop x 3`` uint8 per image; the classifier does the
+float part (``normalize_batch`` in ``model_store.inference``). The split is exact because
+the preset converts to float only after cropping.
+
+Every stored model carries its own ``Preprocessing`` (the architecture's preset unless the
+import overrode it); models imported before that carry none and get ResNet18's.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -19,16 +25,114 @@ CROP_SIZE = 224
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
+INTERPOLATIONS = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+}
+
+
+class PreprocessingError(ValueError):
+    """A preprocessing setting is out of range (the message names the setting)."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Resize the shorter side, centre crop, then normalise: torchvision's preset, exactly."""
+
+    resize: int = RESIZE_SIZE
+    crop: int = CROP_SIZE
+    mean: tuple[float, float, float] = MEAN
+    std: tuple[float, float, float] = STD
+    interpolation: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in INTERPOLATIONS:
+            raise PreprocessingError(
+                f"interpolation must be one of {', '.join(INTERPOLATIONS)}, "
+                f"not {self.interpolation!r}"
+            )
+        if not 8 <= self.crop <= 2048 or not 8 <= self.resize <= 4096:
+            raise PreprocessingError(
+                f"resize ({self.resize}) and crop ({self.crop}) must be between 8 and 2048/4096"
+            )
+        if self.crop > self.resize:
+            raise PreprocessingError(
+                f"crop ({self.crop}) must not exceed resize ({self.resize}): the centre crop "
+                "is taken from the resized image"
+            )
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if len(values) != 3:
+                raise PreprocessingError(
+                    f"{name} needs 3 values (R,G,B), got {len(values)}: {list(values)}"
+                )
+        if any(not (math.isfinite(v) and v > 0) for v in self.std):
+            raise PreprocessingError(
+                f"std values must be positive (a zero divides by zero): {list(self.std)}"
+            )
+        if any(not (math.isfinite(v) and 0 <= v <= 1) for v in self.mean):
+            raise PreprocessingError(
+                f"mean values must lie in [0, 1] (pixels are scaled to [0, 1]): {list(self.mean)}"
+            )
+
+    def to_spec(self) -> dict[str, Any]:
+        """Describe it as stored with the model and shown by ``/v1/models``."""
+        spec = asdict(self)
+        spec["mean"], spec["std"] = list(self.mean), list(self.std)
+        spec.update(
+            {
+                "center_crop": self.crop,
+                "antialias": True,
+                "input": "RGB, EXIF orientation applied",
+            }
+        )
+        return spec
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any] | None) -> Preprocessing:
+        """Read a stored spec (the seed's ResNet18 spec too)."""
+        if not spec:
+            return cls()
+        return cls(
+            resize=int(spec.get("resize", RESIZE_SIZE)),
+            crop=int(spec.get("crop", spec.get("center_crop", CROP_SIZE))),
+            mean=tuple(float(v) for v in spec.get("mean", MEAN)),  # type: ignore[arg-type]
+            std=tuple(float(v) for v in spec.get("std", STD)),  # type: ignore[arg-type]
+            interpolation=str(spec.get("interpolation", "bilinear")),
+        )
+
+    @property
+    def front_key(self) -> tuple[int, int, str]:
+        """What the front does with it; two versions with equal keys take the same crops."""
+        return (self.resize, self.crop, self.interpolation)
+
+
+IMAGENET_PREPROCESSING = Preprocessing()
+
+# the seed's spec, kept for the default ResNet18's metadata
 PREPROCESSING_SPEC: dict[str, Any] = {
     "reference": "torchvision.models.ResNet18_Weights.IMAGENET1K_V1.transforms()",
-    "resize": RESIZE_SIZE,
-    "interpolation": "bilinear",
-    "antialias": True,
-    "center_crop": CROP_SIZE,
-    "mean": list(MEAN),
-    "std": list(STD),
-    "input": "RGB, EXIF orientation applied",
+    **IMAGENET_PREPROCESSING.to_spec(),
 }
+
+
+def preset_for_architecture(arch: str) -> Preprocessing:
+    """Return torchvision's preset for ``arch`` (its default weights' transforms, no download)."""
+    from torchvision.models import get_model_weights
+
+    try:
+        preset = get_model_weights(arch).DEFAULT.transforms()
+    except (ValueError, AttributeError, KeyError):
+        return IMAGENET_PREPROCESSING
+    interpolation = str(getattr(preset.interpolation, "value", "bilinear"))
+    return Preprocessing(
+        resize=int(preset.resize_size[0]),
+        crop=int(preset.crop_size[0]),
+        mean=tuple(float(v) for v in preset.mean),  # type: ignore[arg-type]
+        std=tuple(float(v) for v in preset.std),  # type: ignore[arg-type]
+        interpolation=interpolation if interpolation in INTERPOLATIONS else "bilinear",
+    )
 
 
 def resize_shorter_side(width: int, height: int, size: int = RESIZE_SIZE) -> tuple[int, int]:
@@ -45,11 +149,11 @@ def center_crop_box(width: int, height: int, size: int = CROP_SIZE) -> tuple[int
     return left, top, left + size, top + size
 
 
-def to_model_input(image: Image.Image) -> np.ndarray:
-    """Resize and centre-crop an RGB image to a ``(224, 224, 3)`` uint8 array."""
+def to_model_input(image: Image.Image, prep: Preprocessing = IMAGENET_PREPROCESSING) -> np.ndarray:
+    """Resize and centre-crop an RGB image to a ``(crop, crop, 3)`` uint8 array."""
     if image.mode != "RGB":
         raise ValueError(f"expected an RGB image, got mode {image.mode}")
-    new_w, new_h = resize_shorter_side(*image.size)
-    resized = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
-    cropped = resized.crop(center_crop_box(new_w, new_h))
+    new_w, new_h = resize_shorter_side(*image.size, size=prep.resize)
+    resized = image.resize((new_w, new_h), INTERPOLATIONS[prep.interpolation])
+    cropped = resized.crop(center_crop_box(new_w, new_h, prep.crop))
     return np.asarray(cropped, dtype=np.uint8)

@@ -1,9 +1,12 @@
-"""Save ResNet18 into the BentoML model store and find the version to serve."""
+"""The BentoML model store: the default ResNet18 (``VQ_WEIGHTS``), stored versions, deletion.
+
+Any other classifier is imported by ``model_store.importer``.
+"""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from model_store.preprocess import PREPROCESSING_SPEC
@@ -28,17 +31,38 @@ class StoredModel:
     tag: str
     weights_origin: str
     path: str
+    metadata: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    created_at: str = ""
 
     @property
     def demo(self) -> bool:
         return is_demo(self.weights_origin)
 
+    @property
+    def name(self) -> str:
+        return self.tag.split(":")[0]
 
-def _as_stored(model: Any) -> StoredModel:
+    def summary(self) -> dict[str, Any]:
+        """Describe the version without its label list (``models list``, ``/v1/models``)."""
+        meta = self.metadata
+        return {
+            "tag": self.tag,
+            "architecture": meta.get("architecture", ARCHITECTURE),
+            "format": meta.get("format", "state_dict"),
+            "classes": int(meta.get("num_classes", len(meta.get("labels", [])))),
+            "weights": self.weights_origin,
+            "preprocessing": meta.get("preprocessing", PREPROCESSING_SPEC),
+            "created_at": self.created_at,
+        }
+
+
+def as_stored(model: Any) -> StoredModel:
     return StoredModel(
         tag=str(model.tag),
         weights_origin=str(model.info.metadata.get("weights_origin", "unknown")),
         path=model.path,
+        metadata=dict(model.info.metadata),
+        created_at=model.info.creation_time.isoformat().replace("+00:00", "Z"),
     )
 
 
@@ -57,7 +81,9 @@ def import_model(spec: str, seed: int = 0, name: str = "resnet18") -> StoredMode
         "label_set": "imagenet1k",
         "labels": list(imagenet_categories()),
         "preprocessing": PREPROCESSING_SPEC,
-        "format": "torch state_dict (torch.load(weights_only=True))",
+        "format": "state_dict",
+        "file": WEIGHTS_FILE,
+        "input_size": [3, 224, 224],
     }
     with bentoml.models.create(
         name,
@@ -68,7 +94,7 @@ def import_model(spec: str, seed: int = 0, name: str = "resnet18") -> StoredMode
         torch.save(state_dict, ref.path_of(WEIGHTS_FILE))
     stored = bentoml.models.get(ref.tag)
     logger.info("imported %s with weights %s", stored.tag, origin)
-    return _as_stored(stored)
+    return as_stored(stored)
 
 
 def find_model(origin: str, name: str = "resnet18") -> StoredModel | None:
@@ -83,14 +109,41 @@ def find_model(origin: str, name: str = "resnet18") -> StoredModel | None:
     candidates = [m for m in models if m.info.metadata.get("weights_origin") == origin]
     if not candidates:
         return None
-    return _as_stored(max(candidates, key=lambda m: m.info.creation_time))
+    return as_stored(max(candidates, key=lambda m: m.info.creation_time))
 
 
 def get_model(tag: str) -> StoredModel:
     """Return a stored model by tag (``name:version`` or ``name:latest``)."""
     import bentoml
+    from bentoml.exceptions import NotFound
 
-    return _as_stored(bentoml.models.get(tag))
+    try:
+        return as_stored(bentoml.models.get(tag))
+    except NotFound:
+        raise WeightsError(f"no model {tag!r} in the BentoML store") from None
+    except ValueError as exc:  # an invalid tag
+        raise WeightsError(f"{tag!r} is not a valid model tag: {exc}") from None
+
+
+def list_versions(name: str | None = None) -> list[StoredModel]:
+    """Return every stored version (of ``name``), newest first."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    try:
+        models = bentoml.models.list(name)
+    except NotFound:
+        return []
+    ordered = sorted(models, key=lambda m: m.info.creation_time, reverse=True)
+    return [as_stored(m) for m in ordered]
+
+
+def delete_version(tag: str) -> None:
+    """Delete one stored version (``NAME:VERSION``)."""
+    import bentoml
+
+    stored = get_model(tag)  # refuses unknown tags and NAME:latest resolves first
+    bentoml.models.delete(stored.tag)
 
 
 def ensure_model(

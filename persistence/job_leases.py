@@ -34,6 +34,7 @@ class ClaimedJob:
     webhook_url: str | None
     attempts: int
     created_at: datetime
+    model_name: str | None = None  # the model asked for; None = the default
 
 
 def claim(
@@ -72,6 +73,7 @@ def claim(
             Job.webhook_url,
             Job.attempts,
             Job.created_at,
+            Job.model_name,
         )
         .execution_options(synchronize_session=False)
     )

@@ -56,6 +56,7 @@ def create_job(
     idempotency_key: str | None = None,
     owner: str | None = None,
     batch_id: str | None = None,
+    model_name: str | None = None,
     created_at: datetime | None = None,
     queued_at: datetime | None = None,
 ) -> Job:
@@ -76,6 +77,7 @@ def create_job(
         idempotency_key=idempotency_key,
         owner=_owner(owner),
         batch_id=batch_id,
+        model_name=model_name,
         created_at=created_at or utcnow(),
         queued_at=queued_at,
     )

@@ -122,6 +122,9 @@ class Job(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     owner: Mapped[str] = mapped_column(String(64), default=ANONYMOUS_OWNER, server_default="")
     batch_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    # the model the client asked for (None = the default at processing time); model_tag
+    # is the exact version that served it
+    model_name: Mapped[str | None] = mapped_column(String(255))
     model_tag: Mapped[str | None] = mapped_column(String(255))
     weights_origin: Mapped[str | None] = mapped_column(String(255))
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument)

@@ -207,14 +207,45 @@ def cmd_serve(_: argparse.Namespace) -> int:
 
 
 def cmd_import_model(args: argparse.Namespace) -> int:
-    from model_store.__main__ import main as model_main
+    from model_store.__main__ import run_import
 
-    argv = ["import"]
-    if args.weights:
-        argv += ["--weights", args.weights]
-    if args.json:
-        argv.append("--json")
-    return model_main(argv)
+    return run_import(args)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from model_store.__main__ import run_delete, run_list, run_promote
+
+    if args.action == "list":
+        return run_list(args)
+    if args.action == "delete":
+        return run_delete(args)
+    code = run_promote(args)
+    if code or args.no_wait:
+        return code
+    return _wait_for_switch(args)
+
+
+def _wait_for_switch(args: argparse.Namespace) -> int:
+    """Poll ``GET /v1/models/NAME`` until the server answers with the promoted tag."""
+    from model_store.store import get_model
+
+    stored = get_model(args.tag)
+    deadline = time.monotonic() + args.wait_timeout
+    try:
+        with _client(args) as client:
+            while time.monotonic() < deadline:
+                resp = client.get(f"/v1/models/{stored.name}")
+                if resp.status_code == 404:
+                    print(f"note: {args.url} does not serve {stored.name}; recorded for its start")
+                    return 0
+                if resp.status_code == 200 and resp.json().get("tag") == stored.tag:
+                    print(f"{args.url} now serves {stored.tag}")
+                    return 0
+                time.sleep(0.25)
+    except httpx.HTTPError:
+        print(f"note: {args.url} is not reachable; the switch happens when it (re)starts")
+        return 0
+    raise CLIError(f"{args.url} still does not serve {stored.tag} after {args.wait_timeout:.0f}s")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -271,8 +302,28 @@ def build_parser() -> argparse.ArgumentParser:
         return cmd
 
     command("serve", "start the whole system (what `make run` runs)", cmd_serve)
-    imp = command("import-model", "import ResNet18 into the BentoML store", cmd_import_model)
-    imp.add_argument("--weights", help="imagenet1k_v1 | PATH | random")
+    from model_store.__main__ import add_import_arguments
+
+    imp = command(
+        "import-model",
+        "import a classifier (state_dict, TorchScript, ONNX) into the BentoML store",
+        cmd_import_model,
+    )
+    add_import_arguments(imp, with_json=False)
+    mdl = command("models", "list, promote (or roll back) and delete model versions", cmd_models)
+    mdl_sub = mdl.add_subparsers(dest="action", required=True)
+    lst = mdl_sub.add_parser("list", help="stored versions, newest first", parents=[common])
+    lst.add_argument("name", nargs="?", default=None)
+    pro = mdl_sub.add_parser(
+        "promote",
+        help="serve NAME:TAG, waiting until the server at --url does (rolling back is the same)",
+        parents=[common],
+    )
+    pro.add_argument("tag")
+    pro.add_argument("--no-wait", action="store_true", help="do not wait for the server")
+    pro.add_argument("--wait-timeout", type=float, default=120.0)
+    dele = mdl_sub.add_parser("delete", help="delete a stored version", parents=[common])
+    dele.add_argument("tag")
     cls = command("classify", "classify images now (POST /predict)", cmd_classify)
     cls.add_argument("images", nargs="+")
     cls.add_argument("--top-k", type=int, default=5)

@@ -299,11 +299,15 @@ def cli_path() -> str:
     return str(path)
 
 
-def banner(settings: Settings, tag: str, origin: str) -> str:
+def banner(settings: Settings, tag: str, origin: str, served: list[str] | None = None) -> str:
     from model_store.weights import is_demo
 
     url = settings.public_url
-    lines = [f"VisionQueue is up: {url}", f"model {tag} (weights {origin})"]
+    lines = [f"VisionQueue is up: {url}"]
+    if tag:
+        lines.append(f"model {tag} (weights {origin})")
+    if served:
+        lines.append(f"models {', '.join(served)} (the first is the default; GET /v1/models)")
     if is_demo(origin):
         lines += [
             "WARNING: an UNTRAINED demo model; set VQ_WEIGHTS for real predictions:",
@@ -334,14 +338,22 @@ def main() -> int:
     if problem := port_problem(settings):
         say(problem, stream=sys.stderr)
         return 1
-    tag, origin = prepare_model(settings)
-    say(f"model: {tag} (weights {origin}) from the BentoML model store")
+    served = [entry.split(":")[0] for entry in settings.model.models]
+    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true"}
+    if served and settings.model.model_name not in served:
+        # VQ_MODELS names imported models (visionqueue import-model): nothing to import here
+        tag, origin = "", ""
+        say(f"models: {', '.join(served)} (VQ_MODELS) from the BentoML model store")
+    else:
+        tag, origin = prepare_model(settings)
+        env["VQ_MODEL_TAG"] = tag
+        say(f"model: {tag} (weights {origin}) from the BentoML model store")
     prepare_storage(settings)
     for line in describe_backends(settings):
         say(line)
     stack_id = uuid.uuid4().hex
     start_watchdog(stack_id)
-    env = {**os.environ, "VQ_MODEL_TAG": tag, "BENTOML_DO_NOT_TRACK": "true", STACK_ENV: stack_id}
+    env[STACK_ENV] = stack_id
     # glibc's per-thread malloc arenas make threaded servers' RSS balloon under bursts
     env.setdefault("MALLOC_ARENA_MAX", "2")
     procs = children(settings)
@@ -373,7 +385,7 @@ def main() -> int:
             if child.after_ready:
                 start(child, env)
         with contextlib.suppress(OSError):
-            print(f"\n{banner(settings, tag, origin)}\n", flush=True)
+            print(f"\n{banner(settings, tag, origin, served)}\n", flush=True)
         while not stopping:
             dead = [c for c in procs if c.proc and c.proc.poll() is not None]
             if dead:

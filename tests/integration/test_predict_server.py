@@ -175,7 +175,9 @@ def test_the_openapi_document_describes_predicts_real_errors(bento_url: str) -> 
     spec = resp.json()
     responses = spec["paths"]["/predict"]["post"]["responses"]
     errors = {code: entry for code, entry in responses.items() if code[0] in "45"}
-    assert set(errors) == {"400", "401", "413", "415", "422", "503"}  # not BentoML's 404/500
+    # ours (404 is model_not_found in our envelope), not BentoML's 404/500 bodies
+    assert set(errors) == {"400", "401", "404", "413", "415", "422", "503"}
+    assert "model_not_found" in errors["404"]["description"]
     for entry in errors.values():
         schema = entry["content"]["application/json"]["schema"]
         assert schema == {"$ref": "#/components/schemas/ErrorEnvelope"}

@@ -19,12 +19,14 @@ import pytest
 from kombu import Connection
 from sqlalchemy import event
 
+from model_store.serving import ServedSpec
 from persistence.migrate import upgrade_database
 from visionqueue.api.app import attach_front, create_api_app
 from visionqueue.api.backlog import BacklogGauges
 from visionqueue.api.health import FrontHealth
 from visionqueue.api.middleware.health import HealthRoutes
 from visionqueue.api.resources import FrontResources, build_front_resources
+from visionqueue.api.served_models import ServedModels
 from visionqueue.core.errors import ModelNotReady
 from visionqueue.core.settings import Settings
 
@@ -60,19 +62,31 @@ def backends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[
     event.remove(resources.engine, "before_cursor_execute", record)
 
 
-async def _model_info() -> dict[str, Any]:
-    return {"tag": "resnet18:x", "weights": "imagenet1k_v1", "device": "cpu", "backend": "eager"}
+async def _model_info(name: str) -> dict[str, Any]:
+    info = {"tag": f"{name}:x", "weights": "imagenet1k_v1", "device": "cpu", "backend": "eager"}
+    return {**info, "versions": {}}
 
 
-async def _no_model() -> dict[str, Any]:
+async def _no_model(name: str) -> dict[str, Any]:
     raise ModelNotReady("the classifier is not ready yet", retry_after=2)
+
+
+async def _never_called(api: str, crops: Any) -> Any:
+    raise AssertionError("readiness never classifies")
+
+
+def _attach(api: Any, resources: FrontResources, ttl_s: float, model: Any) -> None:
+    """The front's wiring, with the classifier's description answered by ``model``."""
+    spec = ServedSpec("resnet18", "resnet18:latest", "classify")
+    models = ServedModels([spec], _never_called, model, max_batch=16, calls_in_flight=0)
+    attach_front(api, resources, FrontHealth(models, resources, ttl_s), models=models)
 
 
 async def _probe_readyz(
     resources: FrontResources, ttl_s: float, n: int, model: Any = _model_info
 ) -> list[httpx.Response]:
     api = create_api_app()
-    attach_front(api, resources, FrontHealth(model, resources, ttl_s))
+    _attach(api, resources, ttl_s, model)
 
     async def bentoml_own(scope: Any, receive: Any, send: Any) -> None:
         raise AssertionError("health probes must not reach BentoML's own routes")
@@ -109,7 +123,7 @@ def test_probes_query_again_once_the_interval_has_passed(
 
     async def probe_for_a_while() -> int:
         api = create_api_app()
-        attach_front(api, resources, FrontHealth(_model_info, resources, ttl))
+        _attach(api, resources, ttl, _model_info)
         transport = httpx.ASGITransport(app=api)
         sent = 0
         started = time.monotonic()
@@ -132,7 +146,10 @@ def test_a_not_ready_model_is_reported_with_the_backends(
     assert answer.status_code == 503
     body = answer.json()
     assert body["ready"] is False and body["checks"]["database"] == "ok"
-    assert body["reason"] == "model: the classifier is not ready yet"
+    assert body["reason"] == "model: the classifier is not ready to serve resnet18 yet"
+    assert body["models"] == {
+        "resnet18": {"ready": False, "reason": "the classifier is not ready to serve resnet18 yet"}
+    }
 
 
 def test_a_burst_of_scrapes_reads_the_backlog_once(

@@ -30,7 +30,7 @@ def _bentoml_style_spec() -> dict[str, Any]:
 def test_bentomls_errors_are_replaced_by_the_envelope() -> None:
     spec = document_predict_errors(_bentoml_style_spec())
     responses = spec["paths"]["/predict"]["post"]["responses"]
-    assert sorted(responses) == ["200", "400", "401", "413", "415", "422", "503"]
+    assert sorted(responses) == ["200", "400", "401", "404", "413", "415", "422", "503"]
     assert responses["200"] == {"description": "Successful Response"}
     assert spec["paths"]["/v1/jobs"]["get"]["responses"] == {"404": {"description": "kept"}}
     schemas = spec["components"]["schemas"]

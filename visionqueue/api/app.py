@@ -13,24 +13,32 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from visionqueue.api.domain_errors import to_http_error
 from visionqueue.api.health import FrontHealth
 from visionqueue.api.resources import FrontResources
+from visionqueue.api.served_models import ServedModels
 from visionqueue.core.errors import DomainError, VQError
 
 
 def attach_front(
-    app: FastAPI, resources: FrontResources, health: FrontHealth, front: object = None
+    app: FastAPI,
+    resources: FrontResources,
+    health: FrontHealth,
+    front: object = None,
+    models: ServedModels | None = None,
 ) -> None:
-    """Give the app the resources its routes use and the readiness policy ``/readyz`` asks.
+    """Give the app the resources its routes use, the readiness policy ``/readyz`` asks, and
+    the served-models registry (``visionqueue.api.served_models.served_models``).
 
     ``front`` is the front service itself: the protocol adapters classify through it.
     """
     app.state.resources = resources
     app.state.health = health
     app.state.front = front
+    app.state.models = models
 
 
 def create_api_app() -> FastAPI:
     """Build the ASGI app for every route that is not a BentoML API."""
     from visionqueue.api import health
+    from visionqueue.api.models_routes import router as models_router
     from visionqueue.api.protocols import legacy, torchserve, v2
     from visionqueue.api.routes import router
     from visionqueue.api.webui import router as web_page
@@ -44,6 +52,7 @@ def create_api_app() -> FastAPI:
     )
     app.include_router(router)
     app.include_router(health.router)
+    app.include_router(models_router)
     app.include_router(web_page)  # `/`: matched before BentoML's own index page
     app.include_router(v2.router)
     app.include_router(torchserve.router)

@@ -11,8 +11,7 @@ routes below instead.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from fastapi import APIRouter, Request
@@ -23,29 +22,47 @@ from visionqueue.api.probe_cache import CachedProbe
 from visionqueue.api.resources import FrontResources, check_backends
 from visionqueue.core.errors import VQError
 
+if TYPE_CHECKING:
+    from visionqueue.api.served_models import ServedModels
+
 HEALTH_PATHS = ("/livez", "/healthz", "/readyz")
-ModelInfo = Callable[[], Awaitable[dict[str, Any]]]
 
 
 class FrontHealth:
-    """The readiness policy of one front worker: model first, then every backend jobs need."""
+    """The readiness policy of one front worker: every model first, then every backend."""
 
-    def __init__(self, model_info: ModelInfo, resources: FrontResources, ttl_s: float) -> None:
-        self._model_info = model_info
+    def __init__(self, models: ServedModels, resources: FrontResources, ttl_s: float) -> None:
+        self._models = models
         self._backends = CachedProbe(lambda: check_backends(resources), ttl_s)
 
     async def readiness(self) -> tuple[int, dict[str, Any]]:
-        """Return (status, body): 200 when everything answers, else 503 with the reasons."""
+        """Return (status, body): 200 when everything answers, else 503 with the reasons.
+
+        ``model`` is the default model (as before several could be served); ``models``
+        reports each served model, and each is a check of its own (``model:NAME``).
+        """
         checks: dict[str, str] = {}
-        body: dict[str, Any] = {}
-        try:
-            info = await self._model_info()
-            checks["model"] = "ok"
-            body["model"] = {k: info[k] for k in ("tag", "weights", "device", "backend")}
+        body: dict[str, Any] = {"models": {}}
+        demo = []
+        for name in self._models.names:
+            check = "model" if name == self._models.default.name else f"model:{name}"
+            try:
+                info = await self._models.info(name)
+            except VQError as exc:
+                checks[check] = exc.message
+                body["models"][name] = {"ready": False, "reason": exc.message}
+                continue
+            checks[check] = "ok"
+            summary = {k: info[k] for k in ("tag", "weights", "device", "backend")}
+            body["models"][name] = {"ready": True, **summary}
+            if check == "model":
+                body["model"] = summary
             if is_demo(info["weights"]):
-                body["warning"] = "serving a random-init demo model: predictions are meaningless"
-        except VQError as exc:
-            checks["model"] = exc.message
+                demo.append(name)
+        if demo:
+            body["warning"] = (
+                f"serving random-init demo models ({', '.join(demo)}): predictions are meaningless"
+            )
         checks.update(await anyio.to_thread.run_sync(self._backends.get))
         ready = all(v == "ok" for v in checks.values())
         reasons = {k: v for k, v in checks.items() if v != "ok"}

@@ -29,7 +29,7 @@ class ErrorEnvelope(BaseModel):
 _MEANINGS = {
     400: "Empty, corrupt or missing image, or a malformed form.",
     401: "API keys are enabled and the key is missing or wrong.",
-    404: "Unknown job (or another key's job), or an expired image link.",
+    404: "Unknown job (or another key's job), an expired image link, or model_not_found.",
     409: "The job is no longer in a state that allows this.",
     413: "The request body is over VQ_MAX_UPLOAD_BYTES.",
     415: "Not a JPEG, PNG, WebP, BMP or GIF image.",
@@ -58,6 +58,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 _PREDICT_MEANINGS = {
     **{status: _MEANINGS[status] for status in (400, 401, 413, 415)},
+    404: "model_not_found: the model form field names no served model (GET /v1/models).",
     422: "top_k outside 1..20, or an image over VQ_MAX_IMAGE_PIXELS.",
     503: "The classifier is loading, overloaded or down; retry after Retry-After seconds.",
 }

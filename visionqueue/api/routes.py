@@ -25,6 +25,7 @@ from persistence.local_images import LocalImageStore, verify_image_signature
 from persistence.models import JOB_STATUSES, Job
 from visionqueue.api.openapi_errors import error_responses
 from visionqueue.api.resources import FrontResources
+from visionqueue.api.served_models import served_models
 from visionqueue.api.submit import Upload, check_webhook, parse_metadata, submit_jobs
 from visionqueue.core.errors import (
     Conflict,
@@ -36,6 +37,7 @@ from visionqueue.core.images import ACCEPTED_FORMATS, sniff_format
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
+MODEL_FIELD = "a served model's name (GET /v1/models); empty = the default model"
 ACCEPTED_MESSAGE = "Image classification task submitted successfully"
 
 
@@ -61,8 +63,11 @@ async def _submit(
     webhook_url: str | None,
     metadata: str | None,
     idempotency_key: str | None,
+    model: str | None = None,
 ) -> tuple[list[Job], bool]:
     res = resources(request)
+    # an unknown model is refused now (404), not when a worker gets to the job
+    model_name = served_models(request).get(model).name if model else None
     meta = parse_metadata(metadata)
     hook = check_webhook(webhook_url, res.settings.webhook.allowed_hosts)
     uploads = await _read(files)
@@ -74,6 +79,7 @@ async def _submit(
             webhook_url=hook,
             metadata=meta,
             idempotency_key=idempotency_key,
+            model_name=model_name,
         )
     )
 
@@ -83,7 +89,7 @@ def _load(request: Request, job_id: str) -> Job:
         return jobs_repo.require_job(session, job_id, owner(request))
 
 
-SUBMIT_ERRORS = error_responses(400, 401, 413, 415, 422, 429, 503)
+SUBMIT_ERRORS = error_responses(400, 401, 404, 413, 415, 422, 429, 503)
 JOB_ERRORS = error_responses(401, 404, 503)
 
 
@@ -93,9 +99,10 @@ async def classify(
     image: Annotated[UploadFile, File(description="JPEG, PNG, WebP, BMP or GIF")],
     webhook_url: Annotated[str | None, Form()] = None,
     metadata: Annotated[str | None, Form(description="a JSON object")] = None,
+    model: Annotated[str | None, Form(description=MODEL_FIELD)] = None,
 ) -> Any:
     """Submit one image for async classification (the original VisionQueue API)."""
-    jobs, _ = await _submit(request, [image], webhook_url, metadata, None)
+    jobs, _ = await _submit(request, [image], webhook_url, metadata, None, model)
     return JSONResponse(
         {"task_id": jobs[0].id, "status": "pending", "message": ACCEPTED_MESSAGE},
         status_code=202,
@@ -121,9 +128,10 @@ async def create_jobs(
     webhook_url: Annotated[str | None, Form()] = None,
     metadata: Annotated[str | None, Form(description="a JSON object")] = None,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    model: Annotated[str | None, Form(description=MODEL_FIELD)] = None,
 ) -> Any:
     """Submit one or many images; the same Idempotency-Key returns the same jobs."""
-    jobs, replayed = await _submit(request, images, webhook_url, metadata, idempotency_key)
+    jobs, replayed = await _submit(request, images, webhook_url, metadata, idempotency_key, model)
     res = resources(request)
     body = {"jobs": [job_view(j, _image_url(res, j)) for j in jobs]}
     headers = {"Idempotent-Replayed": "true"} if replayed else {}

@@ -156,8 +156,12 @@ def submit_jobs(
     webhook_url: str | None,
     metadata: dict[str, Any],
     idempotency_key: str | None,
+    model_name: str | None = None,
 ) -> tuple[list[Job], bool]:
-    """Accept ``uploads`` as jobs; return (jobs, replayed). Runs in a worker thread."""
+    """Accept ``uploads`` as jobs; return (jobs, replayed). Runs in a worker thread.
+
+    ``model_name`` is a served model's name (checked by the caller); None means the default.
+    """
     if not uploads:
         raise MissingField("multipart field 'image' is required")
     if len(uploads) > MAX_IMAGES_PER_REQUEST:
@@ -196,6 +200,7 @@ def submit_jobs(
                     idempotency_key=_key(idempotency_key, i) if idempotency_key else None,
                     owner=owner,
                     batch_id=batch_id,
+                    model_name=model_name,
                     created_at=accepted_at,
                     queued_at=accepted_at,
                 )

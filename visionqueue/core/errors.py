@@ -7,6 +7,7 @@
     │   └── MissingField         missing_field
     ├── Unauthorized (401)       unauthorized
     ├── NotFound (404)           not_found
+    │   └── ModelNotFound        model_not_found (a model this deployment does not serve)
     ├── Conflict (409)           conflict
     ├── PayloadTooLarge (413)    payload_too_large
     ├── UnsupportedMediaType (415)
@@ -93,6 +94,10 @@ class Unauthorized(VQError):
 class NotFound(VQError):
     status = 404
     code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
 
 
 class Conflict(VQError):

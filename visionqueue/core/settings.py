@@ -100,6 +100,25 @@ class ModelSettings(_Group):
     model_tag: str = Field(
         "", description="Exact model tag to serve; empty = MODEL_NAME:latest ('make run' sets it)."
     )
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated models to serve, each NAME (its latest version) or "
+        "NAME:TAG; the first is the default. Empty = the one ResNet18 of VQ_MODEL_NAME/"
+        "VQ_MODEL_TAG/VQ_WEIGHTS. A promoted version (visionqueue models promote) wins.",
+    )
+    model_memory_limit_mb: int = Field(
+        0,
+        ge=0,
+        description="Memory the served models may take in all classifier workers together; "
+        "a configuration estimated above it fails at start, naming the models "
+        "(0 = the memory available when it starts).",
+    )
+    promotion_poll_s: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="How often classifier workers look for a promoted model version.",
+    )
     inference_backend: Literal["eager", "channels_last", "compile", "onnxruntime"] = Field(
         "onnxruntime",
         description="How the classifier runs ResNet18: eager, channels_last, compile "
@@ -143,6 +162,11 @@ class ModelSettings(_Group):
     )
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda'.")
     classifier_workers: int = Field(1, ge=1, description="Processes of the classifier service.")
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _models(cls, value: object) -> object:
+        return _split_csv(value)
 
 
 class DatabaseSettings(_Group):

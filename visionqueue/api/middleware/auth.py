@@ -17,7 +17,15 @@ from visionqueue.api.middleware.asgi import ASGIApp, Receive, Scope, Send, heade
 from visionqueue.core.errors import error_body
 
 # "/predict" covers TorchServe's /predictions too
-PROTECTED_PREFIXES = ("/predict", "/classify", "/task-status", "/v1/jobs", "/v2/models", "/api/")
+PROTECTED_PREFIXES = (
+    "/predict",
+    "/classify",
+    "/task-status",
+    "/v1/jobs",
+    "/v1/models",
+    "/v2/models",
+    "/api/",
+)
 METRICS_PATH = "/metrics"
 
 

@@ -30,9 +30,9 @@ class FormRule:
 
 
 FORM_RULES = {
-    "/predict": FormRule("image", 1, ("top_k",)),
-    "/classify": FormRule("image", 1, ("webhook_url", "metadata")),
-    "/v1/jobs": FormRule("images", None, ("webhook_url", "metadata")),
+    "/predict": FormRule("image", 1, ("top_k", "model")),
+    "/classify": FormRule("image", 1, ("webhook_url", "metadata", "model")),
+    "/v1/jobs": FormRule("images", None, ("webhook_url", "metadata", "model")),
     "/api/upload-image": FormRule("file", 1, ()),
 }
 

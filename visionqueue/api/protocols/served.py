@@ -1,7 +1,7 @@
-"""What the protocol adapters serve: the front service and its model's name and version.
+"""What the protocol adapters serve: the front service and the served models.
 
-Until several models are served, the one model answers to its tag's name (``resnet18``)
-and version (the tag's version); any other name or version is a 404.
+Each served model (``VQ_MODELS``, ``visionqueue.api.served_models``) answers to its name and
+to its current version (the tag's version); any other name or version is a 404.
 """
 
 from __future__ import annotations
@@ -13,19 +13,22 @@ from typing import Any, Protocol, cast
 import numpy as np
 from starlette.requests import Request
 
-from visionqueue.core.errors import ModelNotReady, NotFound
+from visionqueue.api.served_models import served_models
+from visionqueue.core.errors import ModelNotReady
 
 
 class Front(Protocol):
     """The front service's methods the adapters call (``service.VisionQueue``)."""
 
-    async def model_info(self) -> dict[str, Any]: ...
+    async def model_info(self, model: str | None = None) -> dict[str, Any]: ...
 
     async def classify_images(
-        self, images: list[bytes] | list[np.ndarray]
+        self, images: list[bytes] | list[np.ndarray], model: str | None = None
     ) -> tuple[np.ndarray, list[str]]: ...
 
-    async def classify_upload(self, data: bytes | Path, top_k: int) -> dict[str, Any]: ...
+    async def classify_upload(
+        self, data: bytes | Path, top_k: int, model: str | None = None
+    ) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -55,15 +58,6 @@ def name_and_version(tag: str) -> tuple[str, str]:
 
 async def served_model(request: Request, name: str, version: str | None = None) -> ServedModel:
     """Return the served model called ``name`` (at ``version``, if given); 404 otherwise."""
-    info = await current_front(request).model_info()
+    info = await served_models(request).lookup(name, version)
     served_name, served_version = name_and_version(info["tag"])
-    if name != served_name:
-        raise NotFound(
-            f"unknown model '{name}'; this server serves '{served_name}'", code="model_not_found"
-        )
-    if version not in (None, "", served_version):
-        raise NotFound(
-            f"model '{name}' has no version '{version}'; it serves version '{served_version}'",
-            code="model_not_found",
-        )
     return ServedModel(served_name, served_version, info)

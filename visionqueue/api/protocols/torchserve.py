@@ -96,8 +96,9 @@ async def image_bytes(request: Request) -> bytes:
 
 
 async def _predict(request: Request, name: str, model_version: str | None) -> dict[str, float]:
-    await served_model(request, name, model_version)
-    result = await current_front(request).classify_upload(await image_bytes(request), TOP_K)
+    model = await served_model(request, name, model_version)
+    front = current_front(request)
+    result = await front.classify_upload(await image_bytes(request), TOP_K, model.name)
     return {p["class"]: p["confidence"] for p in result["predictions"]}
 
 

@@ -165,7 +165,7 @@ async def _infer(request: Request, name: str, model_version: str | None) -> Resp
     parsed = v2_tensors.parse_infer_request(
         body, request.headers.get("inference-header-content-length")
     )
-    probs, _ = await current_front(request).classify_images(parsed.images)
+    probs, _ = await current_front(request).classify_images(parsed.images, model.name)
     content, headers = v2_tensors.infer_response(
         parsed, model.name, model.version, probs, model.labels
     )

@@ -1,0 +1,94 @@
+"""The promotion record: which stored version each model name serves, switched without downtime.
+
+``promote("pets:v2")`` writes ``VQ_DATA_DIR/model-promotions.json`` atomically. Every
+classifier worker watches that file (``model_store.serving``): it loads the promoted version
+next to the running one, warms it up, then swaps it in between two batches. A batch runs
+wholly on one version, every answer names the tag that computed it, and once the swap is
+done no batch runs on the old version. Rolling back is promoting the previous tag again.
+
+A promoted version must take the same input size as the one it replaces (the front crops
+images for the version it expects; a batch cannot mix sizes): changing it needs a restart.
+A record entry wins over ``VQ_MODELS`` for its name, also across restarts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from model_store.weights import WeightsError
+
+RECORD_FILE = "model-promotions.json"
+
+
+def record_path() -> Path:
+    from visionqueue.core.settings import get_settings
+
+    return get_settings().data_dir.resolve() / RECORD_FILE
+
+
+def read_record(path: Path | None = None) -> dict[str, Any]:
+    """Return the record (``{"models": {name: {"tag", "previous", "sequence"}}}``)."""
+    path = path or record_path()
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {"models": {}, "sequence": 0}
+    except (OSError, ValueError):
+        return {"models": {}, "sequence": 0}  # a torn read cannot happen (os.replace); be safe
+    return record if isinstance(record.get("models"), dict) else {"models": {}, "sequence": 0}
+
+
+def promoted_tags(path: Path | None = None) -> dict[str, str]:
+    """Return name -> promoted tag."""
+    return {name: str(e["tag"]) for name, e in read_record(path)["models"].items()}
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _input_size(metadata: dict[str, Any]) -> list[int]:
+    return list(metadata.get("input_size", [3, 224, 224]))
+
+
+def promote(tag: str, path: Path | None = None) -> dict[str, Any]:
+    """Make ``tag`` the served version of its name; return the record entry."""
+    from model_store.store import get_model, list_versions
+
+    path = path or record_path()
+    if ":" not in tag:
+        raise WeightsError(f"promote takes NAME:TAG, not {tag!r} (see `models list`)")
+    stored = get_model(tag)  # refuses unknown tags; NAME:latest resolves to a version
+    with _locked(path):
+        record = read_record(path)
+        current = record["models"].get(stored.name, {}).get("tag")
+        others = [v for v in list_versions(stored.name) if v.tag != stored.tag]
+        reference = next((v for v in others if v.tag == current), others[0] if others else None)
+        if reference is not None and _input_size(reference.metadata) != _input_size(
+            stored.metadata
+        ):
+            raise WeightsError(
+                f"{stored.tag} takes {_input_size(stored.metadata)} inputs but {reference.tag} "
+                f"takes {_input_size(reference.metadata)}: a live switch keeps the input size; "
+                "serve it with VQ_MODELS and a restart instead"
+            )
+        record["sequence"] = int(record.get("sequence", 0)) + 1
+        entry = {"tag": stored.tag, "previous": current, "sequence": record["sequence"]}
+        record["models"][stored.name] = entry
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(record, indent=2))
+        os.replace(tmp, path)  # atomic: a watcher never reads half a record
+    return entry

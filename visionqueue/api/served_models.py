@@ -1,0 +1,179 @@
+"""``ServedModels``: the one place the front lists its models and looks one up by name.
+
+Built by the front service at start-up from ``VQ_MODELS`` (``model_store.serving``), and
+reachable from any route as ``served_models(request)`` (``app.state.models``). Each ``ServedModel`` has its classifier API
+(its own batching queue), its own crop coalescer, and the descriptions of the versions the
+classifier has answered with, keyed by the tag id every output row carries. Protocol
+adapters (KServe v2, TorchServe) use ``get(name)``, ``lookup(name, version)`` and
+``classify(name, crop)`` too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import numpy as np
+from starlette.requests import Request
+
+from model_store.preprocess import Preprocessing
+from model_store.serving import ServedSpec
+from visionqueue.api.coalesce import CropCoalescer
+from visionqueue.core.errors import ModelNotFound, ModelNotReady
+
+CallApi = Callable[[str, np.ndarray], Awaitable[np.ndarray]]  # (api, crops) -> rows
+Describe = Callable[[str], Awaitable[dict[str, Any]]]  # name -> classifier's description
+DESCRIBE_DEADLINE_S = 5.0
+
+
+@dataclass
+class ServedModel:
+    """One model name the deployment serves."""
+
+    name: str
+    api: str
+    default: bool
+    coalescer: CropCoalescer | None = None
+    current: dict[str, Any] | None = None  # the classifier's last description
+    versions: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One crop's answer: probabilities, the batch's forward seconds, the version that ran."""
+
+    probs: np.ndarray
+    forward_s: float
+    version: dict[str, Any]
+
+
+class ServedModels:
+    """The served models, the default first."""
+
+    def __init__(
+        self,
+        specs: list[ServedSpec],
+        call_api: CallApi,
+        describe: Describe,
+        max_batch: int,
+        calls_in_flight: int,
+    ) -> None:
+        self._call_api = call_api
+        self._describe = describe
+        self._max_batch = max_batch
+        self._models: dict[str, ServedModel] = {}
+        for index, spec in enumerate(specs):
+            model = ServedModel(spec.name, spec.api, index == 0)
+            if calls_in_flight:
+                model.coalescer = CropCoalescer(self._caller(spec.api), max_batch, calls_in_flight)
+            self._models[spec.name] = model
+
+    def _caller(self, api: str) -> Callable[[np.ndarray], Awaitable[np.ndarray]]:
+        async def call(crops: np.ndarray) -> np.ndarray:
+            return await self._call_api(api, crops)
+
+        return call
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._models)
+
+    @property
+    def default(self) -> ServedModel:
+        return next(iter(self._models.values()))
+
+    def get(self, name: str | None = None) -> ServedModel:
+        """Return the model called ``name`` (the default for None or ""); 404 otherwise."""
+        if not name:
+            return self.default
+        model = self._models.get(name)
+        if model is None:
+            raise ModelNotFound(
+                f"no model named {name!r} is served here; served: {', '.join(self._models)}",
+                details={"served": self.names},
+            )
+        return model
+
+    async def info(self, name: str | None = None, fresh: bool = False) -> dict[str, Any]:
+        """Return the current version's description (503 while the classifier loads)."""
+        model = self.get(name)
+        if model.current is None or fresh:
+            try:
+                # the arbiter holds the classifier's socket even while no worker serves it:
+                # without a deadline a probe would wait out the 120 s traffic timeout
+                with anyio.fail_after(DESCRIBE_DEADLINE_S):
+                    described = await self._describe(model.name)
+            except Exception as exc:
+                raise ModelNotReady(
+                    f"the classifier is not ready to serve {model.name} yet", retry_after=2
+                ) from exc
+            model.versions.update({int(k): v for k, v in described["versions"].items()})
+            model.current = {k: v for k, v in described.items() if k != "versions"}
+        return model.current
+
+    async def lookup(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """Return the description of ``name`` at ``version`` (a tag or its version part)."""
+        current = await self.info(name, fresh=True)
+        if version in (None, "", current["tag"], current["tag"].split(":", 1)[1]):
+            return current
+        raise ModelNotFound(
+            f"{name} serves version {current['tag']}, not {version!r}",
+            details={"served": current["tag"]},
+        )
+
+    async def version(self, model: ServedModel, tag_id: int) -> dict[str, Any]:
+        """Return the description of the version an output row names."""
+        if tag_id not in model.versions:
+            await self.info(model.name, fresh=True)  # a promotion happened: learn the new one
+        if tag_id not in model.versions:
+            raise ModelNotReady(f"{model.name} answered from an unknown version", retry_after=1)
+        return model.versions[tag_id]
+
+    async def classify(self, name: str | None, crop: np.ndarray) -> Answer:
+        """Classify one crop on ``name``'s batching queue."""
+        model = self.get(name)
+        if model.coalescer is not None:
+            out = await model.coalescer.classify(crop)
+        else:
+            out = await self._call_api(model.api, crop[np.newaxis])
+        version = await self.version(model, int(out[0, -1]))
+        return Answer(out[0, :-2], float(out[0, -2]), version)
+
+    async def classify_many(
+        self, name: str | None, crops: np.ndarray
+    ) -> tuple[np.ndarray, dict[str, Any], np.ndarray]:
+        """Classify one request's crops together on ``name``'s queue.
+
+        Returns ``(N, C)`` probabilities, the version that answered, and each row's batch
+        forward seconds. Rows that a promotion split across two versions are classified again.
+        """
+        model = self.get(name)
+        for _ in range(3):
+            try:
+                if model.coalescer is not None:
+                    out = await model.coalescer.classify_many(crops)
+                else:
+                    size = self._max_batch
+                    chunks = [crops[i : i + size] for i in range(0, len(crops), size)]
+                    out = np.concatenate([await self._call_api(model.api, c) for c in chunks])
+            except ValueError:  # rows of two versions with different class counts
+                continue
+            ids = {int(v) for v in out[:, -1]}
+            if len(ids) == 1:
+                version = await self.version(model, ids.pop())
+                return out[:, :-2], version, out[:, -2]
+        raise ModelNotReady(f"{model.name} is switching versions; retry", retry_after=1)
+
+    async def preprocessing(self, name: str | None) -> Preprocessing:
+        """The current version's preprocessing."""
+        return Preprocessing.from_spec((await self.info(name))["preprocessing"])
+
+
+def served_models(request: Request) -> ServedModels:
+    """Return the front's registry (503 while the service starts)."""
+    registry = getattr(request.app.state, "models", None)
+    if not isinstance(registry, ServedModels):
+        raise ModelNotReady("the service is starting", retry_after=2)
+    return registry
