@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import socket
+
 import httpx
 import pytest
 
@@ -111,3 +114,31 @@ def test_the_openapi_document_describes_every_protocol_route(bento_url: str) -> 
     infer = paths["/v2/models/{name}/infer"]["post"]
     assert {"application/json", "application/octet-stream"} <= set(infer["requestBody"]["content"])
     assert "404" in infer["responses"] and "422" in infer["responses"]
+
+
+def declared_too_large(url: str, method: str, path: str) -> tuple[int, dict[str, object]]:
+    """Send only the headers of a 30 MB request; return the status and JSON body answered."""
+    host, port = url.removeprefix("http://").split(":")
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 30000000\r\n"
+        "Content-Type: application/octet-stream\r\nConnection: close\r\n\r\n"
+    )
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head.encode())
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+    header, _, body = raw.partition(b"\r\n\r\n")
+    return int(header.split()[1]), json.loads(body)
+
+
+def test_the_body_cap_refuses_each_protocol_before_reading_in_its_shape(bento_url: str) -> None:
+    name, _ = model_name_version(bento_url)
+    for method, path, keys in [
+        ("POST", f"/v2/models/{name}/infer", {"error"}),
+        ("PUT", f"/predictions/{name}", {"code", "type", "message"}),
+        ("POST", "/api/upload-image", {"detail"}),
+    ]:
+        status, body = declared_too_large(bento_url, method, path)
+        assert status == 413, (path, body)
+        assert set(body) == keys, (path, body)
