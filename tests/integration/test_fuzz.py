@@ -1,6 +1,7 @@
 """Property-based fuzzing of the live stack from its own OpenAPI document (schemathesis).
 
-Bounded: 15 examples per operation and a 60 s budget. No generated request may make the
+Bounded: 15 examples per operation, and a 240 s cap that only a stalled run reaches (the
+examples bound the work; a loaded 2-core machine needs more than 60 s for every operation). No generated request may make the
 server fail (5xx), and every operation, ``POST /predict`` included, answers only documented
 statuses, content types and bodies: the front rewrites BentoML's entry for ``/predict`` to
 the error envelope it really sends (``visionqueue.api.openapi_errors``).
@@ -17,7 +18,7 @@ import pytest
 
 from tests.support.servers import BIN
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]  # a 60 s fuzzing budget
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # 15 examples per operation
 
 CHECKS = [
     "not_a_server_error",
@@ -32,13 +33,13 @@ def run_schemathesis(url: str, report_dir: Path) -> dict[str, Any]:
     args = [
         str(BIN / "schemathesis"), "run", f"{url}/docs.json",
         "--checks", ",".join(CHECKS),
-        "--max-examples", "15", "--max-time", "60", "--seed", "20261128",
+        "--max-examples", "15", "--max-time", "240", "--seed", "20261128",
         "--workers", "2", "--no-shrink", "--request-timeout", "30",
         "--phases", "coverage,fuzzing,stateful",
         "--report", "json", "--report-dir", str(report_dir),
     ]  # fmt: skip
     # cwd: schemathesis and hypothesis keep example databases there; each run starts afresh
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=240, cwd=report_dir)
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=420, cwd=report_dir)
     reports = list(report_dir.glob("json-*.json"))
     assert reports, f"schemathesis wrote no report:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     report: dict[str, Any] = json.loads(reports[0].read_text())
