@@ -1,8 +1,8 @@
 """Property-based fuzzing of the live stack from its own OpenAPI document (schemathesis).
 
-Bounded: 15 examples per operation, and a 240 s cap that only a stalled run reaches (the
-examples bound the work; a loaded 2-core machine needs more than 60 s for every operation). No generated request may make the
-server fail (5xx), and every operation, ``POST /predict`` included, answers only documented
+Bounded by 15 examples per operation; the 240 s cap only stops a stalled run (a loaded
+2-core machine needs more than 60 s to reach every operation). No generated request may
+make the server fail (5xx), and every operation, ``POST /predict`` included, answers only documented
 statuses, content types and bodies: the front rewrites BentoML's entry for ``/predict`` to
 the error envelope it really sends (``visionqueue.api.openapi_errors``).
 """
