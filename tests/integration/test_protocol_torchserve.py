@@ -1,4 +1,4 @@
-"""TorchServe's inference API on a live server: raw PUT and POST bodies, multipart, /ping."""
+"""TorchServe's inference API on a live server, and what every protocol route shares (docs, body cap)."""
 
 from __future__ import annotations
 
