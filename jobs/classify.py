@@ -10,12 +10,14 @@ database or the classifier is briefly down) is retried with backoff; any other `
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 from sqlalchemy.orm import Session
 
+from jobs.crash_points import BATCH_BEFORE_COMPLETION, crash_point
 from jobs.notify import owe_event
 from jobs.resources import Resources
 from persistence import job_leases, jobs_repo
@@ -73,50 +75,109 @@ def process_job(job_id: str, res: Resources) -> JobOutcome:
 
     Raises ``Unavailable`` (retry later) or another ``VQError`` (fail the job).
     """
+    outcome = process_batch([job_id], res)[job_id]
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+def process_batch(job_ids: list[str], res: Resources) -> dict[str, JobOutcome | BaseException]:
+    """Claim the jobs in one transaction, classify their images concurrently, store every
+    result in one transaction; idempotent under redelivery.
+
+    Each job maps to its outcome or to its own exception: ``Unavailable`` (retry later) or
+    another ``VQError`` (fail the job); one corrupt image fails only its job. If the
+    database itself fails, so does the whole batch (every job retries).
+    """
     worker = res.settings.worker
     leases = res.leases
+    outcomes: dict[str, JobOutcome | BaseException] = {}
+    claimed: list[job_leases.ClaimedJob] = []
     with session_scope(res.engine) as session:
-        job = job_leases.claim(
-            session,
-            job_id,
-            holder=leases.holder,
-            lease_s=worker.lease_s,
-            max_attempts=worker.max_attempts,
-        )
-        if job is None:
-            return exhaust_if_spent(session, job_id, worker.max_attempts)
-    leases.hold(job_id)
+        for job_id in job_ids:
+            job = job_leases.claim(
+                session,
+                job_id,
+                holder=leases.holder,
+                lease_s=worker.lease_s,
+                max_attempts=worker.max_attempts,
+            )
+            if job is None:
+                outcomes[job_id] = exhaust_if_spent(session, job_id, worker.max_attempts)
+            else:
+                claimed.append(job)
+    if not claimed:
+        return outcomes
+    for job in claimed:
+        leases.hold(job.id)
+    try:
+        bodies = _classify_all(claimed, res)
+        crash_point(BATCH_BEFORE_COMPLETION)
+        answers = {i: body for i, body in bodies.items() if not isinstance(body, BaseException)}
+        stored: dict[str, bool] = {}
+        if answers:
+            with session_scope(res.engine) as session:
+                for job in claimed:
+                    if job.id in answers:
+                        stored[job.id] = _store_result(session, job, answers[job.id], leases.holder)
+    finally:
+        for job in claimed:
+            leases.release(job.id)
+    for job in claimed:
+        body = bodies[job.id]
+        if isinstance(body, BaseException):
+            outcomes[job.id] = body
+        elif not stored[job.id]:
+            outcomes[job.id] = JobOutcome("skipped")  # the lease lapsed; another worker has it
+        else:
+            latency_s = (utcnow() - job.created_at).total_seconds()
+            outcomes[job.id] = JobOutcome("completed", latency_s, webhook_url=job.webhook_url)
+    return outcomes
+
+
+def _classify_all(
+    jobs: list[job_leases.ClaimedJob], res: Resources
+) -> dict[str, dict[str, Any] | BaseException]:
+    """Fetch and classify every job's image at once (the front merges them into one call)."""
+    if len(jobs) == 1:
+        return {jobs[0].id: _classify_one(jobs[0], res)}
+    with ThreadPoolExecutor(len(jobs), thread_name_prefix="vq-batch-item") as pool:
+        results = list(pool.map(lambda job: _classify_one(job, res), jobs))
+    return {job.id: result for job, result in zip(jobs, results, strict=True)}
+
+
+def _classify_one(job: job_leases.ClaimedJob, res: Resources) -> dict[str, Any] | BaseException:
+    """The image's ``/predict`` answer, or the exception that ends this job's run."""
     try:
         try:
             data = res.store.get(job.image_key)
         except ImageNotFound as exc:
             raise Unprocessable("the stored image no longer exists", code="image_missing") from exc
         # the version promoted when the job runs serves it (policy: docs/models.md)
-        body = classify_bytes(res, data, job.content_type, worker.top_k, job.model_name)
-        result = {
-            "predictions": body["predictions"],
-            "processing_time": body["processing_time"],
-            "model": body["model"],
-        }
-        if "preprocessing" in body:
-            result["preprocessing"] = body["preprocessing"]
-        with session_scope(res.engine) as session:
-            stored = jobs_repo.complete_job(
-                session,
-                job_id,
-                result,
-                body["model"]["tag"],
-                body["model"]["weights"],
-                holder=leases.holder,
-            )
-            if stored and job.webhook_url:
-                owe_event(session, job_id, "completed", job.webhook_url)
-    finally:
-        leases.release(job_id)
-    if not stored:
-        return JobOutcome("skipped")  # the lease lapsed and another worker took the job
-    latency_s = (utcnow() - job.created_at).total_seconds()
-    return JobOutcome("completed", latency_s, webhook_url=job.webhook_url)
+        return classify_bytes(
+            res, data, job.content_type, res.settings.worker.top_k, job.model_name
+        )
+    except Exception as exc:  # handed to the job's own task: retry or fail that job only
+        return exc
+
+
+def _store_result(
+    session: Session, job: job_leases.ClaimedJob, body: dict[str, Any], holder: str
+) -> bool:
+    """Complete ``job`` with its ``/predict`` answer (and owe its event); False if not ours."""
+    result = {
+        "predictions": body["predictions"],
+        "processing_time": body["processing_time"],
+        "model": body["model"],
+    }
+    if "preprocessing" in body:
+        result["preprocessing"] = body["preprocessing"]
+    stored = jobs_repo.complete_job(
+        session, job.id, result, body["model"]["tag"], body["model"]["weights"], holder=holder
+    )
+    if stored and job.webhook_url:
+        owe_event(session, job.id, "completed", job.webhook_url)
+    return stored
 
 
 def exhaust_if_spent(session: Session, job_id: str, max_attempts: int) -> JobOutcome:

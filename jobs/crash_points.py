@@ -14,7 +14,10 @@ import signal
 AFTER_COMPLETION_COMMIT = "after_completion_commit"  # job final + outbox row, no message
 AFTER_RETRY_PLANNED = "after_retry_planned"  # retry in the row and a countdown message
 SWEEP_BEFORE_PUBLISH = "sweep_before_publish"  # sweep committed its claims, sent nothing
-POINTS = frozenset({AFTER_COMPLETION_COMMIT, AFTER_RETRY_PLANNED, SWEEP_BEFORE_PUBLISH})
+BATCH_BEFORE_COMPLETION = "batch_before_completion"  # a batch claimed and classified, not stored
+POINTS = frozenset(
+    {AFTER_COMPLETION_COMMIT, AFTER_RETRY_PLANNED, SWEEP_BEFORE_PUBLISH, BATCH_BEFORE_COMPLETION}
+)
 
 
 def crash_point(name: str) -> None:

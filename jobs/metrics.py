@@ -29,6 +29,7 @@ class WorkerMetrics:
     webhook_failure: Counter
     webhook_exhausted: Counter
     webhook_latency: Histogram
+    job_batch_size: Histogram
 
 
 @functools.cache
@@ -54,6 +55,11 @@ def worker_metrics() -> WorkerMetrics:
             "webhook_latency_seconds",
             "Duration of one webhook delivery attempt",
             buckets=WEBHOOK_BUCKETS,
+        ),
+        job_batch_size=Histogram(
+            "job_batch_size",
+            "Jobs a worker process claimed, classified and stored together (VQ_WORKER_BATCH_SIZE)",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
         ),
     )
 

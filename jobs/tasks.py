@@ -8,15 +8,18 @@ worker died where the broker can, and job leases let the sweeper recover it wher
 from __future__ import annotations
 
 import contextlib
+import os
 import random
+import threading
 from typing import Any
 
 from celery import Task
 from celery.utils.log import get_task_logger
 
 import jobs.worker_setup  # noqa: F401  (connects the worker's start-up signals)
+from jobs.batching import JobBatcher
 from jobs.celery_app import CLASSIFY_TASK, PURGE_TASK, SWEEP_TASK, WEBHOOK_TASK, app
-from jobs.classify import fail_job, process_job, release_for_retry
+from jobs.classify import JobOutcome, fail_job, process_batch, release_for_retry
 from jobs.crash_points import (
     AFTER_COMPLETION_COMMIT,
     AFTER_RETRY_PLANNED,
@@ -26,7 +29,7 @@ from jobs.crash_points import (
 from jobs.maintenance import purge_once, sweep_once
 from jobs.metrics import worker_metrics
 from jobs.notify import attempt_delivery
-from jobs.resources import get_resources
+from jobs.resources import Resources, get_resources
 from visionqueue.core.errors import DatabaseUnavailable, Unavailable, VQError
 from visionqueue.core.logging_setup import log_context
 
@@ -46,6 +49,32 @@ def publish_delivery(job_id: str, countdown: float | None = None) -> None:
         logger.warning("job %s: webhook message not queued; the sweeper relays it", job_id)
 
 
+def run_batch(job_ids: list[str], res: Resources) -> dict[str, JobOutcome | BaseException]:
+    """Run one batch of jobs (``jobs.classify.process_batch``) and count its size."""
+    worker_metrics().job_batch_size.observe(len(job_ids))
+    return process_batch(job_ids, res)
+
+
+_batchers: dict[int, JobBatcher[JobOutcome]] = {}
+_batchers_lock = threading.Lock()
+
+
+def job_batcher(res: Resources) -> JobBatcher[JobOutcome]:
+    """Return this process' batcher (VQ_WORKER_BATCH_SIZE, VQ_WORKER_BATCH_WAIT_MS)."""
+    pid = os.getpid()
+    with _batchers_lock:
+        batcher = _batchers.get(pid)
+        if batcher is None:
+            worker = res.settings.worker
+            batcher = _batchers[pid] = JobBatcher(
+                lambda job_ids: run_batch(job_ids, res),
+                skipped=lambda: JobOutcome("skipped"),
+                max_size=worker.batch_size,
+                wait_s=worker.batch_wait_ms / 1000,
+            )
+    return batcher
+
+
 @app.task(bind=True, name=CLASSIFY_TASK, max_retries=None)
 def classify_job(self: Task, job_id: str) -> str:
     """Classify the image of job ``job_id`` and store the result."""
@@ -53,7 +82,8 @@ def classify_job(self: Task, job_id: str) -> str:
     with log_context(job_id=job_id):
         res = get_resources()
         try:
-            outcome = process_job(job_id, res)
+            # its batch's claim, classification and completion; this job's own outcome
+            outcome = job_batcher(res).run(job_id, timeout=res.settings.worker.task_time_limit_s)
         except Unavailable as exc:
             if self.request.retries >= res.settings.worker.max_retries:
                 outcome = fail_job(job_id, res, exc.code, f"gave up after retries: {exc.message}")

@@ -28,7 +28,12 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from jobs.crash_points import AFTER_COMPLETION_COMMIT, AFTER_RETRY_PLANNED, SWEEP_BEFORE_PUBLISH
+from jobs.crash_points import (
+    AFTER_COMPLETION_COMMIT,
+    AFTER_RETRY_PLANNED,
+    BATCH_BEFORE_COMPLETION,
+    SWEEP_BEFORE_PUBLISH,
+)
 from persistence.models import Job, WebhookOutbox, utcnow
 from tests.integration.jobs_factories import (
     database,
@@ -167,7 +172,14 @@ def tally(key: tuple[str, str], stack: Stack, ids: list[str], receiver: WebhookR
     assert lost == [], lost
 
 
-CRASH_POINTS = [AFTER_COMPLETION_COMMIT, AFTER_RETRY_PLANNED, SWEEP_BEFORE_PUBLISH]
+CRASH_POINTS = [
+    AFTER_COMPLETION_COMMIT,
+    AFTER_RETRY_PLANNED,
+    SWEEP_BEFORE_PUBLISH,
+    BATCH_BEFORE_COMPLETION,
+]
+# the armed worker waits for all of a run's jobs, so it dies holding one batch of them
+CRASH_ENV = {BATCH_BEFORE_COMPLETION: {"VQ_WORKER_BATCH_WAIT_MS": "1000"}}
 
 
 @pytest.mark.parametrize("point", CRASH_POINTS)
@@ -187,7 +199,7 @@ def test_a_worker_killed_at_each_window_loses_nothing(rig: tuple[str, Stack], po
                 concurrency=4,
                 name=f"armed-{uuid.uuid4().hex[:6]}",
                 beat=True,
-                env={**FAST, "VQTEST_CRASH_AT": point},
+                env={**FAST, **CRASH_ENV.get(point, {}), "VQTEST_CRASH_AT": point},
             )
             wait_dead(armed, 90)
             stack.workers.remove(armed)

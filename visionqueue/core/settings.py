@@ -250,6 +250,21 @@ class WorkerSettings(_Group):
         10.0, gt=0, description="How often the sweeper re-enqueues lost jobs and due webhooks."
     )
     top_k: int = Field(5, ge=1, le=20, description="Classes stored in each job's result.")
+    batch_size: int = Field(
+        16,
+        ge=1,
+        le=64,
+        description="Most jobs a worker process claims, classifies and stores together (one "
+        "claim and one completion transaction per batch; 1 = one job at a time). Batches "
+        "form from the jobs that arrive while earlier batches run; see docs/performance.md.",
+    )
+    batch_wait_ms: float = Field(
+        0.0,
+        ge=0,
+        le=1000,
+        description="How long a batch waits for company before it starts when a batch slot "
+        "is free (0 = never: a lone job starts at once).",
+    )
     retention_days: float = Field(
         0,
         ge=0,
