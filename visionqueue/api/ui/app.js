@@ -103,6 +103,8 @@ async function main() {
     try {
       served = await loadModels(ready);
       fillModelSelect(modelSelect, served);
+      const demo = served.models.find((m) => m.isDefault && m.demo);
+      if (demo) showDemo(demo);
     } catch {
       // 401 (the key prompt shows) or a server error: keep the default model
     }

@@ -76,6 +76,7 @@ export async function loadModels(ready) {
         weights: m.weights || m.weights_origin || "",
         isDefault: Boolean(m.default) || (body && body.default === (m.name || m.id)),
         ready: m.ready !== false,
+        demo: Boolean(m.demo),
       }));
     if (models.length) return { named: true, models };
   } catch (error) {
@@ -86,7 +87,13 @@ export async function loadModels(ready) {
   const model = (ready && ready.model) || {};
   return {
     named: false,
-    models: [{ name: "", tag: String(model.tag || ""), weights: String(model.weights || ""), isDefault: true }],
+    models: [{
+      name: "",
+      tag: String(model.tag || ""),
+      weights: String(model.weights || ""),
+      isDefault: true,
+      demo: String(model.weights || "").startsWith("random-init"),
+    }],
   };
 }
 
