@@ -45,7 +45,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     """Return the Celery configuration for ``settings``' broker."""
     broker = settings.broker_url
     transport_options: dict[str, Any] = {}
+    transport: str | None = None
     if broker.startswith("filesystem://"):
+        from jobs.fs_broker import PATH as transport  # kombu's, publishing atomically
         folder = str(settings.broker_dir / "in")
         transport_options = {
             "data_folder_in": folder,
@@ -77,6 +79,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     queues = Queues.of(settings)
     return {
         "broker_url": broker,
+        "broker_transport": transport,
         "broker_transport_options": transport_options,
         "broker_connection_retry_on_startup": True,
         "broker_connection_timeout": settings.broker.publish_timeout_s,
