@@ -195,6 +195,39 @@ def test_models_api_lists_every_model(served: Stack, built: dict[str, Any]) -> N
     assert {n: m["ready"] for n, m in ready["models"].items()} == dict.fromkeys(EXPECTED, True)
 
 
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_protocol_clients_reach_each_model_by_name(served: Stack, name: str) -> None:
+    """tritonclient and TorchServe's curl name a served model and get /predict's answer."""
+    import tritonclient.http as triton
+
+    labels = EXPECTED[name][0]
+    data = photo("coffee.png")
+    k = min(3, len(labels))
+    want = httpx.post(
+        f"{served.url}/predict",
+        files={"image": ("c.png", data)},
+        data={"model": name, "top_k": str(k)},
+        timeout=60,
+    ).json()["predictions"]
+    with triton.InferenceServerClient(served.url.removeprefix("http://")) as client:
+        assert client.is_model_ready(name)
+        meta = client.get_model_metadata(name)
+        assert meta["name"] == name and meta["outputs"][0]["shape"] == [-1, len(labels)]
+        tensor = triton.InferInput("IMAGE", [1], "BYTES")
+        tensor.set_data_from_numpy(np.array([data], dtype=np.object_))
+        top = triton.InferRequestedOutput("PROBABILITIES", class_count=k)
+        result = client.infer(name, [tensor], outputs=[top])
+    got = [item.decode().split(":", 2) for item in result.as_numpy("PROBABILITIES")[0]]
+    assert [(label, int(index)) for _, index, label in got] == [
+        (p["class"], p["index"]) for p in want
+    ]
+    assert [float(score) for score, _, _ in got] == pytest.approx(
+        [p["confidence"] for p in want], rel=1e-5
+    )
+    torchserve = httpx.put(f"{served.url}/predictions/{name}", content=data, timeout=60).json()
+    assert list(torchserve)[:k] == [p["class"] for p in want]
+
+
 def test_unknown_model_is_a_404_everywhere(served: Stack) -> None:
     image = {"image": ("a.jpg", images.jpeg(64, 64))}
     for route in ("/predict", "/classify"):

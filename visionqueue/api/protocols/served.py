@@ -58,6 +58,7 @@ def name_and_version(tag: str) -> tuple[str, str]:
 
 async def served_model(request: Request, name: str, version: str | None = None) -> ServedModel:
     """Return the served model called ``name`` (at ``version``, if given); 404 otherwise."""
-    info = await served_models(request).lookup(name, version)
-    served_name, served_version = name_and_version(info["tag"])
-    return ServedModel(served_name, served_version, info)
+    registry = served_models(request)
+    info = await registry.lookup(name, version)
+    # the name clients use is the served name, whatever the stored model behind it is called
+    return ServedModel(registry.get(name).name, name_and_version(info["tag"])[1], info)
