@@ -8,8 +8,11 @@ from typing import Any
 def queue_depths(celery_app: Any, queues: tuple[str, ...]) -> dict[str, int]:
     """Return ``{queue: waiting messages}``; a queue the broker does not know counts 0.
 
-    Uses a passive ``queue_declare`` (AMQP's message count, Redis' LLEN, the
-    filesystem transport's file count), so reserved/unacked messages are not counted.
+    Kombu's virtual transports (Redis, filesystem) are asked for the queue's size directly
+    (Redis' LLEN, the folder's file count): their passive ``queue_declare`` answers "no
+    such queue" under a ``global_keyprefix``, which made the gauge read 0 over a full queue.
+    AMQP brokers answer a passive ``queue_declare`` with the message count. Reserved and
+    unacked messages are not counted.
     """
     depths: dict[str, int] = {}
     with celery_app.connection_for_read() as conn:
@@ -17,7 +20,13 @@ def queue_depths(celery_app: Any, queues: tuple[str, ...]) -> dict[str, int]:
         for name in queues:
             channel = conn.channel()
             try:
-                depths[name] = int(channel.queue_declare(queue=name, passive=True).message_count)
+                size = getattr(channel, "_size", None)
+                if size is not None:
+                    depths[name] = int(size(name))
+                else:
+                    depths[name] = int(
+                        channel.queue_declare(queue=name, passive=True).message_count
+                    )
             except Exception:  # passive declare of a missing queue raises (AMQP 404)
                 depths[name] = 0
             finally:

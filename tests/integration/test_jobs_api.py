@@ -68,6 +68,38 @@ def assert_error(resp: httpx.Response, status: int, code: str) -> None:
     assert isinstance(body["error"]["message"], str) and body["error"]["message"]
 
 
+def queue_depth_metric(url: str, queue: str) -> float | None:
+    """Return ``celery_queue_depth{queue=...}`` from the front's ``/metrics``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "celery_queue_depth" and sample.labels.get("queue") == queue:
+                return float(sample.value)
+    return None
+
+
+def test_the_queue_depth_gauge_is_the_brokers_queue_length(stack) -> None:  # type: ignore[no-untyped-def]
+    import redis
+
+    stack.stop_workers()  # nothing consumes: the messages stay queued
+    assert post_jobs(stack.url, small_jpegs(3, seed=290)).status_code == 202
+    prefix = stack.env["VQ_BROKER_QUEUE_PREFIX"]
+    client = redis.Redis.from_url(stack.broker_url)
+    try:
+        queued = int(client.llen(f"{prefix}{prefix}visionqueue"))  # kombu prefixes the key too
+        assert queued >= 3
+
+        def reported() -> float | None:
+            value = queue_depth_metric(stack.url, f"{prefix}visionqueue")
+            return value if value == queued else None
+
+        wait_until(reported, 30, f"celery_queue_depth == {queued} (the broker's length)")
+    finally:
+        client.close()
+
+
 def test_a_cancelled_pending_job_is_never_processed(stack) -> None:  # type: ignore[no-untyped-def]
     assert not [p for p in stack.workers if p.poll() is None], "needs no worker running"
     doomed, kept = (post_jobs(stack.url, [d]) for d in small_jpegs(2, seed=300))

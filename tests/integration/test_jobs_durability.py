@@ -14,6 +14,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from jobs.celery_app import SWEEP_TASK
+from persistence.image_keys import key_for
 from persistence.models import Job
 from tests.integration.jobs_factories import (
     broker_idle,
@@ -26,6 +27,7 @@ from tests.integration.jobs_factories import (
     worker_outcomes,
 )
 from tests.support.servers import bento_server, free_port, model_loaded
+from tests.support.stack import Stored
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -146,11 +148,6 @@ def fronts_with_a_dead_backend(stack):  # type: ignore[no-untyped-def]
         yield {"broker": no_broker, "storage": no_s3}
 
 
-def _job_count(stack) -> int:  # type: ignore[no-untyped-def]
-    with database(stack.database_url) as engine, Session(engine) as session:
-        return int(session.scalar(select(func.count()).select_from(Job)) or 0)
-
-
 def test_the_sweeper_requeues_a_job_whose_worker_and_message_were_lost(stack) -> None:  # type: ignore[no-untyped-def]
     stack.stop_workers()
     prefix = stack.env["VQ_BROKER_QUEUE_PREFIX"]
@@ -194,13 +191,13 @@ def test_submission_with_a_dead_backend_is_503_and_leaves_no_job(  # type: ignor
     stack, fronts_with_a_dead_backend, backend
 ) -> None:
     url = fronts_with_a_dead_backend[backend]
-    before = _job_count(stack)
-    one = httpx.post(
-        f"{url}/classify", files={"image": ("a.jpg", small_jpegs(1, seed=7)[0])}, timeout=60
-    )
+    stored = Stored(stack)
+    rows_before, objects_before = stored.job_count(), stored.object_keys()
+    uploads = [small_jpegs(1, seed=7)[0], *small_jpegs(3)]
+    one = httpx.post(f"{url}/classify", files={"image": ("a.jpg", uploads[0])}, timeout=60)
     many = httpx.post(
         f"{url}/v1/jobs",
-        files=[("images", (f"{i}.jpg", d, "image/jpeg")) for i, d in enumerate(small_jpegs(3))],
+        files=[("images", (f"{i}.jpg", d, "image/jpeg")) for i, d in enumerate(uploads[1:])],
         timeout=60,
     )
     for resp in (one, many):
@@ -208,7 +205,14 @@ def test_submission_with_a_dead_backend_is_503_and_leaves_no_job(  # type: ignor
         assert resp.json()["error"]["code"] == f"{backend}_unavailable"
         if backend == "broker":
             assert int(resp.headers["retry-after"]) > 0
-    assert _job_count(stack) == before
+    assert stored.job_count() == rows_before  # no job a client was not told about
+    new_objects = stored.object_keys() - objects_before
+    if backend == "storage":
+        assert new_objects == set()
+    else:
+        # the images went in before the broker refused; no row refers to them, so the
+        # hourly orphan purge deletes them: nothing beyond the uploads themselves is left
+        assert new_objects <= {key_for(data) for data in uploads}
 
 
 @pytest.mark.slow  # two more Bento servers

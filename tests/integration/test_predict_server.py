@@ -165,7 +165,16 @@ def test_bentoml_sync_client_works(bento_url: str, tmp_path: Path) -> None:
 
 
 def test_openapi_docs_are_served(bento_url: str) -> None:
-    assert httpx.get(f"{bento_url}/docs", timeout=10).status_code == 200
+    page = httpx.get(f"{bento_url}/docs", timeout=10)
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert "SwaggerUIBundle" in page.text and "'/docs.json'" in page.text
+    # the page works offline: the assets it names are served by the front itself
+    for asset, kind in (("swagger-ui-bundle.js", "javascript"), ("swagger-ui.css", "css")):
+        assert f"/static_content/{asset}" in page.text
+        served = httpx.get(f"{bento_url}/static_content/{asset}", timeout=10)
+        assert served.status_code == 200 and kind in served.headers["content-type"]
+        assert len(served.content) > 10_000
 
 
 def test_the_openapi_document_describes_predicts_real_errors(bento_url: str) -> None:

@@ -11,9 +11,13 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
+from sqlalchemy import create_engine, func, select
+from sqlalchemy.pool import NullPool
 
+from persistence.models import Job
 from tests.support.postgres import throwaway_postgres_url
 from tests.support.servers import BIN, answers, bento_server, free_port, spawn, stop, wait_ready
 from tests.support.waiting import wait_until
@@ -123,6 +127,34 @@ class Stack:
         for proc in self.workers:
             stop(proc)
         self.workers.clear()
+
+
+class Stored:
+    """What a stack has stored: job rows and S3 objects (the bucket the stack's env names)."""
+
+    def __init__(self, stack: Stack) -> None:
+        from minio import Minio
+
+        self.stack = stack
+        env = stack.env
+        netloc = urlsplit(stack.s3_endpoint).netloc
+        self.s3 = Minio(netloc, env["VQ_S3_ACCESS_KEY"], env["VQ_S3_SECRET_KEY"], secure=False)
+
+    def job_count(self) -> int:
+        engine = create_engine(self.stack.database_url, poolclass=NullPool)
+        try:
+            with engine.connect() as conn:
+                return int(conn.execute(select(func.count()).select_from(Job)).scalar_one())
+        finally:
+            engine.dispose()
+
+    def object_keys(self) -> set[str]:
+        bucket = self.stack.env["VQ_S3_BUCKET"]
+        return {str(o.object_name) for o in self.s3.list_objects(bucket, recursive=True)}
+
+    def counts(self) -> tuple[int, int]:
+        """Return (job rows, S3 objects)."""
+        return self.job_count(), len(self.object_keys())
 
 
 def backend_env(database_url: str, broker_url: str, s3_endpoint: str) -> dict[str, str]:
