@@ -7,11 +7,9 @@ import threading
 from dataclasses import dataclass
 
 import httpx
-from sqlalchemy import Engine
 
 from jobs.lease_keeper import LeaseKeeper
-from persistence.db import get_engine
-from persistence.images import ImageStore, build_image_store
+from persistence.backends import Backends, open_backends
 from visionqueue.core.settings import Settings, get_settings
 
 _lock = threading.Lock()
@@ -19,10 +17,7 @@ _by_pid: dict[int, Resources] = {}
 
 
 @dataclass
-class Resources:
-    settings: Settings
-    engine: Engine
-    store: ImageStore
+class Resources(Backends):
     http: httpx.Client
     leases: LeaseKeeper
 
@@ -30,11 +25,11 @@ class Resources:
 def build_resources(settings: Settings) -> Resources:
     """Create the resources of one process (no I/O beyond pool set-up)."""
     limits = httpx.Limits(max_connections=settings.worker.concurrency * 2)
-    engine = get_engine(settings.database_url)
+    engine, store = open_backends(settings)
     return Resources(
         settings=settings,
         engine=engine,
-        store=build_image_store(settings),
+        store=store,
         http=httpx.Client(timeout=httpx.Timeout(120, connect=5), limits=limits),
         leases=LeaseKeeper(engine, settings.worker.lease_s),
     )

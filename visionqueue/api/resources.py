@@ -6,10 +6,10 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import text
 
-from persistence.db import get_engine, session_scope
-from persistence.images import ImageStore, build_image_store
+from persistence.backends import Backends, open_backends
+from persistence.db import session_scope
 from visionqueue.core.errors import StorageUnavailable, VQError
 from visionqueue.core.settings import Settings
 
@@ -17,10 +17,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class FrontResources:
-    settings: Settings
-    engine: Engine
-    store: ImageStore
+class FrontResources(Backends):
     celery: Any
 
 
@@ -31,12 +28,12 @@ def build_front_resources(settings: Settings) -> FrontResources:
     ensure_broker_dirs(settings)
     celery_app = create_celery_app(settings)
 
-    store = build_image_store(settings)
+    engine, store = open_backends(settings)
     try:
         store.ensure_bucket()
     except StorageUnavailable:
         logger.warning("image store unavailable at start-up; /readyz reports it until it answers")
-    return FrontResources(settings, get_engine(settings.database_url), store, celery_app)
+    return FrontResources(settings, engine, store, celery_app)
 
 
 def check_backends(res: FrontResources) -> dict[str, str]:
