@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from persistence.models import Job, WebhookDelivery
+from persistence.models import Job, WebhookDelivery, WebhookOutbox
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -80,4 +80,17 @@ def delivery_view(delivery: WebhookDelivery) -> dict[str, Any]:
         "latency_ms": round(delivery.latency_ms, 3),
         "succeeded": delivery.succeeded,
         "next_attempt_at": _iso(delivery.next_attempt_at),
+    }
+
+
+def event_view(event: WebhookOutbox | None) -> dict[str, Any] | None:
+    """Return where a job's webhook event stands (None: the job owes none yet)."""
+    if event is None:
+        return None
+    return {
+        "id": event.event_id,
+        "type": event.event_type,
+        "status": event.status,  # pending | delivered | exhausted
+        "attempts": event.attempts,
+        "next_attempt_at": _iso(event.next_attempt_at),
     }

@@ -164,6 +164,14 @@ def test_retries_until_2xx_with_one_event_id_and_valid_signatures(
 
     rows = wait_deliveries(stack, worker, job_id, 3)
     event_id = event_id_for(job_id, "job.completed")
+    state = httpx.get(f"{stack.url}/v1/jobs/{job_id}/deliveries", timeout=10).json()["event"]
+    assert state == {
+        "id": event_id,
+        "type": "job.completed",
+        "status": "delivered",
+        "attempts": 3,
+        "next_attempt_at": None,
+    }
     assert [r["attempt"] for r in rows] == [1, 2, 3]
     assert {r["event_id"] for r in rows} == {event_id}
     assert {r["event_type"] for r in rows} == {"job.completed"}

@@ -15,7 +15,7 @@ from fastapi import APIRouter, File, Form, Header, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 
 from jobs.celery_app import WEBHOOK_TASK
-from jobs.views import delivery_view, job_view, task_status_view
+from jobs.views import delivery_view, event_view, job_view, task_status_view
 from jobs.webhooks.events import destination_of, event_id_for, event_type_for
 from persistence import deliveries_repo, jobs_repo
 from persistence.db import session_scope
@@ -184,17 +184,17 @@ async def cancel_job(request: Request, job_id: str) -> Any:
 
 @router.get("/v1/jobs/{job_id}/deliveries", tags=["webhooks"], responses=JOB_ERRORS)
 async def list_deliveries(request: Request, job_id: str) -> Any:
-    """Return every webhook delivery attempt of a job."""
+    """Return every webhook delivery attempt of a job, and where its event stands."""
     res = resources(request)
 
-    def query() -> list[dict[str, Any]]:
+    def query() -> dict[str, Any]:
         _load(request, job_id)
         with session_scope(res.engine) as session:
             rows = deliveries_repo.list_attempts(session, job_id)
-        return [delivery_view(d) for d in rows]
+            owed = deliveries_repo.get_event(session, job_id)
+        return {"deliveries": [delivery_view(d) for d in rows], "event": event_view(owed)}
 
-    deliveries = await anyio.to_thread.run_sync(query)
-    return {"deliveries": deliveries}
+    return await anyio.to_thread.run_sync(query)
 
 
 @router.post(
