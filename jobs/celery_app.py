@@ -48,6 +48,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     transport: str | None = None
     if broker.startswith("filesystem://"):
         from jobs.fs_broker import PATH as transport  # kombu's, publishing atomically
+
         folder = str(settings.broker_dir / "in")
         transport_options = {
             "data_folder_in": folder,

@@ -23,7 +23,9 @@ PATH = "jobs.fs_broker:Transport"  # Celery's ``broker_transport`` for ``filesys
 
 
 class Channel(filesystem.Channel):
-    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:
+    # kombu's own signatures disagree (AbstractChannel says ``message``); this is the
+    # filesystem channel's, which its callers use
+    def _put(self, queue: Any, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
         """Put ``payload`` onto ``queue``: written in full before its name is visible."""
         name = f"{round(time.monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
         final = os.path.join(self.data_folder_out, name)

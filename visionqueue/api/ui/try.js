@@ -22,6 +22,12 @@ function resultCard(file) {
   return { card, body };
 }
 
+// "resnet18:abc" (a tag names its model already), else "name (tag)"
+function modelName(model) {
+  const tag = String(model.tag || "?");
+  return !model.name || tag.startsWith(`${model.name}:`) ? tag : `${model.name} (${tag})`;
+}
+
 function showAnswer(body, answer, elapsedMs) {
   const model = answer.model || {};
   const top = (answer.predictions || [])[0];
@@ -30,7 +36,7 @@ function showAnswer(body, answer, elapsedMs) {
     el(
       "p",
       { class: "meta" },
-      `Model ${model.name ? `${model.name} ` : ""}${model.tag || "?"} · weights ${model.weights || "?"}`,
+      `Model ${modelName(model)} · weights ${model.weights || "?"}`,
       ` · preprocessing ${preprocessing(answer.preprocessing)} · server ${seconds(answer.processing_time)} · `,
       `round trip ${seconds(elapsedMs / 1000)}`,
     ),
