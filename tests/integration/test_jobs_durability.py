@@ -187,6 +187,20 @@ def test_the_sweeper_requeues_a_job_whose_worker_and_message_were_lost(stack) ->
 
 @pytest.mark.slow  # two more Bento servers
 @pytest.mark.parametrize("backend", ["broker", "storage"])
+def test_readyz_names_the_dead_backend_and_only_it(  # type: ignore[no-untyped-def]
+    fronts_with_a_dead_backend, backend
+) -> None:
+    resp = httpx.get(f"{fronts_with_a_dead_backend[backend]}/readyz", timeout=30)
+    assert resp.status_code == 503
+    body = resp.json()
+    assert body["ready"] is False
+    down = {name for name, verdict in body["checks"].items() if verdict != "ok"}
+    assert down == {backend}, body["checks"]
+    assert body["reason"].startswith(f"{backend}: "), body["reason"]
+
+
+@pytest.mark.slow  # two more Bento servers
+@pytest.mark.parametrize("backend", ["broker", "storage"])
 def test_submission_with_a_dead_backend_is_503_and_leaves_no_job(  # type: ignore[no-untyped-def]
     stack, fronts_with_a_dead_backend, backend
 ) -> None:

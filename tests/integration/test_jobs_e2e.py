@@ -109,3 +109,20 @@ def test_bad_submissions_are_refused_and_nothing_is_stored(  # type: ignore[no-u
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM jobs")).scalar_one() == before
     engine.dispose()
+
+
+def test_the_worker_never_imports_torch(stack, worker) -> None:  # type: ignore[no-untyped-def]
+    """Workers classify through the front's /predict: torch stays out of their memory."""
+    import psutil
+
+    resp = httpx.post(
+        f"{stack.url}/classify", files={"image": ("a.jpg", images.jpeg(96, 72, seed=5))}, timeout=30
+    )
+    assert resp.status_code == 202, resp.text
+    final = wait_for_job(stack.url, resp.json()["task_id"], route="/task-status/{id}")
+    assert final["status"] == "completed", final  # the worker ran a whole job
+
+    root = psutil.Process(worker.pid)
+    mapped = {m.path for proc in (root, *root.children(recursive=True)) for m in proc.memory_maps()}
+    assert any("psycopg" in path for path in mapped)  # the maps do show its native imports
+    assert [path for path in mapped if "/torch/" in path or "libtorch" in path] == []
