@@ -384,6 +384,8 @@ def test_rollout_under_load_switches_once_without_errors(
         timeout=60,
     )
     assert resp.json()["model"]["tag"] == before
+    ready = httpx.get(f"{served.url}/readyz", timeout=30).json()
+    assert ready["models"]["pets"]["tag"] == before  # readiness follows the switch back too
     listing = cli("models", "list", "pets", env=env)
     assert f"* {before}" in listing.stdout and new in listing.stdout
 

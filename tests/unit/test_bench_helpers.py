@@ -98,3 +98,24 @@ def test_the_v2_requests_are_what_tritonclient_sends_for_one_image() -> None:
     request = v2_tensors.parse_infer_request(body, headers["Inference-Header-Content-Length"])
     assert request.images == [data]
     assert request.output == v2_tensors.RequestedOutput(binary=True, classification=5)
+
+
+def test_model_rows_report_the_runs_own_noise_next_to_the_idle_model_ratio() -> None:
+    import argparse
+
+    from bench.load import LoadResult
+    from bench.models import render
+
+    def load(per_s: float) -> LoadResult:
+        return LoadResult(16, int(per_s * 10), 0, 10.0, 100.0, 200.0)
+
+    rows = [{"arch": "resnet18", "model": "bench-resnet18", "prep": "256/224 bilinear",
+             "raw": 50.0, "served": load(40.0)}]  # fmt: skip
+    args = argparse.Namespace(
+        load_start=0.0, concurrency=16, seconds=10.0, first="bench-resnet18", second="bench-b"
+    )
+    text = render(rows, {"alone": load(36.0), "beside": load(35.0)}, args)
+    assert "| resnet18 | 256/224 bilinear | 50.0 | 40.0 | 0.80 | 100 | 0 |" in text
+    assert "Ratio: 0.97." in text
+    assert "measured 40.0 req/s in the table above and 36.0 req/s here (10% apart" in text
+    assert "was shared" not in text

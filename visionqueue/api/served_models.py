@@ -129,7 +129,10 @@ class ServedModels:
             await self.info(model.name, fresh=True)  # a promotion happened: learn the new one
         if tag_id not in model.versions:
             raise ModelNotReady(f"{model.name} answered from an unknown version", retry_after=1)
-        return model.versions[tag_id]
+        version = model.versions[tag_id]
+        if model.current is None or model.current["tag"] != version["tag"]:
+            model.current = version  # the classifier switched (a promotion or a roll back)
+        return version
 
     async def classify(self, name: str | None, crop: np.ndarray) -> Answer:
         """Classify one crop on ``name``'s batching queue."""
