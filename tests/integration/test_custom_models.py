@@ -272,6 +272,39 @@ def test_two_models_under_load_answer_from_the_requested_model(served: Stack) ->
         assert {p["class"] for p in body["predictions"]} <= set(labels)
 
 
+def test_protocol_routes_serve_each_named_model(served: Stack) -> None:
+    """KServe v2 and TorchServe routes answer from the model they name (the registry)."""
+    import tritonclient.http as triton
+
+    photos = [photo(p) for p in PHOTOS[:2]]
+    tag = httpx.get(f"{served.url}/v1/models/fruit", timeout=30).json()["tag"]
+    name, version = tag.split(":")
+    with triton.InferenceServerClient(served.url.removeprefix("http://")) as client:
+        meta = client.get_model_metadata(name, version)
+        assert meta["outputs"][0]["shape"] == [-1, len(checkpoints.FRUIT)]
+        tensor = triton.InferInput("IMAGE", [len(photos)], "BYTES")
+        tensor.set_data_from_numpy(np.array(photos, dtype=np.object_), binary_data=True)
+        out = triton.InferRequestedOutput("PROBABILITIES", binary_data=False)
+        probs = client.infer(name, [tensor], outputs=[out]).as_numpy("PROBABILITIES")
+    assert probs.shape == (2, len(checkpoints.FRUIT))
+    for row, data in zip(probs, photos, strict=True):
+        resp = httpx.post(
+            f"{served.url}/predict",
+            files={"image": ("p", data)},
+            data={"model": "fruit", "top_k": "6"},
+            timeout=60,
+        ).json()
+        want = np.zeros(len(checkpoints.FRUIT))
+        for p in resp["predictions"]:
+            want[p["index"]] = p["confidence"]
+        assert np.abs(row - want).max() <= 1e-5
+    answer = httpx.put(f"{served.url}/predictions/tools", content=photos[0], timeout=60)
+    assert answer.status_code == 200, answer.text
+    assert set(answer.json()) <= set(checkpoints.TOOLS)
+    missing = httpx.put(f"{served.url}/predictions/nope", content=photos[0], timeout=60)
+    assert missing.status_code == 404
+
+
 def _wait_job(url: str, job_id: str, timeout: float = 120) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
