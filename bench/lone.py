@@ -25,6 +25,7 @@ class LoneResult:
     job_p50_ms: float
     job_p90_ms: float
     jobs: int
+    pickup_p50_ms: float = float("nan")  # submit -> claimed by a worker (the broker's share)
 
     @property
     def met(self) -> bool:
@@ -47,11 +48,11 @@ def predict_p50_ms(url: str, payloads: list[bytes], requests: int = 20) -> float
     return statistics.median(times) * 1000
 
 
-def lone_jobs(
+def lone_job_times(
     url: str, payloads: list[bytes], jobs: int = 10, interval: float = 2.0, first: int = 0
-) -> list[float]:
-    """Submit one job every ``interval`` s; return each one's submit -> completed in ms."""
-    latencies = []
+) -> tuple[list[float], list[float]]:
+    """Submit one job every ``interval`` s; return (submit -> completed, submit -> claimed) ms."""
+    latencies, pickups = [], []
     with httpx.Client(timeout=60) as client:
         for n in range(first, first + jobs):
             started = time.monotonic()
@@ -67,20 +68,27 @@ def lone_jobs(
                 time.sleep(0.02)
             if job["status"] != "completed":
                 raise RuntimeError(f"job {job_id}: {job['status']} {job.get('error')}")
-            latencies.append((_ts(job["finished_at"]) - _ts(job["created_at"])).total_seconds())
+            created = _ts(job["created_at"])
+            latencies.append((_ts(job["finished_at"]) - created).total_seconds() * 1000)
+            pickups.append((_ts(job["started_at"]) - created).total_seconds() * 1000)
             time.sleep(max(0.0, interval - (time.monotonic() - started)))
-    return [x * 1000 for x in latencies]
+    return latencies, pickups
 
 
 def measure_lone(
     url: str, payloads: list[bytes], jobs: int = 10, interval: float = 2.0
 ) -> LoneResult:
     """Sync c=1 p50, then ``jobs`` lone jobs; the first job warms the worker and is dropped."""
-    lone_jobs(url, payloads, 1, 0.5, first=jobs)
+    lone_job_times(url, payloads, 1, 0.5, first=jobs)
     predict = predict_p50_ms(url, payloads)
-    times = sorted(lone_jobs(url, payloads, jobs, interval))
+    times, pickups = lone_job_times(url, payloads, jobs, interval)
+    times.sort()
     return LoneResult(
-        predict, statistics.median(times), times[min(len(times) - 1, int(0.9 * len(times)))], jobs
+        predict,
+        statistics.median(times),
+        times[min(len(times) - 1, int(0.9 * len(times)))],
+        jobs,
+        statistics.median(pickups),
     )
 
 
