@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,8 +48,6 @@ CLAIM_MARGIN_S = 10.0
 # at most this often while the queue is long (the sweeper passes its own interval).
 RELAY_STALE_S = 15.0
 RELAY_EVERY_S = 30.0
-# A claim refused for a busy destination is tried again after this many seconds.
-BUSY_RETRY_S = (0.5, 3.0)
 
 
 @dataclass(frozen=True)
@@ -58,6 +55,8 @@ class DeliveryOutcome:
     succeeded: bool
     retry_in_s: float | None  # countdown for the fast path; None = none or the sweeper
     claimed: bool = True
+    # events for the same destination that waited for this attempt's slot: publish them
+    hand_off: tuple[str, ...] = ()
 
 
 def owe_event(session: Session, job_id: str, status: str, webhook_url: str) -> None:
@@ -106,16 +105,16 @@ def attempt_delivery(job_id: str, res: Resources) -> DeliveryOutcome:
             max_in_flight=hook.max_in_flight_per_destination,
         )
         if claim is None:
-            # due but refused: its destination has the most attempts in flight; soon again
-            busy = deliveries_repo.waits_for_a_slot(session, job_id)
-            return DeliveryOutcome(False, random.uniform(*BUSY_RETRY_S) if busy else None, False)
+            # not due, in flight, final; or its destination is at the cap, and then the
+            # attempt that frees a slot hands it on (the relay if that attempt dies)
+            return DeliveryOutcome(False, None, claimed=False)
         job = jobs_repo.get_job_by_id(session, job_id)
         event = deliveries_repo.get_event(session, job_id)
         assert job is not None and event is not None  # the outbox row references the job
         data = task_status_view(job, _image_url(res, job))
         # The event happened when the job finished: the body says so on every attempt.
         body = build_event(claim.event_type, claim.event_id, data, job.finished_at or utcnow())
-        url, owed_since = job.webhook_url or "", event.created_at
+        url, owed_since, destination = job.webhook_url or "", event.created_at, event.destination
 
     try:
         headers = event_headers(
@@ -160,6 +159,7 @@ def attempt_delivery(job_id: str, res: Resources) -> DeliveryOutcome:
         status = deliveries_repo.finish_attempt(
             session, claim, delivered=result.succeeded, next_attempt_at=next_at
         )
+        waiting = deliveries_repo.waiting_for(session, destination)
     if status == "exhausted":
         worker_metrics().webhook_exhausted.inc()
     logger.info(
@@ -170,7 +170,7 @@ def attempt_delivery(job_id: str, res: Resources) -> DeliveryOutcome:
         _next_note(next_at, status),
     )
     fast = delay if delay is not None and delay <= COUNTDOWN_LIMIT_S else None
-    return DeliveryOutcome(result.succeeded, fast)
+    return DeliveryOutcome(result.succeeded, fast, hand_off=tuple(waiting))
 
 
 def relay_due(res: Resources, every_s: float = RELAY_EVERY_S, limit: int = 100) -> list[str]:

@@ -122,7 +122,8 @@ def deliver_webhook(self: Task, job_id: str, attempt: int = 0) -> bool:
             outcome = attempt_delivery(job_id, res)
     except DatabaseUnavailable as exc:
         raise self.retry(countdown=backoff_s(self.request.retries), exc=exc) from exc
-    # not claimed: not due, in flight elsewhere or final; unless its destination was busy
+    for waiting in outcome.hand_off:
+        publish_delivery(waiting)
     if outcome.retry_in_s is not None:
         publish_delivery(job_id, countdown=outcome.retry_in_s)
         if outcome.claimed:

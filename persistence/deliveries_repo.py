@@ -127,18 +127,21 @@ def claim_attempt(
     return Claim(job_id, attempts, attempts - series_start, event_id, event_type)
 
 
-def waits_for_a_slot(session: Session, job_id: str) -> bool:
-    """Tell whether the job's event is due and unclaimed (its destination was at the cap)."""
+def waiting_for(session: Session, destination: str, limit: int = 1) -> list[str]:
+    """Return the oldest due, unclaimed events for ``destination`` (refused at its cap)."""
     now = utcnow()
-    found = session.scalar(
-        select(WebhookOutbox.job_id).where(
-            WebhookOutbox.job_id == job_id,
+    stmt = (
+        select(WebhookOutbox.job_id)
+        .where(
+            WebhookOutbox.destination == destination,
             WebhookOutbox.status == PENDING,
             WebhookOutbox.next_attempt_at <= now,
             _unclaimed(now),
         )
+        .order_by(WebhookOutbox.next_attempt_at)
+        .limit(limit)
     )
-    return found is not None
+    return list(session.scalars(stmt))
 
 
 def _unclaimed(now: datetime) -> ColumnElement[bool]:

@@ -201,8 +201,26 @@ def test_a_destination_at_its_cap_waits_and_others_go_on(res: Resources) -> None
     assert claim(busy[2]) is None  # two in flight to 127.0.0.1:9 already
     assert claim(elsewhere) is not None
     with session_scope(res.engine) as session:
-        assert deliveries_repo.waits_for_a_slot(session, busy[2])
-        assert not deliveries_repo.waits_for_a_slot(session, busy[0])  # in flight
+        # the one refused waits; those in flight do not
+        assert deliveries_repo.waiting_for(session, "http://127.0.0.1:9", limit=5) == [busy[2]]
+
+
+def test_an_attempt_that_frees_a_slot_hands_it_to_a_waiting_event(tmp_path: Path) -> None:
+    for res in make_resources(
+        tmp_path, secrets=[SecretStr(generate_secret())], max_in_flight_per_destination=1
+    ):
+        first, second = finished_job(res), finished_job(res)
+        make_due(res, first, 2)  # the older of the two
+        with session_scope(res.engine) as session:
+            held = deliveries_repo.claim_attempt(session, first, hold_s=60, max_in_flight=1)
+        assert held is not None
+        refused = attempt_delivery(second, res)  # the cap (1) is taken: no attempt, no bounce
+        assert (refused.claimed, refused.retry_in_s, refused.hand_off) == (False, None, ())
+        with session_scope(res.engine) as session:  # the holder is done
+            deliveries_repo.finish_attempt(session, held, delivered=True, next_attempt_at=None)
+        third = finished_job(res)
+        done = attempt_delivery(second, res)  # forbidden address: exhausted, slot freed
+        assert done.claimed and done.hand_off == (third,)
 
 
 @pytest.mark.parametrize("case", ["pending", "no-webhook", "missing"])
