@@ -324,6 +324,8 @@ def test_a_never_answering_receiver_does_not_slow_other_jobs(stack: Stack) -> No
         baseline = latencies(stack, 16, seed=9901)
         with never_answering() as sink:
             stuck = submit(stack, sink, 12, seed=9902)
+            with database(stack.database_url) as engine:
+                wait_all_final(engine, stuck, timeout=120)  # classified: only webhooks left
             time.sleep(1)  # their deliveries are now hanging
             loaded = latencies(stack, 16, seed=9903)
             owed = outbox_rows(stack, stuck)
@@ -340,7 +342,8 @@ def test_a_never_answering_receiver_does_not_slow_other_jobs(stack: Stack) -> No
     RESULTS[("postgres+redis", "never-answering receiver")] = Counter(
         {"baseline_ms": round(base * 1000), "loaded_ms": round(load * 1000)}
     )
-    assert load <= 2 * base + 0.25, (baseline, loaded)
+    # within 2x of the baseline (+0.1 s: the medians of 16 jobs on a shared 2-core machine)
+    assert load <= 2 * base + 0.1, (baseline, loaded)
 
 
 def test_killing_the_whole_stack_loses_nothing(tmp_path: Path, stored_model: Any) -> None:
