@@ -14,7 +14,6 @@ import socket
 import subprocess
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import redis
 from tests.support.prerequisites import require_binary
 from tests.support.servers import free_port, spawn, stop
 from tests.support.stack import Stack, backend_env, s3_server_process, serve_stack
+from tests.support.waiting import wait_until
 
 
 @contextlib.contextmanager
@@ -51,16 +51,16 @@ class RedisServer:
         args += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
         self.proc = spawn(args, dict(os.environ), self.log)
         client = redis.Redis.from_url(self.url, socket_timeout=1)
-        deadline = time.monotonic() + 15
+
+        def answers() -> bool:
+            with contextlib.suppress(redis.RedisError):
+                return bool(client.ping())
+            return False
+
         try:
-            while time.monotonic() < deadline:
-                with contextlib.suppress(redis.RedisError):
-                    if client.ping():
-                        return
-                time.sleep(0.05)
+            wait_until(answers, 15, f"redis-server on {self.port} answers", interval=0.05)
         finally:
             client.close()
-        raise TimeoutError(f"redis-server on {self.port} did not answer")
 
     def kill(self) -> None:
         """SIGKILL the server: a crash, with no chance to save anything."""

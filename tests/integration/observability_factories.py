@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ import httpx
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.servers import ROOT, free_port, spawn, stop
+from tests.support.servers import ROOT, free_port, spawn, stop, wait_ready
 
 COMPOSE_PROMETHEUS = ROOT / "prometheus.yml"
 # Grafana's range variables, replaced so Prometheus can evaluate the dashboard's queries.
@@ -137,16 +136,7 @@ def prometheus_server(binary: str, config: dict[str, Any], workdir: Path) -> Ite
     proc = spawn(args, {"PATH": "/usr/bin:/bin"}, log)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited: {log.read_text()[-3000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"prometheus not ready: {log.read_text()[-3000:]}")
-            time.sleep(0.2)
+        wait_ready(url, proc, 30, log, ready=lambda u: httpx.get(f"{u}/-/ready").status_code == 200)
         yield url
     finally:
         stop(proc)

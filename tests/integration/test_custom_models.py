@@ -30,6 +30,7 @@ from model_store.weights import file_sha256
 from tests.support import checkpoints, images
 from tests.support.servers import ROOT, bento_server
 from tests.support.stack import Stack, production_stack
+from tests.support.waiting import wait_for_job
 
 pytestmark = pytest.mark.integration
 
@@ -305,16 +306,6 @@ def test_protocol_routes_serve_each_named_model(served: Stack) -> None:
     assert missing.status_code == 404
 
 
-def _wait_job(url: str, job_id: str, timeout: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = httpx.get(f"{url}/v1/jobs/{job_id}", timeout=10).json()
-        if job["status"] in ("completed", "failed", "cancelled"):
-            return dict(job)
-        time.sleep(0.3)
-    raise TimeoutError(job_id)
-
-
 def test_async_jobs_use_the_requested_model(served: Stack, worker: None) -> None:
     resp = httpx.post(
         f"{served.url}/v1/jobs",
@@ -325,7 +316,7 @@ def test_async_jobs_use_the_requested_model(served: Stack, worker: None) -> None
     assert resp.status_code == 202, resp.text
     served_fruit = httpx.get(f"{served.url}/v1/models/fruit", timeout=30).json()["tag"]
     for job in resp.json()["jobs"]:
-        done = _wait_job(served.url, job["id"])
+        done = wait_for_job(served.url, job["id"], 120)
         assert done["status"] == "completed", done
         assert done["model"]["name"] == "fruit" and done["model"]["tag"] == served_fruit
         assert done["result"]["model"]["tag"] == served_fruit
@@ -337,13 +328,13 @@ def test_async_jobs_use_the_requested_model(served: Stack, worker: None) -> None
         timeout=30,
     )
     assert seed.status_code == 202
-    done = _wait_job(served.url, seed.json()["task_id"])
+    done = wait_for_job(served.url, seed.json()["task_id"], 120)
     assert done["result"]["model"]["name"] == "shapes"
     # no model: the default
     plain = httpx.post(
         f"{served.url}/v1/jobs", files={"images": ("p.jpg", images.jpeg(90, 90))}, timeout=30
     )
-    done = _wait_job(served.url, plain.json()["jobs"][0]["id"])
+    done = wait_for_job(served.url, plain.json()["jobs"][0]["id"], 120)
     assert done["result"]["model"]["name"] == "pets"
 
 

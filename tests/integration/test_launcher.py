@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -14,6 +15,7 @@ import pytest
 
 from tests.support.launcher import BANNER, BANNER_END, describe, launcher_env, start_launcher
 from tests.support.servers import free_port
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # each test starts the whole stack
 WARNING_LINE = re.compile(r"warn|error|traceback|\[W ", re.IGNORECASE)
@@ -77,15 +79,13 @@ def test_sigkill_of_the_launcher_stops_the_whole_stack_and_the_next_start_is_cle
         second.wait_for_output(BANNER_END)
         assert httpx.get(f"{second.url}/readyz", timeout=10).status_code == 200
         flower = f"http://127.0.0.1:{env['VQ_FLOWER_PORT']}/healthcheck"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(flower, timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise
-            time.sleep(0.5)
+
+        def flower_up() -> bool:
+            with contextlib.suppress(httpx.HTTPError):
+                return httpx.get(flower, timeout=5).status_code == 200
+            return False
+
+        wait_until(flower_up, 30, "Flower answers /healthcheck", interval=0.5)
         second.interrupt_and_wait()
         second.wait_all_gone()
     assert "in use" not in second.output()
