@@ -9,10 +9,11 @@ from datetime import datetime
 from typing import Any
 
 from persistence.models import Job, WebhookDelivery, WebhookOutbox
+from visionqueue.core.timestamps import iso_z
 
 
 def _iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
+    return iso_z(value) if value else None
 
 
 def _error(job: Job) -> dict[str, str] | None:

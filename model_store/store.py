@@ -19,6 +19,7 @@ from model_store.weights import (
     is_demo,
     random_origin,
 )
+from visionqueue.core.timestamps import iso_z
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def as_stored(model: Any) -> StoredModel:
         weights_origin=str(model.info.metadata.get("weights_origin", "unknown")),
         path=model.path,
         metadata=dict(model.info.metadata),
-        created_at=model.info.creation_time.isoformat().replace("+00:00", "Z"),
+        created_at=iso_z(model.info.creation_time),
     )
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from model_store.weights import is_demo
 from visionqueue.api.openapi_errors import error_responses
 from visionqueue.api.served_models import ServedModels, served_models
 from visionqueue.core.errors import VQError
@@ -34,7 +35,7 @@ async def model_view(registry: ServedModels, name: str, labels: bool = False) ->
         return {**view, "ready": False, "reason": exc.message}
     view.update({"ready": True, **{k: info.get(k) for k in SUMMARY_FIELDS}})
     view["input_size"] = [3, info["preprocessing"]["crop"], info["preprocessing"]["crop"]]
-    view["demo"] = str(info["weights"]).startswith("random-init")
+    view["demo"] = is_demo(str(info["weights"]))
     if labels:
         view["labels"] = info["labels"]
     return view
