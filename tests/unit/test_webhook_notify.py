@@ -35,6 +35,7 @@ from persistence.db import dispose_engines, get_engine, session_scope
 from persistence.local_images import LocalImageStore
 from persistence.migrate import upgrade_database
 from persistence.models import OutboxStatus, WebhookDelivery, WebhookOutbox, utcnow
+from tests.support.rows import create_job_row
 from visionqueue.core.settings import DatabaseSettings, ServerSettings, Settings, WebhookSettings
 
 HOOK = "http://127.0.0.1:9/hooks"  # never reached: every test's guard or secret stops it first
@@ -71,19 +72,7 @@ def badly_keyed(tmp_path: Path) -> Iterator[Resources]:
 
 
 def new_job(res: Resources, webhook_url: str = HOOK) -> str:
-    digest = uuid.uuid4().hex * 2
-    with session_scope(res.engine) as session:
-        return jobs_repo.create_job(
-            session,
-            image_key=f"images/{digest[:2]}/{digest}",
-            image_sha256=digest,
-            content_type="image/png",
-            image_size=10,
-            width=2,
-            height=2,
-            metadata={},
-            webhook_url=webhook_url,
-        ).id
+    return create_job_row(res.engine, webhook_url=webhook_url, metadata={})
 
 
 def finished_job(res: Resources, status: str = "completed", webhook_url: str = HOOK) -> str:
