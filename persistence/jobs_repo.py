@@ -1,4 +1,4 @@
-"""Read and change job rows and webhook delivery records: plain functions over a Session.
+"""Read and change job rows: plain functions over a Session (webhook deliveries: ``deliveries_repo``).
 
 None of these commits: the caller owns the transaction (``persistence.db.session_scope``).
 They raise domain errors (``JobNotFound``, ``IdempotencyConflict``, ``InvalidCursor``),
@@ -30,7 +30,6 @@ from persistence.models import (
     JOB_STATUSES,
     Job,
     JobStatus,
-    WebhookDelivery,
     utcnow,
 )
 from visionqueue.core.errors import IdempotencyConflict, InvalidCursor, JobNotFound
@@ -322,45 +321,3 @@ def count_by_status(session: Session) -> dict[str, int]:
     for status, count in rows:
         counts[status] = count
     return counts
-
-
-def record_delivery(
-    session: Session,
-    *,
-    job_id: str,
-    event_id: str,
-    event_type: str,
-    attempt: int,
-    succeeded: bool,
-    latency_ms: float,
-    status_code: int | None = None,
-    error: str | None = None,
-    next_attempt_at: datetime | None = None,
-    attempted_at: datetime | None = None,
-) -> WebhookDelivery:
-    """Insert the record of one webhook delivery attempt."""
-    delivery = WebhookDelivery(
-        job_id=job_id,
-        event_id=event_id,
-        event_type=event_type,
-        attempt=attempt,
-        attempted_at=attempted_at or utcnow(),
-        status_code=status_code,
-        error=error,
-        latency_ms=latency_ms,
-        succeeded=succeeded,
-        next_attempt_at=next_attempt_at,
-    )
-    session.add(delivery)
-    session.flush()
-    return delivery
-
-
-def list_deliveries(session: Session, job_id: str) -> list[WebhookDelivery]:
-    """Return the delivery attempts of a job, oldest first."""
-    stmt = (
-        select(WebhookDelivery)
-        .where(WebhookDelivery.job_id == job_id)
-        .order_by(WebhookDelivery.attempted_at, WebhookDelivery.id)
-    )
-    return list(session.scalars(stmt))

@@ -12,6 +12,7 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, delete, text
 
+from persistence import deliveries_repo
 from persistence import jobs_repo as repo
 from persistence.db import get_engine, session_scope
 from persistence.migrate import alembic_config, upgrade_database
@@ -185,10 +186,10 @@ def test_deliveries_cascade_with_their_job(engine: Engine) -> None:
     job_id = create_job_row(engine)
     record_attempt(engine, job_id, 1)
     with session_scope(engine) as session:
-        assert len(repo.list_deliveries(session, job_id)) == 1
+        assert len(deliveries_repo.list_attempts(session, job_id)) == 1
         session.execute(delete(Job).where(Job.id == job_id))
     with session_scope(engine) as session:
-        assert repo.list_deliveries(session, job_id) == []
+        assert deliveries_repo.list_attempts(session, job_id) == []
 
 
 def test_unreachable_server_is_database_unavailable() -> None:

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from persistence import jobs_repo
+from persistence import deliveries_repo, jobs_repo
 from persistence.db import dispose_engines, get_engine, session_scope
 from persistence.migrate import upgrade_database
 from persistence.models import Job
@@ -73,7 +73,7 @@ def record_attempt(engine: Engine, job_id: str, attempt: int, **overrides: Any) 
     }
     fields.update(overrides)
     with session_scope(engine) as session:
-        jobs_repo.record_delivery(session, job_id=job_id, attempt=attempt, **fields)
+        deliveries_repo.record_attempt(session, job_id=job_id, attempt=attempt, **fields)
 
 
 def upgrade_in_processes(url: str, count: int = 2) -> list[tuple[int, str]]:

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import Engine, delete, update
 from sqlalchemy.exc import IntegrityError
 
+from persistence import deliveries_repo
 from persistence import jobs_repo as repo
 from persistence.db import session_scope
 from persistence.models import Job, JobStatus
@@ -251,7 +252,7 @@ def test_deliveries_are_recorded_listed_and_cascade(engine: Engine) -> None:
     )
     record_attempt(engine, job_id, 2, latency_ms=3.0, status_code=204)
     with session_scope(engine) as session:
-        deliveries = repo.list_deliveries(session, job_id)
+        deliveries = deliveries_repo.list_attempts(session, job_id)
         assert [(d.attempt, d.succeeded, d.status_code) for d in deliveries] == [
             (1, False, 500),
             (2, True, 204),
@@ -259,7 +260,7 @@ def test_deliveries_are_recorded_listed_and_cascade(engine: Engine) -> None:
         assert deliveries[0].next_attempt_at == later
         session.execute(delete(Job).where(Job.id == job_id))
     with session_scope(engine) as session:
-        assert repo.list_deliveries(session, job_id) == []
+        assert deliveries_repo.list_attempts(session, job_id) == []
 
 
 def test_status_outside_the_enum_is_refused(engine: Engine) -> None:
