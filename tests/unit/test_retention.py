@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from jobs.retention import purge_expired, purge_orphans
 from persistence import deliveries_repo
@@ -62,7 +62,7 @@ def test_purge_deletes_old_finished_jobs_and_orphaned_images(env) -> None:  # ty
 
     assert (result.jobs, result.images) == (2, 1)
     with session_scope(engine) as session:
-        left = {j.id for j in session.query(Job)}
+        left = set(session.scalars(select(Job.id)))
     assert left == {recent_shared, old_pending}
     assert old_shared not in left and old_alone not in left
     assert store.path(key_for(shared)).exists()  # still referenced by a recent job: kept
