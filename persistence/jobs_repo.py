@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -58,11 +58,13 @@ def create_job(
     model_name: str | None = None,
     created_at: datetime | None = None,
     queued_at: datetime | None = None,
+    flush: bool = True,
 ) -> Job:
     """Insert a pending job; raise ``IdempotencyConflict`` when (owner, key) is taken.
 
     After an ``IdempotencyConflict`` the session must be rolled back; look the winner up in
-    a new one.
+    a new one. ``flush=False`` only adds the row: ``flush_jobs`` then writes a request's
+    rows together.
     """
     job = Job(
         image_key=image_key,
@@ -81,13 +83,19 @@ def create_job(
         queued_at=queued_at,
     )
     session.add(job)
+    if flush:
+        flush_jobs(session, [job])
+    return job
+
+
+def flush_jobs(session: Session, jobs: Sequence[Job]) -> None:
+    """Write the added ``jobs`` in one statement; ``IdempotencyConflict`` as ``create_job``."""
     try:
         session.flush()
     except IntegrityError as exc:
-        if job.idempotency_key is None:
+        if all(job.idempotency_key is None for job in jobs):
             raise
         raise IdempotencyConflict("a job with this idempotency key already exists") from exc
-    return job
 
 
 def get_job(session: Session, job_id: str, owner: str | None) -> Job | None:

@@ -296,3 +296,52 @@ def test_concurrent_completions_produce_one_result(engine: Engine) -> None:
         assert job.status == "completed"
         assert job.result is not None
         assert job.attempts >= 1
+
+
+def test_a_requests_rows_are_written_in_one_statement(engine: Engine) -> None:
+    from sqlalchemy import event
+
+    statements: list[str] = []
+
+    def record(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement.split()[0].upper())
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        with session_scope(engine) as session:
+            jobs = [
+                repo.create_job(
+                    session,
+                    image_key=f"k{i}",
+                    image_sha256="a" * 64,
+                    content_type="image/jpeg",
+                    image_size=1,
+                    width=1,
+                    height=1,
+                    idempotency_key=f"key#{i}",
+                    flush=False,
+                )
+                for i in range(5)
+            ]
+            repo.flush_jobs(session, jobs)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert statements.count("INSERT") == 1, statements
+    with session_scope(engine) as session:
+        assert all(repo.get_job_by_id(session, job.id) for job in jobs)
+    # a taken key among them is still the domain error
+    with pytest.raises(IdempotencyConflict), session_scope(engine) as session:
+        again = [
+            repo.create_job(
+                session,
+                image_key="k9",
+                image_sha256="b" * 64,
+                content_type="image/jpeg",
+                image_size=1,
+                width=1,
+                height=1,
+                idempotency_key="key#3",
+                flush=False,
+            )
+        ]
+        repo.flush_jobs(session, again)

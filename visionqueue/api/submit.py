@@ -203,9 +203,11 @@ def submit_jobs(
                     model_name=model_name,
                     created_at=accepted_at,
                     queued_at=accepted_at,
+                    flush=False,
                 )
                 for i, (u, info, key) in enumerate(zip(uploads, infos, keys, strict=False))
             ]
+            jobs_repo.flush_jobs(session, jobs)  # one INSERT for the request's rows
     except IdempotencyConflict:
         # a concurrent request with the same key won the race: answer with its jobs
         earlier = _replayed(res, owner, _key(idempotency_key or "", 0))
