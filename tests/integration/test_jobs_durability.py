@@ -236,16 +236,17 @@ def test_a_keyed_submission_the_broker_refused_is_kept_for_its_replays(  # type:
     # Request A commits, its publish fails; a retry B with the same key may already hold
     # A's ids: they are kept (202), never withdrawn, and the sweeper enqueues them.
     key = f"race-{uuid.uuid4().hex}"
-    image = {"image": ("a.jpg", small_jpegs(1, seed=88)[0])}
+    image = {"images": ("a.jpg", small_jpegs(1, seed=88)[0])}
     headers = {"Idempotency-Key": key}
     first = httpx.post(
-        f"{fronts_with_a_dead_backend['broker']}/classify", files=image, headers=headers, timeout=60
+        f"{fronts_with_a_dead_backend['broker']}/v1/jobs", files=image, headers=headers, timeout=60
     )
     assert first.status_code == 202, first.text
-    replay = httpx.post(f"{stack.url}/classify", files=image, headers=headers, timeout=60)
-    assert replay.status_code == 202, replay.text
-    job_id = first.json()["task_id"]
-    assert replay.json()["task_id"] == job_id
+    replay = httpx.post(f"{stack.url}/v1/jobs", files=image, headers=headers, timeout=60)
+    assert replay.status_code == 200, replay.text
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    job_id = first.json()["jobs"][0]["id"]
+    assert replay.json()["jobs"][0]["id"] == job_id
     stack.start_worker(name=f"relay-{uuid.uuid4().hex[:6]}", beat=True)
     with database(stack.database_url) as engine:
         row = wait_all_final(engine, [job_id], timeout=120)[job_id]

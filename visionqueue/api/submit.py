@@ -265,7 +265,8 @@ def _leave_to_sweeper(res: FrontResources, job_ids: list[str]) -> bool:
     try:
         with session_scope(res.engine) as session:
             job_leases.leave_to_sweeper(session, job_ids, within)
-    except VQError:
+    except VQError as exc:
+        logger.error("could not mark %d unpublished jobs for the sweeper: %s", len(job_ids), exc)
         return False
     return True
 
