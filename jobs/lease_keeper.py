@@ -36,23 +36,41 @@ class LeaseKeeper:
         self.lease_s = lease_s
         self.holder = holder_id()
         self._held: set[str] = set()
+        self._unreserved: set[str] = set()  # received, lease not yet written
         self._lock = threading.Lock()
-        self._wake = threading.Event()
+        self._wake = threading.Event()  # stop
+        self._kick = threading.Event()  # write new reservations now
         self._thread: threading.Thread | None = None
 
     def hold(self, job_id: str) -> None:
         """Keep renewing ``job_id``'s lease until ``release``."""
         with self._lock:
             self._held.add(job_id)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._run, name="vq-lease-keeper", daemon=True
-                )
-                self._thread.start()
+            self._start()
+
+    def reserve(self, job_id: str) -> None:
+        """Hold a pending job whose message this process received but has not started.
+
+        The message is gone from the embedded broker once received, so the job carries this
+        process' lease from now on (written at once by the background thread): if the process
+        dies before it claims the job, the lease lapses and the sweeper sends the job again,
+        as it does for a job that was running.
+        """
+        with self._lock:
+            self._held.add(job_id)
+            self._unreserved.add(job_id)
+            self._start()
+        self._kick.set()
+
+    def _start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="vq-lease-keeper", daemon=True)
+            self._thread.start()
 
     def release(self, job_id: str) -> None:
         with self._lock:
             self._held.discard(job_id)
+            self._unreserved.discard(job_id)
 
     def held(self) -> set[str]:
         with self._lock:
@@ -60,14 +78,28 @@ class LeaseKeeper:
 
     def renew_now(self) -> int:
         """Renew every held lease once; return how many are still ours."""
-        held = self.held()
+        with self._lock:
+            held = set(self._held)
+            fresh = self._unreserved & held
+            self._unreserved.clear()
         if not held:
             return 0
-        with session_scope(self.engine) as session:
-            return job_leases.renew(session, self.holder, held, self.lease_s)
+        try:
+            with session_scope(self.engine) as session:
+                if fresh:
+                    job_leases.reserve(session, self.holder, fresh, self.lease_s)
+                return job_leases.renew(session, self.holder, held, self.lease_s)
+        except Exception:
+            with self._lock:  # written next time
+                self._unreserved |= fresh & self._held
+            raise
 
     def _run(self) -> None:
-        while not self._wake.wait(self.lease_s / 3):
+        while not self._wake.is_set():
+            self._kick.wait(self.lease_s / 3)
+            self._kick.clear()
+            if self._wake.is_set():
+                return
             try:
                 kept = self.renew_now()
             except DatabaseUnavailable:
@@ -83,3 +115,4 @@ class LeaseKeeper:
 
     def stop(self) -> None:
         self._wake.set()
+        self._kick.set()

@@ -14,6 +14,7 @@ import threading
 from typing import Any
 
 from celery import Task
+from celery.signals import task_postrun, task_received
 from celery.utils.log import get_task_logger
 
 import jobs.worker_setup  # noqa: F401  (connects the worker's start-up signals)
@@ -111,6 +112,28 @@ def classify_job(self: Task, job_id: str) -> str:
             crash_point(AFTER_COMPLETION_COMMIT)
             publish_delivery(job_id)
         return outcome.status
+
+
+@task_received.connect
+def _lease_received_job(request: Any = None, **_: Any) -> None:
+    """Lease a job the moment its message reaches this process (``LeaseKeeper.reserve``).
+
+    The embedded broker forgets a message once a worker has received it; without this a job
+    prefetched by a worker that then died waited VQ_WORKER_PENDING_REQUEUE_AFTER_S for the
+    sweeper, instead of its lease (seconds).
+    """
+    try:
+        if request is not None and request.name == CLASSIFY_TASK and request.args:
+            get_resources().leases.reserve(str(request.args[0]))
+    except Exception:  # receipt must never fail: the job then falls back to the sweeper
+        logger.exception("could not lease a received job")
+
+
+@task_postrun.connect
+def _release_job(sender: Any = None, args: Any = None, **_: Any) -> None:
+    """Stop renewing a job's lease once its task is over (done, failed, or retrying)."""
+    if sender is not None and getattr(sender, "name", None) == CLASSIFY_TASK and args:
+        get_resources().leases.release(str(args[0]))
 
 
 @app.task(bind=True, name=WEBHOOK_TASK, max_retries=None)

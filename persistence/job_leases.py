@@ -117,13 +117,35 @@ def exhaust(session: Session, job_id: str, *, max_attempts: int, code: str, mess
     return True
 
 
-def renew(session: Session, holder: str, job_ids: Collection[str], lease_s: float) -> int:
-    """Extend ``holder``'s leases on ``job_ids``; return how many it still holds."""
+def reserve(session: Session, holder: str, job_ids: Collection[str], lease_s: float) -> int:
+    """Lease pending jobs whose messages ``holder`` received but has not started.
+
+    If ``holder`` dies before claiming them, ``requeue_abandoned`` sends them again once the
+    lease lapses (their messages may have died with it).
+    """
     if not job_ids:
         return 0
     stmt = (
         update(Job)
-        .where(Job.id.in_(list(job_ids)), Job.leased_by == holder, Job.status == PROCESSING)
+        .where(Job.id.in_(list(job_ids)), Job.status == PENDING)
+        .values(leased_by=holder, lease_until=utcnow() + timedelta(seconds=lease_s))
+        .returning(Job.id)
+        .execution_options(synchronize_session=False)
+    )
+    return len(session.execute(stmt).all())
+
+
+def renew(session: Session, holder: str, job_ids: Collection[str], lease_s: float) -> int:
+    """Extend ``holder``'s leases on ``job_ids`` (running or reserved); return how many it holds."""
+    if not job_ids:
+        return 0
+    stmt = (
+        update(Job)
+        .where(
+            Job.id.in_(list(job_ids)),
+            Job.leased_by == holder,
+            Job.status.in_((PENDING, PROCESSING)),
+        )
         .values(lease_until=utcnow() + timedelta(seconds=lease_s))
         .returning(Job.id)
         .execution_options(synchronize_session=False)

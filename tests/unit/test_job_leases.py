@@ -165,3 +165,33 @@ def test_one_sweep_at_a_time(res: Resources) -> None:
         assert locks.acquire(session, SWEEP_LOCK, "dies", 0.001)
     time.sleep(0.01)
     assert not sweep_once(res).skipped
+
+
+def test_a_received_job_carries_its_receivers_lease_until_the_receiver_dies(
+    res: Resources,
+) -> None:
+    # the embedded broker forgets a message once received: the job itself must say who holds it
+    received, queued = new_job(res.engine), new_job(res.engine)
+    keeper = LeaseKeeper(res.engine, LEASE)
+    keeper.reserve(received)
+    try:
+        wait = row(res.engine, received)
+        for _ in range(100):
+            if wait.leased_by == keeper.holder:
+                break
+            time.sleep(0.05)
+            wait = row(res.engine, received)
+        assert (wait.status, wait.leased_by) == ("pending", keeper.holder)
+        assert sweep_once(res).requeued == []  # a live receiver's job is left alone
+        claimed = claim(res.engine, received, keeper.holder)
+        assert claimed is not None and claimed.attempts == 1  # receiving is not an attempt
+    finally:
+        keeper.stop()
+    other = new_job(res.engine)
+    dead = LeaseKeeper(res.engine, LEASE)
+    dead.reserve(other)
+    dead.renew_now()
+    dead.stop()  # the receiver died before it started the job
+    lapse(res.engine, other)
+    assert sweep_once(res).requeued == [other]
+    assert row(res.engine, queued).leased_by is None  # never received: untouched
