@@ -41,6 +41,7 @@ class LeaseKeeper:
         self._wake = threading.Event()  # stop
         self._kick = threading.Event()  # write new reservations now
         self._thread: threading.Thread | None = None
+        self._last_renewed: set[str] = set()  # the ids the last renewal covered
 
     def hold(self, job_id: str) -> None:
         """Keep renewing ``job_id``'s lease until ``release``."""
@@ -82,6 +83,7 @@ class LeaseKeeper:
             held = set(self._held)
             fresh = self._unreserved & held
             self._unreserved.clear()
+        self._last_renewed = held
         if not held:
             return 0
         try:
@@ -109,7 +111,9 @@ class LeaseKeeper:
             except Exception:  # the thread must outlive any one failure
                 logger.exception("job leases not renewed")
                 continue
-            lost = len(self.held()) - kept
+            # only ids this renewal covered and still held: jobs received or released while
+            # it ran are not lost
+            lost = len(self._last_renewed & self.held()) - kept
             if lost > 0:
                 logger.warning("%d job leases lapsed and were taken over", lost)
 

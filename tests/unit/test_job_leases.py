@@ -188,10 +188,9 @@ def test_a_received_job_carries_its_receivers_lease_until_the_receiver_dies(
     finally:
         keeper.stop()
     other = new_job(res.engine)
-    dead = LeaseKeeper(res.engine, LEASE)
-    dead.reserve(other)
-    dead.renew_now()
-    dead.stop()  # the receiver died before it started the job
+    with session_scope(res.engine) as session:  # received by a process that then died
+        assert job_leases.reserve(session, "dead", [other], LEASE) == 1
+    assert sweep_once(res).requeued == []  # its lease is still live
     lapse(res.engine, other)
     assert sweep_once(res).requeued == [other]
     assert row(res.engine, queued).leased_by is None  # never received: untouched
