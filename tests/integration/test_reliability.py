@@ -4,7 +4,8 @@ Each run submits jobs with a webhook, lets a worker die at an armed crash point
 (``jobs.crash_points``) or by SIGKILL mid-batch, starts a clean worker, and checks every
 accepted job ends completed/failed and every owed event ends delivered (or exhausted).
 The counts are printed per backend and crash point (``-s``); docs/reliability.md records
-them. ``RELIABILITY_RUNS`` sets the runs per crash point (default 3).
+them. ``RELIABILITY_RUNS`` sets the runs per crash point (default 1 in `make test`; the table in
+docs/reliability.md was made with 3).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from tests.support.stack import Stack, migrate
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-RUNS = int(os.environ.get("RELIABILITY_RUNS", "3"))
+RUNS = int(os.environ.get("RELIABILITY_RUNS", "1"))
 JOBS_PER_RUN = 3
 # Short leases, sweeps and retries keep each run to seconds; the recovery test uses defaults.
 FAST = {
