@@ -86,15 +86,18 @@ class LeaseKeeper:
         self._last_renewed = held
         if not held:
             return 0
+        written = False
         try:
             with session_scope(self.engine) as session:
                 if fresh:
                     job_leases.reserve(session, self.holder, fresh, self.lease_s)
-                return job_leases.renew(session, self.holder, held, self.lease_s)
-        except Exception:
-            with self._lock:  # written next time
-                self._unreserved |= fresh & self._held
-            raise
+                kept = job_leases.renew(session, self.holder, held, self.lease_s)
+            written = True
+            return kept
+        finally:
+            if not written:  # the reservations are written by the next renewal
+                with self._lock:
+                    self._unreserved |= fresh & self._held
 
     def _run(self) -> None:
         while not self._wake.is_set():

@@ -14,7 +14,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from persistence import outcome_counts
@@ -37,6 +37,14 @@ class ClaimedJob:
     model_name: str | None = None  # the model asked for; None = the default
 
 
+def _claimable(now: datetime) -> ColumnElement[bool]:
+    """Pending, or processing under no live lease (its worker died)."""
+    return or_(
+        Job.status == PENDING,
+        and_(Job.status == PROCESSING, or_(Job.lease_until.is_(None), Job.lease_until < now)),
+    )
+
+
 def claim(
     session: Session, job_id: str, *, holder: str, lease_s: float, max_attempts: int
 ) -> ClaimedJob | None:
@@ -51,13 +59,7 @@ def claim(
         .where(
             Job.id == job_id,
             Job.attempts < max_attempts,
-            or_(
-                Job.status == PENDING,
-                and_(
-                    Job.status == PROCESSING,
-                    or_(Job.lease_until.is_(None), Job.lease_until < now),
-                ),
-            ),
+            _claimable(now),
         )
         .values(
             status=PROCESSING,
@@ -89,13 +91,7 @@ def exhaust(session: Session, job_id: str, *, max_attempts: int, code: str, mess
         .where(
             Job.id == job_id,
             Job.attempts >= max_attempts,
-            or_(
-                Job.status == PENDING,
-                and_(
-                    Job.status == PROCESSING,
-                    or_(Job.lease_until.is_(None), Job.lease_until < now),
-                ),
-            ),
+            _claimable(now),
         )
         .values(
             status=JobStatus.FAILED.value,
