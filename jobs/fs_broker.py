@@ -5,6 +5,11 @@ writes it. A consumer polling meanwhile moves the still-empty file away and fail
 it: the worker dies with ``JSONDecodeError`` and the message is lost. At a 50 ms poll
 interval ``make run``'s start-up hit it most times. Here a message is written under a name
 no consumer reads (``.part``), then renamed into place, which is atomic on one filesystem.
+
+Its exchange tables (the broadcast bindings that ``celery inspect`` and Flower use) had the
+same flaw: the first binder creates the table file empty and locks it a moment later, and a
+reader in between fails with ``JSONDecodeError`` (Flower logged "Inspect method ... failed"
+at every start of ``make run``). Here a table file is created with its content, atomically.
 """
 
 from __future__ import annotations
@@ -36,6 +41,25 @@ class Channel(filesystem.Channel):
             os.replace(partial, final)
         except OSError as exc:
             raise ChannelError(f"Cannot add file {final!r} to directory") from exc
+
+    def _queue_bind(self, exchange: Any, routing_key: Any, pattern: Any, queue: Any) -> None:
+        """Bind ``queue`` to ``exchange``; a new table file appears with its first binding."""
+        table = self._exchange_file(exchange)
+        if not table.exists():
+            self.control_folder.mkdir(exist_ok=True)
+            entry = filesystem.exchange_queue_t(routing_key or "", pattern or "", queue or "")
+            partial = table.with_name(f"{table.name}.{uuid.uuid4().hex}.part")
+            try:
+                partial.write_bytes(str_to_bytes(dumps([entry])))
+                os.link(partial, table)  # fails if another binder created it first
+                return
+            except FileExistsError:
+                pass  # the table exists now: add to it under its lock, as kombu does
+            except OSError as exc:
+                raise ChannelError(f"Cannot create {table}") from exc
+            finally:
+                partial.unlink(missing_ok=True)
+        super()._queue_bind(exchange, routing_key, pattern, queue)
 
 
 class Transport(filesystem.Transport):

@@ -44,6 +44,8 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def side(server_env: dict[str, str], session_dir: Path) -> Iterator[SideStack]:
     extra = {"VQ_WORKER_PENDING_REQUEUE_AFTER_S": "5", "VQ_WORKER_SWEEP_INTERVAL_S": "2"}
+    # /readyz asks the backends on every probe: an outage shows on the first one after it
+    extra["VQ_HEALTH_CACHE_S"] = "0"
     with side_stack(server_env, session_dir / "faults", **extra) as running:
         yield running
 

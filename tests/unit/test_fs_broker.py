@@ -20,6 +20,7 @@ BLOB = "x" * 512 * 1024  # large enough that writing a message takes a while
 
 def channel(folder: Path, transport: str) -> Any:
     options = {"data_folder_in": str(folder), "data_folder_out": str(folder)}
+    options["control_folder"] = str(folder / "control")
     return Connection("filesystem://", transport=transport, transport_options=options)
 
 
@@ -58,3 +59,32 @@ def test_celery_uses_it_for_the_embedded_broker(tmp_path: Path) -> None:
     assert embedded["broker_transport"] == PATH
     redis = celery_config(Settings.model_validate({"broker": {"url": "redis://127.0.0.1:6379/0"}}))
     assert redis.get("broker_transport") is None
+
+
+def test_a_broadcast_table_is_never_read_half_made(tmp_path: Path) -> None:
+    """Workers bind to the broadcast exchange while Flower reads it: no reader sees an empty table."""
+    errors: list[BaseException] = []
+    rounds = 200
+    with channel(tmp_path, PATH) as conn_a, channel(tmp_path, PATH) as conn_b:
+        binder, reader = conn_a.default_channel, conn_b.default_channel
+        stop = threading.Event()
+
+        def read() -> None:
+            while not stop.is_set():
+                for n in range(rounds):
+                    try:
+                        reader.get_table(f"x{n}")
+                    except BaseException as exc:  # noqa: BLE001 - every failure is the finding
+                        errors.append(exc)
+
+        thread = threading.Thread(target=read)
+        thread.start()
+        for n in range(rounds):
+            binder._queue_bind(f"x{n}", "", "", f"q{n}")
+            binder._queue_bind(f"x{n}", "", "", f"r{n}")
+        stop.set()
+        thread.join()
+        tables = [binder.get_table(f"x{n}") for n in range(rounds)]
+    assert not errors, errors[:3]
+    assert all(sorted(q.queue for q in t) == [f"q{n}", f"r{n}"] for n, t in enumerate(tables))
+    assert not list((tmp_path / "control").glob("*.part"))

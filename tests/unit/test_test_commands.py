@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -9,8 +10,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def make_dry_run(target: str) -> str:
+    # under `make test` (CI) the outer make's MAKELEVEL/MAKEFLAGS would make this one print
+    # "Entering directory" lines; ask for the recipe as a top-level make would show it
+    env = {k: v for k, v in os.environ.items() if k not in {"MAKELEVEL", "MAKEFLAGS", "MFLAGS"}}
     done = subprocess.run(
-        ["make", "-n", target], cwd=ROOT, capture_output=True, text=True, timeout=30, check=True
+        ["make", "--no-print-directory", "-n", target],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     )
     return done.stdout.strip()
 
