@@ -48,8 +48,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     transport: str | None = None
     if broker.startswith("filesystem://"):
         from jobs.fs_broker import PATH as transport  # kombu's, publishing atomically
+        from jobs.fs_broker import queue_folder
 
-        folder = str(settings.broker_dir / "in")
+        folder = str(queue_folder(settings))
         transport_options = {
             "data_folder_in": folder,
             "data_folder_out": folder,

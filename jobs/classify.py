@@ -94,6 +94,7 @@ def process_batch(job_ids: list[str], res: Resources) -> dict[str, JobOutcome | 
     outcomes: dict[str, JobOutcome | BaseException] = {}
     claimed: list[job_leases.ClaimedJob] = []
     with session_scope(res.engine) as session:
+        job_leases.lock_in_order(session, job_ids)  # the lease keeper renews some of them
         for job_id in job_ids:
             job = job_leases.claim(
                 session,
@@ -117,6 +118,7 @@ def process_batch(job_ids: list[str], res: Resources) -> dict[str, JobOutcome | 
         stored: dict[str, bool] = {}
         if answers:
             with session_scope(res.engine) as session:
+                job_leases.lock_in_order(session, list(answers))
                 for job in claimed:
                     if job.id in answers:
                         stored[job.id] = _store_result(session, job, answers[job.id], leases.holder)

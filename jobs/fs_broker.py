@@ -10,21 +10,60 @@ Its exchange tables (the broadcast bindings that ``celery inspect`` and Flower u
 same flaw: the first binder creates the table file empty and locks it a moment later, and a
 reader in between fails with ``JSONDecodeError`` (Flower logged "Inspect method ... failed"
 at every start of ``make run``). Here a table file is created with its content, atomically.
+
+A message that carries a job (the ``vq_job_id`` header, see ``job_headers``) is named after
+it, so the sweeper can tell which pending jobs still have a message waiting
+(``queued_job_ids``): kombu deletes a message file the moment a worker takes it, so a worker
+killed before it leased the job would otherwise leave the job pending with no message at all.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import time
 import uuid
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from kombu.exceptions import ChannelError
 from kombu.transport import filesystem
 from kombu.utils.encoding import str_to_bytes
 from kombu.utils.json import dumps
 
+if TYPE_CHECKING:
+    from visionqueue.core.settings import Settings
+
 PATH = "jobs.fs_broker:Transport"  # Celery's ``broker_transport`` for ``filesystem://``
+JOB_HEADER = "vq_job_id"
+_JOB_ID = re.compile(r"[0-9A-Za-z-]{1,64}")  # what may go into a file name
+
+
+def job_headers(job_id: str) -> dict[str, str]:
+    """Return the message headers that name ``job_id`` (on any broker; this one uses them)."""
+    return {JOB_HEADER: job_id}
+
+
+def queue_folder(settings: Settings) -> Path | None:
+    """Return the embedded broker's message folder, or None when another broker is set."""
+    if not settings.broker_url.startswith("filesystem://"):
+        return None
+    return settings.broker_dir / "in"
+
+
+def queued_job_ids(folder: Path) -> set[str]:
+    """Return the jobs whose message waits in ``folder`` (being written or ready to take)."""
+    ids: set[str] = set()
+    if not folder.is_dir():  # nothing was ever published
+        return ids
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            # "<ms>_<job>~<nonce>.<queue>.msg" (".part" while it is written)
+            head = entry.name.partition(".")[0]
+            job, marked, _ = head.partition("_")[2].partition("~")
+            if marked:
+                ids.add(job)
+    return ids
 
 
 class Channel(filesystem.Channel):
@@ -32,7 +71,9 @@ class Channel(filesystem.Channel):
     # filesystem channel's, which its callers use
     def _put(self, queue: Any, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
         """Put ``payload`` onto ``queue``: written in full before its name is visible."""
-        name = f"{round(time.monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
+        job = (payload.get("headers") or {}).get(JOB_HEADER)
+        tag = f"{job}~{uuid.uuid4().hex[:12]}" if _JOB_ID.fullmatch(str(job)) else uuid.uuid4()
+        name = f"{round(time.monotonic() * 1000)}_{tag}.{queue}.msg"
         final = os.path.join(self.data_folder_out, name)
         partial = final + ".part"  # consumers match names ending in "<queue>.msg" only
         try:

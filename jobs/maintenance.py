@@ -2,7 +2,9 @@
 
 ``sweep_once`` finds what a crash or a lost message left behind: jobs whose worker's lease
 lapsed, retries and enqueues nobody claimed, jobs out of attempts (failed, their event
-owed), and webhook events due with no message (relayed). The task publishes the messages.
+owed), jobs whose message a worker took and died with before it leased them (on the
+embedded broker, which shows what it holds), and webhook events due with no message
+(relayed). The task publishes the messages.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from jobs.classify import exhaust_if_spent
+from jobs.fs_broker import queue_folder, queued_job_ids
 from jobs.notify import relay_due
 from jobs.resources import Resources
 from persistence import job_leases, locks
@@ -50,6 +53,14 @@ def sweep_once(res: Resources) -> SweepReport:
                 legacy_stuck_after=timedelta(seconds=2 * worker.task_time_limit_s),
                 grace=timedelta(seconds=requeue_grace_s(res)),
             )
+            folder = queue_folder(res.settings)
+            if folder is not None:  # the embedded broker shows which jobs it still holds
+                # a live receiver leases a job within milliseconds of taking its message; a
+                # sweep interval later, a job with neither lease nor message lost both
+                taken = timedelta(seconds=max(5.0, worker.sweep_interval_s))
+                grace = timedelta(seconds=requeue_grace_s(res))
+                queued = queued_job_ids(folder)
+                ids += job_leases.requeue_unqueued(session, queued, older_than=taken, grace=grace)
             for job_id in ids:
                 if exhaust_if_spent(session, job_id, worker.max_attempts).status == "failed":
                     report.failed += 1

@@ -27,6 +27,7 @@ from jobs.crash_points import (
     SWEEP_BEFORE_PUBLISH,
     crash_point,
 )
+from jobs.fs_broker import job_headers
 from jobs.maintenance import purge_once, sweep_once
 from jobs.metrics import worker_metrics
 from jobs.notify import attempt_delivery
@@ -160,7 +161,7 @@ def sweep() -> dict[str, Any]:
         crash_point(SWEEP_BEFORE_PUBLISH)
     try:
         for job_id in report.requeued:
-            app.send_task(CLASSIFY_TASK, args=[job_id])
+            app.send_task(CLASSIFY_TASK, args=[job_id], headers=job_headers(job_id))
     except Exception:  # kombu errors differ by transport; they are due again after a grace
         logger.warning("sweep: broker refused re-enqueues; the next sweeps try again")
     for job_id in report.relayed:

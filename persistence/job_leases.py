@@ -6,6 +6,11 @@ job never runs twice at once; once the lease lapses, the sweeper puts the job ba
 ``pending`` and re-enqueues it. A pending job's ``lease_until`` is the time by which its
 message (a retry countdown, a re-enqueue) should have been claimed; after it, the message
 is presumed lost and the sweeper sends another. Plain functions; the caller commits.
+
+A transaction that writes several jobs locks their rows first, in primary-key order
+(``lock_in_order``): a worker's lease renewal and its batch's claim or completion touch the
+same rows from two connections, and in any other order PostgreSQL found them deadlocked
+under load (each job then retried, an attempt spent for nothing).
 """
 
 from __future__ import annotations
@@ -35,6 +40,18 @@ class ClaimedJob:
     attempts: int
     created_at: datetime
     model_name: str | None = None  # the model asked for; None = the default
+
+
+def lock_in_order(session: Session, job_ids: Collection[str]) -> None:
+    """Lock the rows of ``job_ids`` in primary-key order (no-op on SQLite: one writer at once).
+
+    Every writer of several jobs calls this before its updates, so two of them never wait on
+    each other in a cycle.
+    """
+    if len(job_ids) > 1:
+        session.execute(
+            select(Job.id).where(Job.id.in_(list(job_ids))).order_by(Job.id).with_for_update()
+        ).all()
 
 
 def _claimable(now: datetime) -> ColumnElement[bool]:
@@ -121,6 +138,7 @@ def reserve(session: Session, holder: str, job_ids: Collection[str], lease_s: fl
     """
     if not job_ids:
         return 0
+    lock_in_order(session, job_ids)
     stmt = (
         update(Job)
         .where(Job.id.in_(list(job_ids)), Job.status == PENDING)
@@ -135,6 +153,7 @@ def renew(session: Session, holder: str, job_ids: Collection[str], lease_s: floa
     """Extend ``holder``'s leases on ``job_ids`` (running or reserved); return how many it holds."""
     if not job_ids:
         return 0
+    lock_in_order(session, job_ids)
     stmt = (
         update(Job)
         .where(
@@ -173,6 +192,7 @@ def leave_to_sweeper(session: Session, job_ids: Collection[str], within_s: float
     """Mark pending jobs whose message was never published: the sweeper sends it later."""
     if not job_ids:
         return 0
+    lock_in_order(session, job_ids)
     stmt = (
         update(Job)
         .where(Job.id.in_(list(job_ids)), Job.status == PENDING)
@@ -225,10 +245,48 @@ def requeue_abandoned(
     )
     if not ids:
         return []
+    lock_in_order(session, ids)
     stmt = (
         update(Job)
         .where(Job.id.in_(ids), abandoned)
         .values(status=PENDING, leased_by=None, lease_until=now + grace, queued_at=now)
+        .returning(Job.id)
+        .execution_options(synchronize_session=False)
+    )
+    return list(session.scalars(stmt))
+
+
+def requeue_unqueued(
+    session: Session,
+    queued: Collection[str],
+    *,
+    older_than: timedelta,
+    grace: timedelta,
+    limit: int = 100,
+) -> list[str]:
+    """Mark for re-sending, and return, pending unleased jobs whose message is in no queue.
+
+    ``queued``: the jobs whose message the broker still holds. A job that is pending, has no
+    lease (no worker said it received it) and was queued over ``older_than`` ago, yet has no
+    message, lost it with a worker that died between taking it and leasing the job. Each
+    gets ``grace`` to be claimed before the sweeper looks at it again.
+    """
+    now = utcnow()
+    unleased = and_(
+        Job.status == PENDING,
+        Job.lease_until.is_(None),
+        Job.created_at < now - older_than,
+        or_(Job.queued_at.is_(None), Job.queued_at < now - older_than),
+    )
+    candidates = session.scalars(select(Job.id).where(unleased).order_by(Job.created_at, Job.id))
+    lost = [job_id for job_id in candidates if job_id not in queued][:limit]
+    if not lost:
+        return []
+    lock_in_order(session, lost)
+    stmt = (
+        update(Job)
+        .where(Job.id.in_(lost), unleased)
+        .values(lease_until=now + grace, queued_at=now)
         .returning(Job.id)
         .execution_options(synchronize_session=False)
     )

@@ -22,6 +22,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    if os.environ.get("VQTEST_KEEP_LOGS"):  # servers' and workers' logs, for a post-mortem
+        print(f"\nVQTEST_KEEP_LOGS: the session's files are in {_SESSION_DIR}")
+        return
     shutil.rmtree(_SESSION_DIR, ignore_errors=True)
 
 

@@ -10,9 +10,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from kombu import Connection
 from sqlalchemy import Engine, update
 
+from jobs import fs_broker
 from jobs.classify import ATTEMPTS_EXHAUSTED, exhaust_if_spent
+from jobs.fs_broker import queue_folder
 from jobs.lease_keeper import LeaseKeeper
 from jobs.maintenance import SWEEP_LOCK, sweep_once
 from jobs.resources import Resources
@@ -194,3 +197,39 @@ def test_a_received_job_carries_its_receivers_lease_until_the_receiver_dies(
     lapse(res.engine, other)
     assert sweep_once(res).requeued == [other]
     assert row(res.engine, queued).leased_by is None  # never received: untouched
+
+
+def age(engine: Engine, job_id: str, seconds: float) -> None:
+    with session_scope(engine) as session:
+        past = utcnow() - timedelta(seconds=seconds)
+        session.execute(update(Job).where(Job.id == job_id).values(created_at=past, queued_at=past))
+
+
+def test_a_job_whose_message_died_with_its_receiver_is_sent_again(res: Resources) -> None:
+    # the embedded broker deletes a message file as a worker takes it; a worker killed before
+    # it leased the job leaves it pending, unleased, with no message anywhere
+    folder = queue_folder(res.settings)
+    assert folder is not None
+    folder.mkdir(parents=True)
+    options = {"data_folder_in": str(folder), "data_folder_out": str(folder)}
+    with Connection(
+        res.settings.broker_url, transport=fs_broker.PATH, transport_options=options
+    ) as conn:
+        lost_a, lost_b, queued = new_job(res.engine), new_job(res.engine), new_job(res.engine)
+        for job_id in (lost_a, lost_b, queued):
+            conn.default_channel._put("q", {"headers": fs_broker.job_headers(job_id), "body": ""})
+            time.sleep(0.002)  # names start with the millisecond: taken in this order
+        assert fs_broker.queued_job_ids(folder) == {lost_a, lost_b, queued}
+        conn.default_channel._get("q")  # a worker takes the two oldest messages...
+        conn.default_channel._get("q")  # ...and dies before it leases their jobs
+    young = new_job(res.engine)  # committed, its message not yet published
+    assert fs_broker.queued_job_ids(folder) == {queued}
+    for job_id in (lost_a, lost_b, queued):
+        age(res.engine, job_id, 60)
+    report = sweep_once(res)
+    # a job still queued, or too young for a live receiver to have leased it, is left alone
+    assert report.requeued == [lost_a, lost_b]
+    assert row(res.engine, queued).lease_until is None
+    assert row(res.engine, young).lease_until is None
+    assert sweep_once(res).requeued == []  # the re-sent message has its grace to be claimed
+    assert row(res.engine, lost_a).status == "pending"

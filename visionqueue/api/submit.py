@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jobs.celery_app import CLASSIFY_TASK
+from jobs.fs_broker import job_headers
 from jobs.webhooks.ssrf import check_url
 from persistence import job_leases, jobs_repo
 from persistence.db import session_scope
@@ -243,7 +244,7 @@ def enqueue(res: FrontResources, jobs: list[Job], *, keep: bool = False) -> None
     published = 0
     try:
         for job_id in ids:
-            res.celery.send_task(CLASSIFY_TASK, args=[job_id])
+            res.celery.send_task(CLASSIFY_TASK, args=[job_id], headers=job_headers(job_id))
             published += 1
     except Exception as exc:  # kombu/redis/amqp errors differ by transport
         if keep and _leave_to_sweeper(res, ids[published:]):
