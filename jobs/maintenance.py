@@ -2,19 +2,22 @@
 
 ``sweep_once`` finds what a crash or a lost message left behind: jobs whose worker's lease
 lapsed, retries and enqueues nobody claimed, jobs out of attempts (failed, their event
-owed), jobs whose message a worker took and died with before it leased them (on the
-embedded broker, which shows what it holds), and webhook events due with no message
+owed), jobs whose message a worker took and died with before it leased them (the embedded
+broker and Redis show which messages were taken), and webhook events due with no message
 (relayed). The task publishes the messages.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from jobs.celery_app import app as celery_app
 from jobs.classify import exhaust_if_spent
 from jobs.fs_broker import queue_folder, queued_job_ids
 from jobs.notify import relay_due
+from jobs.redis_unacked import unacked_job_ids
 from jobs.resources import Resources
 from persistence import job_leases, locks
 from persistence.db import session_scope
@@ -36,6 +39,23 @@ def requeue_grace_s(res: Resources) -> float:
     return max(15.0, 3 * res.settings.worker.sweep_interval_s)
 
 
+def taken_and_unleased(res: Resources) -> Callable[[str], bool] | None:
+    """Return whether a pending, unleased job's message was taken (by a worker that died).
+
+    The embedded broker deletes a message as a worker takes it: a job with no message file
+    left. Redis keeps it in its unacked hash: a job named there. None for other brokers (AMQP
+    gives a dead consumer's messages back at once).
+    """
+    folder = queue_folder(res.settings)
+    if folder is not None:
+        queued = queued_job_ids(folder)
+        return lambda job_id: job_id not in queued
+    unacked = unacked_job_ids(celery_app)
+    if unacked is None:
+        return None
+    return lambda job_id: job_id in unacked
+
+
 def sweep_once(res: Resources) -> SweepReport:
     """Run one sweep unless another one runs; return what it found."""
     holder = res.leases.holder
@@ -53,14 +73,13 @@ def sweep_once(res: Resources) -> SweepReport:
                 legacy_stuck_after=timedelta(seconds=2 * worker.task_time_limit_s),
                 grace=timedelta(seconds=requeue_grace_s(res)),
             )
-            folder = queue_folder(res.settings)
-            if folder is not None:  # the embedded broker shows which jobs it still holds
+            lost = taken_and_unleased(res)
+            if lost is not None:
                 # a live receiver leases a job within milliseconds of taking its message; a
-                # sweep interval later, a job with neither lease nor message lost both
+                # sweep interval later, an unleased job whose message was taken lost both
                 taken = timedelta(seconds=max(5.0, worker.sweep_interval_s))
                 grace = timedelta(seconds=requeue_grace_s(res))
-                queued = queued_job_ids(folder)
-                ids += job_leases.requeue_unqueued(session, queued, older_than=taken, grace=grace)
+                ids += job_leases.requeue_message_lost(session, lost, older_than=taken, grace=grace)
             for job_id in ids:
                 if exhaust_if_spent(session, job_id, worker.max_attempts).status == "failed":
                     report.failed += 1

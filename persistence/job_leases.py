@@ -15,7 +15,7 @@ under load (each job then retried, an attempt spent for nothing).
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -256,20 +256,21 @@ def requeue_abandoned(
     return list(session.scalars(stmt))
 
 
-def requeue_unqueued(
+def requeue_message_lost(
     session: Session,
-    queued: Collection[str],
+    lost: Callable[[str], bool],
     *,
     older_than: timedelta,
     grace: timedelta,
     limit: int = 100,
 ) -> list[str]:
-    """Mark for re-sending, and return, pending unleased jobs whose message is in no queue.
+    """Mark for re-sending, and return, pending unleased jobs whose message was taken and lost.
 
-    ``queued``: the jobs whose message the broker still holds. A job that is pending, has no
-    lease (no worker said it received it) and was queued over ``older_than`` ago, yet has no
-    message, lost it with a worker that died between taking it and leasing the job. Each
-    gets ``grace`` to be claimed before the sweeper looks at it again.
+    ``lost(job_id)`` says, from the broker, that the job's message was taken by a worker (no
+    longer queued, or unacknowledged). A job that is pending and has no lease (its receiver
+    never said it had it) and was queued over ``older_than`` ago lost its message with a
+    worker that died between taking it and leasing the job. Each gets ``grace`` to be claimed
+    before the sweeper looks at it again.
     """
     now = utcnow()
     unleased = and_(
@@ -279,13 +280,13 @@ def requeue_unqueued(
         or_(Job.queued_at.is_(None), Job.queued_at < now - older_than),
     )
     candidates = session.scalars(select(Job.id).where(unleased).order_by(Job.created_at, Job.id))
-    lost = [job_id for job_id in candidates if job_id not in queued][:limit]
-    if not lost:
+    gone = [job_id for job_id in candidates if lost(job_id)][:limit]
+    if not gone:
         return []
-    lock_in_order(session, lost)
+    lock_in_order(session, gone)
     stmt = (
         update(Job)
-        .where(Job.id.in_(lost), unleased)
+        .where(Job.id.in_(gone), unleased)
         .values(lease_until=now + grace, queued_at=now)
         .returning(Job.id)
         .execution_options(synchronize_session=False)

@@ -32,17 +32,20 @@ def test_a_batch_answers_each_job_with_its_own_image_and_fails_only_the_corrupt_
     stack: Stack,
 ) -> None:
     payloads = distinct_images()
-    # the batch waits for all eight (it leaves as soon as it is full; the 5 s bound only
-    # covers a loaded machine's slow deliveries): one claim, one classification round, one store
-    env = {"VQ_WORKER_BATCH_SIZE": str(BATCH), "VQ_WORKER_BATCH_WAIT_MS": "5000"}
-    with stack.worker(concurrency=BATCH, name=f"batch-{uuid.uuid4().hex[:6]}", env=env):
-        files = [("images", (f"img{i}", data)) for i, data in enumerate(payloads)]
-        resp = httpx.post(f"{stack.url}/v1/jobs", files=files, timeout=60)
-        assert resp.status_code == 202, resp.text
-        ids = [job["id"] for job in resp.json()["jobs"]]
-        with database(stack.database_url) as engine:
-            rows = wait_all_final(engine, ids, timeout=120)
-            final = job_rows(engine, ids)
+    stack.stop_workers()  # the eight wait queued, then one worker takes them all at once
+    files = [("images", (f"img{i}", data)) for i, data in enumerate(payloads)]
+    resp = httpx.post(f"{stack.url}/v1/jobs", files=files, timeout=60)
+    assert resp.status_code == 202, resp.text
+    ids = [job["id"] for job in resp.json()["jobs"]]
+    # the batch waits (up to 1 s) for all eight: one claim, one classification round, one store
+    env = {"VQ_WORKER_BATCH_SIZE": str(BATCH), "VQ_WORKER_BATCH_WAIT_MS": "1000"}
+    name = f"batch-{uuid.uuid4().hex[:6]}"
+    with (
+        stack.worker(concurrency=BATCH, name=name, env=env),
+        database(stack.database_url) as engine,
+    ):
+        rows = wait_all_final(engine, ids, timeout=120)
+        final = job_rows(engine, ids)
     assert set(rows) == set(ids)
     *good, corrupt = ids
     assert final[corrupt].status == "failed"
