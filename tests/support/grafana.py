@@ -33,6 +33,7 @@ HISTOGRAMS = (
     "vq_batch_queue_wait_seconds",
     "image_task_latency_seconds",
     "webhook_latency_seconds",
+    "job_batch_size",
 )
 # Series Prometheus itself attaches to every scrape.
 SYNTHETIC = ("up",)
