@@ -98,7 +98,7 @@ def photo_phase(seconds: float) -> list[dict[str, Any]]:
     import numpy as np
     from PIL import Image
 
-    from visionqueue.api.predict import prepare_crop
+    from model_store.crops import prepare_crop
 
     rng = np.random.default_rng(0)
     photo = Image.open(io.BytesIO(payloads()[2])).resize((4000, 3000), Image.Resampling.BICUBIC)

@@ -83,7 +83,7 @@ def test_sixteen_bit_png_is_scaled_not_clipped() -> None:
 def test_jpeg_draft_decodes_large_photos_at_reduced_scale_and_close_to_full() -> None:
     import numpy as np
 
-    from visionqueue.api.predict import DRAFT_MIN_SIDE, prepare_crop
+    from model_store.crops import DRAFT_MIN_SIDE, prepare_crop
 
     big = images.encode(images.noise_image(4000, 3000, seed=1), "JPEG", quality=90)
     reduced = decode_image(big, CAP, draft_min_side=DRAFT_MIN_SIDE)
@@ -96,7 +96,7 @@ def test_jpeg_draft_decodes_large_photos_at_reduced_scale_and_close_to_full() ->
 
 
 def test_jpeg_draft_scale_is_reported_for_exif_rotated_photos() -> None:
-    from visionqueue.api.predict import prepare_crop
+    from model_store.crops import prepare_crop
 
     rotated = images.exif_rotated_jpeg(2400, 1800, orientation=6)
     crop, how = prepare_crop(rotated, CAP, jpeg_draft=True)
@@ -104,7 +104,7 @@ def test_jpeg_draft_scale_is_reported_for_exif_rotated_photos() -> None:
 
 
 def test_jpeg_draft_leaves_small_images_and_other_formats_alone() -> None:
-    from visionqueue.api.predict import prepare_crop
+    from model_store.crops import prepare_crop
 
     small = images.jpeg(640, 480)
     exact, _ = prepare_crop(small, CAP, jpeg_draft=False)
