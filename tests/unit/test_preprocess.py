@@ -11,6 +11,7 @@ from PIL import Image, ImageOps
 from torchvision.models import ResNet18_Weights
 
 from model_store.inference import BatchClassifier, ModelInfo
+from model_store.onnx_backend import normalize_numpy
 from model_store.preprocess import resize_shorter_side, to_model_input
 from tests.support import images
 
@@ -49,6 +50,23 @@ def test_split_preprocessing_equals_torchvision(data: bytes) -> None:
     expected = _reference(reference_input)
     got = _normalizer().normalize_batch(crop[np.newaxis])[0]
     assert torch.equal(got, expected)
+    # the ONNX Runtime backend normalises in NumPy: the same values, bit for bit
+    assert torch.equal(torch.from_numpy(normalize_numpy(crop[np.newaxis])[0]), expected)
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_numpy_normalisation_equals_torch_bit_for_bit(batch: int) -> None:
+    """Any mean/std, any crop size, read-only or strided input (a pickled or sliced batch)."""
+    mean, std = (0.5, 0.25, 0.125), (0.25, 0.3, 0.35)
+    crops = np.random.default_rng(batch).integers(0, 256, (batch, 2 * 160, 160, 3), dtype=np.uint8)
+    crops = crops[:, ::2]  # strided rows
+    crops.flags.writeable = False
+    x = torch.from_numpy(np.array(crops)).permute(0, 3, 1, 2).to(torch.float32).div(255)
+    expected = x.sub(torch.tensor(mean).view(1, 3, 1, 1)).div(torch.tensor(std).view(1, 3, 1, 1))
+    got = normalize_numpy(crops, mean, std)
+    assert got.dtype == np.float32 and got.shape == (batch, 3, 160, 160)
+    assert got.flags.c_contiguous  # what ONNX Runtime reads without a copy
+    assert torch.equal(torch.from_numpy(got), expected)
 
 
 def test_resize_shorter_side_matches_torchvision_rounding() -> None:
