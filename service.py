@@ -2,7 +2,9 @@
 
 ``bentoml serve service:VisionQueue`` starts both; the front calls the classifier through
 BentoML's inter-service client, so sync requests and async jobs (which call ``/predict``)
-share each model's adaptive-batching queue. ``VQ_MODELS`` names the served models: each gets
+share each model's adaptive-batching queue. With ``VQ_CLASSIFIER_URL`` set, the classifier runs
+on its own (``bentoml serve service:Classifier``, another process or host): the front depends
+on that URL, and workers crop images themselves and call it directly, not ``/predict``. ``VQ_MODELS`` names the served models: each gets
 a batchable API of its own on the classifier (generated below from the settings), so a batch
 never mixes models. This module only composes: logic lives in
 ``model_store`` (the model), ``visionqueue.api`` (HTTP: routes, middleware, health, backlog
@@ -23,12 +25,13 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 import bentoml
 import numpy as np
 from bentoml.exceptions import BentoMLException
+from bentoml.validators import DType
 from starlette.responses import JSONResponse
 
 from model_store.serving import check_memory, resolve_served, served_specs
@@ -50,7 +53,11 @@ logger = logging.getLogger("visionqueue.service")
 _settings = get_settings()  # decoration-time values only (see the module docstring)
 _model_cfg = _settings.model
 _served = served_specs(_model_cfg.models, _model_cfg.model_name, _model_cfg.model_tag)
-if "_bentoml_impl" not in sys.argv[0]:  # the serving process, not its service workers
+# a front whose classifier runs elsewhere (VQ_CLASSIFIER_URL) loads no model
+_serves_classifier = not _model_cfg.classifier_url or any(
+    arg.endswith(":Classifier") for arg in sys.argv
+)
+if _serves_classifier and "_bentoml_impl" not in sys.argv[0]:  # the serving process only
     check_memory(
         {name: m.path for name, m in resolve_served(_served).items()},
         _model_cfg.classifier_workers,
@@ -58,6 +65,8 @@ if "_bentoml_impl" not in sys.argv[0]:  # the serving process, not its service w
     )
 
 api_app = create_api_app()
+UInt8Crops = Annotated[np.ndarray, DType("uint8")]
+Float32Rows = Annotated[np.ndarray, DType("float32")]
 CLASSIFY_DEADLINE_S = 90.0
 
 
@@ -147,7 +156,8 @@ class _Classifier:
 def _batch_api(name: str, api: str) -> Any:
     """Make ``name``'s batchable API: its own adaptive batching queue."""
 
-    def classify(self: Any, crops: np.ndarray) -> np.ndarray:
+    # the dtypes let a remote caller's JSON lists (VQ_CLASSIFIER_URL) arrive as uint8 crops
+    def classify(self: Any, crops: UInt8Crops) -> Float32Rows:
         return self.run_batch(name, crops)  # type: ignore[no-any-return]
 
     classify.__name__ = classify.__qualname__ = api
@@ -184,7 +194,12 @@ Classifier = bentoml.service(
 class VisionQueue:
     """The public API: ``/predict`` here, jobs and health in ``visionqueue.api``."""
 
-    classifier = bentoml.depends(Classifier)
+    # VQ_CLASSIFIER_URL: a classifier served on its own (`bentoml serve service:Classifier`)
+    classifier = (
+        bentoml.depends(url=_model_cfg.classifier_url, on=Classifier)
+        if _model_cfg.classifier_url
+        else bentoml.depends(Classifier)
+    )
 
     def __init__(self) -> None:
         self.settings = get_settings()

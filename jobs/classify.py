@@ -1,6 +1,10 @@
 """Run one job: claim it under a lease, classify its image through the batched service, and
 store the outcome together with the webhook event it owes (the outbox row).
 
+Two ways to classify: through the front's ``/predict`` (``classify_bytes``), or, when the
+classifier runs on its own (``VQ_CLASSIFIER_URL``), directly: the worker decodes and crops
+with the front's own code and sends a batch's crops in one call (``classify_direct``).
+
 Plain functions a unit test can call; the Celery task in ``jobs.tasks`` only adds retries.
 Errors are the one tree of ``visionqueue.core.errors``: an ``Unavailable`` (the store, the
 database or the classifier is briefly down) is retried with backoff; any other ``VQError``
@@ -10,20 +14,26 @@ database or the classifier is briefly down) is retried with backoff; any other `
 from __future__ import annotations
 
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import numpy as np
 from sqlalchemy.orm import Session
 
+from jobs.classifier_client import ClassifierClient
 from jobs.crash_points import BATCH_BEFORE_COMPLETION, crash_point
 from jobs.notify import owe_event
 from jobs.resources import Resources
+from model_store.answers import answer_body
+from model_store.crops import prepare_crop
+from model_store.preprocess import Preprocessing
 from persistence import job_leases, jobs_repo
 from persistence.db import session_scope
 from persistence.models import utcnow
-from visionqueue.core.errors import ImageNotFound, Unavailable, Unprocessable
+from visionqueue.core.errors import ImageNotFound, Unavailable, Unprocessable, VQError
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +151,8 @@ def _classify_all(
     jobs: list[job_leases.ClaimedJob], res: Resources
 ) -> dict[str, dict[str, Any] | BaseException]:
     """Fetch and classify every job's image at once (the front merges them into one call)."""
+    if res.classifier is not None:
+        return classify_direct(jobs, res, res.classifier)
     if len(jobs) == 1:
         return {jobs[0].id: _classify_one(jobs[0], res)}
     with ThreadPoolExecutor(len(jobs), thread_name_prefix="vq-batch-item") as pool:
@@ -148,13 +160,17 @@ def _classify_all(
     return {job.id: result for job, result in zip(jobs, results, strict=True)}
 
 
+def _fetch_image(job: job_leases.ClaimedJob, res: Resources) -> bytes:
+    try:
+        return res.store.get(job.image_key)
+    except ImageNotFound as exc:
+        raise Unprocessable("the stored image no longer exists", code="image_missing") from exc
+
+
 def _classify_one(job: job_leases.ClaimedJob, res: Resources) -> dict[str, Any] | BaseException:
     """The image's ``/predict`` answer, or the exception that ends this job's run."""
     try:
-        try:
-            data = res.store.get(job.image_key)
-        except ImageNotFound as exc:
-            raise Unprocessable("the stored image no longer exists", code="image_missing") from exc
+        data = _fetch_image(job, res)
         # the version promoted when the job runs serves it (policy: docs/models.md)
         return classify_bytes(
             res, data, job.content_type, res.settings.worker.top_k, job.model_name
@@ -215,3 +231,86 @@ def release_for_retry(job_id: str, res: Resources, delay_s: float) -> None:
     grace = max(res.settings.worker.lease_s, 2 * res.settings.worker.sweep_interval_s)
     with session_scope(res.engine) as session:
         job_leases.release_for_retry(session, job_id, res.leases.holder, delay_s + grace)
+
+
+def classify_direct(
+    jobs: list[job_leases.ClaimedJob], res: Resources, classifier: ClassifierClient
+) -> dict[str, dict[str, Any] | BaseException]:
+    """Fetch, decode and crop every job's image here, exactly as the front's ``/predict`` does,
+    and classify each model's crops in one call to the classifier service; build the answer
+    ``/predict`` would give. A bad image fails only its own job."""
+    results: dict[str, dict[str, Any] | BaseException] = {}
+    by_model: dict[str, list[job_leases.ClaimedJob]] = {}
+    for job in jobs:
+        try:
+            by_model.setdefault(classifier.model_name(job.model_name), []).append(job)
+        except VQError as exc:
+            results[job.id] = exc
+    # the front's VQ_PREPROCESS_THREADS bound the decodes (and their memory) here too
+    with (
+        ThreadPoolExecutor(len(jobs), thread_name_prefix="vq-batch-item") as fetch_pool,
+        ThreadPoolExecutor(res.settings.model.preprocess_threads, "vq-crop") as crop_pool,
+    ):
+        for name, group in by_model.items():
+            results.update(_classify_model(name, group, res, classifier, (fetch_pool, crop_pool)))
+    return results
+
+
+def _classify_model(
+    name: str,
+    jobs: list[job_leases.ClaimedJob],
+    res: Resources,
+    classifier: ClassifierClient,
+    pools: tuple[ThreadPoolExecutor, ThreadPoolExecutor],
+) -> dict[str, dict[str, Any] | BaseException]:
+    """One model's share of a batch: crop for its current version, one classifier call.
+
+    Crops made for a version a promotion replaced meanwhile are made again, as the front does.
+    """
+    settings = res.settings
+    max_pixels, draft = settings.server.max_image_pixels, settings.model.jpeg_draft
+    results: dict[str, dict[str, Any] | BaseException] = {}
+
+    def fetch(job: job_leases.ClaimedJob) -> bytes | Exception:
+        try:
+            return _fetch_image(job, res)
+        except Exception as exc:  # handed to the job's own task: retry or fail that job only
+            return exc
+
+    def crop(data: bytes | Exception, prep: Preprocessing) -> tuple[np.ndarray, str] | Exception:
+        if isinstance(data, Exception):
+            return data
+        try:
+            return prepare_crop(data, max_pixels, draft, prep)
+        except Exception as exc:  # a bad image fails its own job (invalid_image)
+            return exc
+
+    fetch_pool, crop_pool = pools
+    datas = list(fetch_pool.map(fetch, jobs))
+    started = time.perf_counter()
+    try:
+        prep = Preprocessing.from_spec(classifier.current(name)["preprocessing"])
+    except Exception as exc:
+        return {job.id: exc for job in jobs}
+    for _ in range(3):
+        crops = list(crop_pool.map(crop, datas, [prep] * len(datas)))
+        good = [(job, c) for job, c in zip(jobs, crops, strict=True) if isinstance(c, tuple)]
+        results = {j.id: c for j, c in zip(jobs, crops, strict=True) if not isinstance(c, tuple)}
+        if not good:
+            return results
+        try:
+            probs, version = classifier.classify(
+                name, np.stack([pixels for _, (pixels, _) in good])
+            )
+        except Exception as exc:
+            return {**results, **{job.id: exc for job, _ in good}}
+        used = Preprocessing.from_spec(version["preprocessing"])
+        if used.front_key == prep.front_key:
+            break
+        prep = used
+    top_k = settings.worker.top_k
+    for row, (job, (_, how)) in zip(probs, good, strict=True):
+        results[job.id] = answer_body(
+            row, top_k, name=name, version=version, started=started, preprocessing=how
+        )
+    return results

@@ -1,4 +1,5 @@
-"""Per-process resources of a worker: engine, image store, HTTP client, leases (never across fork)."""
+"""Per-process resources of a worker: engine, image store, HTTP client, leases and, on the direct
+path (``VQ_CLASSIFIER_URL``), the classifier's client (never across fork)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from dataclasses import dataclass
 
 import httpx
 
+from jobs.classifier_client import ClassifierClient
 from jobs.lease_keeper import LeaseKeeper
+from model_store.serving import served_specs
 from persistence.backends import Backends, open_backends
 from visionqueue.core.settings import Settings, get_settings
 
@@ -20,18 +23,26 @@ _by_pid: dict[int, Resources] = {}
 class Resources(Backends):
     http: httpx.Client
     leases: LeaseKeeper
+    classifier: ClassifierClient | None = None  # None: classify through the front's /predict
 
 
 def build_resources(settings: Settings) -> Resources:
     """Create the resources of one process (no I/O beyond pool set-up)."""
     limits = httpx.Limits(max_connections=settings.worker.concurrency * 2)
     engine, store = open_backends(settings)
+    http = httpx.Client(timeout=httpx.Timeout(120, connect=5), limits=limits)
+    model = settings.model
+    classifier = None
+    if model.classifier_url:
+        specs = served_specs(model.models, model.model_name, model.model_tag)
+        classifier = ClassifierClient(model.classifier_url, http, specs, model.batch_max_size)
     return Resources(
         settings=settings,
         engine=engine,
         store=store,
-        http=httpx.Client(timeout=httpx.Timeout(120, connect=5), limits=limits),
+        http=http,
         leases=LeaseKeeper(engine, settings.worker.lease_s),
+        classifier=classifier,
     )
 
 

@@ -117,14 +117,19 @@ def isolated_bentoml_home(shared: Path, home: Path) -> Path:
 
 @contextlib.contextmanager
 def bento_server(
-    env: dict[str, str], log: Path, timeout: float = 180, ready: Probe = readyz_ok
+    env: dict[str, str],
+    log: Path,
+    timeout: float = 180,
+    ready: Probe = readyz_ok,
+    service: str = "service:VisionQueue",
 ) -> Iterator[str]:
     """Run ``bentoml serve service:VisionQueue`` on a free loopback port; yield its URL.
 
     Yields once ``ready(url)`` holds: by default ``/readyz`` is 200; a test of a broken
     backend passes ``model_loaded``, one of a broken model ``answers_livez``. Each server
     gets a BentoML home of its own (sharing the model store), so servers running side by
-    side keep their metrics apart.
+    side keep their metrics apart. ``service="service:Classifier"`` serves the classifier
+    on its own (the front then reaches it through ``VQ_CLASSIFIER_URL``).
     """
     port = free_port()
     shared = Path(env.get("BENTOML_HOME") or os.environ["BENTOML_HOME"])
@@ -140,7 +145,7 @@ def bento_server(
         [
             str(BIN / "bentoml"),
             "serve",
-            "service:VisionQueue",
+            service,
             "--host",
             "127.0.0.1",
             "--port",

@@ -162,6 +162,13 @@ class ModelSettings(_Group):
     )
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda'.")
     classifier_workers: int = Field(1, ge=1, description="Processes of the classifier service.")
+    classifier_url: str = Field(
+        "",
+        description="URL of a classifier run as its own process or host ('bentoml serve "
+        "service:Classifier'); the front and the workers then call it directly (workers crop "
+        "images themselves instead of calling the front's /predict). Empty = the front starts "
+        "the classifier itself.",
+    )
 
     @field_validator("models", mode="before")
     @classmethod

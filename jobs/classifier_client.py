@@ -1,0 +1,95 @@
+"""The classifier service over HTTP, for workers on the direct path (``VQ_CLASSIFIER_URL``).
+
+BentoML's JSON protocol, as the front's remote dependency speaks it: ``POST /{api}`` with
+``{"crops": [...]}`` answers ``(N, C + 2)`` rows (probabilities, the batch's forward seconds,
+the id of the tag that ran it; ``service.py``), and ``POST /model_info`` describes a model's
+current version and every version it has served, by tag id.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import numpy as np
+
+from model_store.serving import ServedSpec
+from visionqueue.core.errors import ModelNotFound, ModelNotReady, Unavailable, Unprocessable
+
+
+class ClassifierClient:
+    """Classify crops on a model's batch API; learn the versions its rows name."""
+
+    def __init__(
+        self, url: str, http: httpx.Client, specs: list[ServedSpec], max_batch: int
+    ) -> None:
+        self.url = url.rstrip("/")
+        self._http = http
+        self._specs = {spec.name: spec for spec in specs}
+        self._default = specs[0].name
+        self._max_batch = max_batch
+        self._current: dict[str, dict[str, Any]] = {}
+        self._versions: dict[str, dict[int, dict[str, Any]]] = {}
+
+    def model_name(self, model: str | None) -> str:
+        """The served model called ``model`` (the default for None or ""); 404 otherwise."""
+        if not model:
+            return self._default
+        if model not in self._specs:
+            raise ModelNotFound(
+                f"no model named {model!r} is served here; served: {', '.join(self._specs)}"
+            )
+        return model
+
+    def current(self, name: str, fresh: bool = False) -> dict[str, Any]:
+        """The description of ``name``'s current version (asked once, then on a new tag id)."""
+        if fresh or name not in self._current:
+            described = self._post("model_info", {"name": name})
+            self._versions.setdefault(name, {}).update(
+                {int(k): v for k, v in described["versions"].items()}
+            )
+            self._current[name] = {k: v for k, v in described.items() if k != "versions"}
+        return self._current[name]
+
+    def classify(self, name: str, crops: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+        """Classify ``(N, H, W, 3)`` uint8 crops on ``name``'s batch API (one call per
+        ``VQ_BATCH_MAX_SIZE``); return ``(N, C)`` probabilities and the version that ran."""
+        api = self._specs[name].api
+        size = self._max_batch
+        rows = np.concatenate(
+            [
+                np.asarray(self._post(api, {"crops": crops[i : i + size].tolist()}), np.float32)
+                for i in range(0, len(crops), size)
+            ]
+        )
+        ids = {int(v) for v in rows[:, -1]}
+        if len(ids) != 1:
+            raise ModelNotReady(f"{name} is switching versions; retry", retry_after=1)
+        tag_id = ids.pop()
+        if tag_id not in self._versions.get(name, {}):
+            self.current(name, fresh=True)  # a promotion happened: learn the new version
+        version = self._versions[name].get(tag_id)
+        if version is None:
+            raise ModelNotReady(f"{name} answered from an unknown version", retry_after=1)
+        self._current[name] = version
+        return rows[:, :-2], version
+
+    def _post(self, route: str, body: dict[str, Any]) -> Any:
+        try:
+            resp = self._http.post(
+                f"{self.url}/{route}",
+                content=json.dumps(body).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+        except httpx.HTTPError as exc:
+            raise Unavailable(
+                f"the classifier could not be reached ({type(exc).__name__})",
+                code="classifier_unavailable",
+            ) from exc
+        if resp.status_code == 200:
+            return resp.json()
+        message = f"the classifier answered {resp.status_code} to /{route}"
+        if resp.status_code in (408, 429) or resp.status_code >= 500:
+            raise Unavailable(message, code="classifier_unavailable")
+        raise Unprocessable(message, code=f"classifier_http_{resp.status_code}")
