@@ -322,7 +322,7 @@ def render(
     lines = [
         "# Benchmarks",
         "",
-        f"Measured by `make bench` on {time.strftime('%Y-%m-%d')}: {machine()}.",
+        f"Measured by `{args.command}` on {time.strftime('%Y-%m-%d')}: {machine()}.",
         "Model: ResNet18 with seeded random weights (the same compute as the trained one), fp32.",
         "Images: four real photos (scikit-image) as JPEG, 300-640 px. Load generator for",
         f"`/predict`: {', '.join(generator.get(g, g) for g in generators)}, on the same machine",
@@ -431,6 +431,16 @@ def missing_dev_dependencies(needed: dict[str, str] = DEV_DEPENDENCIES) -> list[
     return missing
 
 
+def command_line(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """Return how this run was started: ``make bench``, or the measuring options it changed."""
+    changed = [
+        f"--{name.replace('_', '-')} {value}"
+        for name, value in vars(args).items()
+        if name != "output" and value != parser.get_default(name)
+    ]
+    return " ".join(["python -m bench", *changed]) if changed else "make bench"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--seconds", type=float, default=20.0, help="duration of each load level")
@@ -451,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lone-jobs", type=int, default=10, help="lone jobs, one every 2 s")
     parser.add_argument("--output", default=str(ROOT / "docs" / "benchmarks.md"))
     args = parser.parse_args(argv)
+    args.command = command_line(parser, args)
     missing = missing_dev_dependencies(DEV_DEPENDENCIES)
     if missing:
         print(

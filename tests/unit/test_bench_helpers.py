@@ -119,3 +119,25 @@ def test_model_rows_report_the_runs_own_noise_next_to_the_idle_model_ratio() -> 
     assert "Ratio: 0.97." in text
     assert "measured 40.0 req/s in the table above and 36.0 req/s here (10% apart" in text
     assert "was shared" not in text
+
+
+def test_the_benchmark_page_says_which_options_a_reduced_run_changed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import argparse
+
+    import bench.__main__ as bench_main
+
+    seen: list[str] = []
+    monkeypatch.setattr(bench_main, "missing_dev_dependencies", lambda deps: ["stop here"])
+    real_parse = argparse.ArgumentParser.parse_args
+
+    def record(self: argparse.ArgumentParser, *a: Any, **k: Any) -> argparse.Namespace:
+        ns = real_parse(self, *a, **k)
+        seen.append(bench_main.command_line(self, ns))
+        return ns
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", record)
+    bench_main.main([])
+    bench_main.main(["--levels", "1,32", "--served", "onnxruntime", "--output", "/tmp/x.md"])
+    assert seen == ["make bench", "python -m bench --levels 1,32 --served onnxruntime"]
