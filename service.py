@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
+import aiohttp
 import anyio
 import bentoml
 import numpy as np
@@ -35,6 +36,7 @@ from bentoml.validators import DType
 from starlette.responses import JSONResponse
 
 from model_store.serving import check_memory, resolve_served, served_specs
+from model_store.wire import pack_crops, packed_api, unpack_crops
 from visionqueue.api.app import attach_front, create_api_app
 from visionqueue.api.backlog import BacklogGauges
 from visionqueue.api.health import FrontHealth
@@ -156,22 +158,38 @@ class _Classifier:
 def _batch_api(name: str, api: str) -> Any:
     """Make ``name``'s batchable API: its own adaptive batching queue."""
 
-    # the dtypes let a remote caller's JSON lists (VQ_CLASSIFIER_URL) arrive as uint8 crops
+    # the dtypes let a JSON caller's nested lists arrive as uint8 crops
     def classify(self: Any, crops: UInt8Crops) -> Float32Rows:
         return self.run_batch(name, crops)  # type: ignore[no-any-return]
 
     classify.__name__ = classify.__qualname__ = api
     classify.__doc__ = f"Classify ``(N, H, W, 3)`` uint8 crops with {name} (its own queue)."
+    return _batchable(classify)
+
+
+def _packed_batch_api(name: str, api: str) -> Any:
+    """Make ``name``'s batchable API for callers over the network: packed crops (model_store.wire)."""
+
+    def classify_packed(self: Any, crops: list[str]) -> Float32Rows:
+        return self.run_batch(name, unpack_crops(crops))  # type: ignore[no-any-return]
+
+    classify_packed.__name__ = classify_packed.__qualname__ = packed_api(api)
+    classify_packed.__doc__ = f"Classify packed crops with {name} (its own queue)."
+    return _batchable(classify_packed)
+
+
+def _batchable(func: Any) -> Any:
     return bentoml.api(
         batchable=True,
         batch_dim=(0, 0),
         max_batch_size=_model_cfg.batch_max_size,
         max_latency_ms=_model_cfg.batch_max_latency_ms,
-    )(classify)
+    )(func)
 
 
 for _spec in _served:
     setattr(_Classifier, _spec.api, _batch_api(_spec.name, _spec.api))
+    setattr(_Classifier, packed_api(_spec.api), _packed_batch_api(_spec.name, _spec.api))
 
 Classifier = bentoml.service(
     name="classifier",
@@ -237,8 +255,11 @@ class VisionQueue:
             # a classifier that died after loading must not hold the caller for BentoML's
             # 120 s traffic timeout and then answer outside our error envelope
             with anyio.fail_after(CLASSIFY_DEADLINE_S):
+                if _model_cfg.classifier_url:  # over the network: JSON, crops packed
+                    call = getattr(self.classifier.to_async, packed_api(api))
+                    return np.asarray(await call(pack_crops(crops)))
                 return np.asarray(await getattr(self.classifier.to_async, api)(crops))
-        except (BentoMLException, TimeoutError) as exc:
+        except (BentoMLException, TimeoutError, aiohttp.ClientError) as exc:  # (remote: down)
             raise Unavailable(
                 "the classifier is overloaded or unavailable; retry shortly", retry_after=1
             ) from exc

@@ -1,9 +1,9 @@
 """The classifier service over HTTP, for workers on the direct path (``VQ_CLASSIFIER_URL``).
 
-BentoML's JSON protocol, as the front's remote dependency speaks it: ``POST /{api}`` with
-``{"crops": [...]}`` answers ``(N, C + 2)`` rows (probabilities, the batch's forward seconds,
-the id of the tag that ran it; ``service.py``), and ``POST /model_info`` describes a model's
-current version and every version it has served, by tag id.
+BentoML's JSON protocol, as the front's remote dependency speaks it: ``POST /packed_{api}``
+with ``{"crops": [...]}`` (``model_store.wire``) answers ``(N, C + 2)`` rows (probabilities,
+the batch's forward seconds, the id of the tag that ran it; ``service.py``), and
+``POST /model_info`` describes a model's current version and every version it has served.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import httpx
 import numpy as np
 
 from model_store.serving import ServedSpec
+from model_store.wire import pack_crops, packed_api
 from visionqueue.core.errors import ModelNotFound, ModelNotReady, Unavailable, Unprocessable
 
 
@@ -55,11 +56,11 @@ class ClassifierClient:
     def classify(self, name: str, crops: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
         """Classify ``(N, H, W, 3)`` uint8 crops on ``name``'s batch API (one call per
         ``VQ_BATCH_MAX_SIZE``); return ``(N, C)`` probabilities and the version that ran."""
-        api = self._specs[name].api
+        api = packed_api(self._specs[name].api)
         size = self._max_batch
         rows = np.concatenate(
             [
-                np.asarray(self._post(api, {"crops": crops[i : i + size].tolist()}), np.float32)
+                np.asarray(self._post(api, {"crops": pack_crops(crops[i : i + size])}), np.float32)
                 for i in range(0, len(crops), size)
             ]
         )

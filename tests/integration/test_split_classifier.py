@@ -9,6 +9,7 @@ not complete.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,3 +82,22 @@ def test_jobs_classified_directly_answer_as_predict_does(split: Stack) -> None:
         assert job.result["model"] == body["model"]
         assert job.result["preprocessing"] == body["preprocessing"] == "exact"
         assert job.model_tag == body["model"]["tag"]
+
+
+def test_a_front_whose_classifier_went_away_answers_503(
+    server_env: dict[str, str], session_dir: Path
+) -> None:
+    log_dir = session_dir / "split-gone"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    image = {"image": ("x", images.jpeg(64, 64))}
+    with contextlib.ExitStack() as classifier:
+        clf = classifier.enter_context(
+            bento_server(server_env, log_dir / "classifier.log", service="service:Classifier")
+        )
+        env = {**server_env, "VQ_CLASSIFIER_URL": clf}
+        with bento_server(env, log_dir / "front.log") as url:
+            assert httpx.post(f"{url}/predict", files=image, timeout=60).status_code == 200
+            classifier.close()  # the classifier process stops; the front keeps running
+            resp = httpx.post(f"{url}/predict", files=image, timeout=60)
+    assert resp.status_code == 503, resp.text
+    assert resp.json()["error"]["code"] == "service_unavailable"

@@ -14,6 +14,7 @@ import pytest
 
 from jobs.classifier_client import ClassifierClient
 from model_store.serving import served_specs, tag_id
+from model_store.wire import unpack_crops
 from tests.support.servers import free_port
 from visionqueue.core.errors import ModelNotFound, Unavailable, Unprocessable
 
@@ -32,7 +33,9 @@ def classifier_answering(status: int) -> Iterator[str]:
                 answer: object = {**VERSION, "versions": {str(tag_id("resnet18:v1")): VERSION}}
                 code = 200
             else:
-                rows = [[0.2, 0.7, 0.1, 0.01, tag_id("resnet18:v1")] for _ in body["crops"]]
+                assert self.path == "/packed_classify", self.path
+                crops = unpack_crops(body["crops"])
+                rows = [[0.2, 0.7, 0.1, 0.01, tag_id("resnet18:v1")] for _ in crops]
                 answer, code = rows, status
             data = json.dumps(answer).encode()
             self.send_response(code)
