@@ -121,6 +121,8 @@ def process_role(cmdline: list[str]) -> str:
     if "--service-name" in cmdline[:-1]:  # one of BentoML's service workers
         name = cmdline[cmdline.index("--service-name") + 1]
         return "classifier" if name.lower() == "classifier" else "front"
+    if "service:Classifier" in line:  # served on its own (VQ_CLASSIFIER_URL)
+        return "classifier"
     if "bentoml" in line or "service:VisionQueue" in line or "_bentoml" in line:
         return "front"
     return cmdline[0].rsplit("/", 1)[-1] if cmdline else "?"

@@ -142,3 +142,22 @@ def test_the_benchmark_page_says_which_options_a_reduced_run_changed(
     bench_main.main([])
     bench_main.main(["--levels", "1,32", "--served", "onnxruntime", "--output", "/tmp/x.md"])
     assert seen == ["make bench", "python -m bench --levels 1,32 --served onnxruntime"]
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "role"),
+    [
+        (["/venv/bin/bentoml", "serve", "service:VisionQueue", "--port", "3000"], "front"),
+        (["/venv/bin/bentoml", "serve", "service:Classifier", "--port", "3100"], "classifier"),
+        (["python", "-m", "_bentoml_impl.worker.service", "service:Classifier"], "classifier"),
+        (
+            ["python", "-m", "x", "service:VisionQueue", "--service-name", "classifier"],
+            "classifier",
+        ),
+        (["/venv/bin/celery", "-A", "jobs.celery_app:app", "worker"], "celery worker"),
+    ],
+)
+def test_stack_processes_are_named_by_role(cmdline: list[str], role: str) -> None:
+    from bench.lone import process_role
+
+    assert process_role(cmdline) == role
