@@ -72,7 +72,8 @@ class Channel(filesystem.Channel):
     def _put(self, queue: Any, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
         """Put ``payload`` onto ``queue``: written in full before its name is visible."""
         job = (payload.get("headers") or {}).get(JOB_HEADER)
-        tag = f"{job}~{uuid.uuid4().hex[:12]}" if _JOB_ID.fullmatch(str(job)) else uuid.uuid4()
+        named = isinstance(job, str) and _JOB_ID.fullmatch(job)
+        tag = f"{job}~{uuid.uuid4().hex[:12]}" if named else uuid.uuid4()
         name = f"{round(time.monotonic() * 1000)}_{tag}.{queue}.msg"
         final = os.path.join(self.data_folder_out, name)
         partial = final + ".part"  # consumers match names ending in "<queue>.msg" only

@@ -60,7 +60,11 @@ def sweep_once(res: Resources) -> SweepReport:
     """Run one sweep unless another one runs; return what it found."""
     holder = res.leases.holder
     worker = res.settings.worker
-    ttl = max(60.0, 3 * worker.sweep_interval_s)
+    # a sweeper killed mid-sweep keeps others out until its lock expires, so the expiry is
+    # what a dead worker's lease gets (its jobs wait for both), not a fixed minute; a sweep
+    # takes well under a second, and two overlapping ones re-send nothing twice (each
+    # update re-checks its condition)
+    ttl = max(worker.lease_s, 2 * worker.sweep_interval_s)
     with session_scope(res.engine) as session:
         if not locks.acquire(session, SWEEP_LOCK, holder, ttl):
             return SweepReport(skipped=True)

@@ -218,9 +218,6 @@ def children(settings: Settings) -> list[Child]:
         flower = [*celery, "flower", f"--address={flower_host(settings)}"]
         # warnings and errors only: its INFO lines repeat the banner and list every task
         flower += [f"--port={settings.observability.flower_port}", "--logging=warning"]
-        # Flower asks the workers for their state and warns when none answers within its
-        # 1 s default: a worker still starting, or a busy small machine, takes longer
-        flower += ["--inspect_timeout=5000"]
         procs.append(Child("flower", flower, after_ready=True))
     return procs
 

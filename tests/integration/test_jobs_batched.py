@@ -8,9 +8,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.jobs_factories import database, job_rows, wait_all_final
+from tests.integration.jobs_factories import broker_idle, database, job_rows, wait_all_final
 from tests.support import images
 from tests.support.stack import Stack
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -32,18 +33,20 @@ def test_a_batch_answers_each_job_with_its_own_image_and_fails_only_the_corrupt_
     stack: Stack,
 ) -> None:
     payloads = distinct_images()
-    stack.stop_workers()  # the eight wait queued, then one worker takes them all at once
-    files = [("images", (f"img{i}", data)) for i, data in enumerate(payloads)]
-    resp = httpx.post(f"{stack.url}/v1/jobs", files=files, timeout=60)
-    assert resp.status_code == 202, resp.text
-    ids = [job["id"] for job in resp.json()["jobs"]]
     # the batch waits (up to 1 s) for all eight: one claim, one classification round, one store
     env = {"VQ_WORKER_BATCH_SIZE": str(BATCH), "VQ_WORKER_BATCH_WAIT_MS": "1000"}
     name = f"batch-{uuid.uuid4().hex[:6]}"
+    prefix = stack.env["VQ_BROKER_QUEUE_PREFIX"]
     with (
         stack.worker(concurrency=BATCH, name=name, env=env),
         database(stack.database_url) as engine,
     ):
+        # messages earlier tests left queued would share the eight's batches
+        wait_until(lambda: broker_idle(stack.broker_url, prefix), 60, "earlier messages drained")
+        files = [("images", (f"img{i}", data)) for i, data in enumerate(payloads)]
+        resp = httpx.post(f"{stack.url}/v1/jobs", files=files, timeout=60)
+        assert resp.status_code == 202, resp.text
+        ids = [job["id"] for job in resp.json()["jobs"]]
         rows = wait_all_final(engine, ids, timeout=120)
         final = job_rows(engine, ids)
     assert set(rows) == set(ids)

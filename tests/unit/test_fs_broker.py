@@ -88,3 +88,14 @@ def test_a_broadcast_table_is_never_read_half_made(tmp_path: Path) -> None:
     assert not errors, errors[:3]
     assert all(sorted(q.queue for q in t) == [f"q{n}", f"r{n}"] for n, t in enumerate(tables))
     assert not list((tmp_path / "control").glob("*.part"))
+
+
+def test_only_job_messages_are_named_after_their_job(tmp_path: Path) -> None:
+    from jobs.fs_broker import job_headers, queued_job_ids
+
+    with channel(tmp_path, PATH) as conn:
+        conn.default_channel._put("q", {"headers": job_headers("0f3c-a1"), "body": ""})
+        conn.default_channel._put("q", {"headers": {}, "body": ""})  # an event, a sweep
+        conn.default_channel._put("q", {"headers": {"vq_job_id": "../x"}, "body": ""})
+    assert queued_job_ids(tmp_path) == {"0f3c-a1"}
+    assert len(list(tmp_path.glob("*.q.msg"))) == 3
