@@ -19,6 +19,23 @@ from model_store.wire import pack_crops, packed_api
 from visionqueue.core.errors import ModelNotFound, ModelNotReady, Unavailable, Unprocessable
 
 
+def post_classifier(http: httpx.Client, url: str, **request: Any) -> httpx.Response:
+    """POST to the classifier (or the front's ``/predict``); one that cannot be reached is
+    ``Unavailable``, so the job is retried."""
+    try:
+        return http.post(url, **request)
+    except httpx.HTTPError as exc:
+        raise Unavailable(
+            f"the classifier could not be reached ({type(exc).__name__})",
+            code="classifier_unavailable",
+        ) from exc
+
+
+def is_transient(status: int) -> bool:
+    """Whether an error status is worth a retry (a timeout, throttling, a server error)."""
+    return status in (408, 429) or status >= 500
+
+
 class ClassifierClient:
     """Classify crops on a model's batch API; learn the versions its rows name."""
 
@@ -77,20 +94,15 @@ class ClassifierClient:
         return rows[:, :-2], version
 
     def _post(self, route: str, body: dict[str, Any]) -> Any:
-        try:
-            resp = self._http.post(
-                f"{self.url}/{route}",
-                content=json.dumps(body).encode(),
-                headers={"Content-Type": "application/json"},
-            )
-        except httpx.HTTPError as exc:
-            raise Unavailable(
-                f"the classifier could not be reached ({type(exc).__name__})",
-                code="classifier_unavailable",
-            ) from exc
+        resp = post_classifier(
+            self._http,
+            f"{self.url}/{route}",
+            content=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         if resp.status_code == 200:
             return resp.json()
         message = f"the classifier answered {resp.status_code} to /{route}"
-        if resp.status_code in (408, 429) or resp.status_code >= 500:
+        if is_transient(resp.status_code):
             raise Unavailable(message, code="classifier_unavailable")
         raise Unprocessable(message, code=f"classifier_http_{resp.status_code}")

@@ -19,11 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import numpy as np
 from sqlalchemy.orm import Session
 
-from jobs.classifier_client import ClassifierClient
+from jobs.classifier_client import ClassifierClient, is_transient, post_classifier
 from jobs.crash_points import BATCH_BEFORE_COMPLETION, crash_point
 from jobs.notify import owe_event
 from jobs.resources import Resources
@@ -56,18 +55,13 @@ def classify_bytes(
     headers = {}
     if res.settings.server.api_keys:
         headers["Authorization"] = f"Bearer {res.settings.server.api_keys[0].get_secret_value()}"
-    try:
-        resp = res.http.post(
-            url,
-            files={"image": ("image", data, content_type)},
-            data={"top_k": str(top_k), **({"model": model} if model else {})},
-            headers=headers,
-        )
-    except httpx.HTTPError as exc:
-        raise Unavailable(
-            f"the classifier could not be reached ({type(exc).__name__})",
-            code="classifier_unavailable",
-        ) from exc
+    resp = post_classifier(
+        res.http,
+        url,
+        files={"image": ("image", data, content_type)},
+        data={"top_k": str(top_k), **({"model": model} if model else {})},
+        headers=headers,
+    )
     if resp.status_code == 200:
         return dict(resp.json())
     try:
@@ -75,7 +69,7 @@ def classify_bytes(
         code, message = str(error["code"]), str(error["message"])
     except (ValueError, KeyError, TypeError):
         code, message = f"http_{resp.status_code}", "the classifier answered with an error"
-    if resp.status_code in (408, 429) or resp.status_code >= 500:
+    if is_transient(resp.status_code):
         raise Unavailable(message, code=code)
     raise Unprocessable(message, code=code)
 
