@@ -42,10 +42,15 @@ async def _post_all(
 
         async def post(i: int, data: bytes) -> httpx.Response:
             form = {"metadata": json.dumps({**(metadata or {}), "n": i})}
+            files = {"image": (f"{i}.jpg", data, "image/jpeg")}
             async with gate:
-                return await client.post(
-                    "/classify", files={"image": (f"{i}.jpg", data, "image/jpeg")}, data=form
-                )
+                try:
+                    return await client.post("/classify", files=files, data=form)
+                except (httpx.ReadError, httpx.RemoteProtocolError):
+                    # a pooled connection closed under us (seen once at concurrency 32 on a
+                    # loaded machine); had the server taken the first, its "n" would be
+                    # there twice and the callers' exactly-once checks would say so
+                    return await client.post("/classify", files=files, data=form)
 
         return await asyncio.gather(*(post(i, d) for i, d in enumerate(payloads)))
 

@@ -170,9 +170,9 @@ def test_the_sweeper_requeues_a_job_whose_worker_and_message_were_lost(stack) ->
                     status="processing", attempts=1, started_at=an_hour_ago, queued_at=an_hour_ago
                 )
             )
+        # its start-up sweep may find the job before the trigger below does: either is the
+        # sweeper (the message is gone, so nothing else can claim the job)
         stack.start_worker(name=f"sweeper-{uuid.uuid4().hex[:6]}")
-        assert job_rows(engine, [job_id])[job_id].status == "processing"  # nothing else helps
-
         trigger = Celery("sweep-trigger", broker=stack.broker_url)
         trigger.conf.broker_transport_options = {"global_keyprefix": prefix}
         try:
