@@ -8,11 +8,19 @@ Connected to Celery's signals when ``jobs.tasks`` is imported (``include`` of th
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
-from celery.signals import setup_logging, worker_init, worker_process_init, worker_ready
+from celery.signals import (
+    beat_embedded_init,
+    setup_logging,
+    worker_init,
+    worker_process_init,
+    worker_ready,
+)
 
 from visionqueue.core.logging_setup import configure_logging
+from visionqueue.core.parent_death import die_with
 from visionqueue.core.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -85,3 +93,15 @@ def _sweep_on_start(sender: Any = None, **_: Any) -> None:
         sender.app.send_task(SWEEP_TASK)
     except Exception:  # kombu errors differ by transport; beat's next sweep covers it
         logger.warning("first sweep not queued; the next scheduled one will run")
+
+
+@beat_embedded_init.connect
+def _die_with_the_worker(**_: Any) -> None:
+    """The beat a worker embeds (``--beat``) is a child process: it stops when the worker dies.
+
+    A worker SIGKILLed (the OOM killer, a crash) otherwise left its beat behind, an orphan
+    still scheduling sweeps, which ``stop`` and ``kill`` of the worker's pid never reached.
+    """
+    arm = die_with(os.getppid())
+    if arm is not None:
+        arm()

@@ -10,7 +10,6 @@ everything; so does the launcher's own death, even by SIGKILL: each child gets
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import json
 import logging
@@ -29,13 +28,13 @@ from typing import TextIO
 import httpx
 
 from visionqueue.core.logging_setup import RedactionFilter
+from visionqueue.core.parent_death import die_with
 from visionqueue.core.settings import Settings, get_settings
 from visionqueue.watchdog import STACK_ENV
 
 logger = logging.getLogger("visionqueue.launcher")
 BIN = Path(sys.executable).parent
 BANNER = "=" * 78
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 # Celery's multi-line warning on every start as root (a Python warning, so a warnings filter
 # is its lever). The danger Celery's docs give is code execution through pickled messages;
 # this app accepts JSON only, and were pickle ever accepted Celery would refuse to start as
@@ -57,22 +56,6 @@ def say(message: str, *, stream: TextIO | None = None) -> None:
     # a closed terminal (SIGHUP) must not stop the launcher before it stops its children
     with contextlib.suppress(OSError):
         print(f"[visionqueue] {message}", flush=True, file=stream or sys.stdout)
-
-
-def die_with(parent_pid: int) -> Callable[[], None] | None:
-    """Return a ``preexec_fn`` that makes the child get SIGTERM when ``parent_pid`` dies."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        prctl = libc.prctl
-    except (OSError, AttributeError):  # not Linux: the watchdog alone stops the stack
-        return None
-
-    def arm() -> None:
-        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent_pid:  # the parent died before prctl took effect
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return arm
 
 
 def port_settings(settings: Settings) -> list[tuple[str, str, int]]:
