@@ -254,7 +254,9 @@ def test_a_dead_workers_jobs_resume_within_30s_of_a_live_worker(
         doomed = stack.start_worker(
             concurrency=4, name=f"doomed-{uuid.uuid4().hex[:6]}", beat=True, env=defaults
         )
-        ids = submit(stack, None, 12, seed=9500 + run)
+        # enough jobs to keep it busy for seconds: with 12 it once finished them all between
+        # two looks at the database, and the test never saw one in flight
+        ids = submit(stack, None, 40, seed=9500 + run)
         with database(stack.database_url) as engine:
             wait_until(
                 lambda e=engine, i=ids: any(  # type: ignore[misc]
@@ -262,7 +264,7 @@ def test_a_dead_workers_jobs_resume_within_30s_of_a_live_worker(
                 ),
                 60,
                 "a job in flight",
-                interval=0.05,
+                interval=0.02,
             )
             stack.kill_worker(doomed)
             stack.workers.remove(doomed)
