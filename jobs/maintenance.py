@@ -9,6 +9,7 @@ broker and Redis show which messages were taken), and webhook events due with no
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -21,6 +22,8 @@ from jobs.redis_unacked import unacked_job_ids
 from jobs.resources import Resources
 from persistence import job_leases, locks
 from persistence.db import session_scope
+
+logger = logging.getLogger(__name__)
 
 SWEEP_LOCK, PURGE_LOCK = "sweep", "purge"
 PURGE_LOCK_TTL_S = 3600.0
@@ -50,7 +53,11 @@ def taken_and_unleased(res: Resources) -> Callable[[str], bool] | None:
     if folder is not None:
         queued = queued_job_ids(folder)
         return lambda job_id: job_id not in queued
-    unacked = unacked_job_ids(celery_app)
+    try:
+        unacked = unacked_job_ids(celery_app)
+    except Exception:  # kombu/redis errors differ; the rest of the sweep needs no broker
+        logger.warning("sweep: the broker did not say which messages were taken; next sweep")
+        return None
     if unacked is None:
         return None
     return lambda job_id: job_id in unacked
@@ -70,6 +77,7 @@ def sweep_once(res: Resources) -> SweepReport:
             return SweepReport(skipped=True)
     try:
         report = SweepReport()
+        lost = taken_and_unleased(res)  # asked of the broker before the transaction opens
         with session_scope(res.engine) as session:
             ids = job_leases.requeue_abandoned(
                 session,
@@ -77,7 +85,6 @@ def sweep_once(res: Resources) -> SweepReport:
                 legacy_stuck_after=timedelta(seconds=2 * worker.task_time_limit_s),
                 grace=timedelta(seconds=requeue_grace_s(res)),
             )
-            lost = taken_and_unleased(res)
             if lost is not None:
                 # a live receiver leases a job within milliseconds of taking its message; a
                 # sweep interval later, an unleased job whose message was taken lost both

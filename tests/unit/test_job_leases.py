@@ -233,3 +233,22 @@ def test_a_job_whose_message_died_with_its_receiver_is_sent_again(res: Resources
     assert row(res.engine, young).lease_until is None
     assert sweep_once(res).requeued == []  # the re-sent message has its grace to be claimed
     assert row(res.engine, lost_a).status == "pending"
+
+
+def test_a_broker_that_cannot_say_what_was_taken_does_not_stop_the_sweep(
+    res: Resources, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Redis down during a sweep: the lapsed leases are still found (in the database alone)
+    from kombu.exceptions import OperationalError
+
+    import jobs.maintenance as maintenance
+
+    def redis_down(app: object) -> set[str]:
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(maintenance, "queue_folder", lambda settings: None)  # a Redis deployment
+    monkeypatch.setattr(maintenance, "unacked_job_ids", redis_down)
+    dead = new_job(res.engine)
+    claim(res.engine, dead, "dead")
+    lapse(res.engine, dead)
+    assert sweep_once(res).requeued == [dead]
