@@ -89,10 +89,7 @@ class LeaseKeeper:
         written = False
         try:
             with session_scope(self.engine) as session:
-                job_leases.lock_in_order(session, held)  # all at once: see job_leases
-                if fresh:
-                    job_leases.reserve(session, self.holder, fresh, self.lease_s)
-                kept = job_leases.renew(session, self.holder, held, self.lease_s)
+                kept = job_leases.keep_leases(session, self.holder, fresh, held, self.lease_s)
             written = True
             return kept
         finally:

@@ -54,6 +54,33 @@ def lock_in_order(session: Session, job_ids: Collection[str]) -> None:
         ).all()
 
 
+def _update_jobs(
+    session: Session,
+    job_ids: Collection[str],
+    condition: ColumnElement[bool],
+    *,
+    locked: bool = False,
+    **values: object,
+) -> list[str]:
+    """Set ``values`` on the jobs of ``job_ids`` that meet ``condition``; return their ids.
+
+    The rows are locked in key order first (``lock_in_order``) unless the caller ``locked``
+    them already, in one go with others.
+    """
+    if not job_ids:
+        return []
+    if not locked:
+        lock_in_order(session, job_ids)
+    stmt = (
+        update(Job)
+        .where(Job.id.in_(list(job_ids)), condition)
+        .values(**values)
+        .returning(Job.id)
+        .execution_options(synchronize_session=False)
+    )
+    return list(session.scalars(stmt))
+
+
 def _claimable(now: datetime) -> ColumnElement[bool]:
     """Pending, or processing under no live lease (its worker died)."""
     return or_(
@@ -130,42 +157,29 @@ def exhaust(session: Session, job_id: str, *, max_attempts: int, code: str, mess
     return True
 
 
-def reserve(session: Session, holder: str, job_ids: Collection[str], lease_s: float) -> int:
+def reserve(
+    session: Session, holder: str, job_ids: Collection[str], lease_s: float, *, locked: bool = False
+) -> int:
     """Lease pending jobs whose messages ``holder`` received but has not started.
 
     If ``holder`` dies before claiming them, ``requeue_abandoned`` sends them again once the
     lease lapses (their messages may have died with it).
     """
-    if not job_ids:
-        return 0
-    lock_in_order(session, job_ids)
-    stmt = (
-        update(Job)
-        .where(Job.id.in_(list(job_ids)), Job.status == PENDING)
-        .values(leased_by=holder, lease_until=utcnow() + timedelta(seconds=lease_s))
-        .returning(Job.id)
-        .execution_options(synchronize_session=False)
+    expiry = utcnow() + timedelta(seconds=lease_s)
+    condition = Job.status == PENDING
+    updated = _update_jobs(
+        session, job_ids, condition, locked=locked, leased_by=holder, lease_until=expiry
     )
-    return len(session.execute(stmt).all())
+    return len(updated)
 
 
-def renew(session: Session, holder: str, job_ids: Collection[str], lease_s: float) -> int:
+def renew(
+    session: Session, holder: str, job_ids: Collection[str], lease_s: float, *, locked: bool = False
+) -> int:
     """Extend ``holder``'s leases on ``job_ids`` (running or reserved); return how many it holds."""
-    if not job_ids:
-        return 0
-    lock_in_order(session, job_ids)
-    stmt = (
-        update(Job)
-        .where(
-            Job.id.in_(list(job_ids)),
-            Job.leased_by == holder,
-            Job.status.in_((PENDING, PROCESSING)),
-        )
-        .values(lease_until=utcnow() + timedelta(seconds=lease_s))
-        .returning(Job.id)
-        .execution_options(synchronize_session=False)
-    )
-    return len(session.execute(stmt).all())
+    expiry = utcnow() + timedelta(seconds=lease_s)
+    condition = and_(Job.leased_by == holder, Job.status.in_((PENDING, PROCESSING)))
+    return len(_update_jobs(session, job_ids, condition, locked=locked, lease_until=expiry))
 
 
 def release_for_retry(session: Session, job_id: str, holder: str, due_in_s: float) -> bool:
@@ -190,17 +204,8 @@ def release_for_retry(session: Session, job_id: str, holder: str, due_in_s: floa
 
 def leave_to_sweeper(session: Session, job_ids: Collection[str], within_s: float) -> int:
     """Mark pending jobs whose message was never published: the sweeper sends it later."""
-    if not job_ids:
-        return 0
-    lock_in_order(session, job_ids)
-    stmt = (
-        update(Job)
-        .where(Job.id.in_(list(job_ids)), Job.status == PENDING)
-        .values(lease_until=utcnow() + timedelta(seconds=within_s))
-        .returning(Job.id)
-        .execution_options(synchronize_session=False)
-    )
-    return len(session.execute(stmt).all())
+    expiry = utcnow() + timedelta(seconds=within_s)
+    return len(_update_jobs(session, job_ids, Job.status == PENDING, lease_until=expiry))
 
 
 def requeue_abandoned(
@@ -243,17 +248,15 @@ def requeue_abandoned(
             select(Job.id).where(abandoned).order_by(Job.created_at, Job.id).limit(limit)
         )
     )
-    if not ids:
-        return []
-    lock_in_order(session, ids)
-    stmt = (
-        update(Job)
-        .where(Job.id.in_(ids), abandoned)
-        .values(status=PENDING, leased_by=None, lease_until=now + grace, queued_at=now)
-        .returning(Job.id)
-        .execution_options(synchronize_session=False)
+    return _update_jobs(
+        session,
+        ids,
+        abandoned,
+        status=PENDING,
+        leased_by=None,
+        lease_until=now + grace,
+        queued_at=now,
     )
-    return list(session.scalars(stmt))
 
 
 def requeue_message_lost(
@@ -281,14 +284,14 @@ def requeue_message_lost(
     )
     candidates = session.scalars(select(Job.id).where(unleased).order_by(Job.created_at, Job.id))
     gone = [job_id for job_id in candidates if lost(job_id)][:limit]
-    if not gone:
-        return []
-    lock_in_order(session, gone)
-    stmt = (
-        update(Job)
-        .where(Job.id.in_(gone), unleased)
-        .values(lease_until=now + grace, queued_at=now)
-        .returning(Job.id)
-        .execution_options(synchronize_session=False)
-    )
-    return list(session.scalars(stmt))
+    return _update_jobs(session, gone, unleased, lease_until=now + grace, queued_at=now)
+
+
+def keep_leases(
+    session: Session, holder: str, received: Collection[str], held: Collection[str], lease_s: float
+) -> int:
+    """Lease the newly ``received`` jobs and renew every ``held`` one (``received`` among
+    them) under one lock of all their rows; return how many ``holder`` still holds."""
+    lock_in_order(session, held)
+    reserve(session, holder, received, lease_s, locked=True)
+    return renew(session, holder, held, lease_s, locked=True)
