@@ -13,8 +13,8 @@ from model_store.preprocess import (
     Preprocessing,
     to_model_input,
 )
-from visionqueue.core.errors import ImageTooLarge, InvalidImage
-from visionqueue.core.images import DRAFT_SCALE_KEY, decode_image
+from visionqueue.core.errors import InvalidImage
+from visionqueue.core.images import DRAFT_SCALE_KEY, check_dimensions, decode_image
 
 # Draft decoding keeps the shorter side at least twice the resize target, so the
 # antialiased resize still averages over real pixels: max 3/255 from the exact crop on a
@@ -48,13 +48,6 @@ def prepare_pixels(
 
     if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
         raise InvalidImage("decoded pixels must be uint8 of shape (height, width, 3)")
-    height, width = int(pixels.shape[0]), int(pixels.shape[1])
-    if height < 1 or width < 1:
-        raise InvalidImage("the image has no pixels")
-    if height * width > max_pixels:
-        raise ImageTooLarge(
-            f"image is {width}x{height}; the limit is {max_pixels} pixels",
-            details={"width": width, "height": height, "max_pixels": max_pixels},
-        )
+    check_dimensions(int(pixels.shape[1]), int(pixels.shape[0]), max_pixels)
     image = Image.fromarray(np.ascontiguousarray(pixels), mode="RGB")
     return to_model_input(image, prep), "exact"

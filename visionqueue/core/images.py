@@ -67,7 +67,12 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         raise ImageTooLarge(f"image dimensions exceed the limit of {max_pixels} pixels") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InvalidImage(f"the {announced} image header is corrupt or unreadable") from exc
-    width, height = image.size
+    check_dimensions(*image.size, max_pixels)
+    return image
+
+
+def check_dimensions(width: int, height: int, max_pixels: int) -> None:
+    """Refuse an image with no pixels (invalid) or more than ``max_pixels`` (too large)."""
     if width < 1 or height < 1:
         raise InvalidImage("the image has no pixels")
     if width * height > max_pixels:
@@ -75,7 +80,6 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
             f"image is {width}x{height}; the limit is {max_pixels} pixels",
             details={"width": width, "height": height, "max_pixels": max_pixels},
         )
-    return image
 
 
 def inspect_image(data: bytes, max_pixels: int) -> ImageInfo:
