@@ -146,14 +146,8 @@ def served_phase(
     from tests.support.stack import production_stack
 
     stored = ensure_model("random", seed=0)
-    env = {
-        "BENTOML_HOME": os.environ["BENTOML_HOME"],
-        "VQ_MODEL_TAG": stored.tag,
-        "VQ_WEIGHTS": "random",
-        "VQ_DATA_DIR": str(workdir / f"data-{backend}"),
-        "VQ_INFERENCE_BACKEND": backend,
-        "VQ_COMPILE_CACHE_DIR": str(cache),
-    }
+    env = stack_env(stored.tag, workdir / f"data-{backend}")
+    env.update(VQ_INFERENCE_BACKEND=backend, VQ_COMPILE_CACHE_DIR=str(cache))
     data = payloads()
     with production_stack(env, workdir / f"logs-{backend}", redis_db=12) as stack:
         run_load(stack.url, data, 4, 5)  # warm-up: the batching optimizer trains here
@@ -174,19 +168,35 @@ def served_phase(
         if jobs:
             stack.start_worker(concurrency=16)
             for per_request in sorted({1, batch}):
-                procs = stack_processes(env["VQ_DATA_DIR"], {"bench client": [os.getpid()]})
-                if stack.s3_process is not None:
-                    procs["S3 server (moto)"] = [stack.s3_process.pid]
-                before = cpu_seconds(procs)
-                result: dict[str, Any] = dict(
-                    run_async_jobs(
-                        stack.url, data, jobs, stack.database_url, per_request=per_request
-                    )
-                )
-                result["cpu_ms"] = cpu_ms_per_job(before, cpu_seconds(procs), jobs)
+                result = async_jobs_with_cpu(stack, env, data, jobs, per_request)
                 print(f"  {backend} async: {json.dumps(result)}", flush=True)
                 async_results.append(result)
     return sync, async_results, protocols
+
+
+def stack_env(model_tag: str, data_dir: Path) -> dict[str, str]:
+    """Return the env of a measured server stack serving ``model_tag`` (seeded random weights)."""
+    return {
+        "BENTOML_HOME": os.environ["BENTOML_HOME"],
+        "VQ_MODEL_TAG": model_tag,
+        "VQ_WEIGHTS": "random",
+        "VQ_DATA_DIR": str(data_dir),
+    }
+
+
+def async_jobs_with_cpu(
+    stack: Any, env: dict[str, str], data: list[bytes], jobs: int, per_request: int
+) -> dict[str, Any]:
+    """Run ``jobs`` async jobs on ``stack``; return throughput, latencies and CPU per job."""
+    procs = stack_processes(env["VQ_DATA_DIR"], {"bench client": [os.getpid()]})
+    if stack.s3_process is not None:
+        procs["S3 server (moto)"] = [stack.s3_process.pid]
+    before = cpu_seconds(procs)
+    result: dict[str, Any] = dict(
+        run_async_jobs(stack.url, data, jobs, stack.database_url, per_request=per_request)
+    )
+    result["cpu_ms"] = cpu_ms_per_job(before, cpu_seconds(procs), jobs)
+    return result
 
 
 def embedded_phase(jobs: int, lone_jobs: int, workdir: Path) -> dict[str, Any]:

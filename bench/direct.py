@@ -18,9 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.__main__ import payloads
+from bench.__main__ import async_jobs_with_cpu, payloads, stack_env
 from bench.load import run_async_jobs
-from bench.lone import cpu_ms_per_job, cpu_seconds, stack_processes
 
 
 @contextlib.contextmanager
@@ -42,30 +41,18 @@ def measure(direct: bool, jobs: int, per_request: int, workdir: Path) -> dict[st
 
     name = "direct" if direct else "in-front"
     stored = ensure_model("random", seed=0)
-    env = {
-        "BENTOML_HOME": os.environ["BENTOML_HOME"],
-        "VQ_MODEL_TAG": stored.tag,
-        "VQ_WEIGHTS": "random",
-        "VQ_DATA_DIR": str(workdir / f"data-{name}"),
-    }
+    env = stack_env(stored.tag, workdir / f"data-{name}")
     data = payloads()
     log_dir = workdir / f"logs-{name}"
     log_dir.mkdir(parents=True)
     with (
-        classifier(env, direct, log_dir) as stack_env,
-        production_stack(stack_env, log_dir, redis_db=12) as stack,
+        classifier(env, direct, log_dir) as topology_env,
+        production_stack(topology_env, log_dir, redis_db=12) as stack,
     ):
         stack.start_worker(concurrency=16)
         run_async_jobs(stack.url, data, 32, stack.database_url, per_request=per_request)
-        procs = stack_processes(env["VQ_DATA_DIR"], {"bench client": [os.getpid()]})
-        if stack.s3_process is not None:
-            procs["S3 server (moto)"] = [stack.s3_process.pid]
-        before = cpu_seconds(procs)
         load_before = os.getloadavg()[0]
-        result: dict[str, Any] = dict(
-            run_async_jobs(stack.url, data, jobs, stack.database_url, per_request=per_request)
-        )
-        result["cpu_ms"] = cpu_ms_per_job(before, cpu_seconds(procs), jobs)
+        result = async_jobs_with_cpu(stack, env, data, jobs, per_request)
         result["load"] = [load_before, os.getloadavg()[0]]
     result["topology"] = name
     return result
