@@ -300,7 +300,11 @@ TAKE_ONE_AND_DIE = """
 import os, signal, sys
 from jobs.celery_app import app
 with app.connection_for_read() as conn:
-    message = conn.default_channel.basic_get(sys.argv[1], no_ack=False)
+    # messages earlier tests left queued come first: take them too, up to this test's own
+    for _ in range(1000):
+        message = conn.default_channel.basic_get(sys.argv[1], no_ack=False)
+        if message is None or message.headers.get("vq_job_id") == sys.argv[2]:
+            break
     print(message.headers["vq_job_id"] if message is not None else "none", flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
 """
@@ -314,7 +318,7 @@ def test_a_job_whose_message_a_worker_took_and_died_with_unleased_resumes_within
     ids = submit(stack, None, 1, seed=9700)
     queue = f"{stack.env.get('VQ_BROKER_QUEUE_PREFIX', '')}visionqueue"
     taker = subprocess.run(
-        [sys.executable, "-c", TAKE_ONE_AND_DIE, queue],
+        [sys.executable, "-c", TAKE_ONE_AND_DIE, queue, ids[0]],
         env={**os.environ, **stack.env},
         capture_output=True,
         text=True,
