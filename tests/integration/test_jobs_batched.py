@@ -35,18 +35,21 @@ def test_a_batch_answers_each_job_with_its_own_image_and_fails_only_the_corrupt_
     payloads = distinct_images()
     # the batch waits (up to 1 s) for all eight: one claim, one classification round, one store
     env = {"VQ_WORKER_BATCH_SIZE": str(BATCH), "VQ_WORKER_BATCH_WAIT_MS": "1000"}
-    name = f"batch-{uuid.uuid4().hex[:6]}"
     prefix = stack.env["VQ_BROKER_QUEUE_PREFIX"]
+    # messages earlier tests left queued would share the eight's batches: a worker drains them
+    with stack.worker(concurrency=2, name=f"drain-{uuid.uuid4().hex[:6]}"):
+        wait_until(lambda: broker_idle(stack.broker_url, prefix), 60, "earlier messages drained")
+    # the eight wait in the queue before the batching worker starts, so a slow submission on a
+    # loaded machine cannot spread their arrival past the batch's wait
+    files = [("images", (f"img{i}", data)) for i, data in enumerate(payloads)]
+    resp = httpx.post(f"{stack.url}/v1/jobs", files=files, timeout=60)
+    assert resp.status_code == 202, resp.text
+    ids = [job["id"] for job in resp.json()["jobs"]]
+    name = f"batch-{uuid.uuid4().hex[:6]}"
     with (
         stack.worker(concurrency=BATCH, name=name, env=env),
         database(stack.database_url) as engine,
     ):
-        # messages earlier tests left queued would share the eight's batches
-        wait_until(lambda: broker_idle(stack.broker_url, prefix), 60, "earlier messages drained")
-        files = [("images", (f"img{i}", data)) for i, data in enumerate(payloads)]
-        resp = httpx.post(f"{stack.url}/v1/jobs", files=files, timeout=60)
-        assert resp.status_code == 202, resp.text
-        ids = [job["id"] for job in resp.json()["jobs"]]
         rows = wait_all_final(engine, ids, timeout=120)
         final = job_rows(engine, ids)
     assert set(rows) == set(ids)

@@ -46,15 +46,15 @@ def test_a_lone_job_runs_at_once() -> None:
     batcher = JobBatcher(runner, skipped=lambda: "skipped", max_size=8)
     started = time.monotonic()
     assert batcher.run("a", timeout=5) == "done:a"
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < 3  # no wait for company (wait_s is 0)
     assert runner.batches == [["a"]]
 
 
 def test_jobs_arriving_while_lanes_are_busy_leave_as_one_batch() -> None:
-    runner = Recorder(hold_s=0.3)
+    runner = Recorder(hold_s=1.0)
     batcher = JobBatcher(runner, skipped=lambda: "skipped", max_size=8, lanes=1)
     ids = [f"j{i}" for i in range(9)]
-    results = run_all(batcher, ids, stagger_s=0.01)
+    results = run_all(batcher, ids, stagger_s=0.05)
     assert results == [f"done:{i}" for i in ids]  # each its own outcome, in its own thread
     # the first leaves alone; the rest queued behind it (at most 8 at a time)
     assert runner.batches[0] == ["j0"]
