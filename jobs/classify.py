@@ -98,15 +98,14 @@ def process_batch(job_ids: list[str], res: Resources) -> dict[str, JobOutcome | 
     outcomes: dict[str, JobOutcome | BaseException] = {}
     claimed: list[job_leases.ClaimedJob] = []
     with session_scope(res.engine) as session:
-        job_leases.lock_in_order(session, job_ids)  # the lease keeper renews some of them
-        for job_id in job_ids:
-            job = job_leases.claim(
-                session,
-                job_id,
-                holder=leases.holder,
-                lease_s=worker.lease_s,
-                max_attempts=worker.max_attempts,
-            )
+        claims = job_leases.claim_batch(
+            session,
+            job_ids,
+            holder=leases.holder,
+            lease_s=worker.lease_s,
+            max_attempts=worker.max_attempts,
+        )
+        for job_id, job in claims.items():
             if job is None:
                 outcomes[job_id] = exhaust_if_spent(session, job_id, worker.max_attempts)
             else:

@@ -127,6 +127,20 @@ def claim(
     return ClaimedJob(*row) if row is not None else None
 
 
+def claim_batch(
+    session: Session, job_ids: Collection[str], *, holder: str, lease_s: float, max_attempts: int
+) -> dict[str, ClaimedJob | None]:
+    """Claim each of ``job_ids`` (see ``claim``) in one transaction, rows locked in key order.
+
+    A worker's lease keeper renews some of the same rows from another connection meanwhile.
+    """
+    lock_in_order(session, job_ids)
+    return {
+        job_id: claim(session, job_id, holder=holder, lease_s=lease_s, max_attempts=max_attempts)
+        for job_id in job_ids
+    }
+
+
 def exhaust(session: Session, job_id: str, *, max_attempts: int, code: str, message: str) -> bool:
     """Fail a claimable job that has used up its attempts; False if it is not one."""
     now = utcnow()

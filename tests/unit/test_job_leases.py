@@ -81,6 +81,23 @@ def lapse(engine: Engine, job_id: str, seconds: float = 1.0) -> None:
         )
 
 
+def test_a_batch_claims_only_its_claimable_jobs(res: Resources) -> None:
+    free, leased, done = (new_job(res.engine) for _ in range(3))
+    assert claim(res.engine, leased, "other") is not None
+    with session_scope(res.engine) as session:
+        assert jobs_repo.cancel_job(session, done, None)
+    with session_scope(res.engine) as session:
+        claims = job_leases.claim_batch(
+            session, [free, leased, done], holder="w", lease_s=LEASE, max_attempts=3
+        )
+    assert list(claims) == [free, leased, done]  # the caller's order, each id once
+    got = claims[free]
+    assert got is not None and got.id == free and got.attempts == 1
+    assert claims[leased] is None and claims[done] is None
+    assert row(res.engine, free).leased_by == "w"
+    assert row(res.engine, leased).leased_by == "other"
+
+
 def test_a_live_lease_keeps_a_slow_job_from_running_twice(res: Resources) -> None:
     job_id = new_job(res.engine)
     first = claim(res.engine, job_id, "worker-a")
