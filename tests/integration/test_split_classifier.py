@@ -18,24 +18,56 @@ from typing import Any
 import httpx
 import pytest
 
+from model_store.importer import import_classifier
 from tests.integration.jobs_factories import database, job_rows, wait_all_final
-from tests.support import images
-from tests.support.servers import bento_server, free_port
+from tests.support import checkpoints, images
+from tests.support.servers import BentoServer, bento_server, free_port
 from tests.support.stack import Stack, production_stack
 
 pytestmark = pytest.mark.integration
 
 BATCH = 4
+# two models of our own besides the default: other labels and, for shapes, another crop size
+# and interpolation (ResNets: a random-init MobileNet answers every photo alike)
+OWN_LABELS = {"split-pets": checkpoints.PETS, "split-shapes": checkpoints.SHAPES}
 
 
 @pytest.fixture(scope="module")
-def split(server_env: dict[str, str], session_dir: Path) -> Iterator[Stack]:
+def own_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Import the two models into the test store; return each one's exact tag by name."""
+    folder = tmp_path_factory.mktemp("split-models")
+    weights, labels, _ = checkpoints.resnet18_pets(folder)
+    pets = import_classifier("split-pets", weights, labels=labels)
+    weights, labels, _ = checkpoints.torchscript_shapes(folder)
+    overrides = checkpoints.onnx_overrides()  # 160 px crops, bicubic, other mean and std
+    shapes = import_classifier("split-shapes", weights, labels=labels, overrides=overrides)
+    return {"split-pets": pets.tag, "split-shapes": shapes.tag}
+
+
+@pytest.fixture(scope="module")
+def split_env(server_env: dict[str, str], own_models: dict[str, str]) -> dict[str, str]:
+    """What the classifier, the front and the workers share: the served models, default first."""
+    return {**server_env, "VQ_MODELS": ",".join([server_env["VQ_MODEL_TAG"], *own_models.values()])}
+
+
+@pytest.fixture(scope="module")
+def classifier(split_env: dict[str, str], session_dir: Path) -> Iterator[BentoServer]:
+    """``bentoml serve service:Classifier`` on its own (a test may kill and restart it)."""
     log_dir = session_dir / "split"
     log_dir.mkdir(parents=True, exist_ok=True)
-    with bento_server(server_env, log_dir / "classifier.log", service="service:Classifier") as clf:
-        env = {**server_env, "VQ_CLASSIFIER_URL": clf}
-        with production_stack(env, log_dir) as stack:
-            yield stack
+    server = BentoServer(split_env, log_dir / "classifier.log", service="service:Classifier")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def split(split_env: dict[str, str], classifier: BentoServer, session_dir: Path) -> Iterator[Stack]:
+    env = {**split_env, "VQ_CLASSIFIER_URL": classifier.url}
+    with production_stack(env, session_dir / "split") as stack:
+        yield stack
 
 
 def top5(answer: dict[str, Any]) -> list[tuple[int, str, float]]:
@@ -43,27 +75,42 @@ def top5(answer: dict[str, Any]) -> list[tuple[int, str, float]]:
     return [(p["index"], p["class"], round(p["confidence"], 4)) for p in answer["predictions"]]
 
 
+def predict(url: str, data: bytes, model: str = "") -> dict[str, Any]:
+    """The front's ``/predict`` answer to one image with ``model`` (the default if empty)."""
+    form = {"model": model} if model else {}
+    resp = httpx.post(f"{url}/predict", files={"image": ("x", data)}, data=form, timeout=60)
+    assert resp.status_code == 200, resp.text
+    return dict(resp.json())
+
+
+def submit(url: str, payloads: list[bytes], model: str = "") -> list[str]:
+    """Submit the images as one ``/v1/jobs`` request for ``model``; return the job ids."""
+    files = [("images", (f"img{i}", data)) for i, data in enumerate(payloads)]
+    form = {"model": model} if model else {}
+    resp = httpx.post(f"{url}/v1/jobs", files=files, data=form, timeout=60)
+    assert resp.status_code == 202, resp.text
+    return [job["id"] for job in resp.json()["jobs"]]
+
+
+def direct_worker_env(batch: int) -> dict[str, str]:
+    """A worker on the direct path whose jobs leave in batches of ``batch``.
+
+    Its front URL is a port nobody listens on: a job that tried ``/predict`` would retry.
+    """
+    return {
+        "VQ_WORKER_CLASSIFIER_URL": f"http://127.0.0.1:{free_port()}",
+        "VQ_WORKER_BATCH_SIZE": str(batch),
+        "VQ_WORKER_BATCH_WAIT_MS": "1000",  # jobs queued together leave together: one call
+    }
+
+
 def test_jobs_classified_directly_answer_as_predict_does(split: Stack) -> None:
     photos = [images.skimage_photo(name) for name in ("chelsea.png", "coffee.png", "rocket.jpg")]
-    payloads = [*photos, images.truncated_jpeg()]
-    sync = [
-        httpx.post(f"{split.url}/predict", files={"image": ("x", data)}, timeout=60)
-        for data in photos
-    ]
-    assert [r.status_code for r in sync] == [200, 200, 200], sync[0].text
-    files = [("images", (f"img{i}", data)) for i, data in enumerate(payloads)]
-    resp = httpx.post(f"{split.url}/v1/jobs", files=files, timeout=60)
-    assert resp.status_code == 202, resp.text
-    ids = [job["id"] for job in resp.json()["jobs"]]
-    nowhere = f"http://127.0.0.1:{free_port()}"  # a worker that called /predict would retry
-    env = {
-        "VQ_WORKER_CLASSIFIER_URL": nowhere,
-        "VQ_WORKER_BATCH_SIZE": str(BATCH),
-        "VQ_WORKER_BATCH_WAIT_MS": "1000",  # the four leave together: one classifier call
-    }
+    sync = [predict(split.url, data) for data in photos]
+    ids = submit(split.url, [*photos, images.truncated_jpeg()])
     name = f"direct-{uuid.uuid4().hex[:6]}"
     with (
-        split.worker(concurrency=BATCH, name=name, env=env),
+        split.worker(concurrency=BATCH, name=name, env=direct_worker_env(BATCH)),
         database(split.database_url) as engine,
     ):
         wait_all_final(engine, ids, timeout=120)
@@ -77,11 +124,42 @@ def test_jobs_classified_directly_answer_as_predict_does(split: Stack) -> None:
         assert job.status == "completed", (job.status, job.error_code)
         assert job.attempts == 1
         assert job.result is not None
-        body = answer.json()
-        assert top5(job.result) == top5(body)
-        assert job.result["model"] == body["model"]
-        assert job.result["preprocessing"] == body["preprocessing"] == "exact"
-        assert job.model_tag == body["model"]["tag"]
+        assert top5(job.result) == top5(answer)
+        assert job.result["model"] == answer["model"]
+        assert job.result["preprocessing"] == answer["preprocessing"] == "exact"
+        assert job.model_tag == answer["model"]["tag"]
+
+
+def test_jobs_for_two_models_answer_as_predict_does_with_each(
+    split: Stack, own_models: dict[str, str]
+) -> None:
+    """Jobs for two models leave in one worker batch; each is classified by its own model
+    (its labels, its crop size, its version), as the front's ``/predict`` answers with it."""
+    photos = [images.skimage_photo(name) for name in ("chelsea.png", "coffee.png", "rocket.jpg")]
+    sync = {model: [predict(split.url, data, model) for data in photos] for model in own_models}
+    for model, answers in sync.items():
+        assert {a["model"]["tag"] for a in answers} == {own_models[model]}
+        # no two photos share an answer, or a swap between two jobs could not show
+        assert len({tuple(top5(a)) for a in answers}) == len(photos), answers
+    ids = {model: submit(split.url, photos, model) for model in own_models}
+    every = [job_id for model_ids in ids.values() for job_id in model_ids]
+    name = f"models-{uuid.uuid4().hex[:6]}"
+    with (
+        split.worker(concurrency=len(every), name=name, env=direct_worker_env(len(every))),
+        database(split.database_url) as engine,
+    ):
+        final = wait_all_final(engine, every, timeout=120)
+    for model, answers in sync.items():
+        for job_id, answer in zip(ids[model], answers, strict=True):
+            job = final[job_id]
+            assert job.status == "completed", (model, job.status, job.error_code)
+            assert job.attempts == 1
+            assert job.result is not None
+            assert top5(job.result) == top5(answer)
+            assert {p["class"] for p in job.result["predictions"]} <= set(OWN_LABELS[model])
+            assert job.result["model"] == answer["model"]
+            assert job.result["model"]["name"] == model
+            assert job.model_tag == own_models[model]
 
 
 def test_a_front_whose_classifier_went_away_answers_503(

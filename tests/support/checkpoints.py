@@ -99,3 +99,10 @@ def onnx_flags() -> list[str]:
         "--std", ",".join(str(v) for v in p["std"]),  # type: ignore[attr-defined]
         "--interpolation", str(p["interpolation"]),
     ]  # fmt: skip
+
+
+def onnx_overrides() -> Any:
+    """``ONNX_PREP`` as the importer's ``PreprocessingOverrides`` (``onnx_flags`` for the API)."""
+    from model_store.importer import PreprocessingOverrides
+
+    return PreprocessingOverrides(**ONNX_PREP)  # type: ignore[arg-type]

@@ -115,6 +115,49 @@ def isolated_bentoml_home(shared: Path, home: Path) -> Path:
     return home
 
 
+class BentoServer:
+    """``bentoml serve`` on a loopback port, which a test may start again there.
+
+    Each server gets a BentoML home of its own (sharing the model store), so servers running
+    side by side keep their metrics apart. ``service="service:Classifier"`` serves the
+    classifier on its own (the front then reaches it through ``VQ_CLASSIFIER_URL``).
+    """
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        log: Path,
+        *,
+        timeout: float = 180,
+        ready: Probe = readyz_ok,
+        service: str = "service:VisionQueue",
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log, self.timeout, self.ready, self.service = log, timeout, ready, service
+        shared = Path(env.get("BENTOML_HOME") or os.environ["BENTOML_HOME"])
+        home = isolated_bentoml_home(shared, log.parent / f"bentoml-home-{self.port}")
+        self.env = {
+            **os.environ,
+            **env,
+            "VQ_PORT": str(self.port),
+            "VQ_HOST": "127.0.0.1",
+            "BENTOML_HOME": str(home),
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start the server (again, on the same port); return once ``ready(url)`` holds."""
+        args = [str(BIN / "bentoml"), "serve", self.service]
+        args += ["--host", "127.0.0.1", "--port", str(self.port)]
+        self.proc = spawn(args, self.env, self.log)
+        wait_ready(self.url, self.proc, self.timeout, self.log, self.ready)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+
+
 @contextlib.contextmanager
 def bento_server(
     env: dict[str, str],
@@ -123,40 +166,14 @@ def bento_server(
     ready: Probe = readyz_ok,
     service: str = "service:VisionQueue",
 ) -> Iterator[str]:
-    """Run ``bentoml serve service:VisionQueue`` on a free loopback port; yield its URL.
+    """Run ``bentoml serve service:VisionQueue`` (a ``BentoServer``) for the block; yield its URL.
 
     Yields once ``ready(url)`` holds: by default ``/readyz`` is 200; a test of a broken
-    backend passes ``model_loaded``, one of a broken model ``answers_livez``. Each server
-    gets a BentoML home of its own (sharing the model store), so servers running side by
-    side keep their metrics apart. ``service="service:Classifier"`` serves the classifier
-    on its own (the front then reaches it through ``VQ_CLASSIFIER_URL``).
+    backend passes ``model_loaded``, one of a broken model ``answers_livez``.
     """
-    port = free_port()
-    shared = Path(env.get("BENTOML_HOME") or os.environ["BENTOML_HOME"])
-    home = isolated_bentoml_home(shared, log.parent / f"bentoml-home-{port}")
-    full_env = {
-        **os.environ,
-        **env,
-        "VQ_PORT": str(port),
-        "VQ_HOST": "127.0.0.1",
-        "BENTOML_HOME": str(home),
-    }
-    proc = spawn(
-        [
-            str(BIN / "bentoml"),
-            "serve",
-            service,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        full_env,
-        log,
-    )
-    url = f"http://127.0.0.1:{port}"
+    server = BentoServer(env, log, timeout=timeout, ready=ready, service=service)
     try:
-        wait_ready(url, proc, timeout, log, ready)
-        yield url
+        server.start()
+        yield server.url
     finally:
-        stop(proc)
+        server.stop()
