@@ -24,6 +24,8 @@ FINAL_STATUSES = ("completed", "failed", "cancelled")
 SMALL_SIZES = ((64, 64), (96, 72), (128, 96), (160, 120), (120, 160))
 # Celery logs one line per finished task, with the value ``classify_job`` returned.
 _OUTCOME = re.compile(r"Task visionqueue\.classify_job\[[^\]]+\] succeeded in [^:]+: '(\w+)'")
+# and one line per retry it plans (``jobs.tasks.classify_job``): the job and the error code
+_RETRY = re.compile(r"job ([0-9a-f-]+): (\w+); retry in ")
 
 
 def small_jpegs(count: int, seed: int = 0) -> list[bytes]:
@@ -115,6 +117,12 @@ def worker_outcomes(*logs: Path) -> Counter[str]:
     for log in logs:
         counts.update(_OUTCOME.findall(log.read_text(errors="replace")))
     return counts
+
+
+def retries_planned(log: Path, code: str) -> set[str]:
+    """Return the jobs for which a worker's log shows a retry planned after error ``code``."""
+    found = _RETRY.findall(log.read_text(errors="replace"))
+    return {job_id for job_id, seen in found if seen == code}
 
 
 def broker_idle(broker_url: str, queue_prefix: str = "") -> bool:

@@ -19,10 +19,19 @@ import httpx
 import pytest
 
 from model_store.importer import import_classifier
-from tests.integration.jobs_factories import database, job_rows, wait_all_final
+from tests.integration.jobs_factories import (
+    database,
+    job_rows,
+    retries_planned,
+    small_jpegs,
+    status_counts,
+    wait_all_final,
+    worker_outcomes,
+)
 from tests.support import checkpoints, images
 from tests.support.servers import BentoServer, bento_server, free_port
 from tests.support.stack import Stack, production_stack
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -179,3 +188,60 @@ def test_a_front_whose_classifier_went_away_answers_503(
             resp = httpx.post(f"{url}/predict", files=image, timeout=60)
     assert resp.status_code == 503, resp.text
     assert resp.json()["error"]["code"] == "service_unavailable"
+
+
+@pytest.mark.slow
+def test_jobs_survive_the_classifier_killed_and_started_again(
+    split: Stack, classifier: BentoServer
+) -> None:
+    """The classifier SIGKILLed with a batch in flight, jobs submitted while it is down, then
+    started again on its port: every job completes, and none twice."""
+    env = {
+        **direct_worker_env(BATCH),
+        # the outage lasts as long as a classifier start on a loaded machine: no retry budget
+        # (>= 151 s of backoff by default) may turn a slow start into failed jobs here
+        "VQ_WORKER_MAX_RETRIES": "1000",
+        "VQ_WORKER_MAX_ATTEMPTS": "1000",
+    }
+    name = f"outage-{uuid.uuid4().hex[:6]}"
+    log = split.log_dir / f"worker-{name}.log"
+    with (
+        split.worker(concurrency=BATCH, name=name, env=env),
+        database(split.database_url) as engine,
+    ):
+        before = submit(split.url, small_jpegs(BATCH, seed=7100))
+        done_before = wait_all_final(engine, before, timeout=120)
+        assert {row.status for row in done_before.values()} == {"completed"}
+        classifier.pause()  # the next batch's call hangs: it is in flight when the process dies
+        in_flight = submit(split.url, small_jpegs(2 * BATCH, seed=7200))
+        wait_until(
+            lambda: status_counts(engine, in_flight)["processing"] > 0,
+            60,
+            "a batch in flight on the paused classifier",
+        )
+        classifier.kill()
+        late = small_jpegs(BATCH, seed=7300)
+        during = submit(split.url, late)
+        hit = set(in_flight) | set(during)
+        # every job met the outage: its call failed and a retry (with backoff) was planned
+        wait_until(
+            lambda: hit <= retries_planned(log, "classifier_unavailable"),
+            120,
+            "a retry planned for every job of the outage",
+        )
+        assert status_counts(engine, list(hit))["completed"] == 0
+        classifier.start()  # on the same port, which the front and the worker still call
+        # a job retries within its current backoff: at most 90 s (60 s cap, jitter 1.5)
+        rows = wait_all_final(engine, [*before, *hit], timeout=240)
+        completions = worker_outcomes(log)["completed"]
+    assert {row.status for row in rows.values()} == {"completed"}
+    assert completions == len(rows)  # classify_job completed each job once, none twice
+    for job_id in before:
+        assert rows[job_id].attempts == 1
+        assert rows[job_id].finished_at == done_before[job_id].finished_at
+    for job_id in hit:
+        assert rows[job_id].attempts >= 2, job_id
+    # the front calls the classifier on the same port again, and answers as the jobs did
+    for job_id, data in zip(during, late, strict=True):
+        result = rows[job_id].result
+        assert result is not None and top5(result) == top5(predict(split.url, data))

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -116,7 +117,7 @@ def isolated_bentoml_home(shared: Path, home: Path) -> Path:
 
 
 class BentoServer:
-    """``bentoml serve`` on a loopback port, which a test may start again there.
+    """``bentoml serve`` on a loopback port, which a test may SIGKILL and start again there.
 
     Each server gets a BentoML home of its own (sharing the model store), so servers running
     side by side keep their metrics apart. ``service="service:Classifier"`` serves the
@@ -152,6 +153,38 @@ class BentoServer:
         args += ["--host", "127.0.0.1", "--port", str(self.port)]
         self.proc = spawn(args, self.env, self.log)
         wait_ready(self.url, self.proc, self.timeout, self.log, self.ready)
+
+    def pause(self) -> None:
+        """SIGSTOP every process of the server: its port still accepts, nothing answers."""
+        self._signal_all(signal.SIGSTOP)
+
+    def kill(self) -> None:
+        """SIGKILL every process of the server: a crash, with no shutdown and no clean-up.
+
+        The tree is frozen first, so no process sees another die and acts on it.
+        """
+        import psutil
+
+        tree = self._signal_all(signal.SIGSTOP, signal.SIGKILL)
+        if self.proc is not None:
+            self.proc.wait(10)
+        psutil.wait_procs(tree, timeout=10)
+
+    def _signal_all(self, *signums: int) -> list[Any]:
+        import psutil
+
+        if self.proc is None or self.proc.poll() is not None:
+            return []
+        try:
+            main = psutil.Process(self.proc.pid)
+            tree = [main, *main.children(recursive=True)]
+        except psutil.Error:
+            return []
+        for signum in signums:
+            for process in tree:
+                with contextlib.suppress(psutil.Error):
+                    process.send_signal(signum)
+        return tree
 
     def stop(self) -> None:
         if self.proc is not None:
