@@ -1,5 +1,6 @@
 #!/bin/sh
-# Start one VisionQueue role: api | worker | webhooks | beat | flower | migrate | import-model; anything else is exec'd.
+# Start one VisionQueue role: api | classifier | worker | webhooks | beat | flower | migrate | import-model;
+# anything else is exec'd.
 set -eu
 
 role="${1:-api}"
@@ -19,6 +20,12 @@ case "$role" in
             python -m persistence upgrade
         fi
         exec bentoml serve service:VisionQueue --host 0.0.0.0 --port "${VQ_PORT:-3000}" "$@"
+        ;;
+    classifier)
+        # The classifier served on its own (docs/deployment.md, "A classifier of its own"): the
+        # api and the workers call it through VQ_CLASSIFIER_URL (deploy/compose.classifier.yml).
+        import_model
+        exec bentoml serve service:Classifier --host 0.0.0.0 --port 3100 "$@"
         ;;
     worker)
         exec celery -A jobs.celery_app:app worker \

@@ -1,4 +1,5 @@
-"""docker-compose.yml: valid compose-spec, secrets fail fast, health-gated start-up order."""
+"""docker-compose.yml: valid compose-spec, secrets fail fast, health-gated start-up order; and
+deploy/compose.classifier.yml, the classifier as a service of its own on top of it."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / "deploy" / "compose.env.example"
+CLASSIFIER_OVERRIDE = ROOT / "deploy" / "compose.classifier.yml"
+CLASSIFIER_URL = "http://classifier:3100"
 
 APP_SERVICES = ("migrate", "api", "worker", "webhooks", "beat", "flower")
 ONE_SHOT = ("migrate",)
@@ -26,19 +29,38 @@ _INTERPOLATION = re.compile(
 _BARE_VARIABLE = re.compile(r"(?<!\$)\$(?P<name>[A-Za-z_][A-Za-z0-9_]*)")
 
 
-def compose_text() -> str:
-    return COMPOSE.read_text(encoding="utf-8")
+def compose_text(path: Path = COMPOSE) -> str:
+    return path.read_text(encoding="utf-8")
 
 
-def compose() -> dict[str, Any]:
-    """Return the compose file with YAML anchors and merge keys resolved."""
-    data = yaml.safe_load(compose_text())
+def compose(path: Path = COMPOSE) -> dict[str, Any]:
+    """Return a compose file with YAML anchors and merge keys resolved."""
+    data = yaml.safe_load(compose_text(path))
     assert isinstance(data, dict)
     return data
 
 
 def services() -> dict[str, dict[str, Any]]:
     return compose()["services"]
+
+
+def split_services() -> dict[str, dict[str, Any]]:
+    """Return the services of ``-f docker-compose.yml -f deploy/compose.classifier.yml``.
+
+    Compose merges a later file's service into the earlier one of the same name, mapping by
+    mapping (``environment``, ``depends_on``); the override uses nothing else.
+    """
+    merged = services()
+    for name, extra in compose(CLASSIFIER_OVERRIDE)["services"].items():
+        service = dict(merged.get(name, {}))
+        for key, value in extra.items():
+            if isinstance(value, dict) and isinstance(service.get(key), dict):
+                service[key] = {**service[key], **value}
+            else:
+                assert key not in service, f"{name}.{key}: only mappings merge key by key"
+                service[key] = value
+        merged[name] = service
+    return merged
 
 
 def required_variables() -> set[str]:
@@ -59,7 +81,8 @@ def env_example() -> dict[str, str]:
     return values
 
 
-def test_compose_validates_against_compose_spec() -> None:
+@pytest.mark.parametrize("path", [COMPOSE, CLASSIFIER_OVERRIDE], ids=lambda p: p.name)
+def test_compose_validates_against_compose_spec(path: Path) -> None:
     result = subprocess.run(
         [
             sys.executable,
@@ -67,7 +90,7 @@ def test_compose_validates_against_compose_spec() -> None:
             "check_jsonschema",
             "--builtin-schema",
             "vendor.compose-spec",
-            str(COMPOSE),
+            str(path),
         ],
         capture_output=True,
         text=True,
@@ -99,8 +122,9 @@ def test_required_secrets_are_listed_empty_in_env_example() -> None:
     assert not prefilled, f"secrets must not ship with a value: {sorted(prefilled)}"
 
 
-def test_every_interpolation_is_required_or_defaulted() -> None:
-    text = compose_text()
+@pytest.mark.parametrize("path", [COMPOSE, CLASSIFIER_OVERRIDE], ids=lambda p: p.name)
+def test_every_interpolation_is_required_or_defaulted(path: Path) -> None:
+    text = compose_text(path)
     for m in _INTERPOLATION.finditer(text):
         assert m["op"] in (":?", ":-"), f"${{{m['name']}}} needs ':?message' or ':-default'"
         if m["op"] == ":?":
@@ -151,8 +175,9 @@ def test_one_shot_migrate_does_not_restart() -> None:
     assert "healthcheck" not in migrate
 
 
-def test_start_up_waits_on_health_and_migrations() -> None:
-    svc = services()
+@pytest.mark.parametrize("merged", [services, split_services], ids=["default", "classifier"])
+def test_start_up_waits_on_health_and_migrations(merged: Any) -> None:
+    svc = merged()
     for name, service in svc.items():
         for dep, spec in service.get("depends_on", {}).items():
             assert dep in svc, f"{name} depends on unknown service {dep}"
@@ -190,3 +215,37 @@ def test_published_ports_bind_to_loopback_by_default() -> None:
     for name, service in services().items():
         for port in service.get("ports", []):
             assert str(port).startswith("${VQ_BIND_ADDRESS:-127.0.0.1}:"), (name, port)
+
+
+def test_the_default_stack_runs_the_classifier_inside_the_api() -> None:
+    for name, service in services().items():
+        assert "classifier" not in service.get("depends_on", {}), name
+        assert "VQ_CLASSIFIER_URL" not in service.get("environment", {}), name
+
+
+def test_the_classifier_override_adds_a_private_classifier_from_the_same_image() -> None:
+    svc = split_services()
+    assert set(svc) == EXPECTED_SERVICES | {"classifier"}
+    classifier, api = svc["classifier"], svc["api"]
+    assert classifier["command"] == ["classifier"]
+    assert (classifier["image"], classifier["build"]) == (api["image"], api["build"])
+    assert "ports" not in classifier, "the classifier port is unauthenticated: keep it private"
+    assert [str(port) for port in classifier["expose"]] == ["3100"]
+    assert "http://127.0.0.1:3100/readyz" in classifier["healthcheck"]["test"][-1]
+    assert classifier["restart"] == "unless-stopped"
+    # it imports the model into the store the api used, before the api starts
+    assert classifier["volumes"] == api["volumes"]
+    assert classifier["environment"]["VQ_WEIGHTS"] == api["environment"]["VQ_WEIGHTS"]
+
+
+def test_the_classifier_override_points_the_api_and_the_workers_at_it() -> None:
+    svc = split_services()
+    for name in ("api", "worker"):
+        assert svc[name]["environment"]["VQ_CLASSIFIER_URL"] == CLASSIFIER_URL, name
+        assert svc[name]["depends_on"]["classifier"]["condition"] == "service_healthy", name
+        # the rest of the shared environment is kept
+        assert {**services()[name]["environment"], "VQ_CLASSIFIER_URL": CLASSIFIER_URL} == svc[
+            name
+        ]["environment"]
+    others = set(APP_SERVICES) - {"api", "worker"}
+    assert {name: svc[name] for name in others} == {name: services()[name] for name in others}

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CONTAINERFILE = ROOT / "deploy" / "Containerfile"
 ENTRYPOINT = ROOT / "deploy" / "entrypoint.sh"
 COMPOSE = ROOT / "docker-compose.yml"
+CLASSIFIER_OVERRIDE = ROOT / "deploy" / "compose.classifier.yml"
 
 # Commands the entrypoint may start; the stubs below record them instead.
 STUBBED = ("python", "bentoml", "celery")
@@ -146,8 +147,13 @@ def test_entrypoint_is_valid_sh_and_executable() -> None:
 
 
 def test_entrypoint_handles_every_compose_role(tmp_path: Path) -> None:
-    services = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))["services"]
-    roles = {svc["command"][0] for svc in services.values() if svc.get("build")}
+    services = [
+        svc
+        for path in (COMPOSE, CLASSIFIER_OVERRIDE)
+        for svc in yaml.safe_load(path.read_text(encoding="utf-8"))["services"].values()
+    ]
+    roles = {svc["command"][0] for svc in services if svc.get("build")}
+    assert "classifier" in roles
     script = ENTRYPOINT.read_text(encoding="utf-8")
     for role in roles:
         assert re.search(rf"^\s+{re.escape(role)}\)$", script, re.MULTILINE), role
@@ -158,6 +164,14 @@ def test_api_imports_the_model_then_serves(tmp_path: Path) -> None:
     assert commands == [
         ["python", "-m", "model_store", "import", "--if-missing", "--weights", "random"],
         ["bentoml", "serve", "service:VisionQueue", "--host", "0.0.0.0", "--port", "3000"],
+    ]
+
+
+def test_classifier_imports_the_model_then_serves_it_alone(tmp_path: Path) -> None:
+    commands = run_entrypoint(tmp_path, "classifier", VQ_WEIGHTS="random", VQ_PORT="3000")
+    assert commands == [
+        ["python", "-m", "model_store", "import", "--if-missing", "--weights", "random"],
+        ["bentoml", "serve", "service:Classifier", "--host", "0.0.0.0", "--port", "3100"],
     ]
 
 
