@@ -40,12 +40,13 @@ from model_store.wire import pack_crops, packed_api, unpack_crops
 from visionqueue.api.app import attach_front, create_api_app
 from visionqueue.api.backlog import BacklogGauges
 from visionqueue.api.health import FrontHealth
-from visionqueue.api.middleware import front_middleware
+from visionqueue.api.middleware import classifier_middleware, front_middleware
 from visionqueue.api.predict import check_top_k, classify_images, classify_upload
 from visionqueue.api.resources import build_front_resources
 from visionqueue.api.served_models import Answer, ServedModels
 from visionqueue.bento.metrics import classifier_metrics, front_metrics
 from visionqueue.bento.patches import NO_SESSION_RECYCLING, apply_bentoml_patches
+from visionqueue.bento.remote import send_token
 from visionqueue.core.errors import Unavailable, VQError
 from visionqueue.core.logging_setup import configure_logging
 from visionqueue.core.settings import get_settings
@@ -200,6 +201,9 @@ Classifier = bentoml.service(
     # its only callers are our own services; the front logs the public request
     logging={"access": {"enabled": False}},
 )(_Classifier)
+# VQ_CLASSIFIER_TOKEN: its routes answer only to callers that send it (the front, the workers)
+for _middleware, _options in classifier_middleware(_model_cfg):
+    Classifier.add_asgi_middleware(_middleware, **_options)  # type: ignore[attr-defined]
 
 
 @bentoml.service(
@@ -226,6 +230,8 @@ class VisionQueue:
         self._limiter = anyio.CapacityLimiter(self.settings.model.preprocess_threads)
         self.metrics = front_metrics()
         model = self.settings.model
+        if model.classifier_token.get_secret_value():
+            send_token(self.classifier, model.classifier_token.get_secret_value())
         # two calls outstanding per classifier process keep each one's next batch queued
         in_flight = model.calls_in_flight * model.classifier_workers
         # the served models: list, look up by name, classify (one queue and coalescer each)

@@ -40,10 +40,18 @@ class ClassifierClient:
     """Classify crops on a model's batch API; learn the versions its rows name."""
 
     def __init__(
-        self, url: str, http: httpx.Client, specs: list[ServedSpec], max_batch: int
+        self,
+        url: str,
+        http: httpx.Client,
+        specs: list[ServedSpec],
+        max_batch: int,
+        token: str = "",
     ) -> None:
         self.url = url.rstrip("/")
         self._http = http
+        self._headers = {"Content-Type": "application/json"}
+        if token:  # VQ_CLASSIFIER_TOKEN
+            self._headers["Authorization"] = f"Bearer {token}"
         self._specs = {spec.name: spec for spec in specs}
         self._default = specs[0].name
         self._max_batch = max_batch
@@ -98,7 +106,7 @@ class ClassifierClient:
             self._http,
             f"{self.url}/{route}",
             content=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
+            headers=self._headers,
         )
         if resp.status_code == 200:
             return resp.json()

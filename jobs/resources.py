@@ -35,7 +35,10 @@ def build_resources(settings: Settings) -> Resources:
     classifier = None
     if model.classifier_url:
         specs = served_specs(model.models, model.model_name, model.model_tag)
-        classifier = ClassifierClient(model.classifier_url, http, specs, model.batch_max_size)
+        token = model.classifier_token.get_secret_value()
+        classifier = ClassifierClient(
+            model.classifier_url, http, specs, model.batch_max_size, token=token
+        )
     return Resources(
         settings=settings,
         engine=engine,

@@ -39,6 +39,7 @@ BATCH = 4
 # two models of our own besides the default: other labels and, for shapes, another crop size
 # and interpolation (ResNets: a random-init MobileNet answers every photo alike)
 OWN_LABELS = {"split-pets": checkpoints.PETS, "split-shapes": checkpoints.SHAPES}
+TOKEN = "split-classifier-token"
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +56,11 @@ def own_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def split_env(server_env: dict[str, str], own_models: dict[str, str]) -> dict[str, str]:
-    """What the classifier, the front and the workers share: the served models, default first."""
-    return {**server_env, "VQ_MODELS": ",".join([server_env["VQ_MODEL_TAG"], *own_models.values()])}
+    """What the classifier, the front and the workers share: the served models, default first,
+    and the classifier's token (so every test here also shows that the front and the workers
+    send it)."""
+    models = ",".join([server_env["VQ_MODEL_TAG"], *own_models.values()])
+    return {**server_env, "VQ_MODELS": models, "VQ_CLASSIFIER_TOKEN": TOKEN}
 
 
 @pytest.fixture(scope="module")
@@ -169,6 +173,35 @@ def test_jobs_for_two_models_answer_as_predict_does_with_each(
             assert job.result["model"] == answer["model"]
             assert job.result["model"]["name"] == model
             assert job.model_tag == own_models[model]
+
+
+def test_the_classifier_answers_only_callers_with_its_token(
+    split: Stack, classifier: BentoServer
+) -> None:
+    """With ``VQ_CLASSIFIER_TOKEN``, a call without it (or with another) is a 401 in the error
+    envelope; the probes stay open; a worker without it fails its job once, saying so."""
+    for route, body in (("model_info", {"name": ""}), ("packed_classify", {"crops": []})):
+        for headers in ({}, {"Authorization": "Bearer not-the-token"}):
+            resp = httpx.post(f"{classifier.url}/{route}", json=body, headers=headers, timeout=30)
+            assert resp.status_code == 401, (route, headers, resp.text)
+            assert resp.headers["www-authenticate"] == "Bearer"
+            error = resp.json()["error"]
+            assert error["code"] == "unauthorized"
+            assert error["message"] == (
+                "a valid classifier token is required (Authorization: Bearer TOKEN)"
+            )
+    good = {"Authorization": f"Bearer {TOKEN}"}
+    resp = httpx.post(f"{classifier.url}/model_info", json={"name": ""}, headers=good, timeout=30)
+    assert resp.status_code == 200 and resp.json()["tag"] == split.env["VQ_MODEL_TAG"]
+    assert httpx.get(f"{classifier.url}/readyz", timeout=30).status_code == 200
+    ids = submit(split.url, [images.jpeg(64, 64)])
+    env = {**direct_worker_env(1), "VQ_CLASSIFIER_TOKEN": ""}
+    with (
+        split.worker(concurrency=1, name=f"no-token-{uuid.uuid4().hex[:6]}", env=env),
+        database(split.database_url) as engine,
+    ):
+        job = wait_all_final(engine, ids, timeout=120)[ids[0]]
+    assert (job.status, job.error_code, job.attempts) == ("failed", "classifier_http_401", 1)
 
 
 def test_a_front_whose_classifier_went_away_answers_503(

@@ -7,7 +7,15 @@ from typing import Any
 
 import httpx
 
-from visionqueue.api.middleware.auth import ApiKeyAuth, ApiKeys, Verdict, key_owner
+from visionqueue.api.middleware import classifier_middleware
+from visionqueue.api.middleware.auth import (
+    ApiKeyAuth,
+    ApiKeys,
+    ClassifierTokenAuth,
+    Verdict,
+    key_owner,
+)
+from visionqueue.core.settings import ModelSettings
 
 
 def test_no_keys_allows_everyone_as_the_anonymous_owner() -> None:
@@ -52,3 +60,23 @@ def test_the_middleware_files_jobs_under_the_owner_and_guards_metrics() -> None:
 def test_without_a_token_metrics_stay_open() -> None:
     app = ApiKeyAuth(_owner_echo, api_keys=["key-a"])
     assert _get(app, "/metrics", {}).status_code == 200
+
+
+def test_the_classifier_token_guards_every_route_but_the_probes() -> None:
+    app = ClassifierTokenAuth(_owner_echo, token="shared")
+    for path in ("/packed_classify", "/model_info", "/metrics", "/docs.json", "/"):
+        refused = _get(app, path, {})
+        assert refused.status_code == 401, path
+        assert refused.json()["error"]["code"] == "unauthorized"
+        assert "classifier token" in refused.json()["error"]["message"]
+        assert refused.headers["www-authenticate"] == "Bearer"
+        assert _get(app, path, {"Authorization": "Bearer shared-not"}).status_code == 401
+        assert _get(app, path, {"Authorization": "Bearer shared"}).status_code == 200
+    for probe in ("/livez", "/readyz", "/healthz"):
+        assert _get(app, probe, {}).status_code == 200, probe
+
+
+def test_the_classifier_is_guarded_only_with_a_token() -> None:
+    assert classifier_middleware(ModelSettings(classifier_token="")) == []  # type: ignore[arg-type]
+    guarded = classifier_middleware(ModelSettings(classifier_token="t"))  # type: ignore[arg-type]
+    assert guarded == [(ClassifierTokenAuth, {"token": "t"})]

@@ -240,12 +240,12 @@ def test_the_classifier_override_adds_a_private_classifier_from_the_same_image()
 
 def test_the_classifier_override_points_the_api_and_the_workers_at_it() -> None:
     svc = split_services()
+    token = svc["classifier"]["environment"]["VQ_CLASSIFIER_TOKEN"]
+    assert token == "${VQ_CLASSIFIER_TOKEN:-}"  # optional, from .env
+    added = {"VQ_CLASSIFIER_URL": CLASSIFIER_URL, "VQ_CLASSIFIER_TOKEN": token}
     for name in ("api", "worker"):
-        assert svc[name]["environment"]["VQ_CLASSIFIER_URL"] == CLASSIFIER_URL, name
         assert svc[name]["depends_on"]["classifier"]["condition"] == "service_healthy", name
-        # the rest of the shared environment is kept
-        assert {**services()[name]["environment"], "VQ_CLASSIFIER_URL": CLASSIFIER_URL} == svc[
-            name
-        ]["environment"]
+        # the same token; the rest of the shared environment is kept
+        assert svc[name]["environment"] == {**services()[name]["environment"], **added}, name
     others = set(APP_SERVICES) - {"api", "worker"}
     assert {name: svc[name] for name in others} == {name: services()[name] for name in others}

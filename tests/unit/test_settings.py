@@ -75,6 +75,18 @@ def test_production_refuses_placeholder_secrets(monkeypatch: pytest.MonkeyPatch)
         Settings().check_secrets()
     assert "VQ_WEBHOOK_SECRETS" in str(info.value)
     assert "VQ_API_KEYS" in str(info.value)
+    assert "VQ_CLASSIFIER_TOKEN" not in str(info.value)  # optional: empty is no token
+
+
+def test_production_refuses_a_placeholder_classifier_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VQ_ENV", "production")
+    monkeypatch.setenv("VQ_CLASSIFIER_TOKEN", "changeme")
+    with pytest.raises(ValueError, match="VQ_CLASSIFIER_TOKEN"):
+        Settings().check_secrets()
+    monkeypatch.setenv("VQ_CLASSIFIER_TOKEN", "a-real-random-token")
+    with pytest.raises(ValueError) as info:
+        Settings().check_secrets()  # the other secrets are still missing
+    assert "VQ_CLASSIFIER_TOKEN" not in str(info.value)
 
 
 def test_malformed_webhook_secret_is_refused_in_any_mode(monkeypatch: pytest.MonkeyPatch) -> None:

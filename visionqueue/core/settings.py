@@ -169,6 +169,13 @@ class ModelSettings(_Group):
         "images themselves instead of calling the front's /predict). Empty = the front starts "
         "the classifier itself.",
     )
+    classifier_token: SecretStr = Field(
+        SecretStr(""),
+        description="When set, the classifier service answers its routes (all but /livez, "
+        "/readyz and /healthz) only to 'Authorization: Bearer TOKEN', and the front and the "
+        "workers send it; give every one of them the same value. Empty = open, for a private "
+        "network.",
+    )
 
     @field_validator("models", mode="before")
     @classmethod
@@ -410,6 +417,9 @@ class Settings(_Group):
             weak.append("VQ_API_KEYS")
         if not self.webhook.secrets:
             weak.append("VQ_WEBHOOK_SECRETS")
+        token = self.model.classifier_token.get_secret_value()
+        if token and token in PLACEHOLDER_SECRETS:
+            weak.append("VQ_CLASSIFIER_TOKEN")
         if weak:
             raise ValueError(
                 "production mode refuses placeholder or missing secrets: " + ", ".join(weak)

@@ -8,6 +8,9 @@
 ``envelope``      framework error responses rewritten into ``{"error": {...}}``
 ``docs``          ``/docs.json`` with ``/predict``'s errors as the envelope sends them
 ================  =================================================================
+
+The classifier service gets one, when ``VQ_CLASSIFIER_TOKEN`` is set: ``auth``'s
+``ClassifierTokenAuth`` (``classifier_middleware``).
 """
 
 from __future__ import annotations
@@ -15,13 +18,13 @@ from __future__ import annotations
 from typing import Any
 
 from visionqueue.api.middleware.asgi import ASGIApp
-from visionqueue.api.middleware.auth import ApiKeyAuth
+from visionqueue.api.middleware.auth import ApiKeyAuth, ClassifierTokenAuth
 from visionqueue.api.middleware.docs import OpenApiErrors
 from visionqueue.api.middleware.envelope import ErrorEnvelope
 from visionqueue.api.middleware.health import HealthRoutes
 from visionqueue.api.middleware.limits import RequestLimits
 from visionqueue.api.protocols.error_shapes import ProtocolErrorShapes
-from visionqueue.core.settings import ServerSettings
+from visionqueue.core.settings import ModelSettings, ServerSettings
 
 
 def front_middleware(server: ServerSettings, api_app: ASGIApp) -> list[tuple[type, dict[str, Any]]]:
@@ -40,3 +43,9 @@ def front_middleware(server: ServerSettings, api_app: ASGIApp) -> list[tuple[typ
         (ErrorEnvelope, {}),
         (OpenApiErrors, {}),
     ]
+
+
+def classifier_middleware(model: ModelSettings) -> list[tuple[type, dict[str, Any]]]:
+    """Return the classifier service's middleware and their options (none without a token)."""
+    token = model.classifier_token.get_secret_value()
+    return [(ClassifierTokenAuth, {"token": token})] if token else []

@@ -5,6 +5,9 @@ protocol routes (``/v2/models``, ``/predictions``, ``/api``) need ``Authorizatio
 into ``scope["state"]["vq_owner"]`` for the job routes. Without keys they are open and the
 owner is None. With ``VQ_METRICS_TOKEN`` set, ``/metrics`` needs ``Authorization: Bearer
 TOKEN``. Keys are compared in constant time.
+
+``ClassifierTokenAuth`` guards the classifier service the same way (``VQ_CLASSIFIER_TOKEN``):
+every route but the health probes, so that its unauthenticated port can leave a private network.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ PROTECTED_PREFIXES = (
     "/api/",
 )
 METRICS_PATH = "/metrics"
+# BentoML's own probes on the classifier: orchestrators ask them without credentials
+PROBE_PATHS = frozenset({"/livez", "/readyz", "/healthz"})
 
 
 def key_owner(api_key: str) -> str:
@@ -101,5 +106,23 @@ class ApiKeyAuth:
             token = bearer_token(scope) or ""
             if not hmac.compare_digest(token.encode(), self.metrics_token.encode()):
                 await refuse(send, "a valid metrics token is required (Authorization: Bearer)")
+                return
+        await self.app(scope, receive, send)
+
+
+class ClassifierTokenAuth:
+    """Refuse every classifier route but the probes without ``Authorization: Bearer TOKEN``."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.token = token.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("path", "") not in PROBE_PATHS:
+            token = (bearer_token(scope) or "").encode()
+            if not hmac.compare_digest(token, self.token):
+                await refuse(
+                    send, "a valid classifier token is required (Authorization: Bearer TOKEN)"
+                )
                 return
         await self.app(scope, receive, send)
