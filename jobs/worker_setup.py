@@ -25,6 +25,10 @@ from visionqueue.core.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
+# the worker's own pid, recorded at worker_init: its embedded beat is forked from it and must
+# know whom to die with even when the worker is already gone by the time the beat starts up
+_worker_pid: int | None = None
+
 
 def prepare_backends(settings: Settings) -> None:
     """Create the embedded broker's folders and upgrade the database (a no-op when current)."""
@@ -70,6 +74,8 @@ def _configure_logging(**_: Any) -> None:
 
 @worker_init.connect
 def _start_worker(**_: Any) -> None:
+    global _worker_pid
+    _worker_pid = os.getpid()
     settings = get_settings()
     refuse_bad_secrets(settings)
     prepare_backends(settings)
@@ -102,6 +108,8 @@ def _die_with_the_worker(**_: Any) -> None:
     A worker SIGKILLed (the OOM killer, a crash) otherwise left its beat behind, an orphan
     still scheduling sweeps, which ``stop`` and ``kill`` of the worker's pid never reached.
     """
-    arm = die_with(os.getppid())
+    # not getppid() here: a worker killed between forking its beat and this line has already
+    # handed the beat to init, and the beat would arm itself against init and live on
+    arm = die_with(_worker_pid if _worker_pid is not None else os.getppid())
     if arm is not None:
         arm()
