@@ -31,9 +31,17 @@ def post_classifier(http: httpx.Client, url: str, **request: Any) -> httpx.Respo
         ) from exc
 
 
+REFUSED_CREDENTIALS = (401, 403)
+
+
 def is_transient(status: int) -> bool:
-    """Whether an error status is worth a retry (a timeout, throttling, a server error)."""
-    return status in (408, 429) or status >= 500
+    """Whether an error status is worth a retry: a timeout, throttling, a server error, or our
+    own service refusing the worker's credentials (``VQ_CLASSIFIER_TOKEN``, ``VQ_API_KEYS``).
+
+    A refused credential is the deployment's fault, not the job's: during a token rotation,
+    or until an operator fixes a typo, the job waits out its retries instead of failing.
+    """
+    return status in (408, 429, *REFUSED_CREDENTIALS) or status >= 500
 
 
 class ClassifierClient:
@@ -111,6 +119,8 @@ class ClassifierClient:
         if resp.status_code == 200:
             return resp.json()
         message = f"the classifier answered {resp.status_code} to /{route}"
+        if resp.status_code in REFUSED_CREDENTIALS:
+            raise Unavailable(message, code=f"classifier_http_{resp.status_code}")
         if is_transient(resp.status_code):
             raise Unavailable(message, code="classifier_unavailable")
         raise Unprocessable(message, code=f"classifier_http_{resp.status_code}")

@@ -179,7 +179,8 @@ def test_the_classifier_answers_only_callers_with_its_token(
     split: Stack, classifier: BentoServer
 ) -> None:
     """With ``VQ_CLASSIFIER_TOKEN``, a call without it (or with another) is a 401 in the error
-    envelope; the probes stay open; a worker without it fails its job once, saying so."""
+    envelope; the probes stay open; a worker without it retries its job (the deployment is at
+    fault, not the job), then fails it saying so."""
     for route, body in (("model_info", {"name": ""}), ("packed_classify", {"crops": []})):
         for headers in ({}, {"Authorization": "Bearer not-the-token"}):
             resp = httpx.post(f"{classifier.url}/{route}", json=body, headers=headers, timeout=30)
@@ -195,13 +196,14 @@ def test_the_classifier_answers_only_callers_with_its_token(
     assert resp.status_code == 200 and resp.json()["tag"] == split.env["VQ_MODEL_TAG"]
     assert httpx.get(f"{classifier.url}/readyz", timeout=30).status_code == 200
     ids = submit(split.url, [images.jpeg(64, 64)])
-    env = {**direct_worker_env(1), "VQ_CLASSIFIER_TOKEN": ""}
+    env = {**direct_worker_env(1), "VQ_CLASSIFIER_TOKEN": "", "VQ_WORKER_MAX_RETRIES": "1"}
     with (
         split.worker(concurrency=1, name=f"no-token-{uuid.uuid4().hex[:6]}", env=env),
         database(split.database_url) as engine,
     ):
         job = wait_all_final(engine, ids, timeout=120)[ids[0]]
-    assert (job.status, job.error_code, job.attempts) == ("failed", "classifier_http_401", 1)
+    assert (job.status, job.error_code, job.attempts) == ("failed", "classifier_http_401", 2)
+    assert job.error_message is not None and job.error_message.startswith("gave up after retries")
 
 
 def test_a_front_whose_classifier_went_away_answers_503(

@@ -75,12 +75,21 @@ def test_rows_come_back_in_chunks_with_the_version_that_ran() -> None:
     assert version == VERSION
 
 
-@pytest.mark.parametrize(("status", "error"), [(503, Unavailable), (400, Unprocessable)])
+@pytest.mark.parametrize(
+    ("status", "error", "code"),
+    [
+        (503, Unavailable, "classifier_unavailable"),
+        (401, Unavailable, "classifier_http_401"),  # the deployment's token, not the job
+        (403, Unavailable, "classifier_http_403"),
+        (400, Unprocessable, "classifier_http_400"),
+    ],
+)
 def test_a_classifier_error_is_retried_only_when_transient(
-    status: int, error: type[Exception]
+    status: int, error: type[Exception], code: str
 ) -> None:
-    with classifier_answering(status) as url, pytest.raises(error):
+    with classifier_answering(status) as url, pytest.raises(error) as caught:
         client(url).classify("resnet18", np.zeros((1, 8, 8, 3), dtype=np.uint8))
+    assert caught.value.code == code  # type: ignore[attr-defined]
 
 
 def test_models_are_the_served_ones() -> None:
