@@ -46,7 +46,7 @@ from visionqueue.api.resources import build_front_resources
 from visionqueue.api.served_models import Answer, ServedModels
 from visionqueue.bento.metrics import classifier_metrics, front_metrics
 from visionqueue.bento.patches import NO_SESSION_RECYCLING, apply_bentoml_patches
-from visionqueue.bento.remote import send_token
+from visionqueue.bento.remote import REFUSED_TOKEN, refused_token, send_token
 from visionqueue.core.errors import Unavailable, VQError
 from visionqueue.core.logging_setup import configure_logging
 from visionqueue.core.settings import get_settings
@@ -266,6 +266,8 @@ class VisionQueue:
                     return np.asarray(await call(pack_crops(crops)))
                 return np.asarray(await getattr(self.classifier.to_async, api)(crops))
         except (BentoMLException, TimeoutError, aiohttp.ClientError) as exc:  # (remote: down)
+            if refused_token(exc):
+                raise Unavailable(REFUSED_TOKEN, retry_after=1) from exc
             raise Unavailable(
                 "the classifier is overloaded or unavailable; retry shortly", retry_after=1
             ) from exc

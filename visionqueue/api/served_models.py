@@ -21,6 +21,7 @@ from starlette.requests import Request
 from model_store.preprocess import Preprocessing
 from model_store.serving import ServedSpec
 from visionqueue.api.coalesce import CropCoalescer
+from visionqueue.bento.remote import REFUSED_TOKEN, refused_token
 from visionqueue.core.errors import ModelNotFound, ModelNotReady
 
 CallApi = Callable[[str, np.ndarray], Awaitable[np.ndarray]]  # (api, crops) -> rows
@@ -106,6 +107,8 @@ class ServedModels:
                 with anyio.fail_after(DESCRIBE_DEADLINE_S):
                     described = await self._describe(model.name)
             except Exception as exc:
+                if refused_token(exc):
+                    raise ModelNotReady(REFUSED_TOKEN, retry_after=2) from exc
                 raise ModelNotReady(
                     f"the classifier is not ready to serve {model.name} yet", retry_after=2
                 ) from exc

@@ -9,9 +9,23 @@ pins the behaviour for an upgrade (docs/bentoml-patches.md).
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any
+
+REFUSED_TOKEN = (
+    "the classifier refused this front's credentials: give the classifier and the front the "
+    "same VQ_CLASSIFIER_TOKEN"
+)
 
 
 def send_token(proxy: Any, token: str) -> None:
     """Make every call through ``proxy`` (a dependency's ``RemoteProxy``) send the token."""
     proxy.to_async.default_headers["Authorization"] = f"Bearer {token}"
+
+
+def refused_token(exc: BaseException) -> bool:
+    """Whether a dependency call failed because the classifier refused our token (401, 403).
+
+    BentoML's client raises its ``BentoMLException`` with the answer's status as ``error_code``.
+    """
+    return getattr(exc, "error_code", None) in (HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN)
