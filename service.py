@@ -1,8 +1,9 @@
 """Bento services: ``Classifier`` (the served models, batched) and ``VisionQueue`` (the front).
 
 ``bentoml serve service:VisionQueue`` starts both; the front calls the classifier through
-BentoML's inter-service client, so sync requests and async jobs (which call ``/predict``)
-share each model's adaptive-batching queue. With ``VQ_CLASSIFIER_URL`` set, the classifier runs
+BentoML's inter-service client, or with ``VQ_CLASSIFIER_TRANSPORT=socket`` over a Unix socket
+per classifier worker into the same queues (``visionqueue.bento.crop_socket``), so sync
+requests and async jobs (which call ``/predict``) share each model's adaptive-batching queue. With ``VQ_CLASSIFIER_URL`` set, the classifier runs
 on its own (``bentoml serve service:Classifier``, another process or host): the front depends
 on that URL, and workers crop images themselves and call it directly, not ``/predict``. ``VQ_MODELS`` names the served models: each gets
 a batchable API of its own on the classifier (generated below from the settings), so a batch
@@ -21,6 +22,8 @@ services' ``__init__``, which BentoML runs in each worker process.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import sys
 import time
@@ -44,7 +47,15 @@ from visionqueue.api.middleware import classifier_middleware, front_middleware
 from visionqueue.api.predict import check_top_k, classify_images, classify_upload
 from visionqueue.api.resources import build_front_resources
 from visionqueue.api.served_models import Answer, ServedModels
-from visionqueue.bento.metrics import classifier_metrics, front_metrics
+from visionqueue.bento.crop_socket import (
+    CropSocketClient,
+    CropSocketError,
+    CropSocketMissing,
+    bentoml_batch_entry,
+    serve_crops,
+    socket_paths,
+)
+from visionqueue.bento.metrics import classifier_metrics, front_metrics, route_metrics
 from visionqueue.bento.patches import NO_SESSION_RECYCLING, apply_bentoml_patches
 from visionqueue.bento.remote import REFUSED_TOKEN, refused_token, send_token
 from visionqueue.core.errors import Unavailable, VQError
@@ -95,6 +106,24 @@ class _Classifier:
         self.metrics = classifier_metrics()
         self.watcher = PromotionWatcher(self.slots, record_path(), _model_cfg.promotion_poll_s)
         self.watcher.start()
+        self.crop_server: asyncio.AbstractServer | None = None
+
+    @bentoml.on_startup
+    async def listen_for_crops(self) -> None:
+        """Open this worker's crop socket (``VQ_CLASSIFIER_TRANSPORT=socket``) into the batch queues."""
+        from bentoml._internal.context import server_context
+
+        paths = socket_paths(Classifier.name, _model_cfg.classifier_workers)
+        if _model_cfg.classifier_transport != "socket" or not paths:
+            return  # HTTP only (also when served on its own: no front on this host)
+        try:
+            infer = bentoml_batch_entry(self)
+        except RuntimeError as exc:  # the front falls back to HTTP when no socket exists
+            logger.warning("crop socket not opened: %s; the front calls over HTTP", exc)
+            return
+        path = paths[(server_context.worker_index or 1) - 1]
+        apis = frozenset(spec.api for spec in _served)
+        self.crop_server = await serve_crops(path, apis, infer, route_metrics())
 
     def _load(self, tag: str) -> Any:
         """Load one stored version and warm it up (start-up and promotions)."""
@@ -238,6 +267,7 @@ class VisionQueue:
         self.models = ServedModels(
             _served, self._call_api, self._describe, model.batch_max_size, in_flight
         )
+        self._crop_socket = _crop_socket_client()
         resources = build_front_resources(self.settings)
         cache_s = self.settings.server.health_cache_s
         self.backlog = BacklogGauges(resources, cache_s)
@@ -261,11 +291,14 @@ class VisionQueue:
             # a classifier that died after loading must not hold the caller for BentoML's
             # 120 s traffic timeout and then answer outside our error envelope
             with anyio.fail_after(CLASSIFY_DEADLINE_S):
+                if self._crop_socket is not None:
+                    with contextlib.suppress(CropSocketMissing):  # the classifier has none
+                        return await self._crop_socket.call(api, crops)
                 if _model_cfg.classifier_url:  # over the network: JSON, crops packed
                     call = getattr(self.classifier.to_async, packed_api(api))
                     return np.asarray(await call(pack_crops(crops)))
                 return np.asarray(await getattr(self.classifier.to_async, api)(crops))
-        except (BentoMLException, TimeoutError, aiohttp.ClientError) as exc:  # (remote: down)
+        except (BentoMLException, TimeoutError, aiohttp.ClientError, CropSocketError) as exc:
             if refused_token(exc):
                 raise Unavailable(REFUSED_TOKEN, retry_after=1) from exc
             raise Unavailable(
@@ -330,6 +363,14 @@ class VisionQueue:
             return await self.classify_upload(Path(image), top_k, model)
         except VQError as exc:
             return JSONResponse(exc.to_body(), status_code=exc.status, headers=exc.headers())
+
+
+def _crop_socket_client() -> CropSocketClient | None:
+    """The front's client of the classifier's crop sockets, or None to call over HTTP."""
+    if _model_cfg.classifier_url or _model_cfg.classifier_transport != "socket":
+        return None
+    paths = socket_paths(Classifier.name, _model_cfg.classifier_workers)
+    return CropSocketClient(paths) if paths else None
 
 
 for _middleware, _options in front_middleware(_settings.server, api_app):

@@ -58,3 +58,76 @@ def front_metrics() -> FrontMetrics:
             buckets=WAIT_BUCKETS,
         )
     )
+
+
+@dataclass(frozen=True)
+class RouteMetrics:
+    """BentoML's per-endpoint request metrics, for calls that bypass its HTTP route."""
+
+    total: Any
+    duration: Any
+    in_progress: Any
+
+    def started(self, api: str) -> None:
+        """Count one call of ``api`` in progress."""
+        self.in_progress.labels(**_route_labels(api)).inc()
+
+    def finished(self, api: str, status: int, seconds: float) -> None:
+        """Count one finished call of ``api`` as BentoML's route would have."""
+        labels = _route_labels(api)
+        self.in_progress.labels(**labels).dec()
+        self.total.labels(**labels, http_response_code=status).inc()
+        self.duration.labels(**labels, http_response_code=status).observe(seconds)
+
+
+def _route_labels(api: str) -> dict[str, Any]:
+    from bentoml._internal.context import server_context
+
+    return {
+        "endpoint": f"/{api}",
+        "service_name": server_context.bento_name,
+        "service_version": server_context.bento_version,
+        "runner_name": server_context.service_name,
+    }
+
+
+@functools.cache
+def route_metrics() -> RouteMetrics:
+    """Return BentoML's ``request_total``, ``request_duration_seconds`` and ``request_in_progress``.
+
+    The crop socket's calls never pass BentoML's ``RunnerTrafficMetricsMiddleware``, which
+    counts a service's HTTP requests; the dashboards read those series per endpoint. In
+    multiprocess mode a sample is its name and labels, so metrics built here with BentoML's
+    names, labels and buckets (unregistered: BentoML's own registry already holds the names)
+    add to the same series.
+    """
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from prometheus_client import Counter, Gauge, Histogram
+
+    namespace = BentoMLContainer.api_server_config.metrics.namespace.get()
+    labels = ["endpoint", "service_name", "service_version", "http_response_code", "runner_name"]
+    return RouteMetrics(
+        total=Counter(
+            "request_total",
+            "Total number of runner RPC",
+            labels,
+            namespace=namespace,
+            registry=None,
+        ),
+        duration=Histogram(
+            "request_duration_seconds",
+            "runner RPC duration in seconds",
+            labels,
+            namespace=namespace,
+            buckets=BentoMLContainer.duration_buckets.get(),
+            registry=None,
+        ),
+        in_progress=Gauge(
+            "request_in_progress",
+            "Total number of runner RPC in progress now",
+            [name for name in labels if name != "http_response_code"],
+            namespace=namespace,
+            multiprocess_mode="livesum",
+            registry=None,
+        ),
+    )

@@ -1,0 +1,68 @@
+"""The framing of the front -> classifier crop socket: one request, one answer, by call id.
+
+A request is ``REQUEST`` (magic, call id, crops ``N, H, W, C``, the API name's length), the
+API name (UTF-8) and ``N*H*W*C`` bytes of uint8 crops, C-ordered. An answer is ``ANSWER``
+(magic, call id, status, ``rows, cols``, body length) and either ``rows*cols`` float32 values
+(status ``OK``) or an HTTP status code's reason in UTF-8 (any other status: the code BentoML's
+route would have answered). Integers are big-endian. A frame that breaks these rules ends the
+connection: the stream cannot be resynchronised.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+MAGIC = b"VQC1"
+REQUEST = struct.Struct("!4sIIHHHH")  # magic, call id, n, h, w, c, len(api)
+ANSWER = struct.Struct("!4sIHIII")  # magic, call id, status, rows, cols, len(body)
+OK = 200
+MAX_BODY = 512 * 2**20  # 3400 crops of 224x224x3: far above any batch
+
+
+class FrameError(ValueError):
+    """A frame that breaks the format (wrong magic, absurd size): the connection is unusable."""
+
+
+def request_header(call_id: int, api: str, crops: np.ndarray) -> bytes:
+    """Return a request's header and API name for ``(N, H, W, C)`` uint8 ``crops``."""
+    if crops.dtype != np.uint8 or crops.ndim != 4:
+        raise ValueError(f"crops must be (N, H, W, C) uint8, got {crops.dtype} {crops.shape}")
+    name = api.encode()
+    return REQUEST.pack(MAGIC, call_id, *crops.shape, len(name)) + name
+
+
+def parse_request(header: bytes) -> tuple[int, tuple[int, int, int, int], int]:
+    """Return ``(call id, crops shape, API name length)`` of a request header."""
+    magic, call_id, n, h, w, c, name_len = REQUEST.unpack(header)
+    if magic != MAGIC:
+        raise FrameError(f"bad magic {magic!r}")
+    if n * h * w * c > MAX_BODY:
+        raise FrameError(f"crops of {n * h * w * c} bytes")
+    return call_id, (n, h, w, c), name_len
+
+
+def answer_frame(call_id: int, rows: np.ndarray) -> list[bytes | memoryview]:
+    """Return the pieces of a successful answer carrying ``(rows, cols)`` float32 ``rows``."""
+    out = np.ascontiguousarray(rows, dtype=np.float32)
+    if out.ndim != 2:
+        raise ValueError(f"answers are (rows, cols), got {out.shape}")
+    header = ANSWER.pack(MAGIC, call_id, OK, out.shape[0], out.shape[1], out.nbytes)
+    return [header, out.data.cast("B")]
+
+
+def error_frame(call_id: int, status: int, reason: str) -> bytes:
+    """Return a failed answer: the HTTP status BentoML's route would give, and why."""
+    body = reason.encode()[:4096]
+    return ANSWER.pack(MAGIC, call_id, status, 0, 0, len(body)) + body
+
+
+def parse_answer(header: bytes) -> tuple[int, int, tuple[int, int], int]:
+    """Return ``(call id, status, (rows, cols), body length)`` of an answer header."""
+    magic, call_id, status, rows, cols, body_len = ANSWER.unpack(header)
+    if magic != MAGIC:
+        raise FrameError(f"bad magic {magic!r}")
+    if body_len > MAX_BODY or (status == OK and rows * cols * 4 != body_len):
+        raise FrameError(f"answer of {body_len} bytes for {rows}x{cols}")
+    return call_id, status, (rows, cols), body_len
