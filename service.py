@@ -1,9 +1,9 @@
 """Bento services: ``Classifier`` (the served models, batched) and ``VisionQueue`` (the front).
 
-``bentoml serve service:VisionQueue`` starts both; the front calls the classifier through
-BentoML's inter-service client, or with ``VQ_CLASSIFIER_TRANSPORT=socket`` over a Unix socket
-per classifier worker into the same queues (``visionqueue.bento.crop_socket``), so sync
-requests and async jobs (which call ``/predict``) share each model's adaptive-batching queue. With ``VQ_CLASSIFIER_URL`` set, the classifier runs
+``bentoml serve service:VisionQueue`` starts both; the front calls the classifier over a Unix
+socket per classifier worker into BentoML's batch queues (``visionqueue.bento.crop_socket``;
+``VQ_CLASSIFIER_TRANSPORT=http``: BentoML's inter-service client), so sync requests and async
+jobs (which call ``/predict``) share each model's adaptive-batching queue. With ``VQ_CLASSIFIER_URL`` set, the classifier runs
 on its own (``bentoml serve service:Classifier``, another process or host): the front depends
 on that URL, and workers crop images themselves and call it directly, not ``/predict``. ``VQ_MODELS`` names the served models: each gets
 a batchable API of its own on the classifier (generated below from the settings), so a batch

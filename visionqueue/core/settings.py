@@ -163,7 +163,7 @@ class ModelSettings(_Group):
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda'.")
     classifier_workers: int = Field(1, ge=1, description="Processes of the classifier service.")
     classifier_transport: Literal["http", "socket"] = Field(
-        "http",
+        "socket",
         description="How the front calls the classifier it starts itself: 'socket' (one Unix "
         "socket per classifier worker into the same batch queues; ~3 ms less per call) or "
         "'http' (BentoML's inter-service client). A classifier at VQ_CLASSIFIER_URL is always "
