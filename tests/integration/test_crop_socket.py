@@ -27,7 +27,12 @@ from tests.support.waiting import wait_until
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 FRONT_DEADLINE_S = 90  # service.CLASSIFY_DEADLINE_S (importing service.py loads the settings)
-CLASSIFIER_CALLS = {"service_name": "classifier", "endpoint": "/classify"}
+# BentoML's labels; runner_name says which transport carried the call
+CLASSIFIER_CALLS = {
+    "service_name": "classifier",
+    "endpoint": "/classify",
+    "runner_name": "classifier:crop-socket",
+}
 
 
 def serve(server_env: dict[str, str], folder: Path, transport: str) -> Iterator[str]:

@@ -60,6 +60,9 @@ def front_metrics() -> FrontMetrics:
     )
 
 
+CROP_SOCKET_RUNNER = ":crop-socket"  # runner_name suffix of the crop socket's calls
+
+
 @dataclass(frozen=True)
 class RouteMetrics:
     """BentoML's per-endpoint request metrics, for calls that bypass its HTTP route."""
@@ -87,7 +90,7 @@ def _route_labels(api: str) -> dict[str, Any]:
         "endpoint": f"/{api}",
         "service_name": server_context.bento_name,
         "service_version": server_context.bento_version,
-        "runner_name": server_context.service_name,
+        "runner_name": f"{server_context.service_name}{CROP_SOCKET_RUNNER}",
     }
 
 
@@ -96,10 +99,12 @@ def route_metrics() -> RouteMetrics:
     """Return BentoML's ``request_total``, ``request_duration_seconds`` and ``request_in_progress``.
 
     The crop socket's calls never pass BentoML's ``RunnerTrafficMetricsMiddleware``, which
-    counts a service's HTTP requests; the dashboards read those series per endpoint. In
-    multiprocess mode a sample is its name and labels, so metrics built here with BentoML's
-    names, labels and buckets (unregistered: BentoML's own registry already holds the names)
-    add to the same series.
+    counts a service's HTTP requests; the dashboards read those series per endpoint (summed
+    over ``runner_name``). Built here with BentoML's names, labels and buckets, unregistered
+    (BentoML's registry already holds the names; in multiprocess mode every process's files
+    are read at scrape time). Their ``runner_name`` ends in ``CROP_SOCKET_RUNNER``: each
+    metric object caches its samples' values in multiprocess mode, so a sample written by
+    both BentoML's middleware and these would lose counts.
     """
     from bentoml._internal.configuration.containers import BentoMLContainer
     from prometheus_client import Counter, Gauge, Histogram
