@@ -9,6 +9,9 @@ the classifier (``BENTOML_RUNNER_MAP``: unique per ``bentoml serve``, deleted wh
 stops); each front worker keeps one connection per classifier worker, sends a call to the
 one with the fewest calls outstanding, and reconnects after a classifier restart.
 
+The sockets take no ``VQ_CLASSIFIER_TOKEN`` (which guards the HTTP routes): only the server's
+own user reaches them, and it can read the token from the processes' environment anyway.
+
 Failures reach the caller as ``CropSocketError``: a classifier that answers an error (with the
 HTTP status its route would have given), one that is not listening, or a connection that
 breaks (every call outstanding on it fails at once). Deadlines are the caller's.
@@ -174,7 +177,9 @@ async def serve_crops(
             await writer.drain()
 
     path.unlink(missing_ok=True)  # a previous worker of this index died without cleaning up
-    return await asyncio.start_unix_server(handle, path)
+    server = await asyncio.start_unix_server(handle, path)
+    path.chmod(0o600)  # in BentoML's 0700 folder already: the server's own user only
+    return server
 
 
 # --- the front's side -------------------------------------------------------------------------
