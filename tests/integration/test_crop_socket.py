@@ -4,11 +4,13 @@
 over a Unix socket per classifier worker instead of BentoML's HTTP client. The answers must be
 those of the HTTP call bit for bit, BentoML's per-endpoint request metrics (which the dashboard
 reads) must still count the classifier's calls, and a classifier that dies must give the
-caller our 503 envelope at once, then answer again once BentoML has restarted it.
+caller our 503 envelope at once, then answer again once BentoML has restarted it. The socket
+stack runs with ``VQ_CLASSIFIER_TOKEN`` set: the token guards the classifier's HTTP routes only.
 """
 
 from __future__ import annotations
 
+import secrets
 import signal
 import time
 from collections.abc import Iterator
@@ -35,11 +37,12 @@ CLASSIFIER_CALLS = {
 }
 
 
-def serve(server_env: dict[str, str], folder: Path, transport: str) -> Iterator[str]:
+def serve(server_env: dict[str, str], folder: Path, transport: str, **extra: str) -> Iterator[str]:
     env = {
         **server_env,
         "VQ_DATA_DIR": str(folder / f"data-{transport}"),
         "VQ_CLASSIFIER_TRANSPORT": transport,
+        **extra,
     }
     with bento_server(env, folder / f"bento-{transport}.log") as url:
         yield url
@@ -47,7 +50,10 @@ def serve(server_env: dict[str, str], folder: Path, transport: str) -> Iterator[
 
 @pytest.fixture(scope="module")
 def over_socket(server_env: dict[str, str], session_dir: Path) -> Iterator[str]:
-    yield from serve(server_env, session_dir / "crop-socket", "socket")
+    # the classifier's HTTP routes want a token (the front's model_info sends it); the
+    # crop socket needs none
+    token = secrets.token_urlsafe(24)
+    yield from serve(server_env, session_dir / "crop-socket", "socket", VQ_CLASSIFIER_TOKEN=token)
 
 
 @pytest.fixture(scope="module")
