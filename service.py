@@ -314,15 +314,16 @@ class VisionQueue:
 
     async def classify_images(
         self, images: list[bytes] | list[np.ndarray], model: str | None = None
-    ) -> tuple[np.ndarray, list[str]]:
+    ) -> tuple[np.ndarray, list[str], dict[str, Any]]:
         """Classify encoded images (or decoded pixels) together on ``model``, as ``/predict``
-        does one; return ``(N, classes)`` probabilities and how each was preprocessed."""
+        does one; return ``(N, classes)`` probabilities, how each was preprocessed, and the
+        version that answered."""
         sent = time.perf_counter()
-        probs, how, _, forward_s = await self._classify_images(images, model)
+        probs, how, version, forward_s = await self._classify_images(images, model)
         round_trip = time.perf_counter() - sent
         for seconds in forward_s:
             self.metrics.queue_wait.observe(max(0.0, round_trip - float(seconds)))
-        return probs, how
+        return probs, how, version
 
     async def _classify_images(
         self, images: list[bytes] | list[np.ndarray], model: str | None

@@ -116,10 +116,19 @@ class ServedModels:
             model.current = {k: v for k, v in described.items() if k != "versions"}
         return model.current
 
-    async def lookup(self, name: str, version: str | None = None) -> dict[str, Any]:
-        """Return the description of ``name`` at ``version`` (a tag or its version part)."""
-        current = await self.info(name, fresh=True)
-        if version in (None, "", current["tag"], current["tag"].split(":", 1)[1]):
+    async def lookup(
+        self, name: str, version: str | None = None, fresh: bool = True
+    ) -> dict[str, Any]:
+        """Return the description of ``name`` at ``version`` (a tag or its version part).
+
+        ``fresh=False`` (inference routes, whose answer names the version that ran) trusts
+        the last description, asking the classifier again only when ``version`` names
+        another one: a promotion may have happened since.
+        """
+        current = await self.info(name, fresh=fresh)
+        if not fresh and not _names(current, version):
+            current = await self.info(name, fresh=True)
+        if _names(current, version):
             return current
         raise ModelNotFound(
             f"{name} serves version {current['tag']}, not {version!r}",
@@ -175,6 +184,12 @@ class ServedModels:
     async def preprocessing(self, name: str | None) -> Preprocessing:
         """The current version's preprocessing."""
         return Preprocessing.from_spec((await self.info(name))["preprocessing"])
+
+
+def _names(description: dict[str, Any], version: str | None) -> bool:
+    """Whether ``version`` (none, a tag or its version part) means the described version."""
+    tag = description["tag"]
+    return version in (None, "", tag, tag.split(":", 1)[1])
 
 
 def served_models(request: Request) -> ServedModels:

@@ -24,7 +24,7 @@ class Front(Protocol):
 
     async def classify_images(
         self, images: list[bytes] | list[np.ndarray], model: str | None = None
-    ) -> tuple[np.ndarray, list[str]]: ...
+    ) -> tuple[np.ndarray, list[str], dict[str, Any]]: ...
 
     async def classify_upload(
         self, data: bytes | Path, top_k: int, model: str | None = None
@@ -56,9 +56,15 @@ def name_and_version(tag: str) -> tuple[str, str]:
     return name, version
 
 
-async def served_model(request: Request, name: str, version: str | None = None) -> ServedModel:
-    """Return the served model called ``name`` (at ``version``, if given); 404 otherwise."""
+async def served_model(
+    request: Request, name: str, version: str | None = None, fresh: bool = True
+) -> ServedModel:
+    """Return the served model called ``name`` (at ``version``, if given); 404 otherwise.
+
+    ``fresh=False`` answers from the last description the classifier gave (no call into it
+    per request); ``ServedModels.lookup`` says when it asks again.
+    """
     registry = served_models(request)
-    info = await registry.lookup(name, version)
+    info = await registry.lookup(name, version, fresh)
     # the name clients use is the served name, whatever the stored model behind it is called
     return ServedModel(registry.get(name).name, name_and_version(info["tag"])[1], info)

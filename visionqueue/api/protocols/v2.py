@@ -16,7 +16,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from visionqueue.api.protocols import v2_tensors
-from visionqueue.api.protocols.served import current_front, served_model
+from visionqueue.api.protocols.served import current_front, name_and_version, served_model
 from visionqueue.core.settings import get_settings
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
@@ -157,7 +157,9 @@ async def model_version_ready(request: Request, name: str, model_version: str) -
 
 
 async def _infer(request: Request, name: str, model_version: str | None) -> Response:
-    model = await served_model(request, name, model_version)
+    # the answer names the version that ran, so the name is checked against the front's
+    # last description: no call into the classifier per request
+    model = await served_model(request, name, model_version, fresh=False)
     limit = get_settings().server.max_upload_bytes
     body = v2_tensors.decompress(
         await request.body(), request.headers.get("content-encoding"), limit
@@ -165,9 +167,9 @@ async def _infer(request: Request, name: str, model_version: str | None) -> Resp
     parsed = v2_tensors.parse_infer_request(
         body, request.headers.get("inference-header-content-length")
     )
-    probs, _ = await current_front(request).classify_images(parsed.images, model.name)
+    probs, _, ran = await current_front(request).classify_images(parsed.images, model.name)
     content, headers = v2_tensors.infer_response(
-        parsed, model.name, model.version, probs, model.labels
+        parsed, model.name, name_and_version(ran["tag"])[1], probs, tuple(ran["labels"])
     )
     return Response(content, headers=headers)
 
