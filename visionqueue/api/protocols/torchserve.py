@@ -96,7 +96,8 @@ async def image_bytes(request: Request) -> bytes:
 
 
 async def _predict(request: Request, name: str, model_version: str | None) -> dict[str, float]:
-    model = await served_model(request, name, model_version)
+    # classify_upload crops for the version that runs: the last description will do
+    model = await served_model(request, name, model_version, fresh=False)
     front = current_front(request)
     result = await front.classify_upload(await image_bytes(request), TOP_K, model.name)
     return {p["class"]: p["confidence"] for p in result["predictions"]}
