@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.load import LoadResult, run_async_jobs, run_load
+from bench.load import LoadResult, compare_routes, run_async_jobs, run_load
 from bench.lone import LoneResult, cpu_ms_per_job, cpu_seconds, measure_lone, stack_processes
 from bench.raw import RawResult, measure_batch
 
@@ -156,13 +156,11 @@ def served_phase(
             sync.append(run_load(stack.url, data, c, seconds))
             s = sync[-1]
             print(f"  {backend} c={c}: {s.per_s:.1f} req/s p50 {s.p50_ms:.0f} ms err {s.errors}")
-        protocols = []
-        if 32 in levels:  # the same images at c=32: /predict, then v2 binary infer
+        protocols: list[LoadResult] = []
+        if 32 in levels:  # the same images at c=32: /predict and v2 binary infer, alternated
             model = str(stored.tag).split(":")[0]
-            for v2_model in (None, model):
-                protocols.append(run_load(stack.url, data, 32, seconds, v2_model=v2_model))
-                p = protocols[-1]
-                route = "v2 binary" if v2_model else "/predict"
+            protocols = list(compare_routes(stack.url, data, model, 32, seconds))
+            for route, p in zip(("/predict", "v2 binary"), protocols, strict=True):
                 print(f"  {backend} {route} c=32: {p.per_s:.1f} req/s p50 {p.p50_ms:.0f} ms")
         async_results = []
         if jobs:
@@ -376,7 +374,9 @@ def render(
             lines += [
                 f"Open Inference Protocol v2 vs `/predict`, backend `{backend}`: the same images "
                 "at concurrency 32, one image per request (v2: binary tensor data, top 5 by "
-                "the classification extension, as tritonclient sends it):",
+                "the classification extension, as tritonclient sends it), alternated /predict, "
+                f"v2, v2, /predict for {args.seconds / 2:.0f} s each; p50 is the mean of a "
+                "route's two medians, p99 the larger of its two:",
                 "",
                 "| route | images/s | p50 (ms) | p99 (ms) | errors |",
                 "|---|---|---|---|---|",

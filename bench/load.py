@@ -126,6 +126,37 @@ def run_load(
     return asyncio.run(_run(url, payloads, concurrency, seconds, v2_model))
 
 
+def merge_slices(slices: list[LoadResult]) -> LoadResult:
+    """One route's alternated slices as one result.
+
+    Totals of requests, errors and seconds; p50 is the mean of the slices' medians and p99
+    the largest slice's p99 (the requests' own latencies are not kept across slices).
+    """
+    return LoadResult(
+        slices[0].concurrency,
+        sum(s.requests for s in slices),
+        sum(s.errors for s in slices),
+        sum(s.seconds for s in slices),
+        statistics.fmean(s.p50_ms for s in slices),
+        max(s.p99_ms for s in slices),
+        generator=slices[0].generator,
+    )
+
+
+def compare_routes(
+    url: str, payloads: list[bytes], v2_model: str, concurrency: int, seconds: float
+) -> tuple[LoadResult, LoadResult]:
+    """``/predict`` and v2 binary infer for ``seconds`` each, alternated in halves.
+
+    The order /predict, v2, v2, /predict puts a drift in the shared machine's load on both
+    routes alike, where two back-to-back runs gave it to whichever ran second.
+    """
+    halves: dict[str | None, list[LoadResult]] = {None: [], v2_model: []}
+    for model in (None, v2_model, v2_model, None):
+        halves[model].append(run_load(url, payloads, concurrency, seconds / 2, v2_model=model))
+    return merge_slices(halves[None]), merge_slices(halves[v2_model])
+
+
 def unique_jpeg(data: bytes, n: int) -> bytes:
     """``data`` (a JPEG) with a comment segment naming ``n``: same pixels, new bytes.
 

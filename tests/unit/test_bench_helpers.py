@@ -101,6 +101,31 @@ def test_the_v2_requests_are_what_tritonclient_sends_for_one_image() -> None:
     assert request.output == v2_tensors.RequestedOutput(binary=True, classification=5)
 
 
+def test_the_two_routes_alternate_and_each_sums_its_halves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bench import load
+
+    calls: list[tuple[str | None, float]] = []
+    numbers = iter([(100, 500.0, 900.0), (80, 600.0, 1300.0), (90, 700.0, 1000.0),
+                    (110, 300.0, 800.0)])  # fmt: skip
+
+    def fake_run_load(
+        url: str, payloads: list[bytes], c: int, seconds: float, v2_model: str | None = None
+    ) -> load.LoadResult:
+        calls.append((v2_model, seconds))
+        done, p50, p99 = next(numbers)
+        return load.LoadResult(c, done, 1, seconds, p50, p99, generator="wrk")
+
+    monkeypatch.setattr(load, "run_load", fake_run_load)
+    predict, v2 = load.compare_routes("http://x", [b"img"], "resnet18", 32, 20.0)
+    assert calls == [(None, 10.0), ("resnet18", 10.0), ("resnet18", 10.0), (None, 10.0)]
+    assert (predict.requests, predict.errors, predict.seconds) == (210, 2, 20.0)
+    assert (predict.p50_ms, predict.p99_ms) == (400.0, 900.0)
+    assert (v2.requests, v2.p50_ms, v2.p99_ms) == (170, 650.0, 1300.0)
+    assert v2.per_s == 8.4 and v2.generator == "wrk"
+
+
 def test_model_rows_report_the_runs_own_noise_next_to_the_idle_model_ratio() -> None:
     import argparse
 
