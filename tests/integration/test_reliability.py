@@ -258,17 +258,20 @@ def test_a_dead_workers_jobs_resume_within_30s_of_a_live_worker(
         # two looks at the database, and the test never saw one in flight
         ids = submit(stack, None, 40, seed=9500 + run)
         with database(stack.database_url) as engine:
-            wait_until(
-                lambda e=engine, i=ids: any(  # type: ignore[misc]
-                    r.status == "processing" for r in job_rows(e, i).values()
-                ),
-                60,
-                "a job in flight",
-                interval=0.02,
-            )
+
+            def frozen_mid_batch(e: Any = engine, i: list[str] = ids) -> bool:
+                # freeze the worker, then look: a batch that ended between a look and a kill
+                # (CI once saw it) would otherwise leave nothing in flight to resume
+                os.killpg(doomed.pid, signal.SIGSTOP)
+                if any(r.status == "processing" for r in job_rows(e, i).values()):
+                    return True
+                os.killpg(doomed.pid, signal.SIGCONT)
+                return False
+
+            wait_until(frozen_mid_batch, 60, "the worker frozen with a job in flight", 0.02)
+            killed = {i for i, r in job_rows(engine, ids).items() if r.status == "processing"}
             stack.kill_worker(doomed)
             stack.workers.remove(doomed)
-            killed = {i for i, r in job_rows(engine, ids).items() if r.status == "processing"}
             assert killed
             stack.start_worker(
                 concurrency=4, name=f"live-{uuid.uuid4().hex[:6]}", beat=True, env=defaults
