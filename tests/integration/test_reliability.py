@@ -259,13 +259,15 @@ def test_a_dead_workers_jobs_resume_within_30s_of_a_live_worker(
         ids = submit(stack, None, 40, seed=9500 + run)
         with database(stack.database_url) as engine:
 
-            def frozen_mid_batch(e: Any = engine, i: list[str] = ids) -> bool:
+            def frozen_mid_batch(
+                e: Any = engine, i: list[str] = ids, pid: int = doomed.pid
+            ) -> bool:
                 # freeze the worker, then look: a batch that ended between a look and a kill
                 # (CI once saw it) would otherwise leave nothing in flight to resume
-                os.killpg(doomed.pid, signal.SIGSTOP)
+                os.killpg(pid, signal.SIGSTOP)
                 if any(r.status == "processing" for r in job_rows(e, i).values()):
                     return True
-                os.killpg(doomed.pid, signal.SIGCONT)
+                os.killpg(pid, signal.SIGCONT)
                 return False
 
             wait_until(frozen_mid_batch, 60, "the worker frozen with a job in flight", 0.02)
