@@ -1,9 +1,10 @@
 """The classifier service over HTTP, for workers on the direct path (``VQ_CLASSIFIER_URL``).
 
-BentoML's JSON protocol, as the front's remote dependency speaks it: ``POST /packed_{api}``
-with ``{"crops": [...]}`` (``model_store.wire``) answers ``(N, C + 2)`` rows (probabilities,
-the batch's forward seconds, the id of the tag that ran it; ``service.py``), and
-``POST /model_info`` describes a model's current version and every version it has served.
+The synchronous twin of the data plane's remote transport, on the same definitions
+(docs/dataplane.md): BentoML's JSON protocol, as the front's remote dependency speaks it:
+``POST /packed_{api}`` with ``{"crops": [...]}`` (``visionqueue.dataplane.crops_wire``) answers
+wire rows (``visionqueue.dataplane.rows``), ``POST /model_info`` describes a model's current
+version and every version it has served (kept in the registry's ``VersionBook``).
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ import httpx
 import numpy as np
 
 from model_store.serving import ServedSpec
-from model_store.wire import pack_crops, packed_api
 from visionqueue.core.errors import ModelNotFound, ModelNotReady, Unavailable, Unprocessable
+from visionqueue.dataplane import rows as answer_rows
+from visionqueue.dataplane.crops_wire import pack_crops, packed_api
+from visionqueue.dataplane.priority import JOB_PRIORITY, Priority
+from visionqueue.dataplane.registry import VersionBook
 
 
 def post_classifier(http: httpx.Client, url: str, **request: Any) -> httpx.Response:
@@ -63,8 +67,7 @@ class ClassifierClient:
         self._specs = {spec.name: spec for spec in specs}
         self._default = specs[0].name
         self._max_batch = max_batch
-        self._current: dict[str, dict[str, Any]] = {}
-        self._versions: dict[str, dict[int, dict[str, Any]]] = {}
+        self._books = {spec.name: VersionBook() for spec in specs}
 
     def model_name(self, model: str | None) -> str:
         """The served model called ``model`` (the default for None or ""); 404 otherwise."""
@@ -78,36 +81,36 @@ class ClassifierClient:
 
     def current(self, name: str, fresh: bool = False) -> dict[str, Any]:
         """The description of ``name``'s current version (asked once, then on a new tag id)."""
-        if fresh or name not in self._current:
-            described = self._post("model_info", {"name": name})
-            self._versions.setdefault(name, {}).update(
-                {int(k): v for k, v in described["versions"].items()}
-            )
-            self._current[name] = {k: v for k, v in described.items() if k != "versions"}
-        return self._current[name]
+        book = self._books[name]
+        if fresh or book.current is None:
+            return book.learn(self._post("model_info", {"name": name}))
+        return book.current
 
-    def classify(self, name: str, crops: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    def classify(
+        self, name: str, crops: np.ndarray, priority: Priority = JOB_PRIORITY
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         """Classify ``(N, H, W, 3)`` uint8 crops on ``name``'s batch API (one call per
-        ``VQ_BATCH_MAX_SIZE``); return ``(N, C)`` probabilities and the version that ran."""
+        ``VQ_BATCH_MAX_SIZE``); return ``(N, C)`` probabilities and the version that ran.
+
+        ``priority`` travels with the call as it does on the front's transports (not on the
+        wire yet: docs/dataplane.md)."""
         api = packed_api(self._specs[name].api)
         size = self._max_batch
-        rows = np.concatenate(
-            [
-                np.asarray(self._post(api, {"crops": pack_crops(crops[i : i + size])}), np.float32)
-                for i in range(0, len(crops), size)
-            ]
+        answer = answer_rows.unpack(
+            np.concatenate(
+                [
+                    np.asarray(self._post(api, {"crops": pack_crops(crops[i : i + size])}))
+                    for i in range(0, len(crops), size)
+                ]
+            )
         )
-        ids = {int(v) for v in rows[:, -1]}
-        if len(ids) != 1:
+        tag_id = answer.one_version()
+        if tag_id is None:
             raise ModelNotReady(f"{name} is switching versions; retry", retry_after=1)
-        tag_id = ids.pop()
-        if tag_id not in self._versions.get(name, {}):
+        book = self._books[name]
+        if not book.knows(tag_id):
             self.current(name, fresh=True)  # a promotion happened: learn the new version
-        version = self._versions[name].get(tag_id)
-        if version is None:
-            raise ModelNotReady(f"{name} answered from an unknown version", retry_after=1)
-        self._current[name] = version
-        return rows[:, :-2], version
+        return answer.probs, book.ran(name, tag_id)
 
     def _post(self, route: str, body: dict[str, Any]) -> Any:
         resp = post_classifier(

@@ -33,6 +33,8 @@ from persistence import job_leases, jobs_repo
 from persistence.db import session_scope
 from persistence.models import utcnow
 from visionqueue.core.errors import ImageNotFound, Unavailable, Unprocessable, VQError
+from visionqueue.dataplane.crop_retry import CropForVersion
+from visionqueue.dataplane.priority import JOB_PRIORITY
 
 logger = logging.getLogger(__name__)
 
@@ -282,10 +284,12 @@ def _classify_model(
     datas = list(fetch_pool.map(fetch, jobs))
     started = time.perf_counter()
     try:
-        prep = Preprocessing.from_spec(classifier.current(name)["preprocessing"])
+        attempts = CropForVersion(
+            Preprocessing.from_spec(classifier.current(name)["preprocessing"])
+        )
     except Exception as exc:
         return {job.id: exc for job in jobs}
-    for _ in range(3):
+    for prep in attempts:
         crops = list(crop_pool.map(crop, datas, [prep] * len(datas)))
         good = [(job, c) for job, c in zip(jobs, crops, strict=True) if isinstance(c, tuple)]
         results = {j.id: c for j, c in zip(jobs, crops, strict=True) if not isinstance(c, tuple)}
@@ -293,14 +297,11 @@ def _classify_model(
             return results
         try:
             probs, version = classifier.classify(
-                name, np.stack([pixels for _, (pixels, _) in good])
+                name, np.stack([pixels for _, (pixels, _) in good]), JOB_PRIORITY
             )
         except Exception as exc:
             return {**results, **{job.id: exc for job, _ in good}}
-        used = Preprocessing.from_spec(version["preprocessing"])
-        if used.front_key == prep.front_key:
-            break
-        prep = used
+        attempts.ran(version)
     top_k = settings.worker.top_k
     for row, (job, (_, how)) in zip(probs, good, strict=True):
         results[job.id] = answer_body(

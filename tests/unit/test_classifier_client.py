@@ -14,9 +14,9 @@ import pytest
 
 from jobs.classifier_client import ClassifierClient
 from model_store.serving import served_specs, tag_id
-from model_store.wire import unpack_crops
 from tests.support.servers import free_port
 from visionqueue.core.errors import ModelNotFound, Unavailable, Unprocessable
+from visionqueue.dataplane.crops_wire import unpack_crops
 
 SPECS = served_specs(["resnet18", "pets"], "resnet18", "")
 VERSION = {"tag": "resnet18:v1", "weights": "random-init-seed-0", "labels": ["a", "b", "c"]}

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from model_store.serving import ServedSpec, tag_id
-from visionqueue.api.served_models import ServedModels
 from visionqueue.core.errors import ModelNotFound
+from visionqueue.dataplane.priority import Priority
+from visionqueue.dataplane.registry import ServedModels
 
 
 class FakeClassifier:
@@ -35,7 +36,7 @@ class FakeClassifier:
         self.descriptions += 1
         return {"name": name, **self.served[tag_id(self.tag)], "versions": dict(self.served)}
 
-    async def call_api(self, api: str, crops: np.ndarray) -> np.ndarray:
+    async def call(self, api: str, crops: np.ndarray, priority: Priority) -> np.ndarray:
         rows = np.zeros((len(crops), 4), dtype=np.float32)
         rows[:, :2] = (0.25, 0.75)
         rows[:, -1] = tag_id(self.tag)
@@ -44,7 +45,7 @@ class FakeClassifier:
 
 def registry(classifier: FakeClassifier) -> ServedModels:
     spec = ServedSpec("pets", "pets:v1", "classify")
-    return ServedModels([spec], classifier.call_api, classifier.describe, 16, calls_in_flight=0)
+    return ServedModels([spec], classifier, 16, calls_in_flight=0)
 
 
 def test_inference_lookups_reuse_the_last_description() -> None:
@@ -87,7 +88,7 @@ def test_the_answer_names_the_version_that_ran_not_the_one_looked_up() -> None:
     async def scenario() -> dict[str, Any]:
         await models.lookup("pets", fresh=False)
         classifier.promote("pets:v2")
-        _, ran, _ = await models.classify_many("pets", np.zeros((2, 4, 4, 3), dtype=np.uint8))
+        _, ran = await models.classify_many("pets", np.zeros((2, 4, 4, 3), dtype=np.uint8))
         return ran
 
     ran = asyncio.run(scenario())

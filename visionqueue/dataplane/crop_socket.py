@@ -2,7 +2,7 @@
 
 BentoML's inter-service HTTP call costs a lone request ~3 ms beyond the forward pass (aiohttp,
 pickle, the classifier's ASGI middleware, routing); this socket carries the same call as
-one frame each way (``visionqueue.bento.crop_frames``) into the same batching dispatcher
+one frame each way (``visionqueue.dataplane.socket_frames``) into the same batching dispatcher
 BentoML's route uses (``ServiceAppFactory.batch_infer``), so batches still form across every
 caller. Each classifier worker listens on a socket of its own next to BentoML's socket for
 the classifier (``BENTOML_RUNNER_MAP``: unique per ``bentoml serve``, deleted when it
@@ -21,19 +21,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
 import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
-from visionqueue.bento.crop_frames import (
+from visionqueue.dataplane.socket_frames import (
     ANSWER,
     OK,
     REQUEST,
@@ -89,38 +88,6 @@ def socket_paths(service: str, workers: int, runner_map: str | None = None) -> l
 
 
 # --- the classifier's side --------------------------------------------------------------------
-
-
-def bentoml_batch_entry(instance: Any) -> Infer:
-    """Return BentoML's own batching entry for ``instance``'s APIs (the route's dispatcher).
-
-    BentoML keeps it on the ``ServiceAppFactory`` that created the service instance, which it
-    does not expose; that factory is the one object holding the instance as
-    ``_service_instance``. Raises ``RuntimeError`` when BentoML's internals changed.
-    """
-    from _bentoml_impl.server.app import ServiceAppFactory
-
-    holders = gc.get_referrers(instance)
-    # an attribute is held by the object itself or, once materialised, by its __dict__
-    holders += [
-        owner for held in holders if isinstance(held, dict) for owner in gc.get_referrers(held)
-    ]
-    factories = [
-        holder
-        for holder in holders
-        if isinstance(holder, ServiceAppFactory)
-        and getattr(holder, "_service_instance", None) is instance
-    ]
-    if not factories:
-        raise RuntimeError("no ServiceAppFactory holds this service instance")
-    factory = factories[0]
-    if not callable(getattr(factory, "batch_infer", None)):
-        raise RuntimeError("ServiceAppFactory lacks batch_infer")
-
-    async def infer(api: str, crops: np.ndarray) -> np.ndarray:
-        return np.asarray(await factory.batch_infer(api, (crops,), {}))
-
-    return infer
 
 
 async def serve_crops(
