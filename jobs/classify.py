@@ -53,7 +53,7 @@ def classify_bytes(
     res: Resources, data: bytes, content_type: str, top_k: int, model: str | None = None
 ) -> dict[str, Any]:
     """POST the image to the front's ``/predict`` (the model's shared batching queue)."""
-    url = f"{res.settings.classifier_url}/predict"
+    url = f"{res.settings.front_url}/predict"
     headers = {}
     if res.settings.server.api_keys:
         headers["Authorization"] = f"Bearer {res.settings.server.api_keys[0].get_secret_value()}"
