@@ -16,11 +16,11 @@ import httpx
 import numpy as np
 
 from model_store.serving import ServedSpec
-from visionqueue.core.errors import ModelNotFound, ModelNotReady, Unavailable, Unprocessable
+from visionqueue.core.errors import ModelNotReady, Unavailable, Unprocessable
 from visionqueue.dataplane import rows as answer_rows
 from visionqueue.dataplane.crops_wire import pack_crops, packed_api
 from visionqueue.dataplane.priority import JOB_PRIORITY, Priority
-from visionqueue.dataplane.registry import VersionBook
+from visionqueue.dataplane.registry import find_served, served_entries
 
 
 def post_classifier(http: httpx.Client, url: str, **request: Any) -> httpx.Response:
@@ -64,24 +64,16 @@ class ClassifierClient:
         self._headers = {"Content-Type": "application/json"}
         if token:  # VQ_CLASSIFIER_TOKEN
             self._headers["Authorization"] = f"Bearer {token}"
-        self._specs = {spec.name: spec for spec in specs}
-        self._default = specs[0].name
+        self._models = served_entries(specs)  # the front's registry entries, without transport
         self._max_batch = max_batch
-        self._books = {spec.name: VersionBook() for spec in specs}
 
     def model_name(self, model: str | None) -> str:
         """The served model called ``model`` (the default for None or ""); 404 otherwise."""
-        if not model:
-            return self._default
-        if model not in self._specs:
-            raise ModelNotFound(
-                f"no model named {model!r} is served here; served: {', '.join(self._specs)}"
-            )
-        return model
+        return find_served(self._models, model).name
 
     def current(self, name: str, fresh: bool = False) -> dict[str, Any]:
         """The description of ``name``'s current version (asked once, then on a new tag id)."""
-        book = self._books[name]
+        book = self._models[name].book
         if fresh or book.current is None:
             return book.learn(self._post("model_info", {"name": name}))
         return book.current
@@ -94,7 +86,7 @@ class ClassifierClient:
 
         ``priority`` travels with the call as it does on the front's transports (not on the
         wire yet: docs/dataplane.md)."""
-        api = packed_api(self._specs[name].api)
+        api = packed_api(self._models[name].api)
         size = self._max_batch
         answer = answer_rows.unpack(
             np.concatenate(
@@ -107,7 +99,7 @@ class ClassifierClient:
         tag_id = answer.one_version()
         if tag_id is None:
             raise ModelNotReady(f"{name} is switching versions; retry", retry_after=1)
-        book = self._books[name]
+        book = self._models[name].book
         if not book.knows(tag_id):
             self.current(name, fresh=True)  # a promotion happened: learn the new version
         return answer.probs, book.ran(name, tag_id)

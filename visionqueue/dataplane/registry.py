@@ -76,8 +76,32 @@ class ServedModel:
         return self.book.current
 
 
+def served_entries(specs: list[ServedSpec]) -> dict[str, ServedModel]:
+    """One entry per served name, the default (the first) first."""
+    return {
+        spec.name: ServedModel(spec.name, spec.api, index == 0) for index, spec in enumerate(specs)
+    }
+
+
+def find_served(entries: dict[str, ServedModel], name: str | None) -> ServedModel:
+    """Return the entry called ``name`` (the default for None or ""); 404 otherwise."""
+    if not name:
+        return next(iter(entries.values()))
+    model = entries.get(name)
+    if model is None:
+        raise ModelNotFound(
+            f"no model named {name!r} is served here; served: {', '.join(entries)}",
+            details={"served": list(entries)},
+        )
+    return model
+
+
 class ServedModels:
-    """The served models, the default first; classify through ``transport``."""
+    """The served models, the default first; classify through ``transport``.
+
+    The workers' synchronous client (``jobs.classifier_client``) keeps the same entries
+    (``served_entries``, ``find_served``) without a transport.
+    """
 
     def __init__(
         self,
@@ -89,10 +113,7 @@ class ServedModels:
         self._transport = transport
         self._max_batch = max_batch
         self._calls_in_flight = calls_in_flight
-        self._models = {
-            spec.name: ServedModel(spec.name, spec.api, index == 0)
-            for index, spec in enumerate(specs)
-        }
+        self._models = served_entries(specs)
 
     @property
     def names(self) -> list[str]:
@@ -104,15 +125,7 @@ class ServedModels:
 
     def get(self, name: str | None = None) -> ServedModel:
         """Return the model called ``name`` (the default for None or ""); 404 otherwise."""
-        if not name:
-            return self.default
-        model = self._models.get(name)
-        if model is None:
-            raise ModelNotFound(
-                f"no model named {name!r} is served here; served: {', '.join(self._models)}",
-                details={"served": self.names},
-            )
-        return model
+        return find_served(self._models, name)
 
     async def info(self, name: str | None = None, fresh: bool = False) -> Version:
         """Return the current version's description (503 while the classifier loads)."""
