@@ -137,7 +137,7 @@ class _Classifier:
             weights_origin=stored.weights_origin,
             labels=tuple(stored.metadata["labels"]),
             device=_model_cfg.device,
-            backend=_model_cfg.inference_backend,
+            backend=_model_cfg.backend_by_model.get(stored.name, _model_cfg.inference_backend),
             warmup_batch=_model_cfg.batch_max_size,
             compile_cache_dir=_model_cfg.compile_cache_dir
             or str(_settings.data_dir.resolve() / "torch-compile"),
@@ -145,13 +145,14 @@ class _Classifier:
         )
         info = model.info
         logger.info(
-            "classifier loaded %s (%s, %d classes) weights=%s device=%s backend=%s threads=%d",
+            "classifier loaded %s (%s, %d classes) weights=%s device=%s backend=%s (%s) threads=%d",
             info.tag,
             info.architecture,
             len(info.labels),
             info.weights_origin,
             info.device,
             info.backend,
+            info.provider,
             self.threads,
         )
         if info.demo:
