@@ -171,6 +171,9 @@ def quantize_graph(source: Path, target: Path, crops: np.ndarray, prep: Preproce
         CropReader(),
         quant_format=QuantFormat.QDQ,
         per_channel=True,
+        # int8 weights: ONNX Runtime's fast u8s8 kernels. On AVX2 CPUs without VNNI they
+        # can saturate; uint8 weights agreed more on a trained EfficientNet-Lite0 (71% vs
+        # 47% top-1) but ran 4x slower than fp32 (docs/benchmarks-int8.md)
         weight_type=QuantType.QInt8,
         activation_type=QuantType.QUInt8,
     )
