@@ -199,6 +199,21 @@ def render(result: dict[str, Any], args: Any) -> str:
             f"= **{served.per_s / best_fp32:.2f}x** the best fp32 raw limit "
             f"({best_fp32:.1f} img/s).",
         ]
+    lines += ["", "## Against the goals of issue #29 (this run)", ""]
+    if result.get("served") is not None:
+        ratio = result["served"].per_s / best_fp32
+        met = "met" if ratio >= 1.8 else "**not met**"
+        lines.append(f"- int8 served at c=32 >= 1.8x the fp32 raw limit: {met} ({ratio:.2f}x).")
+    met = "met" if report["top1"] >= 0.99 and report["images"] >= 1000 else "**not met**"
+    lines += [
+        f"- >= 99% top-1 agreement on >= 1,000 held-out real images: {met} "
+        f"({report['top1']:.2%} on {report['images']} variants of "
+        f"{len(result['held_photos'])} photos); `models promote` refuses a version below "
+        "`VQ_INT8_MIN_AGREEMENT` unless forced.",
+        f"- OpenVINO fp32 vs ONNX Runtime fp32: {ov / ort:.2f}x, max |p| difference "
+        f"{eq['max_prob_diff']:.1e} (the CPU default is ONNX Runtime; OpenVINO would need to be "
+        "faster, consistently, and equal within 1e-4).",
+    ]
     return "\n".join(lines) + "\n"
 
 
