@@ -460,8 +460,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--job-batch", type=int, default=10, help="images per /v1/jobs request, second async run"
     )
-    parser.add_argument("--backends", default="eager,channels_last,onnxruntime,compile")
-    parser.add_argument("--served", default="eager,onnxruntime", help="backends to serve")
+    parser.add_argument("--backends", default="eager,channels_last,onnxruntime,openvino,compile")
+    parser.add_argument("--served", default="eager,onnxruntime,openvino", help="backends to serve")
     parser.add_argument(
         "--embedded-jobs",
         type=int,

@@ -4,7 +4,8 @@ python -m model_store import NAME --weights FILE [--arch ARCH] [--labels FILE] [
                             [--crop N] [--mean R,G,B] [--std R,G,B] [--interpolation I]
 python -m model_store import [--weights imagenet1k_v1|PATH|random]   # the default ResNet18
 python -m model_store list [NAME]
-python -m model_store promote NAME:TAG
+python -m model_store import NAME --from NAME:TAG --quantize int8 --calibration DIR [--holdout DIR]
+python -m model_store promote NAME:TAG [--force]
 python -m model_store delete NAME:TAG
 """
 
@@ -51,6 +52,28 @@ def add_import_arguments(imp: argparse.ArgumentParser, with_json: bool = True) -
         action="store_true",
         help="offline and no checkpoint: fall back to a seeded random-init demo model",
     )
+    imp.add_argument(
+        "--from",
+        dest="source",
+        default=None,
+        help="with --quantize: the stored fp32 version NAME:TAG to quantize",
+    )
+    imp.add_argument(
+        "--quantize",
+        choices=("int8",),
+        default=None,
+        help="store an int8 version of --from (ONNX Runtime static quantization)",
+    )
+    imp.add_argument(
+        "--calibration", type=Path, default=None, help="with --quantize: a folder of images"
+    )
+    imp.add_argument(
+        "--holdout",
+        type=Path,
+        default=None,
+        help="with --quantize: held-out images for the agreement report (default: every "
+        "2nd calibration image, then not calibrated on)",
+    )
     if with_json:  # `visionqueue` has its own --json
         imp.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -69,6 +92,8 @@ def run_import(args: argparse.Namespace) -> int:
 
     cfg = get_settings().model
     name = args.name or args.name_flag or cfg.model_name
+    if args.quantize or args.source or args.calibration:
+        return run_quantize(name, args)
     try:
         if args.weights is not None and _is_custom(args):
             stored = _import_custom(name, args)
@@ -97,6 +122,31 @@ def run_import(args: argparse.Namespace) -> int:
                 "WARNING: random-init weights: a demo model whose predictions mean nothing",
                 file=sys.stderr,
             )
+    return 0
+
+
+def run_quantize(name: str, args: argparse.Namespace) -> int:
+    """``import NAME --from NAME:TAG --quantize int8 --calibration DIR``: print the report."""
+    from model_store.quantize import quantize_version
+
+    try:
+        if not (args.quantize and args.source and args.calibration):
+            raise WeightsError("--quantize int8 needs --from NAME:TAG and --calibration DIR")
+        if args.weights is not None:
+            raise WeightsError("--quantize takes the stored version --from, not --weights")
+        stored, report = quantize_version(name, args.source, args.calibration, args.holdout)
+    except WeightsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if getattr(args, "json", False):
+        print(json.dumps({"tag": stored.tag, **stored.summary()}))
+        return 0
+    print(f"{stored.tag}  int8 of {args.source}")
+    print(
+        f"agreement with fp32 on {report.images} held-out images ({report.holdout}): "
+        f"top-1 {report.top1:.2%}, top-5 overlap {report.top5_overlap:.2%}, "
+        f"max prob diff {report.max_prob_diff:.4f}"
+    )
     return 0
 
 
@@ -143,7 +193,7 @@ def run_promote(args: argparse.Namespace) -> int:
     from model_store.promotions import promote
 
     try:
-        record = promote(args.tag)
+        record = promote(args.tag, force=getattr(args, "force", False))
     except WeightsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -193,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     pro = sub.add_parser("promote", help="serve NAME:TAG for NAME (rolling back is the same)")
     pro.add_argument("tag")
     pro.add_argument("--json", action="store_true")
+    pro.add_argument("--force", action="store_true", help="promote an int8 version below the bar")
     pro.set_defaults(func=run_promote)
     dele = sub.add_parser("delete", help="delete a stored version")
     dele.add_argument("tag")

@@ -23,6 +23,10 @@ def model_block(name: str, version: dict[str, Any]) -> dict[str, Any]:
         "tag": version["tag"],
         "weights": version["weights"],
         "architecture": version.get("architecture"),
+        # what ran it, as the classifier reported at load (model_store.runtimes)
+        "device": version.get("device"),
+        "backend": version.get("backend"),
+        "execution_provider": version.get("execution_provider"),
         "demo": is_demo(version["weights"]),
     }
     if block["demo"]:

@@ -17,11 +17,13 @@ from typing import Any
 import numpy as np
 
 from model_store.preprocess import IMAGENET_PREPROCESSING, Preprocessing
+from model_store.runtimes import BACKENDS as RUNTIME_BACKENDS
+from model_store.runtimes import CUDA_PROVIDER, Runtime, choose_runtime, torch_provider
 from model_store.weights import is_demo
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("eager", "channels_last", "compile", "onnxruntime")
+BACKENDS = RUNTIME_BACKENDS
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,11 @@ class ModelInfo:
     labels: tuple[str, ...]
     preprocessing: Preprocessing = field(default=IMAGENET_PREPROCESSING)
     architecture: str = "torchvision.models.resnet18"
+    # what really ran the forward pass: an ONNX Runtime execution provider, "openvino:CPU"
+    # or "torch:<device>"
+    provider: str = ""
+    # an int8 version's agreement report against its fp32 source (model_store.quantize)
+    quantization: dict[str, Any] | None = field(default=None, compare=False)
 
     @property
     def demo(self) -> bool:
@@ -76,7 +83,7 @@ class BatchClassifier:
             1, 3, 1, 1
         )
         self._channels_last = info.backend in ("channels_last", "compile")
-        self.onnx: Any = None  # an OnnxRunner for the "onnxruntime" backend
+        self.onnx: Any = None  # an OnnxRunner or OpenVinoRunner (the ONNX graph backends)
         self.weights_bytes = 0  # bytes of the parameters it holds (set by load_classifier)
 
     def check_crops(self, crops: np.ndarray) -> None:
@@ -130,11 +137,13 @@ def load_classifier(
 ) -> BatchClassifier:
     """Load a stored model (its ``metadata`` says which kind) into a ready ``BatchClassifier``.
 
-    ONNX files always run on ONNX Runtime; TorchScript archives run eagerly (``compile``
-    and the ONNX export need the Python module), ``channels_last`` included.
+    ``model_store.runtimes.choose_runtime`` decides what runs it; ONNX files run on ONNX
+    Runtime or OpenVINO, TorchScript archives run eagerly (``compile`` and the graph
+    backends need the Python module), ``channels_last`` included.
     """
     import torch
 
+    from model_store.runtimes import ort_available_providers
     from model_store.store import WEIGHTS_FILE
 
     if backend not in BACKENDS:
@@ -144,60 +153,103 @@ def load_classifier(
     prep = Preprocessing.from_spec(meta.get("preprocessing"))
     architecture = str(meta.get("architecture", "torchvision.models.resnet18"))
     file = os.path.join(model_path, str(meta.get("file", WEIGHTS_FILE)))
-    dev = pick_device(device)
+    runtime = choose_runtime(kind, backend, pick_device(device), ort_available_providers())
     module: Any = None
-    if kind == "onnx":
-        backend = "onnxruntime"
-    elif kind == "torchscript":
-        if backend in ("compile", "onnxruntime"):
-            backend = "eager"
+    if kind == "torchscript":
         from model_store.formats import load_torchscript
 
-        module = load_torchscript(Path(file)).to(dev)
-    else:
+        module = load_torchscript(Path(file))
+    elif kind != "onnx":
         from model_store.architectures import build_stored
 
         state_dict = torch.load(file, map_location="cpu", weights_only=True)
         arch = architecture.rsplit(".", 1)[-1]
         module = build_stored(arch, int(meta.get("num_classes", len(labels))), state_dict)
-        module.to(dev)
-    if backend in ("channels_last", "compile"):
-        module = module.to(memory_format=torch.channels_last)
-    if backend == "compile":
-        module = compile_module(module, compile_cache_dir)
-    info = ModelInfo(tag, weights_origin, dev, backend, labels, prep, architecture)
-    classifier = BatchClassifier(module, info)
+    weights = 0
     if module is not None:
         tensors = [*module.parameters(), *module.buffers()]
-        classifier.weights_bytes = sum(t.numel() * t.element_size() for t in tensors)
-    if kind == "onnx":
-        from model_store.onnx_backend import OnnxRunner
-
-        classifier.onnx = OnnxRunner(Path(file), torch.get_num_threads())
-        classifier.weights_bytes = os.path.getsize(file)
-    elif backend == "onnxruntime":
-        classifier.onnx = onnx_runner(module, tag, compile_cache_dir, prep.crop)
-        classifier.module = None  # the exported graph holds the weights now
+        weights = sum(t.numel() * t.element_size() for t in tensors)
+    runner: Any = None
+    if runtime.runs_graph:
+        if kind == "onnx":
+            graph = Path(file)
+            weights = os.path.getsize(file)
+        else:  # exported on the CPU, before the module moves anywhere
+            graph = exported_onnx(module, tag, compile_cache_dir, prep.crop)
+        runner = graph_runner(runtime, graph, torch.get_num_threads())
+        if runner.provider != runtime.provider:
+            runtime, runner = _provider_fallback(runtime, runner, module, tag)
+    if runner is None:
+        module = module.to(runtime.device)
+        if runtime.backend in ("channels_last", "compile"):
+            module = module.to(memory_format=torch.channels_last)
+        if runtime.backend == "compile":
+            module = compile_module(module, compile_cache_dir)
+    info = ModelInfo(
+        tag,
+        weights_origin,
+        runtime.device,
+        runtime.backend,
+        labels,
+        prep,
+        architecture,
+        runtime.provider,
+        meta.get("quantization"),
+    )
+    classifier = BatchClassifier(None if runner is not None else module, info)
+    classifier.onnx = runner
+    classifier.weights_bytes = weights
     # warm-up (and, for "compile", compilation) at start-up, never on a first request
     for batch in sorted({1, max(1, warmup_batch)}):
         classifier.predict_proba(np.zeros((batch, prep.crop, prep.crop, 3), dtype=np.uint8))
     return classifier
 
 
-def onnx_runner(module: Any, tag: str, cache_dir: str | None, size: int = 224) -> Any:
-    """Export (or reuse the cached export of) the model and open an ONNX Runtime session."""
+def graph_runner(runtime: Runtime, path: Path, threads: int) -> Any:
+    """Open the ONNX graph at ``path`` on the runtime's backend and provider."""
+    if runtime.backend == "openvino":
+        from model_store.openvino_backend import OpenVinoRunner
+
+        return OpenVinoRunner(path, threads)
+    from model_store.onnx_backend import OnnxRunner
+    from model_store.runtimes import CPU_PROVIDER
+
+    providers = (runtime.provider, CPU_PROVIDER) if runtime.provider != CPU_PROVIDER else ()
+    return OnnxRunner(path, threads, providers or (CPU_PROVIDER,))
+
+
+def _provider_fallback(runtime: Runtime, runner: Any, module: Any, tag: str) -> tuple[Runtime, Any]:
+    """ONNX Runtime did not enable the provider asked for: say so, and serve truthfully."""
+    if runtime.provider == CUDA_PROVIDER and module is not None:
+        logger.warning(
+            "%s: ONNX Runtime could not enable %s (got %s); serving with torch on %s instead",
+            tag,
+            CUDA_PROVIDER,
+            runner.provider,
+            runtime.device,
+        )
+        return Runtime("eager", runtime.device, torch_provider(runtime.device)), None
+    logger.warning(
+        "%s: ONNX Runtime could not enable %s; serving on %s",
+        tag,
+        runtime.provider,
+        runner.provider,
+    )
+    return Runtime(runtime.backend, "cpu", runner.provider), runner
+
+
+def exported_onnx(module: Any, tag: str, cache_dir: str | None, size: int = 224) -> Path:
+    """Export the model to ONNX once (cached by tag) and return the graph's path."""
     import tempfile
 
-    import torch
-
-    from model_store.onnx_backend import OnnxRunner, export_onnx
+    from model_store.onnx_backend import export_onnx
 
     folder = Path(cache_dir or tempfile.gettempdir()) / "onnx"
     path = folder / f"{tag.replace(':', '-')}.onnx"
     if not path.exists():
         logger.info("exporting %s to ONNX (%s)", tag, path)
         export_onnx(module, path, size)
-    return OnnxRunner(path, torch.get_num_threads())
+    return path
 
 
 def compile_module(module: Any, cache_dir: str | None) -> Any:

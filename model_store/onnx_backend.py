@@ -1,5 +1,8 @@
 """The ``onnxruntime`` backend: a torch model exported once to ONNX, or an imported ONNX file.
 
+It runs on the execution providers ``model_store.runtimes`` chose (CUDA's when present) and
+reports the one the session really enabled (``provider``).
+
 The export is cached next to the torch.compile cache, keyed by the model tag, so a restart
 loads it in a fraction of a second. Normalisation is done in NumPy with the same float32
 operations, in the same order, as torchvision's preset.
@@ -15,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from model_store.preprocess import MEAN, STD
+from model_store.runtimes import CPU_PROVIDER
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +47,9 @@ def export_onnx(module: Any, path: Path, size: int = 224) -> Path:
 class OnnxRunner:
     """Callable like the torch module: ``(N, 3, H, W)`` float32 in, logits out."""
 
-    def __init__(self, path: Path, threads: int) -> None:
+    def __init__(
+        self, path: Path, threads: int, providers: tuple[str, ...] = (CPU_PROVIDER,)
+    ) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -53,7 +59,9 @@ class OnnxRunner:
         # idle threads sleep instead of spinning: on a small box the front process needs
         # those cycles to decode the next images
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self._session = ort.InferenceSession(str(path), options, providers=list(providers))
+        # what the session really enabled: ORT drops a provider whose libraries fail to load
+        self.provider = self._session.get_providers()[0]
         first = self._session.get_inputs()[0]
         self._input = first.name
         # a graph exported with a fixed batch of 1 runs image by image

@@ -64,14 +64,33 @@ def _input_size(metadata: dict[str, Any]) -> list[int]:
     return list(metadata.get("input_size", [3, 224, 224]))
 
 
-def promote(tag: str, path: Path | None = None) -> dict[str, Any]:
+def check_agreement(stored: Any, minimum: float, force: bool) -> None:
+    """Refuse an int8 version whose stored top-1 agreement is below ``minimum`` (unless forced)."""
+    from model_store.quantize import top1_agreement
+
+    top1 = top1_agreement(stored.metadata)
+    if top1 is not None and top1 < minimum and not force:
+        raise WeightsError(
+            f"{stored.tag} is an int8 version whose top-1 agreement with its fp32 source is "
+            f"{top1:.2%}, below VQ_INT8_MIN_AGREEMENT ({minimum:.2%}); promote it with "
+            "--force to serve it anyway"
+        )
+
+
+def promote(
+    tag: str, path: Path | None = None, force: bool = False, min_agreement: float | None = None
+) -> dict[str, Any]:
     """Make ``tag`` the served version of its name; return the record entry."""
     from model_store.store import get_model, list_versions
+    from visionqueue.core.settings import get_settings
 
     path = path or record_path()
     if ":" not in tag:
         raise WeightsError(f"promote takes NAME:TAG, not {tag!r} (see `models list`)")
     stored = get_model(tag)  # refuses unknown tags; NAME:latest resolves to a version
+    if min_agreement is None:
+        min_agreement = get_settings().model.int8_min_agreement
+    check_agreement(stored, min_agreement, force)
     with _locked(path):
         record = read_record(path)
         current = record["models"].get(stored.name, {}).get("tag")

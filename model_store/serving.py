@@ -130,11 +130,13 @@ def describe(classifier: Any, memory: dict[str, int]) -> dict[str, Any]:
         "weights": info.weights_origin,
         "device": info.device,
         "backend": info.backend,
+        "execution_provider": info.provider,
         "architecture": info.architecture,
         "classes": len(info.labels),
         "labels": list(info.labels),
         "preprocessing": info.preprocessing.to_spec(),
         "memory": memory,
+        **({"quantization": info.quantization} if info.quantization else {}),
     }
 
 

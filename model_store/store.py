@@ -54,6 +54,7 @@ class StoredModel:
             "weights": self.weights_origin,
             "preprocessing": meta.get("preprocessing", PREPROCESSING_SPEC),
             "created_at": self.created_at,
+            **({"quantization": meta["quantization"]} if meta.get("quantization") else {}),
         }
 
 

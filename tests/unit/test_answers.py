@@ -13,6 +13,9 @@ VERSION = {
     "weights": "imagenet1k_v1",
     "architecture": "resnet18",
     "labels": ["cat", "dog", "fish", "bird"],
+    "device": "cuda",
+    "backend": "onnxruntime",
+    "execution_provider": "CUDAExecutionProvider",
 }
 
 
@@ -33,6 +36,10 @@ def test_answer_body_ranks_labels_and_names_the_version() -> None:
         "tag": "resnet18:abc",
         "weights": "imagenet1k_v1",
         "architecture": "resnet18",
+        # what ran it, as the classifier reported
+        "device": "cuda",
+        "backend": "onnxruntime",
+        "execution_provider": "CUDAExecutionProvider",
         "demo": False,
     }
     assert 0 <= body["processing_time"] < 5

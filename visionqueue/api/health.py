@@ -54,6 +54,7 @@ class FrontHealth:
                 continue
             checks[check] = "ok"
             summary = {k: info[k] for k in ("tag", "weights", "device", "backend")}
+            summary["execution_provider"] = info.get("execution_provider")
             body["models"][name] = {"ready": True, **summary}
             if check == "model":
                 body["model"] = summary

@@ -22,6 +22,7 @@ SUMMARY_FIELDS = (
     "preprocessing",
     "device",
     "backend",
+    "execution_provider",
     "memory",
 )
 
@@ -37,6 +38,8 @@ async def model_view(registry: ServedModels, name: str, labels: bool = False) ->
     view.update({"ready": True, **{k: info.get(k) for k in SUMMARY_FIELDS}})
     view["input_size"] = [3, info["preprocessing"]["crop"], info["preprocessing"]["crop"]]
     view["demo"] = is_demo(str(info["weights"]))
+    if info.get("quantization"):  # an int8 version: its agreement report against fp32
+        view["quantization"] = info["quantization"]
     if labels:
         view["labels"] = info["labels"]
     return view

@@ -18,6 +18,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "minioadmin", "secret", "password"}
 
 
+INFERENCE_BACKENDS = ("auto", "eager", "channels_last", "compile", "onnxruntime", "openvino")
+
+
 def _split_csv(value: object) -> object:
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
@@ -119,11 +122,27 @@ class ModelSettings(_Group):
         le=60,
         description="How often classifier workers look for a promoted model version.",
     )
-    inference_backend: Literal["eager", "channels_last", "compile", "onnxruntime"] = Field(
-        "onnxruntime",
-        description="How the classifier runs ResNet18: eager, channels_last, compile "
-        "(torch.compile at start-up, cached on disk) or onnxruntime (exported once, cached); "
-        "see docs/benchmarks.md.",
+    inference_backend: Literal[
+        "auto", "eager", "channels_last", "compile", "onnxruntime", "openvino"
+    ] = Field(
+        "auto",
+        description="How the classifier runs a model: auto (on CUDA: ONNX Runtime's CUDA "
+        "provider, else torch; on the CPU: onnxruntime), eager, channels_last, compile "
+        "(torch.compile at start-up, cached on disk), onnxruntime (exported once, cached; "
+        "CUDA provider when onnxruntime-gpu has one) or openvino (the same ONNX graph on "
+        "OpenVINO, CPU); see docs/benchmarks.md.",
+    )
+    int8_min_agreement: float = Field(
+        0.99,
+        ge=0,
+        le=1,
+        description="Top-1 agreement with its fp32 source (held-out images, stored at "
+        "import) below which 'models promote' refuses an int8 version unless --force.",
+    )
+    model_backends: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Per-model backends, comma-separated NAME=BACKEND (e.g. "
+        "effnet=openvino); a model not named uses VQ_INFERENCE_BACKEND.",
     )
     compile_cache_dir: str = Field(
         "",
@@ -188,6 +207,25 @@ class ModelSettings(_Group):
     @classmethod
     def _models(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("model_backends", mode="before")
+    @classmethod
+    def _model_backends(cls, value: object) -> object:
+        entries = _split_csv(value)
+        for entry in entries if isinstance(entries, list) else []:
+            name, _, backend = str(entry).partition("=")
+            if not name.strip() or backend.strip() not in INFERENCE_BACKENDS:
+                raise ValueError(
+                    f"VQ_MODEL_BACKENDS entry {entry!r} is not NAME=BACKEND with BACKEND one of "
+                    f"{', '.join(INFERENCE_BACKENDS)}"
+                )
+        return entries
+
+    @property
+    def backend_by_model(self) -> dict[str, str]:
+        """``VQ_MODEL_BACKENDS`` as name -> backend."""
+        pairs = (entry.partition("=") for entry in self.model_backends)
+        return {name.strip(): backend.strip() for name, _, backend in pairs}
 
 
 class DatabaseSettings(_Group):

@@ -68,7 +68,7 @@ class ModelHost:
             weights_origin=stored.weights_origin,
             labels=tuple(stored.metadata["labels"]),
             device=model_cfg.device,
-            backend=model_cfg.inference_backend,
+            backend=model_cfg.backend_by_model.get(stored.name, model_cfg.inference_backend),
             warmup_batch=model_cfg.batch_max_size,
             compile_cache_dir=model_cfg.compile_cache_dir
             or str(self._settings.data_dir.resolve() / "torch-compile"),
@@ -76,13 +76,14 @@ class ModelHost:
         )
         info = model.info
         logger.info(
-            "classifier loaded %s (%s, %d classes) weights=%s device=%s backend=%s threads=%d",
+            "classifier loaded %s (%s, %d classes) weights=%s device=%s backend=%s (%s) threads=%d",
             info.tag,
             info.architecture,
             len(info.labels),
             info.weights_origin,
             info.device,
             info.backend,
+            info.provider,
             self.threads,
         )
         if info.demo:

@@ -1,0 +1,158 @@
+"""int8 versions: the agreement report's arithmetic, the held-out split, the stored version, the
+promotion bar, and the command that makes one."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from model_store.promotions import promote, read_record
+from model_store.quantize import agreement, quantize_version, split_files
+from model_store.weights import WeightsError
+from tests.support.images import skimage_photo
+
+ROOT = Path(__file__).resolve().parents[2]
+PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg", "motorcycle_left.png")
+
+
+def test_agreement_counts_top1_top5_and_the_largest_difference() -> None:
+    fp32 = np.array(
+        [
+            [0.5, 0.2, 0.1, 0.1, 0.05, 0.05, 0.0],
+            [0.1, 0.6, 0.1, 0.1, 0.05, 0.05, 0.0],
+        ],
+        dtype=np.float32,
+    )
+    int8 = fp32.copy()
+    int8[1] = [0.6, 0.1, 0.1, 0.1, 0.0, 0.05, 0.05]  # best class changed; top 5 lost index 4
+    report = agreement(fp32, int8, "test")
+    assert report.images == 2
+    assert report.top1 == 0.5
+    assert report.top5_overlap == pytest.approx((1.0 + 0.8) / 2)
+    assert report.max_prob_diff == pytest.approx(0.5)
+
+
+def _photos(folder: Path, names: tuple[str, ...]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / f"{Path(name).stem}.jpg").write_bytes(skimage_photo(name))
+    return folder
+
+
+def test_held_out_images_are_never_calibration_images(tmp_path: Path) -> None:
+    folder = _photos(tmp_path / "calib", PHOTOS[:4])
+    calib, held, where = split_files(folder, None)
+    assert len(calib) == len(held) == 2 and not set(calib) & set(held)
+    assert "every 2nd image" in where
+    with pytest.raises(WeightsError, match="also calibration images"):
+        split_files(folder, folder)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(WeightsError, match="holds no images"):
+        split_files(empty, None)
+
+
+@pytest.fixture(scope="module")
+def int8_version(stored_model, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:  # type: ignore[no-untyped-def]
+    folder = tmp_path_factory.mktemp("images")
+    calibration = _photos(folder / "calibration", PHOTOS[:3])
+    holdout = _photos(folder / "holdout", PHOTOS[3:])
+    return quantize_version("resnet18", stored_model.tag, calibration, holdout)
+
+
+def test_an_int8_version_stores_its_agreement_report(stored_model, int8_version) -> None:  # type: ignore[no-untyped-def]
+    stored, report = int8_version
+    assert stored.tag != stored_model.tag and stored.name == "resnet18"
+    meta = stored.metadata
+    assert meta["format"] == "onnx" and meta["weights_origin"] == stored_model.weights_origin
+    quantization = meta["quantization"]
+    assert quantization["source"] == stored_model.tag
+    assert quantization["calibration"]["images"] == 3
+    assert quantization["agreement"] == report.to_dict()
+    assert report.images == 2 and 0 <= report.top1 <= 1 and report.max_prob_diff > 0
+    assert stored.summary()["quantization"] == quantization  # `models list --json`
+    # the graph really is int8: its weights are stored as 8-bit integers
+    import onnx
+
+    graph = onnx.load(str(Path(stored.path) / meta["file"]))
+    assert any(init.data_type == onnx.TensorProto.INT8 for init in graph.graph.initializer)
+
+
+def test_the_int8_version_serves_and_shows_its_report(int8_version) -> None:  # type: ignore[no-untyped-def]
+    from model_store.inference import load_classifier
+    from model_store.serving import describe
+
+    stored, report = int8_version
+    classifier = load_classifier(
+        stored.path,
+        stored.tag,
+        stored.weights_origin,
+        tuple(stored.metadata["labels"]),
+        device="cpu",
+        backend="auto",
+        metadata=stored.metadata,
+    )
+    version = describe(classifier, {})
+    assert version["quantization"]["agreement"] == report.to_dict()
+    assert version["execution_provider"] == "CPUExecutionProvider"
+    crops = np.random.default_rng(0).integers(0, 256, (3, 224, 224, 3), dtype=np.uint8)
+    probs = classifier.predict_proba(crops)
+    assert probs.shape == (3, 1000) and np.allclose(probs.sum(axis=1), 1, atol=1e-4)
+
+
+def test_promote_refuses_an_int8_version_below_the_bar(int8_version, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    stored, report = int8_version
+    record = tmp_path / "promotions.json"
+    with pytest.raises(WeightsError, match=r"top-1 agreement .* below VQ_INT8_MIN_AGREEMENT"):
+        promote(stored.tag, record, min_agreement=report.top1 + 0.01)
+    assert read_record(record)["models"] == {}
+    entry = promote(stored.tag, record, force=True, min_agreement=report.top1 + 0.01)
+    assert entry["tag"] == stored.tag
+    assert promote(stored.tag, record, min_agreement=report.top1)["tag"] == stored.tag
+
+
+@pytest.mark.slow  # two `visionqueue` processes, one quantizing ResNet18: ~35 s on 2 cores
+def test_the_command_prints_the_report_and_refuses_what_is_missing(  # type: ignore[no-untyped-def]
+    stored_model, tmp_path: Path
+) -> None:
+    calibration = _photos(tmp_path / "calibration", PHOTOS[:4])
+    base = [sys.executable, "-m", "visionqueue.cli", "import-model", "resnet18"]
+    missing = subprocess.run(
+        [*base, "--quantize", "int8", "--from", stored_model.tag],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert missing.returncode == 2
+    assert "needs --from NAME:TAG and --calibration DIR" in missing.stderr
+    done = subprocess.run(
+        [
+            *base,
+            "--from",
+            stored_model.tag,
+            "--quantize",
+            "int8",
+            "--calibration",
+            str(calibration),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"int8 of {stored_model.tag}" in done.stdout
+    assert "agreement with fp32 on 2 held-out images (every 2nd image of" in done.stdout
+    listed = subprocess.run(
+        [sys.executable, "-m", "model_store", "list", "resnet18", "--json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    rows = json.loads(listed.stdout)
+    assert rows[0]["quantization"]["agreement"]["images"] == 2
