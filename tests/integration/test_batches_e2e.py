@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -265,3 +267,24 @@ def test_cancel_mid_run_stops_new_chunks(bstack: Stack, roots: Path) -> None:
             assert set(keys) <= set(names)
     finally:
         bstack.stop_workers()
+
+
+def test_cli_batch_waits_and_prints_where_the_results_are(
+    bstack: Stack, roots: Path, worker: None
+) -> None:
+    folder, names = _folder(roots, 6)
+    from tests.support.servers import ROOT
+
+    done = subprocess.run(
+        [str(ROOT / ".venv/bin/python"), "-m", "visionqueue.cli", "batch", f"file://{folder}/",
+         "--wait", "--url", bstack.url, "--api-key", KEY_A, "--top-k", "2"],
+        capture_output=True, text=True, timeout=240, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "6 done, 0 failed" in done.stdout
+    results = done.stdout.split("results: ")[1].split()[0]
+    with _client(bstack) as client:
+        lines = [json.loads(x) for x in client.get(results).text.splitlines()]
+    assert sorted(line["key"] for line in lines) == names
+    assert {len(line["predictions"]) for line in lines} == {2}
+    assert "done" in done.stderr  # the progress bar
