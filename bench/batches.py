@@ -1,0 +1,330 @@
+"""``python -m bench.batches``: a dataset batch against the raw pipeline, in one run, and the
+planner's memory and database size against the number of keys.
+
+Phases: the raw pipeline (decode + preprocess + forward in one process, the best of a few
+batch sizes); a batch of ``--images`` real photos on the server stack (PostgreSQL, Redis,
+an S3 server holding them, a Bento server and one Celery worker); the same on ``make run``'s
+embedded default (a ``file://`` folder); then manifests of ``--keys`` keys planned into
+chunk rows in a child process each (peak RSS, rows, database bytes) on SQLite and
+PostgreSQL. Writes its section of docs/benchmarks.md (between the ``batches`` markers,
+which ``python -m bench`` keeps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+START, END = "<!-- batches:start -->", "<!-- batches:end -->"
+PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg", "camera.png", "coins.png")
+
+
+def photos(count: int) -> list[bytes]:
+    """``count`` JPEGs of real photos (scikit-image), each a distinct crop so none repeats."""
+    import skimage
+    from PIL import Image
+
+    base = [Image.open(Path(skimage.__file__).parent / "data" / n).convert("RGB") for n in PHOTOS]
+    out = []
+    for i in range(count):
+        image = base[i % len(base)]
+        w, h = image.size
+        dx, dy = (i // len(base)) % 17, (i // len(base) // 17) % 17
+        buf = io.BytesIO()
+        image.crop((dx, dy, w - 16 + dx, h - 16 + dy)).save(buf, format="JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def raw_best(seconds: float) -> dict[str, Any]:
+    from bench.__main__ import raw_phase
+
+    cache = Path.home() / ".cache" / "visionqueue" / "bench-compile"
+    results = raw_phase(["eager"], seconds, cache)
+    best = max(results, key=lambda r: r.images_per_s)
+    return {"images_per_s": best.images_per_s, "batch": best.batch, "backend": best.backend}
+
+
+def run_batch(url: str, source: str, headers: dict[str, str], timeout: float) -> dict[str, Any]:
+    """Submit one batch, wait for it; images/s from submission to the last line stored."""
+    with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
+        started = time.monotonic()
+        resp = client.post("/v1/batches", json={"source": source})
+        resp.raise_for_status()
+        batch_id = resp.json()["id"]
+        while True:
+            view = client.get(f"/v1/batches/{batch_id}").json()
+            if view["status"] in ("completed", "failed", "cancelled"):
+                break
+            if time.monotonic() - started > timeout:
+                raise TimeoutError(f"batch not done in {timeout}s: {view}")
+            time.sleep(0.25)
+        wall = time.monotonic() - started
+        lines = client.get(f"/v1/batches/{batch_id}/results").text.splitlines()
+    keys = [json.loads(line)["key"] for line in lines]
+    assert len(keys) == len(set(keys)) == view["total"], "one line per object"
+    return {
+        "images": view["total"],
+        "failed": view["failed"],
+        "seconds": round(wall, 1),
+        "images_per_s": view["total"] / wall,
+        "server_rate": view["images_per_second"],
+    }
+
+
+def stack_phase(data: list[bytes], workdir: Path, lanes: int) -> dict[str, Any]:
+    from minio import Minio
+
+    from bench.__main__ import stack_env
+    from model_store.store import ensure_model
+    from tests.support.stack import production_stack
+
+    stored = ensure_model("random", seed=0)
+    env = stack_env(stored.tag, workdir / "data-stack")
+    env["VQ_BATCH_LANES"] = str(lanes)
+    with production_stack(env, workdir / "logs-stack", redis_db=12) as stack:
+        s3 = Minio(stack.s3_endpoint.removeprefix("http://"), "vq-test-access",
+                   "vq-test-secret", secure=False, region="us-east-1")  # fmt: skip
+        s3.make_bucket("dataset")
+        for i, body in enumerate(data):
+            s3.put_object("dataset", f"photos/{i:05d}.jpg", io.BytesIO(body), len(body))
+        stack.start_worker(concurrency=lanes + 2)
+        run_batch(stack.url, "s3://dataset/photos/", {}, 600)  # warm-up: a first batch
+        return run_batch(stack.url, "s3://dataset/photos/", {}, 1800)
+
+
+def embedded_phase(data: list[bytes], workdir: Path, lanes: int) -> dict[str, Any]:
+    from model_store.store import ensure_model
+    from tests.support.launcher import BANNER, launcher_env, start_launcher
+
+    folder = workdir / "dataset"
+    folder.mkdir()
+    for i, body in enumerate(data):
+        (folder / f"{i:05d}.jpg").write_bytes(body)
+    stored = ensure_model("random", seed=0)
+    env = launcher_env(
+        workdir / "data-embedded",
+        VQ_MODEL_TAG=stored.tag,
+        VQ_BATCH_LOCAL_ROOTS=str(folder),
+        VQ_BATCH_LANES=str(lanes),
+        VQ_WORKER_CONCURRENCY=str(lanes + 2),
+    )
+    with start_launcher(env, workdir / "launcher.log") as launched:
+        launched.wait_for_output(BANNER, timeout=600)
+        run_batch(launched.url, f"file://{folder}/", {}, 600)  # warm-up
+        result = run_batch(launched.url, f"file://{folder}/", {}, 1800)
+        launched.interrupt_and_wait(60)
+    return result
+
+
+def plan_in_child(keys: int, database_url: str, workdir: Path) -> dict[str, Any]:
+    """Plan a manifest of ``keys`` keys in a fresh process; its peak RSS and the rows."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.batches", "--plan-child", str(keys), database_url,
+         str(workdir)],
+        capture_output=True, text=True, check=True, cwd=ROOT,
+    )  # fmt: skip
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def plan_child(keys: int, database_url: str, workdir: Path) -> dict[str, Any]:
+    import httpx as _httpx
+
+    from jobs.batches.plan import plan_batch
+    from jobs.lease_keeper import LeaseKeeper
+    from jobs.resources import Resources
+    from persistence import batches_repo
+    from persistence.db import get_engine, session_scope
+    from persistence.local_images import LocalImageStore
+    from persistence.migrate import upgrade_database
+    from persistence.models import new_job_id
+    from visionqueue.core.settings import BatchSettings, DatabaseSettings, Settings
+
+    folder = workdir / f"manifest-{keys}"
+    folder.mkdir(exist_ok=True)
+    manifest = folder / "keys.txt"
+    with manifest.open("w") as fh:  # written here, streamed: the parent never holds them
+        for i in range(keys):
+            fh.write(f"shard-{i % 997:03d}/object-{i:08d}.jpg\n")
+    upgrade_database(database_url)
+    engine = get_engine(database_url)
+    settings = Settings(
+        data_dir=workdir,
+        database=DatabaseSettings(url=database_url),
+        batch=BatchSettings(local_roots=[str(folder)]),
+    )
+    res = Resources(settings, engine, LocalImageStore(workdir / "img", "http://x", b"k"),
+                    _httpx.Client(), LeaseKeeper(engine, 15))  # fmt: skip
+    batch_id = new_job_id()
+    with session_scope(engine) as session:
+        batches_repo.create_batch(session, batch_id=batch_id, source=f"file://{manifest}",
+                                  output="file:///tmp/x/", owner=None, model_name=None,
+                                  top_k=5, metadata=None, webhook_url=None)  # fmt: skip
+    import gc
+    import threading
+
+    import psutil
+
+    gc.collect()
+    me = psutil.Process()
+    rss_before = me.memory_info().rss
+    peak = rss_before
+    stop = threading.Event()
+
+    def sample() -> None:  # the process's current RSS every 20 ms while it plans
+        nonlocal peak
+        while not stop.wait(0.02):
+            peak = max(peak, me.memory_info().rss)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    started = time.monotonic()
+    report = plan_batch(batch_id, res)
+    seconds = time.monotonic() - started
+    stop.set()
+    sampler.join()
+    peak = max(peak, me.memory_info().rss)
+    assert report.finished
+    if database_url.startswith("sqlite"):
+        engine.dispose()  # checkpoints the WAL into the file
+        db = Path(database_url.removeprefix("sqlite:///"))
+        size = sum(p.stat().st_size for p in db.parent.glob(db.name + "*"))
+    else:
+        from sqlalchemy import text
+
+        with engine.connect() as conn:
+            size = int(conn.execute(text("SELECT pg_total_relation_size('batch_chunks')"
+                                         " + pg_total_relation_size('batches')")).scalar() or 0)  # fmt: skip
+    manifest.unlink()
+    return {
+        "keys": keys,
+        "chunks": report.chunks,
+        "seconds": round(seconds, 1),
+        "rss_before_mb": round(rss_before / 2**20, 1),
+        "rss_peak_mb": round(peak / 2**20, 1),
+        "db_mb": round(size / 2**20, 1),
+    }
+
+
+def render(args: argparse.Namespace, raw: dict[str, Any], runs: dict[str, Any],
+           plans: list[dict[str, Any]]) -> str:  # fmt: skip
+    best = raw["images_per_s"]
+    lines = [
+        START,
+        "## Dataset batches (`python -m bench.batches`)",
+        "",
+        f"One run on {_machine()}; load average {args.load_start:.1f} at the start. The machine "
+        "is shared with other developers' work: the ratios below, measured within this one run, "
+        "are what to read; the absolute figures are noisy. Seeded random-init ResNet18 "
+        "(`random-init:seed=0`), eager backend. Command: "
+        f"`python -m bench.batches {' '.join(args.argv)}`.",
+        "",
+        f"Best raw pipeline: **{best:.1f} img/s** (decode + preprocess + forward in one "
+        f"process, batch {raw['batch']}).",
+        "",
+        "| deployment | images | failed | seconds (submit to last line) | img/s | ratio to best raw |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in runs.items():
+        lines.append(
+            f"| {name} | {r['images']} | {r['failed']} | {r['seconds']} | "
+            f"{r['images_per_s']:.1f} | {r['images_per_s'] / best:.2f}x |"
+        )
+    lines += [
+        "",
+        "Planning a manifest into chunk rows (64 keys a chunk, 50 chunks a transaction), in a "
+        "fresh process per size: its RSS before planning (Python, SQLAlchemy and the "
+        "worker's imports) and the highest RSS sampled every 20 ms while it planned.",
+        "",
+        "| database | keys | chunks | seconds | RSS before (MB) | peak RSS (MB) | database (MB) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for p in plans:
+        lines.append(
+            f"| {p['database']} | {p['keys']:,} | {p['chunks']:,} | {p['seconds']} | "
+            f"{p['rss_before_mb']} | {p['rss_peak_mb']} | {p['db_mb']} |"
+        )
+    lines += ["", END]
+    return "\n".join(lines) + "\n"
+
+
+def _machine() -> str:
+    from bench.__main__ import machine
+
+    return machine()
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace (or append) the batches section of ``path``."""
+    text = path.read_text() if path.exists() else ""
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--plan-child"]:
+        print(json.dumps(plan_child(int(argv[1]), argv[2], Path(argv[3]))))
+        return 0
+    parser = argparse.ArgumentParser(prog="python -m bench.batches")
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--lanes", type=int, default=4)
+    parser.add_argument("--raw-seconds", type=float, default=8.0)
+    parser.add_argument("--keys", default="10000,100000,1000000")
+    parser.add_argument("--skip", default="", help="phases to skip: stack,embedded,plan")
+    parser.add_argument("--output", default=str(ROOT / "docs" / "benchmarks.md"))
+    args = parser.parse_args(argv)
+    args.argv = argv
+    args.load_start = os.getloadavg()[0]
+    skip = set(args.skip.split(","))
+    workdir = Path(tempfile.mkdtemp(prefix="vq-bench-batches-"))
+    os.environ.setdefault("BENTOML_HOME", str(workdir / "bentoml"))
+    print("bench.batches: raw pipeline ...", flush=True)
+    raw = raw_best(args.raw_seconds)
+    print(f"  best raw {raw['images_per_s']:.1f} img/s", flush=True)
+    data = photos(args.images)
+    runs: dict[str, Any] = {}
+    if "stack" not in skip:
+        print("bench.batches: server stack (PostgreSQL, Redis, S3 server) ...", flush=True)
+        runs["server stack, s3:// prefix"] = stack_phase(data, workdir, args.lanes)
+        print(f"  {runs['server stack, s3:// prefix']}", flush=True)
+    if "embedded" not in skip:
+        print("bench.batches: make run's embedded default ...", flush=True)
+        runs["make run, file:// folder"] = embedded_phase(data, workdir, args.lanes)
+        print(f"  {runs['make run, file:// folder']}", flush=True)
+    plans = []
+    if "plan" not in skip:
+        from tests.support.postgres import throwaway_postgres_url
+
+        for keys in (int(k) for k in args.keys.split(",")):
+            for name in ("SQLite", "PostgreSQL"):
+                if name == "SQLite":
+                    result = plan_in_child(keys, f"sqlite:///{workdir}/plan-{keys}.db", workdir)
+                else:
+                    with throwaway_postgres_url() as url:
+                        result = plan_in_child(keys, url, workdir)
+                plans.append({"database": name, **result})
+                print(f"  plan {name}: {result}", flush=True)
+    section = render(args, raw, runs, plans)
+    write_section(Path(args.output), section)
+    print(section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
