@@ -27,6 +27,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- batches:start -->", "<!-- batches:end -->"
+WARM_UP = 128  # images of a first, unmeasured batch (model warm-up, batch-size tuning)
 PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg", "camera.png", "coins.png")
 
 
@@ -99,8 +100,10 @@ def stack_phase(data: list[bytes], workdir: Path, lanes: int) -> dict[str, Any]:
         s3.make_bucket("dataset")
         for i, body in enumerate(data):
             s3.put_object("dataset", f"photos/{i:05d}.jpg", io.BytesIO(body), len(body))
+        for i, body in enumerate(data[:WARM_UP]):
+            s3.put_object("dataset", f"warm-up/{i:05d}.jpg", io.BytesIO(body), len(body))
         stack.start_worker(concurrency=lanes + 2)
-        run_batch(stack.url, "s3://dataset/photos/", {}, 600)  # warm-up: a first batch
+        run_batch(stack.url, "s3://dataset/warm-up/", {}, 600)
         return run_batch(stack.url, "s3://dataset/photos/", {}, 1800)
 
 
@@ -108,21 +111,22 @@ def embedded_phase(data: list[bytes], workdir: Path, lanes: int) -> dict[str, An
     from model_store.store import ensure_model
     from tests.support.launcher import BANNER, launcher_env, start_launcher
 
-    folder = workdir / "dataset"
-    folder.mkdir()
-    for i, body in enumerate(data):
-        (folder / f"{i:05d}.jpg").write_bytes(body)
+    folder, warm = workdir / "dataset" / "photos", workdir / "dataset" / "warm-up"
+    for target, bodies in ((folder, data), (warm, data[:WARM_UP])):
+        target.mkdir(parents=True)
+        for i, body in enumerate(bodies):
+            (target / f"{i:05d}.jpg").write_bytes(body)
     stored = ensure_model("random", seed=0)
     env = launcher_env(
         workdir / "data-embedded",
         VQ_MODEL_TAG=stored.tag,
-        VQ_BATCH_LOCAL_ROOTS=str(folder),
+        VQ_BATCH_LOCAL_ROOTS=str(folder.parent),
         VQ_BATCH_LANES=str(lanes),
         VQ_WORKER_CONCURRENCY=str(lanes + 2),
     )
     with start_launcher(env, workdir / "launcher.log") as launched:
         launched.wait_for_output(BANNER, timeout=600)
-        run_batch(launched.url, f"file://{folder}/", {}, 600)  # warm-up
+        run_batch(launched.url, f"file://{warm}/", {}, 600)
         result = run_batch(launched.url, f"file://{folder}/", {}, 1800)
         launched.interrupt_and_wait(60)
     return result
