@@ -49,16 +49,37 @@ def photos(count: int) -> list[bytes]:
 
 
 def raw_best(seconds: float) -> dict[str, Any]:
+    import psutil
+
     from bench.__main__ import raw_phase
 
     cache = Path.home() / ".cache" / "visionqueue" / "bench-compile"
+    started = psutil.Process().cpu_times()
     results = raw_phase(["eager"], seconds, cache)
+    ended = psutil.Process().cpu_times()
     best = max(results, key=lambda r: r.images_per_s)
-    return {"images_per_s": best.images_per_s, "batch": best.batch, "backend": best.backend}
+    images = sum(r.images_per_s * seconds for r in results)  # warm-ups left out: an over-estimate
+    cpu = (ended.user + ended.system - started.user - started.system) / images * 1000
+    return {
+        "images_per_s": best.images_per_s,
+        "batch": best.batch,
+        "backend": best.backend,
+        "cpu_ms": round(cpu, 1),
+    }
 
 
-def run_batch(url: str, source: str, headers: dict[str, str], timeout: float) -> dict[str, Any]:
-    """Submit one batch, wait for it; images/s from submission to the last line stored."""
+def run_batch(
+    url: str,
+    source: str,
+    headers: dict[str, str],
+    timeout: float,
+    procs: dict[str, list[int]] | None = None,
+) -> dict[str, Any]:
+    """Submit one batch, wait for it; images/s from submission to the last line stored, and
+    the CPU milliseconds per image each of ``procs``' process groups spent meanwhile."""
+    from bench.lone import cpu_seconds
+
+    before = cpu_seconds(procs or {})
     with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
         started = time.monotonic()
         resp = client.post("/v1/batches", json={"source": source})
@@ -73,9 +94,12 @@ def run_batch(url: str, source: str, headers: dict[str, str], timeout: float) ->
             time.sleep(0.25)
         wall = time.monotonic() - started
         lines = client.get(f"/v1/batches/{batch_id}/results").text.splitlines()
+    after = cpu_seconds(procs or {})
     keys = [json.loads(line)["key"] for line in lines]
     assert len(keys) == len(set(keys)) == view["total"], "one line per object"
+    cpu = {k: round((after[k] - before.get(k, 0.0)) / len(keys) * 1000, 1) for k in after}
     return {
+        "cpu_ms": cpu,
         "images": view["total"],
         "failed": view["failed"],
         "seconds": round(wall, 1),
@@ -88,6 +112,7 @@ def stack_phase(data: list[bytes], workdir: Path, lanes: int) -> dict[str, Any]:
     from minio import Minio
 
     from bench.__main__ import stack_env
+    from bench.lone import stack_processes
     from model_store.store import ensure_model
     from tests.support.stack import production_stack
 
@@ -104,10 +129,14 @@ def stack_phase(data: list[bytes], workdir: Path, lanes: int) -> dict[str, Any]:
             s3.put_object("dataset", f"warm-up/{i:05d}.jpg", io.BytesIO(body), len(body))
         stack.start_worker(concurrency=lanes + 2)
         run_batch(stack.url, "s3://dataset/warm-up/", {}, 600)
-        return run_batch(stack.url, "s3://dataset/photos/", {}, 1800)
+        procs = stack_processes(env["VQ_DATA_DIR"], {"bench client": [os.getpid()]})
+        if stack.s3_process is not None:
+            procs["S3 server (moto)"] = [stack.s3_process.pid]
+        return run_batch(stack.url, "s3://dataset/photos/", {}, 1800, procs)
 
 
 def embedded_phase(data: list[bytes], workdir: Path, lanes: int) -> dict[str, Any]:
+    from bench.lone import stack_processes
     from model_store.store import ensure_model
     from tests.support.launcher import BANNER, launcher_env, start_launcher
 
@@ -127,7 +156,8 @@ def embedded_phase(data: list[bytes], workdir: Path, lanes: int) -> dict[str, An
     with start_launcher(env, workdir / "launcher.log") as launched:
         launched.wait_for_output(BANNER, timeout=600)
         run_batch(launched.url, f"file://{warm}/", {}, 600)
-        result = run_batch(launched.url, f"file://{folder}/", {}, 1800)
+        procs = stack_processes(str(workdir / "data-embedded"), {"bench client": [os.getpid()]})
+        result = run_batch(launched.url, f"file://{folder}/", {}, 1800, procs)
         launched.interrupt_and_wait(60)
     return result
 
@@ -245,6 +275,18 @@ def render(args: argparse.Namespace, raw: dict[str, Any], runs: dict[str, Any],
             f"| {name} | {r['images']} | {r['failed']} | {r['seconds']} | "
             f"{r['images_per_s']:.1f} | {r['images_per_s'] / best:.2f}x |"
         )
+    lines += [
+        "",
+        "Where the time goes: CPU milliseconds per image of each process group while the "
+        f"measured batch ran (the raw pipeline: {raw['cpu_ms']} ms per image, all its batch "
+        "sizes, warm-ups included). On 2 cores, every millisecond spent outside decode, crop "
+        "and forward (fetching from the S3 server, relaying crops, the database) is taken "
+        "from them.",
+        "",
+    ]
+    for name, r in runs.items():
+        cpu = ", ".join(f"{k} {v}" for k, v in sorted(r["cpu_ms"].items(), key=lambda kv: -kv[1]))
+        lines.append(f"- {name}: {cpu}")
     lines += [
         "",
         "Planning a manifest into chunk rows (64 keys a chunk, 50 chunks a transaction), in a "

@@ -60,9 +60,11 @@ def classify_chunk(res: Resources, name: str, crops: np.ndarray, top_k: int) -> 
             model_block(name, version),
             dict(version["preprocessing"]),
         )
+    # a call must fit the front's body cap (VQ_MAX_UPLOAD_BYTES), whatever an operator set
+    per_call = max(1, min(CROPS_PER_CALL, res.settings.server.max_upload_bytes // crops[0].nbytes))
     answers = [
-        _front_crops(res, name, crops[i : i + CROPS_PER_CALL], top_k)
-        for i in range(0, len(crops), CROPS_PER_CALL)
+        _front_crops(res, name, crops[i : i + per_call], top_k)
+        for i in range(0, len(crops), per_call)
     ]
     tags = {a["model"]["tag"] for a in answers}
     if len(tags) != 1:
