@@ -52,11 +52,14 @@ def test_a_stalled_workers_late_write_is_refused(engine: Engine) -> None:
     assert fresh is not None and fresh.fence == stalled.fence + 1
     with session_scope(engine) as session:
         assert not batches_repo.renew_chunk(session, stalled, LEASE)  # fenced: no renewal
+    late = "\n".join(_line(k, "stalled") for k in keys)
+    # it wakes up while the chunk's new holder is still working on it: refused
+    with session_scope(engine) as session:
+        assert not batches_repo.complete_chunk(session, stalled, late, 3, 0, "m:1")
     lines = "\n".join(_line(k, "fresh") for k in keys)
     with session_scope(engine) as session:
         assert batches_repo.complete_chunk(session, fresh, lines, 3, 0, "m:1")
-    late = "\n".join(_line(k, "stalled") for k in keys)
-    with session_scope(engine) as session:
+    with session_scope(engine) as session:  # and after it finished: refused too
         assert not batches_repo.complete_chunk(session, stalled, late, 3, 0, "m:1")
     stored = [json.loads(line) for line in stored_lines(engine, batch_id)]
     assert [x["key"] for x in stored] == keys
