@@ -428,6 +428,15 @@ def render(
     return "\n".join(lines)
 
 
+def keep_batches_section(output: Path, previous: str) -> None:
+    """Carry ``python -m bench.batches``' section over from the page this run replaced."""
+    from bench.batches import END, START, write_section
+
+    if START in previous and END in previous:
+        section = START + previous.split(START, 1)[1].split(END, 1)[0] + END + "\n"
+        write_section(output, section)
+
+
 def missing_dev_dependencies(needed: dict[str, str] = DEV_DEPENDENCIES) -> list[str]:
     """Return ``module (what for)`` for each dev-only module this interpreter cannot import."""
     missing = []
@@ -502,6 +511,7 @@ def main(argv: list[str] | None = None) -> int:
         embedded = embedded_phase(args.embedded_jobs, args.lone_jobs, workdir)
     text = render(raw, served, photos, args, embedded)
     output = Path(args.output)
+    previous = output.read_text() if output.exists() else ""
     output.parent.mkdir(exist_ok=True)
     from bench.chart import draw
 
@@ -509,6 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     draw({b: s for b, (s, _, _) in served.items()}, raw, chart)
     text += f"\n![throughput and latency vs concurrency]({chart.name})\n"
     output.write_text(text)
+    keep_batches_section(output, previous)
     print(f"bench: wrote {output} and {chart}")
     return 0
 

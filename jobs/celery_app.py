@@ -22,6 +22,11 @@ CLASSIFY_TASK = "visionqueue.classify_job"
 WEBHOOK_TASK = "visionqueue.deliver_webhook"
 SWEEP_TASK = "visionqueue.sweep"
 PURGE_TASK = "visionqueue.purge"
+# dataset batches (jobs.batches.tasks): plan a source, run its chunks, notify, sweep
+BATCH_PLAN_TASK = "visionqueue.batch_plan"
+BATCH_LANE_TASK = "visionqueue.batch_lane"
+BATCH_WEBHOOK_TASK = "visionqueue.batch_webhook"
+BATCH_SWEEP_TASK = "visionqueue.batch_sweep"
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             WEBHOOK_TASK: {"queue": queues.webhooks},
             SWEEP_TASK: {"queue": queues.maintenance},
             PURGE_TASK: {"queue": queues.maintenance},
+            BATCH_PLAN_TASK: {"queue": queues.jobs},
+            BATCH_LANE_TASK: {"queue": queues.jobs},
+            BATCH_WEBHOOK_TASK: {"queue": queues.webhooks},
+            BATCH_SWEEP_TASK: {"queue": queues.maintenance},
         },
         "task_publish_retry": True,
         "task_publish_retry_policy": {
@@ -118,6 +127,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "beat_schedule": {
             "sweep": {"task": SWEEP_TASK, "schedule": settings.worker.sweep_interval_s},
             "purge": {"task": PURGE_TASK, "schedule": 3600.0},
+            "batch-sweep": {"task": BATCH_SWEEP_TASK, "schedule": settings.worker.sweep_interval_s},
         },
     }
 
@@ -131,7 +141,7 @@ def ensure_broker_dirs(settings: Settings) -> None:
 
 def create_celery_app(settings: Settings | None = None) -> Celery:
     """Build the Celery app for ``settings``; by default the process settings, read on first use."""
-    celery = Celery("visionqueue", include=["jobs.tasks"])
+    celery = Celery("visionqueue", include=["jobs.tasks", "jobs.batches.tasks"])
     if settings is not None:
         celery.conf.update(celery_config(settings))
     else:

@@ -15,8 +15,16 @@ AFTER_COMPLETION_COMMIT = "after_completion_commit"  # job final + outbox row, n
 AFTER_RETRY_PLANNED = "after_retry_planned"  # retry in the row and a countdown message
 SWEEP_BEFORE_PUBLISH = "sweep_before_publish"  # sweep committed its claims, sent nothing
 BATCH_BEFORE_COMPLETION = "batch_before_completion"  # a batch claimed and classified, not stored
+# a dataset batch's chunk classified, its lines not stored
+BATCH_CHUNK_BEFORE_STORE = "batch_chunk_before_store"
 POINTS = frozenset(
-    {AFTER_COMPLETION_COMMIT, AFTER_RETRY_PLANNED, SWEEP_BEFORE_PUBLISH, BATCH_BEFORE_COMPLETION}
+    {
+        AFTER_COMPLETION_COMMIT,
+        AFTER_RETRY_PLANNED,
+        SWEEP_BEFORE_PUBLISH,
+        BATCH_BEFORE_COMPLETION,
+        BATCH_CHUNK_BEFORE_STORE,
+    }
 )
 
 

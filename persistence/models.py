@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -227,3 +228,85 @@ class JobOutcomeCount(Base):
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     label: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class BatchStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+BATCH_FINAL_STATUSES = (BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.CANCELLED)
+
+
+class Batch(Base):
+    """One dataset batch: a source of objects, its plan (chunks) and its progress."""
+
+    __tablename__ = "batches"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('pending', 'running', 'completed', 'failed', 'cancelled')",
+            name="status",
+        ),
+        Index(None, "owner", "created_at", "id"),
+        Index(None, "status", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_job_id)
+    owner: Mapped[str] = mapped_column(String(64), default=ANONYMOUS_OWNER, server_default="")
+    status: Mapped[str] = mapped_column(String(16), default=BatchStatus.PENDING.value)
+    source: Mapped[str] = mapped_column(Text)
+    output: Mapped[str] = mapped_column(Text)
+    model_name: Mapped[str | None] = mapped_column(String(255))
+    model_tag: Mapped[str | None] = mapped_column(String(255))
+    top_k: Mapped[int] = mapped_column(Integer, default=5)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONDocument, default=dict)
+    webhook_url: Mapped[str | None] = mapped_column(String(2048))
+    # planning: keys listed into chunks so far (a restarted planner skips them), and whether
+    # the listing ended (then ``total`` is final)
+    planned_keys: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    planned_chunks: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    planned: Mapped[bool] = mapped_column(default=False, server_default=false())
+    total: Mapped[int | None] = mapped_column(Integer)
+    done: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    failed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    # the end-of-batch webhook: its own small outbox on the row (signing, SSRF guard and
+    # retry schedule are the jobs' own, ``jobs.batches.notify``)
+    webhook_state: Mapped[str | None] = mapped_column(String(16))  # owed | delivered | exhausted
+    webhook_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    webhook_next_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    webhook_last_error: Mapped[str | None] = mapped_column(String(64))
+
+
+class BatchChunk(Base):
+    """A leased slice of a batch's keys; ``fence`` grows with every claim, and only the
+    claim that holds the current fence may store the chunk's lines."""
+
+    __tablename__ = "batch_chunks"
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'running', 'done')", name="status"),
+        Index(None, "batch_id", "status", "lease_until"),
+    )
+
+    batch_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    keys: Mapped[str] = mapped_column(Text)  # newline-separated keys, relative to the source
+    size: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="pending", server_default="pending")
+    fence: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    leased_by: Mapped[str | None] = mapped_column(String(128))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    lines: Mapped[str | None] = mapped_column(Text)  # the chunk's JSON Lines, once done
+    done: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    failed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    part_written: Mapped[bool] = mapped_column(default=False, server_default=false())

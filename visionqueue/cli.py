@@ -1,4 +1,5 @@
-"""The ``visionqueue`` command: serve, import the model, classify, submit and watch jobs.
+"""The ``visionqueue`` command: serve, import the model, classify, submit and watch jobs and
+dataset batches.
 
 Client commands talk to a server (``--url``, default ``$VQ_URL`` or http://127.0.0.1:3000)
 with an optional API key (``--api-key`` or ``$VQ_API_KEY``); ``--json`` prints machine output.
@@ -349,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     jb = command("jobs", "list recent jobs", cmd_jobs)
     jb.add_argument("--status")
     jb.add_argument("--limit", type=int, default=20)
+    from visionqueue.cli_batch import add_batch_arguments, cmd_batch
+
+    add_batch_arguments(command("batch", "classify a whole dataset (POST /v1/batches)", cmd_batch))
     bn = command("bench", "run the benchmark from a source checkout (make bench)", cmd_bench)
     bn.add_argument("bench_args", nargs=argparse.REMAINDER)
     return parser

@@ -27,7 +27,9 @@ from jobs.webhooks.pinned_network import PinnedBackend
 from jobs.webhooks.ssrf import Resolver, check_url, resolve_and_validate
 from visionqueue.core.errors import Unavailable, Unprocessable
 
-EVENT_TYPES = frozenset({"job.completed", "job.failed"})
+EVENT_TYPES = frozenset(
+    {"job.completed", "job.failed", "batch.completed", "batch.failed", "batch.cancelled"}
+)
 MAX_RESPONSE_BYTES = 4096
 MAX_RETRY_AFTER_S = 86_400.0
 JITTER = 0.2

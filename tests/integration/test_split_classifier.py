@@ -280,3 +280,63 @@ def test_jobs_survive_the_classifier_killed_and_started_again(
     for job_id, data in zip(during, late, strict=True):
         result = rows[job_id].result
         assert result is not None and top5(result) == top5(predict(split.url, data))
+
+
+@pytest.mark.slow
+def test_a_batch_shared_by_a_direct_and_a_front_worker_answers_as_predict_does(
+    split: Stack, own_models: dict[str, str]
+) -> None:
+    """A dataset batch for the 160 px model, taken by two workers at once: one on the direct
+    path (its front URL is dead), one posting crops through the front. Each object's line is
+    ``/predict``'s answer with that model, and both workers took chunks."""
+    import io
+    import json
+
+    from minio import Minio
+    from sqlalchemy import select
+
+    from persistence.models import BatchChunk
+
+    run = uuid.uuid4().hex[:8]
+    photos = [images.skimage_photo(n) for n in ("chelsea.png", "coffee.png", "rocket.jpg")]
+    photos += small_jpegs(21, seed=300)
+    s3 = Minio(split.s3_endpoint.removeprefix("http://"), "vq-test-access", "vq-test-secret",
+               secure=False, region="us-east-1")  # fmt: skip
+    if not s3.bucket_exists("split-data"):
+        s3.make_bucket("split-data")
+    for i, data in enumerate(photos):
+        s3.put_object("split-data", f"{run}/{i:03d}.jpg", io.BytesIO(data), len(data))
+    sync = {
+        f"{i:03d}.jpg": predict(split.url, data, "split-shapes") for i, data in enumerate(photos)
+    }
+    batch_env = {"VQ_BATCH_CHUNK_SIZE": "2", "VQ_BATCH_LANES": "4"}
+    with (
+        split.worker(concurrency=4, name=f"bd-{run}", env={**direct_worker_env(1), **batch_env}),
+        split.worker(concurrency=4, name=f"bf-{run}", env={"VQ_CLASSIFIER_URL": "", **batch_env}),
+        httpx.Client(base_url=split.url, timeout=60) as client,
+    ):
+        resp = client.post(
+            "/v1/batches", json={"source": f"s3://split-data/{run}/", "model": "split-shapes"}
+        )
+        assert resp.status_code == 202, resp.text
+        batch_id = resp.json()["id"]
+
+        def final() -> dict[str, Any] | None:
+            view = client.get(f"/v1/batches/{batch_id}").json()
+            return view if view["status"] == "completed" else None
+
+        view = wait_until(final, 240, "batch completed")
+        lines = [
+            json.loads(x) for x in client.get(f"/v1/batches/{batch_id}/results").text.splitlines()
+        ]
+    assert (view["done"], view["failed"]) == (len(photos), 0)
+    assert sorted(line["key"] for line in lines) == sorted(sync)
+    for line in lines:
+        answer = sync[line["key"]]
+        assert top5(line) == top5(answer), line["key"]
+        assert line["model"] == answer["model"]
+    with database(split.database_url) as engine, engine.connect() as conn:
+        holders = set(
+            conn.scalars(select(BatchChunk.leased_by).where(BatchChunk.batch_id == batch_id))
+        )
+    assert len(holders) == 2, holders  # both workers took chunks of the one batch

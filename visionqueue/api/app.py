@@ -35,6 +35,7 @@ def attach_front(
 def create_api_app() -> FastAPI:
     """Build the ASGI app for every route that is not a BentoML API."""
     from visionqueue.api import health
+    from visionqueue.api.batches_routes import router as batches_router
     from visionqueue.api.models_routes import router as models_router
     from visionqueue.api.protocols import legacy, torchserve, v2
     from visionqueue.api.routes import router
@@ -47,6 +48,7 @@ def create_api_app() -> FastAPI:
         openapi_url="/openapi.json",
         redoc_url=None,
     )
+    app.include_router(batches_router)  # before /v1/jobs' router: no path overlaps
     app.include_router(router)
     app.include_router(health.router)
     app.include_router(models_router)

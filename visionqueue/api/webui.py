@@ -27,6 +27,7 @@ ASSETS = {
     "dom.js": "text/javascript",
     "try.js": "text/javascript",
     "jobs.js": "text/javascript",
+    "batches.js": "text/javascript",
     "state.js": "text/javascript",
     "app.css": "text/css",
     "favicon.svg": "image/svg+xml",

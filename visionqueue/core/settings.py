@@ -399,6 +399,43 @@ class ObservabilitySettings(_Group):
     )
 
 
+class BatchSettings(_Group):
+    """Dataset batches (``POST /v1/batches``)."""
+
+    model_config = SettingsConfigDict(env_prefix="VQ_BATCH_")
+
+    local_roots: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated absolute folders a batch may read with a file:/// source "
+        "(and write its results to); empty = no local sources.",
+    )
+    chunk_size: int = Field(
+        64,
+        ge=1,
+        le=1024,
+        description="Objects per leased chunk: one claim, one classifier call per "
+        "VQ_BATCH_MAX_SIZE and one transaction each.",
+    )
+    lanes: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description="Chunk-taking tasks queued per batch; each takes chunks until none is "
+        "left, so any worker on any host shares the batch.",
+    )
+    lease_s: float = Field(
+        60.0,
+        ge=3,
+        description="A chunk's lease, renewed every third of it; a chunk whose worker stops "
+        "renewing goes to another, and the late worker's write is refused (fenced).",
+    )
+
+    @field_validator("local_roots", mode="before")
+    @classmethod
+    def _roots(cls, value: object) -> object:
+        return _split_csv(value)
+
+
 class Settings(_Group):
     """Everything a VisionQueue process reads from its environment."""
 
@@ -414,6 +451,7 @@ class Settings(_Group):
     s3: S3Settings = Field(default_factory=S3Settings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
+    batch: BatchSettings = Field(default_factory=BatchSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
 
     @property

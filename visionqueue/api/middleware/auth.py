@@ -1,6 +1,6 @@
 """API-key authentication of the job and predict routes, and the optional /metrics token.
 
-With ``VQ_API_KEYS`` set, ``/predict``, ``/classify``, ``/task-status``, ``/v1/jobs`` and the
+With ``VQ_API_KEYS`` set, ``/predict``, ``/classify``, ``/task-status``, ``/v1/jobs``, ``/v1/batches`` and the
 protocol routes (``/v2/models``, ``/predictions``, ``/api``) need ``Authorization: Bearer KEY``; the caller's owner id (a hash of the key, never the key) goes
 into ``scope["state"]["vq_owner"]`` for the job routes. Without keys they are open and the
 owner is None. With ``VQ_METRICS_TOKEN`` set, ``/metrics`` needs ``Authorization: Bearer
@@ -25,6 +25,7 @@ PROTECTED_PREFIXES = (
     "/classify",
     "/task-status",
     "/v1/jobs",
+    "/v1/batches",
     "/v1/models",
     "/v2/models",
     "/api/",

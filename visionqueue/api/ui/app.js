@@ -1,5 +1,6 @@
 // The page's entry point: wires the API key prompt, serving state, "try it" and jobs.
 import { apiKey, forgetApiKey, onUnauthorized, request, setApiKey } from "./api.js";
+import { BatchesPanel } from "./batches.js";
 import { JobsPanel } from "./jobs.js";
 import { fillModelSelect, loadModels, refreshState } from "./state.js";
 import { TryPanel } from "./try.js";
@@ -143,6 +144,12 @@ async function main() {
   if (ready && ready.model) showDemo(ready.model);
   await loadModelList(ready);
   jobs.start();
+  const batchesSection = byId("batches");
+  new BatchesPanel({
+    section: batchesSection,
+    body: batchesSection.querySelector("tbody"),
+    updated: byId("batches-updated"),
+  }).start();
   setInterval(() => {
     if (document.visibilityState === "visible") refreshState(stateView);
   }, STATE_POLL_MS);

@@ -1,0 +1,243 @@
+"""Run a batch's chunks: claim one under a fenced lease, fetch, decode and crop its objects
+here, classify the crops in few calls (``classify_chunk``), store its lines in one
+transaction, write its part file; repeat until none is left or the lane's time is up.
+
+Every object of a chunk gets exactly one line: an answer, or an error (a corrupt image, a
+missing object). A transient failure (storage, classifier, database) hands the chunk back
+whole; a chunk that keeps failing gets error lines (``attempts_exhausted``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from jobs.batches.classify_chunk import classify_chunk, describe_model
+from jobs.crash_points import BATCH_CHUNK_BEFORE_STORE, crash_point
+from jobs.resources import Resources
+from model_store.crops import prepare_crop
+from model_store.preprocess import Preprocessing
+from persistence import batches_repo
+from persistence.batch_sources import Location, open_location, output_location
+from persistence.batches_repo import ClaimedChunk
+from persistence.db import session_scope
+from persistence.models import Batch
+from visionqueue.core.errors import Unavailable, VQError
+
+logger = logging.getLogger(__name__)
+
+MAX_CHUNK_ATTEMPTS = 5
+LANE_BUDGET_S = 60.0  # a lane hands over to a fresh message well inside the task time limit
+
+
+@dataclass
+class LaneReport:
+    chunks: int = 0
+    fenced: int = 0
+    more: bool = False  # the lane stopped with chunks left (time up or a transient error)
+
+
+def part_name(seq: int) -> str:
+    return f"part-{seq:05d}.jsonl"
+
+
+def run_lane(batch_id: str, res: Resources, budget_s: float = LANE_BUDGET_S) -> LaneReport:
+    """Take and run the batch's chunks until none is claimable or ``budget_s`` is spent."""
+    report = LaneReport()
+    cfg = res.settings.batch
+    deadline = time.monotonic() + budget_s
+    with session_scope(res.engine) as session:
+        batch = batches_repo.get_batch_by_id(session, batch_id)
+    if batch is None or batch.status in batches_repo.FINAL:
+        return report
+    source = open_location(_source_location(batch), res.settings)
+    while time.monotonic() < deadline:
+        with session_scope(res.engine) as session:
+            chunk = batches_repo.claim_chunk(session, batch_id, res.leases.holder, cfg.lease_s)
+            if chunk is not None:
+                batches_repo.mark_running(session, batch_id)
+        if chunk is None:
+            return report
+        try:
+            stored = run_chunk(batch, chunk, source, res)
+        except Unavailable as exc:
+            logger.warning("batch %s chunk %d handed back: %s", batch_id, chunk.seq, exc.message)
+            with session_scope(res.engine) as session:
+                batches_repo.release_chunk(session, chunk)
+            report.more = True
+            return report
+        report.chunks += 1
+        report.fenced += not stored
+    report.more = True
+    return report
+
+
+def _source_location(batch: Batch) -> Location:
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(batch.source)  # authorised at submission; parsed again without policy
+    if parts.scheme == "s3":
+        return Location("s3", parts.netloc, unquote(parts.path).lstrip("/"))
+    return Location("file", "", unquote(parts.path))
+
+
+def run_chunk(batch: Batch, chunk: ClaimedChunk, source: Any, res: Resources) -> bool:
+    """Classify one claimed chunk and store its lines; False if the fence refused the write."""
+    if chunk.attempts > MAX_CHUNK_ATTEMPTS:
+        error = {"code": "attempts_exhausted", "message": "the chunk failed too many times"}
+        lines = [_line(key, None, None, error) for key in chunk.keys]
+        return _store(batch, chunk, lines, 0, len(lines), None, res)
+    with _kept_lease(chunk, res):
+        lines, done, failed, tag = _classify_keys(batch, chunk.keys, source, res)
+        crash_point(BATCH_CHUNK_BEFORE_STORE)
+        return _store(batch, chunk, lines, done, failed, tag, res)
+
+
+def _classify_keys(
+    batch: Batch, keys: list[str], source: Any, res: Resources
+) -> tuple[list[str], int, int, str | None]:
+    settings = res.settings
+    name, spec = describe_model(res, batch.model_name)
+    prep = Preprocessing.from_spec(spec)
+    max_pixels, draft = settings.server.max_image_pixels, settings.model.jpeg_draft
+
+    def fetch(key: str) -> bytes | VQError:
+        try:
+            return bytes(source.get(key))
+        except Unavailable:
+            raise
+        except VQError as exc:  # missing object: its own error line
+            return exc
+
+    def crop(data: bytes | VQError, how: Preprocessing) -> tuple[np.ndarray, str] | VQError:
+        if isinstance(data, VQError):
+            return data
+        try:
+            return prepare_crop(data, max_pixels, draft, how)
+        except VQError as exc:  # corrupt, not an image, too large: its own error line
+            return exc
+        except Exception:
+            return VQError("the object could not be decoded", code="invalid_image")
+
+    threads = max(1, settings.model.preprocess_threads)
+    with ThreadPoolExecutor(min(16, len(keys)), "vq-batch-fetch") as fetch_pool:
+        datas = list(fetch_pool.map(fetch, keys))
+    with ThreadPoolExecutor(threads, "vq-batch-crop") as crop_pool:
+        for _ in range(3):
+            crops = list(crop_pool.map(crop, datas, [prep] * len(datas)))
+            good = [i for i, c in enumerate(crops) if isinstance(c, tuple)]
+            answer = None
+            if not good:
+                break
+            stack = np.stack([crops[i][0] for i in good])  # type: ignore[index]
+            answer = classify_chunk(res, name, stack, batch.top_k)
+            used = Preprocessing.from_spec(answer.preprocessing)
+            if used.front_key == prep.front_key:
+                break
+            prep = used  # a promotion changed the preprocessing: crop again for it
+    by_index = dict(zip(good, answer.predictions, strict=True)) if answer else {}
+    lines, done, failed = [], 0, 0
+    for i, key in enumerate(keys):
+        result = crops[i]
+        if isinstance(result, VQError):
+            error = {"code": result.code, "message": result.message}
+            lines.append(_line(key, None, answer.model if answer else None, error))
+            failed += 1
+        else:
+            lines.append(_line(key, by_index[i], answer.model if answer else None, None))
+            done += 1
+    return lines, done, failed, (answer.model["tag"] if answer else None)
+
+
+def _line(
+    key: str,
+    predictions: list[dict[str, Any]] | None,
+    model: dict[str, Any] | None,
+    error: dict[str, str] | None,
+) -> str:
+    return json.dumps(
+        {"key": key, "predictions": predictions, "model": model, "error": error},
+        separators=(",", ":"),
+    )
+
+
+def _store(
+    batch: Batch,
+    chunk: ClaimedChunk,
+    lines: list[str],
+    done: int,
+    failed: int,
+    tag: str | None,
+    res: Resources,
+) -> bool:
+    body = "\n".join(lines) + "\n"
+    with session_scope(res.engine) as session:
+        stored = batches_repo.complete_chunk(session, chunk, body, done, failed, tag)
+    if not stored:
+        logger.warning("batch %s chunk %d: lease lost, write refused", batch.id, chunk.seq)
+        return False
+    write_part(batch, chunk.seq, body, res)
+    return True
+
+
+def write_part(batch: Batch, seq: int, body: str, res: Resources) -> None:
+    """Write one part file (idempotent: a chunk's stored lines never change)."""
+    try:
+        out = open_location(output_location(batch.output, res.settings), res.settings)
+        out.put(part_name(seq), body.encode())
+    except VQError as exc:  # the finaliser writes what is still missing
+        logger.warning("batch %s: part %d not written yet: %s", batch.id, seq, exc.message)
+        return
+    with session_scope(res.engine) as session:
+        batches_repo.mark_part_written(session, batch.id, seq)
+
+
+def write_missing_parts(batch_id: str, res: Resources) -> int:
+    """Write every part file a crash between a chunk's commit and its upload left out."""
+    written = 0
+    while True:
+        with session_scope(res.engine) as session:
+            batch = batches_repo.get_batch_by_id(session, batch_id)
+            seqs = batches_repo.unwritten_parts(session, batch_id)
+            bodies = {s: batches_repo.chunk_lines(session, batch_id, s) for s in seqs}
+        if batch is None or not seqs:
+            return written
+        for seq, body in bodies.items():
+            write_part(batch, seq, body or "", res)
+            written += 1
+        with session_scope(res.engine) as session:
+            if batches_repo.unwritten_parts(session, batch_id, limit=1) == seqs[:1]:
+                return written  # storage refuses: leave the rest to the next sweep
+
+
+@contextmanager
+def _kept_lease(chunk: ClaimedChunk, res: Resources) -> Iterator[None]:
+    """Renew the chunk's lease every third of it while the chunk runs."""
+    lease_s = res.settings.batch.lease_s
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(lease_s / 3):
+            try:
+                with session_scope(res.engine) as session:
+                    if not batches_repo.renew_chunk(session, chunk, lease_s):
+                        return  # fenced off: our write will be refused
+            except VQError:
+                continue
+
+    keeper = threading.Thread(target=renew, name="vq-chunk-lease", daemon=True)
+    keeper.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        keeper.join()

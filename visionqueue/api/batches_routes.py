@@ -1,0 +1,120 @@
+"""Dataset batch routes: submit, read, list, cancel, stream results; and the crops route the
+workers classify a chunk through on the embedded default (``jobs.batches.classify_chunk``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import anyio
+import numpy as np
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from jobs.batches.views import batch_view
+from model_store.answers import model_block, top_k_rows
+from persistence import batches_repo
+from persistence.db import session_scope
+from persistence.models import Batch
+from visionqueue.api.batch_submit import BatchRequest, submit_batch
+from visionqueue.api.openapi_errors import error_responses
+from visionqueue.api.routes import owner, resources
+from visionqueue.api.state import served_models
+from visionqueue.core.errors import BadRequest, NotFound
+from visionqueue.dataplane.priority import JOB_PRIORITY as BATCH_PRIORITY
+
+router = APIRouter(tags=["batches"])
+MAX_CROPS = 256
+
+
+def _results_url(request: Request, batch: Batch) -> str:
+    return str(request.url_for("batch_results", batch_id=batch.id))
+
+
+def _load(request: Request, batch_id: str) -> Batch:
+    with session_scope(resources(request).engine) as session:
+        batch = batches_repo.get_batch(session, batch_id, owner(request))
+    if batch is None:
+        raise NotFound("batch not found", code="batch_not_found")
+    return batch
+
+
+@router.post("/v1/batches", status_code=202, responses=error_responses(401, 404, 422, 503))
+async def create_batch(request: Request, body: BatchRequest) -> Any:
+    """Classify every object of a bucket prefix, a manifest or a local folder."""
+    res = resources(request)
+    served = served_models(request).names
+    batch = await anyio.to_thread.run_sync(submit_batch, res, owner(request), body, served)
+    return JSONResponse(batch_view(batch, _results_url(request, batch)), status_code=202)
+
+
+@router.get("/v1/batches", responses=error_responses(401, 503))
+async def list_batches(request: Request, limit: Annotated[int, Query(ge=1, le=200)] = 50) -> Any:
+    """The caller's batches, newest first."""
+
+    def query() -> list[Batch]:
+        with session_scope(resources(request).engine) as session:
+            return batches_repo.list_batches(session, owner(request), limit)
+
+    batches = await anyio.to_thread.run_sync(query)
+    return {"batches": [batch_view(b, _results_url(request, b)) for b in batches]}
+
+
+@router.get("/v1/batches/{batch_id}", responses=error_responses(401, 404, 503))
+async def get_batch(request: Request, batch_id: str) -> Any:
+    """A batch's status, progress, rate, ETA, model and output locations."""
+    batch = await anyio.to_thread.run_sync(_load, request, batch_id)
+    return batch_view(batch, _results_url(request, batch))
+
+
+@router.delete("/v1/batches/{batch_id}", responses=error_responses(401, 404, 503))
+async def cancel_batch(request: Request, batch_id: str) -> Any:
+    """Cancel a batch: no new chunk starts; lines already stored stay readable."""
+
+    def cancel() -> Batch | None:
+        with session_scope(resources(request).engine) as session:
+            return batches_repo.cancel_batch(session, batch_id, owner(request))
+
+    batch = await anyio.to_thread.run_sync(cancel)
+    if batch is None:
+        raise NotFound("batch not found", code="batch_not_found")
+    return batch_view(batch, _results_url(request, batch))
+
+
+@router.get(
+    "/v1/batches/{batch_id}/results",
+    name="batch_results",
+    responses=error_responses(401, 404, 503),
+)
+async def batch_results(request: Request, batch_id: str) -> Any:
+    """Stream the lines stored so far as JSON Lines, one per source object."""
+    batch = await anyio.to_thread.run_sync(_load, request, batch_id)
+    lines = batches_repo.iter_lines(resources(request).engine, batch.id)
+    return StreamingResponse(lines, media_type="application/jsonl")
+
+
+@router.post("/v1/batches/crops", include_in_schema=False)
+async def classify_crops(
+    request: Request,
+    shape: str,
+    model: str = "",
+    top_k: Annotated[int, Query(ge=1, le=20)] = 5,
+    priority: str = "bulk",  # issue #26's class; the classifier path takes it when it can
+) -> Any:
+    """Classify a chunk's raw ``N,H,W,3`` uint8 crops on the model's batching queue."""
+    try:
+        n, h, w, c = (int(v) for v in shape.split(","))
+    except ValueError:
+        raise BadRequest("shape must be N,H,W,C", code="invalid_shape") from None
+    body = await request.body()
+    if not 0 < n <= MAX_CROPS or c != 3 or h != w or n * h * w * c != len(body):
+        raise BadRequest("the body does not hold N square RGB crops", code="invalid_shape")
+    crops = np.frombuffer(body, np.uint8).reshape(n, h, w, c)
+    registry = served_models(request)
+    name = registry.get(model or None).name
+    rows, version = await registry.classify_many(name, crops, BATCH_PRIORITY)
+    return {
+        "model": model_block(name, version),
+        "preprocessing": version["preprocessing"],
+        "predictions": [top_k_rows(row, version["labels"], top_k) for row in rows.probs],
+    }
