@@ -1,0 +1,270 @@
+"""Classes of work and the classifier's priority batch queue: interactive first.
+
+Three classes share one classifier worker's forward passes, served in this order:
+``interactive`` (a person waits: ``/predict``, v2 infer, TorchServe, the web page),
+``jobs`` (``/v1/jobs``, ``/classify``, the original upload route) and ``bulk`` (jobs submitted
+with ``priority=low``, dataset batches). ``PriorityBatchQueue`` runs one forward pass at a
+time per worker, across every served model, and picks each batch like this:
+
+- the highest class with work queued goes next, its oldest call first (a job's ``high``
+  rank ahead of ``normal`` within ``jobs``), up to that class's batch size: a small bulk
+  batch is the most a person's request can find in front of it (a forward pass that has
+  started cannot be shared);
+- a lower class is never starved for good: a class with work queued that has been passed
+  over for ``share_every`` batches in a row runs the next one. So while interactive traffic
+  keeps the model busy, jobs and bulk each still get at least one batch in every
+  ``share_every + 2``; when it leaves room, lower classes fill all of it (the queue never
+  idles while work is queued);
+- a call whose deadline passes while it waits is answered at that moment with
+  ``DeadlineExceeded`` and taken out: its forward pass never runs.
+
+Pure asyncio over a ``forward(api, crops)`` function, so unit tests drive it with a counted
+forward; the classifier service gives it the model's batch function.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Protocol
+
+import numpy as np
+
+
+class WorkClass(IntEnum):
+    """A class of work; a lower value runs first."""
+
+    INTERACTIVE = 0
+    JOBS = 1
+    BULK = 2
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+    @classmethod
+    def parse(cls, value: str) -> WorkClass:
+        """Return the class called ``value`` (``interactive``, ``jobs``, ``bulk``)."""
+        try:
+            return cls[value.strip().upper()]
+        except KeyError:
+            raise ValueError(f"unknown class of work {value!r}") from None
+
+
+JOB_PRIORITIES = ("high", "normal", "low")
+
+
+def job_class(priority: str) -> tuple[WorkClass, int]:
+    """Return the class and the rank within it of a job's ``priority`` (high|normal|low)."""
+    if priority == "low":
+        return WorkClass.BULK, 0
+    if priority in ("high", "normal"):
+        return WorkClass.JOBS, 0 if priority == "high" else 1
+    raise ValueError(f"priority must be one of {', '.join(JOB_PRIORITIES)}, not {priority!r}")
+
+
+class DeadlineExceeded(Exception):
+    """A call waited past its deadline; its forward pass was not run."""
+
+    def __init__(self, work_class: WorkClass, waited_s: float) -> None:
+        super().__init__(f"waited {waited_s * 1000:.0f} ms in the {work_class.label} queue")
+        self.work_class = work_class
+        self.waited_s = waited_s
+
+
+class QueueMetrics(Protocol):
+    """What the queue reports per class (``visionqueue.bento.metrics.ClassMetrics``)."""
+
+    def waited(self, work_class: WorkClass, seconds: float) -> None: ...
+
+    def ran(self, work_class: WorkClass, images: int) -> None: ...
+
+    def expired(self, work_class: WorkClass) -> None: ...
+
+
+class _NoMetrics:
+    def waited(self, work_class: WorkClass, seconds: float) -> None:
+        pass
+
+    def ran(self, work_class: WorkClass, images: int) -> None:
+        pass
+
+    def expired(self, work_class: WorkClass) -> None:
+        pass
+
+
+Forward = Callable[[str, np.ndarray], np.ndarray]  # (api, crops) -> rows, run in a thread
+
+
+@dataclass(order=True)
+class _Call:
+    rank: int
+    seq: int
+    api: str = field(compare=False)
+    crops: np.ndarray = field(compare=False)
+    work_class: WorkClass = field(compare=False)
+    queued_at: float = field(compare=False)
+    future: asyncio.Future[np.ndarray] = field(compare=False)
+    timer: asyncio.TimerHandle | None = field(compare=False, default=None)
+
+
+@dataclass(frozen=True)
+class RanBatch:
+    """One forward pass the queue ran: its number, class, API and images (``history``)."""
+
+    number: int
+    work_class: WorkClass
+    api: str
+    images: int
+
+
+class PriorityBatchQueue:
+    """One worker's forward passes, interactive first; see the module docstring."""
+
+    def __init__(
+        self,
+        forward: Forward,
+        max_batch: Mapping[WorkClass, int],
+        share_every: int = 8,
+        metrics: QueueMetrics | None = None,
+        history: int = 0,
+    ) -> None:
+        if share_every < 1 or any(max_batch.get(c, 0) < 1 for c in WorkClass):
+            raise ValueError("share_every and every class's batch size must be at least 1")
+        self._forward = forward
+        self._max_batch = dict(max_batch)
+        self._share_every = share_every
+        self._metrics = metrics or _NoMetrics()
+        self._queues: dict[WorkClass, list[_Call]] = {c: [] for c in WorkClass}
+        self._passed_over = dict.fromkeys(WorkClass, 0)
+        self._seq = itertools.count()
+        self._batches = itertools.count(1)
+        self._wake: asyncio.Event | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self.history: list[RanBatch] = []  # the last ``history`` batches, for tests and probes
+        self._history_size = history
+
+    def queued(self, work_class: WorkClass) -> int:
+        """Calls of ``work_class`` waiting (those past their deadline excluded)."""
+        return sum(1 for call in self._queues[work_class] if not call.future.done())
+
+    async def submit(
+        self,
+        api: str,
+        crops: np.ndarray,
+        work_class: WorkClass = WorkClass.INTERACTIVE,
+        timeout_s: float | None = None,
+        rank: int = 0,
+    ) -> np.ndarray:
+        """Classify ``crops`` with ``api`` in ``work_class``; return its rows.
+
+        Raises ``DeadlineExceeded`` once ``timeout_s`` passes before its forward pass starts.
+        """
+        loop = asyncio.get_running_loop()
+        call = _Call(
+            rank, next(self._seq), api, crops, work_class, time.monotonic(), loop.create_future()
+        )
+        if timeout_s is not None:
+            call.timer = loop.call_later(max(0.0, timeout_s), self._expire, call)
+        heapq.heappush(self._queues[work_class], call)
+        self._start(loop)
+        return await call.future
+
+    def _expire(self, call: _Call) -> None:
+        if not call.future.done():
+            call.future.set_exception(
+                DeadlineExceeded(call.work_class, time.monotonic() - call.queued_at)
+            )
+            self._metrics.expired(call.work_class)
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._wake is None:
+            self._wake = asyncio.Event()
+        self._wake.set()
+        if self._runner is None or self._runner.done():
+            self._runner = loop.create_task(self._run())
+
+    def _next_class(self) -> WorkClass | None:
+        waiting = [c for c in WorkClass if self._drop_done(c)]
+        if not waiting:
+            return None
+        # a lower class passed over ``share_every`` times runs now (the lowest first)
+        for work_class in sorted(waiting, reverse=True):
+            if self._passed_over[work_class] >= self._share_every:
+                return work_class
+        return min(waiting)
+
+    def _drop_done(self, work_class: WorkClass) -> bool:
+        queue = self._queues[work_class]
+        while queue and queue[0].future.done():  # expired, or its caller went away
+            heapq.heappop(queue)
+        return bool(queue)
+
+    def _take(self, work_class: WorkClass) -> list[_Call]:
+        """Pop the oldest calls of ``work_class`` for one API, up to its batch size."""
+        queue = self._queues[work_class]
+        first = heapq.heappop(queue)
+        batch, size, kept = [first], len(first.crops), []
+        limit = self._max_batch[work_class]
+        while queue and size < limit:
+            call = heapq.heappop(queue)
+            if call.future.done():
+                continue
+            if call.api != first.api or size + len(call.crops) > limit:
+                kept.append(call)
+                continue
+            batch.append(call)
+            size += len(call.crops)
+        for call in kept:
+            heapq.heappush(queue, call)
+        return batch
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        while True:
+            work_class = self._next_class()
+            if work_class is None:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            for other in WorkClass:
+                if other == work_class:
+                    self._passed_over[other] = 0
+                elif self._queues[other]:
+                    self._passed_over[other] += 1
+            batch = self._take(work_class)
+            await self._run_batch(work_class, batch)
+
+    async def _run_batch(self, work_class: WorkClass, batch: list[_Call]) -> None:
+        started = time.monotonic()
+        for call in batch:
+            if call.timer is not None:
+                call.timer.cancel()  # its forward pass starts now: the deadline has held
+            self._metrics.waited(work_class, started - call.queued_at)
+        crops = np.concatenate([call.crops for call in batch])
+        api = batch[0].api
+        self._record(work_class, api, len(crops))
+        try:
+            rows = await asyncio.to_thread(self._forward, api, crops)
+        except Exception as exc:  # every caller of this batch gets its failure
+            for call in batch:
+                if not call.future.done():
+                    call.future.set_exception(exc)
+            return
+        self._metrics.ran(work_class, len(crops))
+        offset = 0
+        for call in batch:
+            end = offset + len(call.crops)
+            if not call.future.done():
+                call.future.set_result(rows[offset:end])
+            offset = end
+
+    def _record(self, work_class: WorkClass, api: str, images: int) -> None:
+        if self._history_size:
+            self.history.append(RanBatch(next(self._batches), work_class, api, images))
+            del self.history[: -self._history_size]
