@@ -38,27 +38,42 @@ from bentoml.exceptions import BentoMLException
 from bentoml.validators import DType
 from starlette.responses import JSONResponse
 
+from model_store.priority import WORK_CLASS_HEADER, PriorityBatchQueue, WorkClass, http_call
 from model_store.serving import check_memory, resolve_served, served_specs
-from model_store.wire import pack_crops, packed_api, unpack_crops
+from model_store.wire import pack_crops, packed_api, prioritized_api, unpack_crops
 from visionqueue.api.app import attach_front, create_api_app
 from visionqueue.api.backlog import BacklogGauges
 from visionqueue.api.health import FrontHealth
 from visionqueue.api.middleware import classifier_middleware, front_middleware
-from visionqueue.api.predict import check_top_k, classify_images, classify_upload
+from visionqueue.api.predict import (
+    check_top_k,
+    classify_images,
+    classify_upload,
+    request_work,
+)
 from visionqueue.api.resources import build_front_resources
-from visionqueue.api.served_models import Answer, ServedModels
+from visionqueue.api.served_models import (
+    Answer,
+    ServedModels,
+    interactive_scope,
+    work_scope,
+)
 from visionqueue.bento.crop_socket import (
     CropSocketClient,
     CropSocketError,
     CropSocketMissing,
-    bentoml_batch_entry,
     serve_crops,
     socket_paths,
 )
-from visionqueue.bento.metrics import classifier_metrics, front_metrics, route_metrics
+from visionqueue.bento.metrics import (
+    class_metrics,
+    classifier_metrics,
+    front_metrics,
+    route_metrics,
+)
 from visionqueue.bento.patches import NO_SESSION_RECYCLING, apply_bentoml_patches
-from visionqueue.bento.remote import REFUSED_TOKEN, refused_token, send_token
-from visionqueue.core.errors import Unavailable, VQError
+from visionqueue.bento.remote import classifier_failure, send_token
+from visionqueue.core.errors import VQError
 from visionqueue.core.logging_setup import configure_logging
 from visionqueue.core.settings import get_settings
 
@@ -106,24 +121,39 @@ class _Classifier:
         self.metrics = classifier_metrics()
         self.watcher = PromotionWatcher(self.slots, record_path(), _model_cfg.promotion_poll_s)
         self.watcher.start()
+        # interactive > jobs > bulk: one forward pass at a time, across every served model
+        self.priority = PriorityBatchQueue(
+            self._forward,
+            {
+                WorkClass.INTERACTIVE: _model_cfg.batch_max_size,
+                WorkClass.JOBS: _model_cfg.batch_max_size_jobs,
+                WorkClass.BULK: _model_cfg.batch_max_size_bulk,
+            },
+            _model_cfg.priority_share_every,
+            class_metrics(),
+        )
         self.crop_server: asyncio.AbstractServer | None = None
 
     @bentoml.on_startup
     async def listen_for_crops(self) -> None:
-        """Open this worker's crop socket (``VQ_CLASSIFIER_TRANSPORT=socket``) into the batch queues."""
+        """Open this worker's crop socket (``VQ_CLASSIFIER_TRANSPORT=socket``) into its
+        priority queue."""
         from bentoml._internal.context import server_context
 
         paths = socket_paths(Classifier.name, _model_cfg.classifier_workers)
         if _model_cfg.classifier_transport != "socket" or not paths:
             return  # HTTP only (also when served on its own: no front on this host)
-        try:
-            infer = bentoml_batch_entry(self)
-        except RuntimeError as exc:  # the front falls back to HTTP when no socket exists
-            logger.warning("crop socket not opened: %s; the front calls over HTTP", exc)
-            return
         path = paths[(server_context.worker_index or 1) - 1]
         apis = frozenset(spec.api for spec in _served)
-        self.crop_server = await serve_crops(path, apis, infer, route_metrics())
+        self.crop_server = await serve_crops(path, apis, self._prioritized, route_metrics())
+
+    async def _prioritized(
+        self, api: str, crops: np.ndarray, work_class: int, timeout_s: float | None
+    ) -> np.ndarray:
+        return await self.priority.submit(api, crops, WorkClass(work_class), timeout_s)
+
+    def _forward(self, api: str, crops: np.ndarray) -> np.ndarray:
+        return self.run_batch(_API_MODELS[api], crops)
 
     def _load(self, tag: str) -> Any:
         """Load one stored version and warm it up (start-up and promotions)."""
@@ -208,6 +238,25 @@ def _packed_batch_api(name: str, api: str) -> Any:
     return _batchable(classify_packed)
 
 
+def _prioritized_api(api: str) -> Any:
+    """Make ``api``'s HTTP entry into the priority queue: packed crops, a class, a timeout."""
+
+    async def classify_prioritized(
+        self: Any, crops: list[str], work_class: str = "jobs", timeout_ms: int = 0
+    ) -> Any:
+        status, body = await http_call(
+            self.priority, api, unpack_crops(crops), work_class, timeout_ms
+        )
+        return body if status == 200 else JSONResponse(body, status_code=status)
+
+    classify_prioritized.__name__ = classify_prioritized.__qualname__ = prioritized_api(api)
+    classify_prioritized.__doc__ = (
+        f"Classify packed crops on {api} in a class of work (interactive|jobs|bulk); 504 "
+        "once timeout_ms passes before its forward pass."
+    )
+    return bentoml.api(classify_prioritized)
+
+
 def _batchable(func: Any) -> Any:
     return bentoml.api(
         batchable=True,
@@ -217,9 +266,11 @@ def _batchable(func: Any) -> Any:
     )(func)
 
 
+_API_MODELS = {spec.api: spec.name for spec in _served}
 for _spec in _served:
     setattr(_Classifier, _spec.api, _batch_api(_spec.name, _spec.api))
     setattr(_Classifier, packed_api(_spec.api), _packed_batch_api(_spec.name, _spec.api))
+    setattr(_Classifier, prioritized_api(_spec.api), _prioritized_api(_spec.api))
 
 Classifier = bentoml.service(
     name="classifier",
@@ -285,25 +336,26 @@ class VisionQueue:
     async def _describe(self, name: str) -> dict[str, Any]:
         return dict(await self.classifier.to_async.model_info(name=name))
 
-    async def _call_api(self, api: str, crops: np.ndarray) -> np.ndarray:
-        """One call into a model's batched API: ``(N, C + 2)`` rows (timing, tag id last)."""
+    async def _call_api(
+        self, api: str, crops: np.ndarray, work_class: WorkClass, timeout_s: float | None
+    ) -> np.ndarray:
+        """One call into the classifier's priority queue: ``(N, C + 2)`` rows (timing, tag id
+        last); a 504 ``DeadlineExceeded`` once ``timeout_s`` passes before its forward pass."""
         try:
             # a classifier that died after loading must not hold the caller for BentoML's
             # 120 s traffic timeout and then answer outside our error envelope
             with anyio.fail_after(CLASSIFY_DEADLINE_S):
                 if self._crop_socket is not None:
                     with contextlib.suppress(CropSocketMissing):  # the classifier has none
-                        return await self._crop_socket.call(api, crops)
-                if _model_cfg.classifier_url:  # over the network: JSON, crops packed
-                    call = getattr(self.classifier.to_async, packed_api(api))
-                    return np.asarray(await call(pack_crops(crops)))
-                return np.asarray(await getattr(self.classifier.to_async, api)(crops))
+                        return await self._crop_socket.call(api, crops, work_class, timeout_s)
+                call = getattr(self.classifier.to_async, prioritized_api(api))
+                timeout_ms = max(1, round(timeout_s * 1000)) if timeout_s is not None else 0
+                rows = await call(
+                    crops=pack_crops(crops), work_class=work_class.label, timeout_ms=timeout_ms
+                )
+                return np.asarray(rows, np.float32)
         except (BentoMLException, TimeoutError, aiohttp.ClientError, CropSocketError) as exc:
-            if refused_token(exc):
-                raise Unavailable(REFUSED_TOKEN, retry_after=1) from exc
-            raise Unavailable(
-                "the classifier is overloaded or unavailable; retry shortly", retry_after=1
-            ) from exc
+            raise classifier_failure(exc) from exc
 
     def _observe(self, round_trip: float, answer: Answer) -> None:
         self.metrics.queue_wait.observe(max(0.0, round_trip - answer.forward_s))
@@ -319,7 +371,8 @@ class VisionQueue:
         does one; return ``(N, classes)`` probabilities, how each was preprocessed, and the
         version that answered."""
         sent = time.perf_counter()
-        probs, how, version, forward_s = await self._classify_images(images, model)
+        with interactive_scope(self.settings.model.predict_deadline_ms):
+            probs, how, version, forward_s = await self._classify_images(images, model)
         round_trip = time.perf_counter() - sent
         for seconds in forward_s:
             self.metrics.queue_wait.observe(max(0.0, round_trip - float(seconds)))
@@ -341,27 +394,34 @@ class VisionQueue:
         self, data: bytes | Path, top_k: int, model: str | None = None
     ) -> dict[str, Any]:
         """Classify one upload exactly as ``POST /predict`` does; return its response body."""
-        return await classify_upload(
-            data,
-            check_top_k(top_k),
-            served=self.models,
-            model=model or None,
-            on_answer=self._observe,
-            max_pixels=self.settings.server.max_image_pixels,
-            limiter=self._limiter,
-            jpeg_draft=self.settings.model.jpeg_draft,
-        )
+        with interactive_scope(self.settings.model.predict_deadline_ms):
+            return await classify_upload(
+                data,
+                check_top_k(top_k),
+                served=self.models,
+                model=model or None,
+                on_answer=self._observe,
+                max_pixels=self.settings.server.max_image_pixels,
+                limiter=self._limiter,
+                jpeg_draft=self.settings.model.jpeg_draft,
+            )
 
     def __metrics__(self, content: str) -> str:
         """Append the broker backlog and jobs-by-status gauges to BentoML's metrics."""
         return self.backlog.append_to(content)
 
     @bentoml.api(route="/predict")
-    async def predict(self, image: Path, top_k: int = 5, model: str = "") -> Any:
+    async def predict(
+        self, image: Path, ctx: bentoml.Context, top_k: int = 5, model: str = ""
+    ) -> Any:
         """Classify one image (multipart field ``image``) with ``model`` (default: the first
         served); return the top ``top_k`` classes and the exact model version that answered."""
         try:
-            return await self.classify_upload(Path(image), top_k, model)
+            work_class, timeout_s = request_work(
+                ctx.request.headers.get(WORK_CLASS_HEADER), self.settings.model.predict_deadline_ms
+            )
+            with work_scope(work_class, timeout_s):
+                return await self.classify_upload(Path(image), top_k, model)
         except VQError as exc:
             return JSONResponse(exc.to_body(), status_code=exc.status, headers=exc.headers())
 

@@ -1,7 +1,8 @@
 """The classifier service over HTTP, for workers on the direct path (``VQ_CLASSIFIER_URL``).
 
-BentoML's JSON protocol, as the front's remote dependency speaks it: ``POST /packed_{api}``
-with ``{"crops": [...]}`` (``model_store.wire``) answers ``(N, C + 2)`` rows (probabilities,
+BentoML's JSON protocol, as the front's remote dependency speaks it: ``POST
+/prioritized_{api}`` with ``{"crops": [...], "work_class": ...}`` (``model_store.wire``; the
+classifier's priority queue, ``model_store.priority``) answers ``(N, C + 2)`` rows (probabilities,
 the batch's forward seconds, the id of the tag that ran it; ``service.py``), and
 ``POST /model_info`` describes a model's current version and every version it has served.
 """
@@ -14,8 +15,9 @@ from typing import Any
 import httpx
 import numpy as np
 
+from model_store.priority import WorkClass
 from model_store.serving import ServedSpec
-from model_store.wire import pack_crops, packed_api
+from model_store.wire import pack_crops, prioritized_api
 from visionqueue.core.errors import ModelNotFound, ModelNotReady, Unavailable, Unprocessable
 
 
@@ -86,17 +88,19 @@ class ClassifierClient:
             self._current[name] = {k: v for k, v in described.items() if k != "versions"}
         return self._current[name]
 
-    def classify(self, name: str, crops: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
-        """Classify ``(N, H, W, 3)`` uint8 crops on ``name``'s batch API (one call per
-        ``VQ_BATCH_MAX_SIZE``); return ``(N, C)`` probabilities and the version that ran."""
-        api = packed_api(self._specs[name].api)
+    def classify(
+        self, name: str, crops: np.ndarray, work_class: WorkClass = WorkClass.JOBS
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Classify ``(N, H, W, 3)`` uint8 crops on ``name``'s priority queue in ``work_class``
+        (one call per ``VQ_BATCH_MAX_SIZE``); return ``(N, C)`` probabilities and the version
+        that ran."""
+        api = prioritized_api(self._specs[name].api)
         size = self._max_batch
-        rows = np.concatenate(
-            [
-                np.asarray(self._post(api, {"crops": pack_crops(crops[i : i + size])}), np.float32)
-                for i in range(0, len(crops), size)
-            ]
-        )
+        calls = [
+            {"crops": pack_crops(crops[i : i + size]), "work_class": work_class.label}
+            for i in range(0, len(crops), size)
+        ]
+        rows = np.concatenate([np.asarray(self._post(api, call), np.float32) for call in calls])
         ids = {int(v) for v in rows[:, -1]}
         if len(ids) != 1:
             raise ModelNotReady(f"{name} is switching versions; retry", retry_after=1)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from model_store.priority import job_class
 from persistence.models import Job, WebhookDelivery, WebhookOutbox
 from visionqueue.core.timestamps import iso_z
 
@@ -62,6 +63,8 @@ def job_view(job: Job, image_url: str | None) -> dict[str, Any]:
             if job.model_tag or job.model_name
             else None
         ),
+        "priority": job.priority,
+        "work_class": job_class(job.priority)[0].label,
         "metadata": job.metadata_ or {},
         "webhook_url": job.webhook_url,
         "result": _result(job, image_url),

@@ -31,7 +31,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Protocol
+from http import HTTPStatus
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -57,6 +58,7 @@ class WorkClass(IntEnum):
 
 
 JOB_PRIORITIES = ("high", "normal", "low")
+WORK_CLASS_HEADER = "X-VQ-Work-Class"  # our job workers' /predict calls: jobs or bulk
 
 
 def job_class(priority: str) -> tuple[WorkClass, int]:
@@ -70,6 +72,8 @@ def job_class(priority: str) -> tuple[WorkClass, int]:
 
 class DeadlineExceeded(Exception):
     """A call waited past its deadline; its forward pass was not run."""
+
+    error_code = HTTPStatus.GATEWAY_TIMEOUT  # what the crop socket answers (as BentoML would)
 
     def __init__(self, work_class: WorkClass, waited_s: float) -> None:
         super().__init__(f"waited {waited_s * 1000:.0f} ms in the {work_class.label} queue")
@@ -165,6 +169,13 @@ class PriorityBatchQueue:
 
         Raises ``DeadlineExceeded`` once ``timeout_s`` passes before its forward pass starts.
         """
+        limit = self._max_batch[work_class]
+        if len(crops) > limit:  # a pass of this class never exceeds its batch size
+            parts = [
+                self.submit(api, crops[i : i + limit], work_class, timeout_s, rank)
+                for i in range(0, len(crops), limit)
+            ]
+            return np.concatenate(await asyncio.gather(*parts))
         loop = asyncio.get_running_loop()
         call = _Call(
             rank, next(self._seq), api, crops, work_class, time.monotonic(), loop.create_future()
@@ -268,3 +279,28 @@ class PriorityBatchQueue:
         if self._history_size:
             self.history.append(RanBatch(next(self._batches), work_class, api, images))
             del self.history[: -self._history_size]
+
+
+async def http_call(
+    queue: PriorityBatchQueue, api: str, crops: np.ndarray, work_class: str, timeout_ms: int
+) -> tuple[int, Any]:
+    """Run one call of the classifier's HTTP entry; return ``(status, body)``.
+
+    200 with the rows as lists, 422 for an unknown class or a negative timeout, 504 once the
+    timeout passes before its forward pass (in the error envelope).
+    """
+    try:
+        parsed = WorkClass.parse(work_class)
+        if timeout_ms < 0:
+            raise ValueError("timeout_ms must not be negative")
+    except ValueError as exc:
+        return 422, _error("validation_error", str(exc))
+    try:
+        rows = await queue.submit(api, crops, parsed, timeout_ms / 1000 if timeout_ms else None)
+    except DeadlineExceeded as exc:
+        return 504, _error("deadline_exceeded", str(exc))
+    return 200, rows.tolist()
+
+
+def _error(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}

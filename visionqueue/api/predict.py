@@ -14,10 +14,31 @@ import numpy as np
 from model_store.answers import answer_body
 from model_store.crops import prepare_crop, prepare_pixels
 from model_store.preprocess import Preprocessing
-from visionqueue.api.served_models import Answer, ServedModels
+from model_store.priority import WORK_CLASS_HEADER, WorkClass
+from visionqueue.api.served_models import Answer, ServedModels, current_class
 from visionqueue.core.errors import Unprocessable
 
 MAX_TOP_K = 20
+
+
+def request_work(header: str | None, deadline_ms: int) -> tuple[WorkClass, float | None]:
+    """Return a ``/predict`` call's class of work and the seconds it may wait (or None).
+
+    A person's request is interactive, with ``VQ_PREDICT_DEADLINE_MS`` (0: none); our
+    workers' calls say ``jobs`` or ``bulk`` in ``X-VQ-Work-Class`` and have no deadline (a
+    job is retried, never dropped). Asking for interactive gains nothing: it is the default.
+    """
+    if not header:
+        return WorkClass.INTERACTIVE, deadline_ms / 1000 if deadline_ms else None
+    try:
+        work_class = WorkClass.parse(header)
+    except ValueError:
+        raise Unprocessable(
+            f"{WORK_CLASS_HEADER} must be interactive, jobs or bulk", code="invalid_work_class"
+        ) from None
+    if work_class is WorkClass.INTERACTIVE:
+        return work_class, deadline_ms / 1000 if deadline_ms else None
+    return work_class, None
 
 
 def check_top_k(value: Any) -> int:
@@ -67,6 +88,7 @@ async def classify_upload(
         version=answer.version,
         started=started,
         preprocessing=preprocessing,
+        work_class=current_class().label,
     )
 
 

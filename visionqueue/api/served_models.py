@@ -6,11 +6,19 @@ reachable from any route as ``served_models(request)`` (``app.state.models``). E
 classifier has answered with, keyed by the tag id every output row carries. Protocol
 adapters (KServe v2, TorchServe) use ``get(name)``, ``lookup(name, version)`` and
 ``classify(name, crop)`` too.
+
+Every call goes to the classifier in a class of work (``model_store.priority``) with the time
+it may still wait, both taken from the request's ``work_scope`` (interactive, no deadline when
+none is open). Interactive calls go one per request, each with its own deadline (the
+classifier's priority queue batches them); job and bulk crops are merged per class.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,12 +27,61 @@ import numpy as np
 from starlette.requests import Request
 
 from model_store.preprocess import Preprocessing
+from model_store.priority import WorkClass
 from model_store.serving import ServedSpec
 from visionqueue.api.coalesce import CropCoalescer
 from visionqueue.bento.remote import REFUSED_TOKEN, refused_token
-from visionqueue.core.errors import ModelNotFound, ModelNotReady
+from visionqueue.core.errors import DeadlineExceeded, ModelNotFound, ModelNotReady
 
-CallApi = Callable[[str, np.ndarray], Awaitable[np.ndarray]]  # (api, crops) -> rows
+# (api, crops, class of work, seconds it may wait for its forward pass or None) -> rows
+CallApi = Callable[[str, np.ndarray, WorkClass, float | None], Awaitable[np.ndarray]]
+_WORK: ContextVar[tuple[WorkClass, float | None]] = ContextVar(
+    "visionqueue_work", default=(WorkClass.INTERACTIVE, None)
+)
+
+
+@contextlib.contextmanager
+def work_scope(work_class: WorkClass, timeout_s: float | None = None) -> Iterator[None]:
+    """Classify in ``work_class`` inside the block; ``timeout_s``: from now, at most."""
+    deadline = time.monotonic() + timeout_s if timeout_s is not None else None
+    token = _WORK.set((work_class, deadline))
+    try:
+        yield
+    finally:
+        _WORK.reset(token)
+
+
+def interactive_scope(deadline_ms: int) -> contextlib.AbstractContextManager[None]:
+    """Give interactive work without a deadline yet ``deadline_ms`` from now (0: none).
+
+    The protocols' routes (v2, TorchServe) classify through the front with no scope of
+    their own: ``VQ_PREDICT_DEADLINE_MS`` holds for them as for ``/predict``.
+    """
+    work_class, deadline = _WORK.get()
+    if work_class is not WorkClass.INTERACTIVE or deadline is not None or not deadline_ms:
+        return contextlib.nullcontext()
+    return work_scope(WorkClass.INTERACTIVE, deadline_ms / 1000)
+
+
+def current_class() -> WorkClass:
+    """The class of the work being classified (interactive outside any ``work_scope``)."""
+    return _WORK.get()[0]
+
+
+def current_work() -> tuple[WorkClass, float | None]:
+    """The class of the work being classified and the seconds it may still wait (or None).
+
+    Raises ``DeadlineExceeded`` (504) once the deadline has passed.
+    """
+    work_class, deadline = _WORK.get()
+    if deadline is None:
+        return work_class, None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise DeadlineExceeded("the request waited past its deadline; it was not classified")
+    return work_class, left
+
+
 Describe = Callable[[str], Awaitable[dict[str, Any]]]  # name -> classifier's description
 DESCRIBE_DEADLINE_S = 5.0
 
@@ -36,7 +93,7 @@ class ServedModel:
     name: str
     api: str
     default: bool
-    coalescer: CropCoalescer | None = None
+    coalescers: dict[WorkClass, CropCoalescer] = field(default_factory=dict)
     current: dict[str, Any] | None = None  # the classifier's last description
     versions: dict[int, dict[str, Any]] = field(default_factory=dict)
 
@@ -67,15 +124,36 @@ class ServedModels:
         self._models: dict[str, ServedModel] = {}
         for index, spec in enumerate(specs):
             model = ServedModel(spec.name, spec.api, index == 0)
-            if calls_in_flight:
-                model.coalescer = CropCoalescer(self._caller(spec.api), max_batch, calls_in_flight)
+            if calls_in_flight:  # job and bulk crops only: interactive calls carry deadlines
+                model.coalescers = {
+                    work_class: CropCoalescer(
+                        self._caller(spec.api, work_class), max_batch, calls_in_flight
+                    )
+                    for work_class in (WorkClass.JOBS, WorkClass.BULK)
+                }
             self._models[spec.name] = model
 
-    def _caller(self, api: str) -> Callable[[np.ndarray], Awaitable[np.ndarray]]:
+    def _caller(
+        self, api: str, work_class: WorkClass
+    ) -> Callable[[np.ndarray], Awaitable[np.ndarray]]:
         async def call(crops: np.ndarray) -> np.ndarray:
-            return await self._call_api(api, crops)
+            return await self._call_api(api, crops, work_class, None)
 
         return call
+
+    async def _classify_rows(self, model: ServedModel, crops: np.ndarray) -> np.ndarray:
+        """Classify crops in the current class of work; return their rows."""
+        work_class, timeout_s = current_work()
+        coalescer = model.coalescers.get(work_class)
+        if coalescer is not None:
+            if len(crops) == 1:
+                return await coalescer.classify(crops[0])
+            return await coalescer.classify_many(crops)
+        size = self._max_batch
+        chunks = [crops[i : i + size] for i in range(0, len(crops), size)]
+        return np.concatenate(
+            [await self._call_api(model.api, c, work_class, timeout_s) for c in chunks]
+        )
 
     @property
     def names(self) -> list[str]:
@@ -149,10 +227,7 @@ class ServedModels:
     async def classify(self, name: str | None, crop: np.ndarray) -> Answer:
         """Classify one crop on ``name``'s batching queue."""
         model = self.get(name)
-        if model.coalescer is not None:
-            out = await model.coalescer.classify(crop)
-        else:
-            out = await self._call_api(model.api, crop[np.newaxis])
+        out = await self._classify_rows(model, crop[np.newaxis])
         version = await self.version(model, int(out[0, -1]))
         return Answer(out[0, :-2], float(out[0, -2]), version)
 
@@ -167,12 +242,7 @@ class ServedModels:
         model = self.get(name)
         for _ in range(3):
             try:
-                if model.coalescer is not None:
-                    out = await model.coalescer.classify_many(crops)
-                else:
-                    size = self._max_batch
-                    chunks = [crops[i : i + size] for i in range(0, len(crops), size)]
-                    out = np.concatenate([await self._call_api(model.api, c) for c in chunks])
+                out = await self._classify_rows(model, crops)
             except ValueError:  # rows of two versions with different class counts
                 continue
             ids = {int(v) for v in out[:, -1]}

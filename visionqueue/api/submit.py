@@ -18,6 +18,7 @@ from typing import Any
 from jobs.celery_app import CLASSIFY_TASK
 from jobs.fs_broker import job_headers
 from jobs.webhooks.ssrf import check_url
+from model_store.priority import JOB_PRIORITIES
 from persistence import job_leases, jobs_repo
 from persistence.db import session_scope
 from persistence.image_keys import digest_of
@@ -149,6 +150,16 @@ def check_backlog(res: FrontResources, adding: int) -> None:
         )
 
 
+def check_priority(priority: str | None) -> str:
+    """Return a job's ``priority`` (high | normal | low; empty = normal), else raise a 422."""
+    value = (priority or "normal").strip().lower()
+    if value not in JOB_PRIORITIES:
+        raise Unprocessable(
+            f"priority must be one of {', '.join(JOB_PRIORITIES)}", code="invalid_priority"
+        )
+    return value
+
+
 def submit_jobs(
     res: FrontResources,
     uploads: list[Upload],
@@ -158,6 +169,7 @@ def submit_jobs(
     metadata: dict[str, Any],
     idempotency_key: str | None,
     model_name: str | None = None,
+    priority: str = "normal",
 ) -> tuple[list[Job], bool]:
     """Accept ``uploads`` as jobs; return (jobs, replayed). Runs in a worker thread.
 
@@ -202,6 +214,7 @@ def submit_jobs(
                     owner=owner,
                     batch_id=batch_id,
                     model_name=model_name,
+                    priority=priority,
                     created_at=accepted_at,
                     queued_at=accepted_at,
                     flush=False,

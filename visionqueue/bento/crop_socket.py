@@ -2,9 +2,9 @@
 
 BentoML's inter-service HTTP call costs a lone request ~3 ms beyond the forward pass (aiohttp,
 pickle, the classifier's ASGI middleware, routing); this socket carries the same call as
-one frame each way (``visionqueue.bento.crop_frames``) into the same batching dispatcher
-BentoML's route uses (``ServiceAppFactory.batch_infer``), so batches still form across every
-caller. Each classifier worker listens on a socket of its own next to BentoML's socket for
+one frame each way (``visionqueue.bento.crop_frames``) into the classifier worker's priority
+queue (``model_store.priority``, which the HTTP ``prioritized_*`` routes join too), so
+batches still form across every caller. Each classifier worker listens on a socket of its own next to BentoML's socket for
 the classifier (``BENTOML_RUNNER_MAP``: unique per ``bentoml serve``, deleted when it
 stops); each front worker keeps one connection per classifier worker, sends a call to the
 one with the fewest calls outstanding, and reconnects after a classifier restart.
@@ -14,21 +14,22 @@ own user reaches them, and it can read the token from the processes' environment
 
 Failures reach the caller as ``CropSocketError``: a classifier that answers an error (with the
 HTTP status its route would have given), one that is not listening, or a connection that
-breaks (every call outstanding on it fails at once). Deadlines are the caller's.
+breaks (every call outstanding on it fails at once). Each call carries its class of work
+and how long it may wait for its forward pass (``model_store.priority``): the classifier
+answers one that waited too long with 504, its forward pass never run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
 import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
 import numpy as np
@@ -38,6 +39,7 @@ from visionqueue.bento.crop_frames import (
     OK,
     REQUEST,
     FrameError,
+    Request,
     answer_frame,
     error_frame,
     parse_answer,
@@ -47,7 +49,8 @@ from visionqueue.bento.crop_frames import (
 
 logger = logging.getLogger(__name__)
 
-Infer = Callable[[str, np.ndarray], Awaitable[np.ndarray]]
+# (api, crops, class of work, seconds it may wait before its forward pass or None)
+Infer = Callable[[str, np.ndarray, int, float | None], Awaitable[np.ndarray]]
 
 
 class CallMetrics(Protocol):
@@ -91,38 +94,6 @@ def socket_paths(service: str, workers: int, runner_map: str | None = None) -> l
 # --- the classifier's side --------------------------------------------------------------------
 
 
-def bentoml_batch_entry(instance: Any) -> Infer:
-    """Return BentoML's own batching entry for ``instance``'s APIs (the route's dispatcher).
-
-    BentoML keeps it on the ``ServiceAppFactory`` that created the service instance, which it
-    does not expose; that factory is the one object holding the instance as
-    ``_service_instance``. Raises ``RuntimeError`` when BentoML's internals changed.
-    """
-    from _bentoml_impl.server.app import ServiceAppFactory
-
-    holders = gc.get_referrers(instance)
-    # an attribute is held by the object itself or, once materialised, by its __dict__
-    holders += [
-        owner for held in holders if isinstance(held, dict) for owner in gc.get_referrers(held)
-    ]
-    factories = [
-        holder
-        for holder in holders
-        if isinstance(holder, ServiceAppFactory)
-        and getattr(holder, "_service_instance", None) is instance
-    ]
-    if not factories:
-        raise RuntimeError("no ServiceAppFactory holds this service instance")
-    factory = factories[0]
-    if not callable(getattr(factory, "batch_infer", None)):
-        raise RuntimeError("ServiceAppFactory lacks batch_infer")
-
-    async def infer(api: str, crops: np.ndarray) -> np.ndarray:
-        return np.asarray(await factory.batch_infer(api, (crops,), {}))
-
-    return infer
-
-
 async def serve_crops(
     path: Path, apis: frozenset[str], infer: Infer, metrics: CallMetrics
 ) -> asyncio.AbstractServer:
@@ -132,11 +103,11 @@ async def serve_crops(
         calls: set[asyncio.Task[None]] = set()
         try:
             while True:
-                call_id, shape, name_len = parse_request(await reader.readexactly(REQUEST.size))
-                api = (await reader.readexactly(name_len)).decode()
-                body = await reader.readexactly(int(np.prod(shape)))
-                crops = np.frombuffer(body, np.uint8).reshape(shape)
-                task = asyncio.create_task(answer(writer, call_id, api, crops))
+                request = parse_request(await reader.readexactly(REQUEST.size))
+                api = (await reader.readexactly(request.name_len)).decode()
+                body = await reader.readexactly(int(np.prod(request.shape)))
+                crops = np.frombuffer(body, np.uint8).reshape(request.shape)
+                task = asyncio.create_task(answer(writer, request, api, crops))
                 calls.add(task)
                 task.add_done_callback(calls.discard)
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -149,8 +120,10 @@ async def serve_crops(
             writer.close()
 
     async def answer(
-        writer: asyncio.StreamWriter, call_id: int, api: str, crops: np.ndarray
+        writer: asyncio.StreamWriter, request: Request, api: str, crops: np.ndarray
     ) -> None:
+        call_id = request.call_id
+        timeout_s = request.timeout_ms / 1000 if request.timeout_ms else None
         if api not in apis:
             writer.write(error_frame(call_id, 404, f"no batch API {api!r}"))
             return
@@ -158,13 +131,13 @@ async def serve_crops(
         metrics.started(api)
         status, reason = OK, ""
         try:
-            rows = await infer(api, crops)
+            rows = await infer(api, crops, request.work_class, timeout_s)
         except asyncio.CancelledError:  # the batch queue's deadline, or shutting down
             status, reason = 503, "the batch queue dropped the call"
         except Exception as exc:  # the status BentoML's route answers for the same error
             status = int(getattr(getattr(exc, "error_code", None), "value", 500))
             reason = type(exc).__name__
-            if status >= 500 and status != 503:
+            if status >= 500 and status not in (503, 504):
                 logger.exception("crop socket call to %s failed", api)
         metrics.finished(api, status, time.perf_counter() - started)
         if writer.is_closing():
@@ -258,9 +231,16 @@ class CropSocketClient:
         self._next_id = 0
         self._turn = 0
 
-    async def call(self, api: str, crops: np.ndarray) -> np.ndarray:
-        """Classify ``(N, H, W, 3)`` uint8 ``crops`` with ``api``; return its ``(N, C + 2)`` rows."""
-        header = request_header(self._next_call_id(), api, crops)
+    async def call(
+        self, api: str, crops: np.ndarray, work_class: int = 0, timeout_s: float | None = None
+    ) -> np.ndarray:
+        """Classify ``(N, H, W, 3)`` uint8 ``crops`` with ``api``; return its ``(N, C + 2)`` rows.
+
+        ``work_class`` and ``timeout_s`` (how long it may wait for its forward pass) go to
+        the classifier's priority queue.
+        """
+        timeout_ms = max(1, round(timeout_s * 1000)) if timeout_s is not None else 0
+        header = request_header(self._next_call_id(), api, crops, work_class, timeout_ms)
         refused: list[tuple[Path, OSError]] = []
         # the least busy worker first, ties taken in turn; one not listening is skipped
         self._turn = (self._turn + 1) % len(self._links)
