@@ -27,6 +27,7 @@ import contextlib
 import logging
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -62,6 +63,7 @@ from visionqueue.bento.crop_socket import (
     CropSocketClient,
     CropSocketError,
     CropSocketMissing,
+    bentoml_batch_entry,
     serve_crops,
     socket_paths,
 )
@@ -121,25 +123,32 @@ class _Classifier:
         self.metrics = classifier_metrics()
         self.watcher = PromotionWatcher(self.slots, record_path(), _model_cfg.promotion_poll_s)
         self.watcher.start()
-        # interactive > jobs > bulk: one forward pass at a time, across every served model
+        # interactive > jobs > bulk: one forward pass at a time, across every served model;
+        # no class's pass exceeds BentoML's dispatcher's largest batch
+        most = _model_cfg.batch_max_size
         self.priority = PriorityBatchQueue(
             self._forward,
             {
-                WorkClass.INTERACTIVE: _model_cfg.batch_max_size,
-                WorkClass.JOBS: _model_cfg.batch_max_size_jobs,
-                WorkClass.BULK: _model_cfg.batch_max_size_bulk,
+                WorkClass.INTERACTIVE: most,
+                WorkClass.JOBS: min(most, _model_cfg.batch_max_size_jobs),
+                WorkClass.BULK: min(most, _model_cfg.batch_max_size_bulk),
             },
             _model_cfg.priority_share_every,
             class_metrics(),
         )
         self.crop_server: asyncio.AbstractServer | None = None
+        self._dispatch: Callable[[str, np.ndarray], Awaitable[np.ndarray]] | None = None
 
     @bentoml.on_startup
     async def listen_for_crops(self) -> None:
-        """Open this worker's crop socket (``VQ_CLASSIFIER_TRANSPORT=socket``) into its
-        priority queue."""
+        """Find BentoML's batch dispatcher for the priority queue; open this worker's crop
+        socket (``VQ_CLASSIFIER_TRANSPORT=socket``) into that queue."""
         from bentoml._internal.context import server_context
 
+        try:  # the priority queue hands BentoML's dispatcher one batch at a time
+            self._dispatch = bentoml_batch_entry(self)
+        except RuntimeError as exc:
+            logger.warning("BentoML's batch dispatcher not found (%s): the model runs alone", exc)
         paths = socket_paths(Classifier.name, _model_cfg.classifier_workers)
         if _model_cfg.classifier_transport != "socket" or not paths:
             return  # HTTP only (also when served on its own: no front on this host)
@@ -152,8 +161,10 @@ class _Classifier:
     ) -> np.ndarray:
         return await self.priority.submit(api, crops, WorkClass(work_class), timeout_s)
 
-    def _forward(self, api: str, crops: np.ndarray) -> np.ndarray:
-        return self.run_batch(_API_MODELS[api], crops)
+    async def _forward(self, api: str, crops: np.ndarray) -> np.ndarray:
+        if self._dispatch is not None:
+            return await self._dispatch(api, crops)
+        return await asyncio.to_thread(self.run_batch, _API_MODELS[api], crops)
 
     def _load(self, tag: str) -> Any:
         """Load one stored version and warm it up (start-up and promotions)."""

@@ -18,8 +18,8 @@ time per worker, across every served model, and picks each batch like this:
 - a call whose deadline passes while it waits is answered at that moment with
   ``DeadlineExceeded`` and taken out: its forward pass never runs.
 
-Pure asyncio over a ``forward(api, crops)`` function, so unit tests drive it with a counted
-forward; the classifier service gives it the model's batch function.
+Pure asyncio over an async ``forward(api, crops)``, so unit tests drive it with a counted
+forward; the classifier service gives it BentoML's batch dispatcher, one batch at a time.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import asyncio
 import heapq
 import itertools
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 from http import HTTPStatus
@@ -102,7 +102,7 @@ class _NoMetrics:
         pass
 
 
-Forward = Callable[[str, np.ndarray], np.ndarray]  # (api, crops) -> rows, run in a thread
+Forward = Callable[[str, np.ndarray], Awaitable[np.ndarray]]  # (api, crops) -> rows
 
 
 @dataclass(order=True)
@@ -261,7 +261,7 @@ class PriorityBatchQueue:
         api = batch[0].api
         self._record(work_class, api, len(crops))
         try:
-            rows = await asyncio.to_thread(self._forward, api, crops)
+            rows = await self._forward(api, crops)
         except Exception as exc:  # every caller of this batch gets its failure
             for call in batch:
                 if not call.future.done():

@@ -33,7 +33,10 @@ class CountedForward:
         if not hold_first:
             self.gate.set()
 
-    def __call__(self, api: str, crops: np.ndarray) -> np.ndarray:
+    async def __call__(self, api: str, crops: np.ndarray) -> np.ndarray:
+        return await asyncio.to_thread(self.run, api, crops)
+
+    def run(self, api: str, crops: np.ndarray) -> np.ndarray:
         self.passes.append((api, [int(c[0, 0, 0]) for c in crops]))
         self.started.set()
         self.gate.wait(10)
@@ -181,7 +184,7 @@ def test_high_jobs_go_before_normal_ones_low_ones_are_bulk() -> None:
 
 
 def test_a_failed_forward_fails_its_batch_only() -> None:
-    def forward(api: str, batch: np.ndarray) -> np.ndarray:
+    async def forward(api: str, batch: np.ndarray) -> np.ndarray:
         if api == "broken":
             raise RuntimeError("model fell over")
         return batch[:, 0, 0, :1].astype(np.float32)
@@ -197,9 +200,9 @@ def test_a_failed_forward_fails_its_batch_only() -> None:
 
 def test_bad_sizes_are_refused() -> None:
     with pytest.raises(ValueError):
-        PriorityBatchQueue(lambda a, c: c, {INT: 4, J: 4})
+        PriorityBatchQueue(CountedForward(), {INT: 4, J: 4})
     with pytest.raises(ValueError):
-        PriorityBatchQueue(lambda a, c: c, sizes(), share_every=0)
+        PriorityBatchQueue(CountedForward(), sizes(), share_every=0)
     assert WorkClass.parse(" Jobs ") is J
     with pytest.raises(ValueError):
         WorkClass.parse("vip")

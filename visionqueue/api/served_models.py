@@ -51,16 +51,20 @@ def work_scope(work_class: WorkClass, timeout_s: float | None = None) -> Iterato
         _WORK.reset(token)
 
 
-def interactive_scope(deadline_ms: int) -> contextlib.AbstractContextManager[None]:
-    """Give interactive work without a deadline yet ``deadline_ms`` from now (0: none).
+def interactive_scope(
+    deadline_ms: int, timeout_s: float | None = None
+) -> contextlib.AbstractContextManager[None]:
+    """Give interactive work without a deadline yet the shorter of ``deadline_ms`` (0: none)
+    and the request's own ``timeout_s`` from now.
 
     The protocols' routes (v2, TorchServe) classify through the front with no scope of
     their own: ``VQ_PREDICT_DEADLINE_MS`` holds for them as for ``/predict``.
     """
     work_class, deadline = _WORK.get()
-    if work_class is not WorkClass.INTERACTIVE or deadline is not None or not deadline_ms:
+    limits = [s for s in (deadline_ms / 1000 if deadline_ms else None, timeout_s) if s]
+    if work_class is not WorkClass.INTERACTIVE or deadline is not None or not limits:
         return contextlib.nullcontext()
-    return work_scope(WorkClass.INTERACTIVE, deadline_ms / 1000)
+    return work_scope(WorkClass.INTERACTIVE, min(limits))
 
 
 def current_class() -> WorkClass:

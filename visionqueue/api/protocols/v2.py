@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 
 from visionqueue.api.protocols import v2_tensors
 from visionqueue.api.protocols.served import current_front, name_and_version, served_model
+from visionqueue.api.served_models import interactive_scope
 from visionqueue.core.settings import get_settings
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
@@ -167,7 +168,9 @@ async def _infer(request: Request, name: str, model_version: str | None) -> Resp
     parsed = v2_tensors.parse_infer_request(
         body, request.headers.get("inference-header-content-length")
     )
-    probs, _, ran = await current_front(request).classify_images(parsed.images, model.name)
+    front = current_front(request)
+    with interactive_scope(get_settings().model.predict_deadline_ms, parsed.timeout_s):
+        probs, _, ran = await front.classify_images(parsed.images, model.name)
     content, headers = v2_tensors.infer_response(
         parsed, model.name, name_and_version(ran["tag"])[1], probs, tuple(ran["labels"])
     )
