@@ -134,7 +134,7 @@ class _Classifier:
                 WorkClass.BULK: min(most, _model_cfg.batch_max_size_bulk),
             },
             _model_cfg.priority_share_every,
-            class_metrics(),
+            class_metrics(tuple(work_class.label for work_class in WorkClass)),
         )
         self.crop_server: asyncio.AbstractServer | None = None
         self._dispatch: Callable[[str, np.ndarray], Awaitable[np.ndarray]] | None = None

@@ -53,7 +53,7 @@ class ClassMetrics:
     Batch share is ``rate(vq_class_forward_passes_total)`` of a class over all classes'.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, work_classes: tuple[str, ...]) -> None:
         from prometheus_client import Counter, Histogram
 
         label = ("work_class",)
@@ -72,6 +72,11 @@ class ClassMetrics:
             "Calls answered 504 at their deadline, their forward pass never run",
             label,
         )
+        for work_class in work_classes:  # every series exists from the start, at zero
+            self._wait.labels(work_class)
+            self._images.labels(work_class)
+            self._passes.labels(work_class)
+            self._expired.labels(work_class)
 
     def waited(self, work_class: Any, seconds: float) -> None:
         self._wait.labels(work_class.label).observe(seconds)
@@ -85,8 +90,8 @@ class ClassMetrics:
 
 
 @functools.cache
-def class_metrics() -> ClassMetrics:
-    return ClassMetrics()
+def class_metrics(work_classes: tuple[str, ...]) -> ClassMetrics:
+    return ClassMetrics(work_classes)
 
 
 @functools.cache
