@@ -13,8 +13,8 @@ test-fast:      ## the edit-test loop: unit tests not marked slow (see CONTRIBUT
 check:          ## ruff lint + format check + mypy + import layering (lint-imports)
 	@scripts/check
 
-bench:          ## benchmark raw pipeline vs served; writes docs/benchmarks.md and docs/benchmarks-models.md
-	@scripts/bootstrap && scripts/services --bench && .venv/bin/python -m bench && .venv/bin/python -m bench.models
+bench:          ## benchmark raw pipeline vs served; writes docs/benchmarks.md, docs/benchmarks-models.md and docs/benchmarks-priority.md
+	@scripts/bootstrap && scripts/services --bench && .venv/bin/python -m bench && .venv/bin/python -m bench.models && .venv/bin/python -m bench.priority
 
 soak:           ## 60 s at concurrency 64 + 500 jobs on the default stack; writes docs/soak.md
 	@scripts/bootstrap && .venv/bin/python -m bench.soak
