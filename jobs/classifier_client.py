@@ -1,10 +1,10 @@
 """The classifier service over HTTP, for workers on the direct path (``VQ_CLASSIFIER_URL``).
 
-BentoML's JSON protocol, as the front's remote dependency speaks it: ``POST
-/prioritized_{api}`` with ``{"crops": [...], "work_class": ...}`` (``model_store.wire``; the
-classifier's priority queue, ``model_store.priority``) answers ``(N, C + 2)`` rows (probabilities,
-the batch's forward seconds, the id of the tag that ran it; ``service.py``), and
-``POST /model_info`` describes a model's current version and every version it has served.
+The synchronous twin of the data plane's remote transport, on the same definitions
+(docs/dataplane.md): BentoML's JSON protocol, as the front's remote dependency speaks it:
+``POST /packed_{api}`` with ``{"crops": [...]}`` (``visionqueue.dataplane.crops_wire``) answers
+wire rows (``visionqueue.dataplane.rows``), ``POST /model_info`` describes a model's current
+version and every version it has served (kept in the registry's ``VersionBook``).
 """
 
 from __future__ import annotations
@@ -15,10 +15,12 @@ from typing import Any
 import httpx
 import numpy as np
 
-from model_store.priority import WorkClass
 from model_store.serving import ServedSpec
-from model_store.wire import pack_crops, prioritized_api
-from visionqueue.core.errors import ModelNotFound, ModelNotReady, Unavailable, Unprocessable
+from visionqueue.core.errors import ModelNotReady, Unavailable, Unprocessable
+from visionqueue.dataplane import rows as answer_rows
+from visionqueue.dataplane.crops_wire import pack_crops, prioritized_api
+from visionqueue.dataplane.priority import JOB_PRIORITY, Priority
+from visionqueue.dataplane.registry import find_served, served_entries
 
 
 def post_classifier(http: httpx.Client, url: str, **request: Any) -> httpx.Response:
@@ -62,56 +64,42 @@ class ClassifierClient:
         self._headers = {"Content-Type": "application/json"}
         if token:  # VQ_CLASSIFIER_TOKEN
             self._headers["Authorization"] = f"Bearer {token}"
-        self._specs = {spec.name: spec for spec in specs}
-        self._default = specs[0].name
+        self._models = served_entries(specs)  # the front's registry entries, without transport
         self._max_batch = max_batch
-        self._current: dict[str, dict[str, Any]] = {}
-        self._versions: dict[str, dict[int, dict[str, Any]]] = {}
 
     def model_name(self, model: str | None) -> str:
         """The served model called ``model`` (the default for None or ""); 404 otherwise."""
-        if not model:
-            return self._default
-        if model not in self._specs:
-            raise ModelNotFound(
-                f"no model named {model!r} is served here; served: {', '.join(self._specs)}"
-            )
-        return model
+        return find_served(self._models, model).name
 
     def current(self, name: str, fresh: bool = False) -> dict[str, Any]:
         """The description of ``name``'s current version (asked once, then on a new tag id)."""
-        if fresh or name not in self._current:
-            described = self._post("model_info", {"name": name})
-            self._versions.setdefault(name, {}).update(
-                {int(k): v for k, v in described["versions"].items()}
-            )
-            self._current[name] = {k: v for k, v in described.items() if k != "versions"}
-        return self._current[name]
+        book = self._models[name].book
+        if fresh or book.current is None:
+            return book.learn(self._post("model_info", {"name": name}))
+        return book.current
 
     def classify(
-        self, name: str, crops: np.ndarray, work_class: WorkClass = WorkClass.JOBS
+        self, name: str, crops: np.ndarray, priority: Priority = JOB_PRIORITY
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        """Classify ``(N, H, W, 3)`` uint8 crops on ``name``'s priority queue in ``work_class``
-        (one call per ``VQ_BATCH_MAX_SIZE``); return ``(N, C)`` probabilities and the version
-        that ran."""
-        api = prioritized_api(self._specs[name].api)
+        """Classify ``(N, H, W, 3)`` uint8 crops on ``name``'s priority queue in ``priority``
+        (one call per ``VQ_BATCH_MAX_SIZE``; ``prioritized_{api}``, docs/priority.md); return
+        ``(N, C)`` probabilities and the version that ran."""
+        api = prioritized_api(self._models[name].api)
         size = self._max_batch
         calls = [
-            {"crops": pack_crops(crops[i : i + size]), "work_class": work_class.label}
+            {"crops": pack_crops(crops[i : i + size]), "priority": priority.label}
             for i in range(0, len(crops), size)
         ]
-        rows = np.concatenate([np.asarray(self._post(api, call), np.float32) for call in calls])
-        ids = {int(v) for v in rows[:, -1]}
-        if len(ids) != 1:
+        answer = answer_rows.unpack(
+            np.concatenate([np.asarray(self._post(api, call), np.float32) for call in calls])
+        )
+        tag_id = answer.one_version()
+        if tag_id is None:
             raise ModelNotReady(f"{name} is switching versions; retry", retry_after=1)
-        tag_id = ids.pop()
-        if tag_id not in self._versions.get(name, {}):
+        book = self._models[name].book
+        if not book.knows(tag_id):
             self.current(name, fresh=True)  # a promotion happened: learn the new version
-        version = self._versions[name].get(tag_id)
-        if version is None:
-            raise ModelNotReady(f"{name} answered from an unknown version", retry_after=1)
-        self._current[name] = version
-        return rows[:, :-2], version
+        return answer.probs, book.ran(name, tag_id)
 
     def _post(self, route: str, body: dict[str, Any]) -> Any:
         resp = post_classifier(

@@ -29,11 +29,17 @@ from jobs.resources import Resources
 from model_store.answers import answer_body
 from model_store.crops import prepare_crop
 from model_store.preprocess import Preprocessing
-from model_store.priority import WORK_CLASS_HEADER, WorkClass, job_class
 from persistence import job_leases, jobs_repo
 from persistence.db import session_scope
 from persistence.models import utcnow
 from visionqueue.core.errors import ImageNotFound, Unavailable, Unprocessable, VQError
+from visionqueue.dataplane.crop_retry import CropForVersion
+from visionqueue.dataplane.priority import (
+    JOB_PRIORITY,
+    PRIORITY_HEADER,
+    Priority,
+    job_priority,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,12 +60,12 @@ def classify_bytes(
     content_type: str,
     top_k: int,
     model: str | None = None,
-    work_class: WorkClass = WorkClass.JOBS,
+    priority: Priority = JOB_PRIORITY,
 ) -> dict[str, Any]:
     """POST the image to the front's ``/predict`` (the model's shared batching queue) in the
-    job's class of work (``X-VQ-Work-Class``: behind every person's request)."""
-    url = f"{res.settings.classifier_url}/predict"
-    headers = {WORK_CLASS_HEADER: work_class.label}
+    job's priority class (``X-VQ-Work-Class``: behind every person's request)."""
+    url = f"{res.settings.front_url}/predict"
+    headers = {PRIORITY_HEADER: priority.label}
     if res.settings.server.api_keys:
         headers["Authorization"] = f"Bearer {res.settings.server.api_keys[0].get_secret_value()}"
     resp = post_classifier(
@@ -172,9 +178,9 @@ def _classify_one(job: job_leases.ClaimedJob, res: Resources) -> dict[str, Any] 
     try:
         data = _fetch_image(job, res)
         # the version promoted when the job runs serves it (policy: docs/models.md)
-        work_class, _ = job_class(job.priority)
+        priority, _ = job_priority(job.priority)
         return classify_bytes(
-            res, data, job.content_type, res.settings.worker.top_k, job.model_name, work_class
+            res, data, job.content_type, res.settings.worker.top_k, job.model_name, priority
         )
     except Exception as exc:  # handed to the job's own task: retry or fail that job only
         return exc
@@ -241,28 +247,28 @@ def classify_direct(
     and classify each model's crops in one call to the classifier service; build the answer
     ``/predict`` would give. A bad image fails only its own job."""
     results: dict[str, dict[str, Any] | BaseException] = {}
-    by_model: dict[tuple[str, WorkClass], list[job_leases.ClaimedJob]] = {}
+    by_model: dict[tuple[str, Priority], list[job_leases.ClaimedJob]] = {}
     for job in jobs:
         try:
             name = classifier.model_name(job.model_name)
         except VQError as exc:
             results[job.id] = exc
             continue
-        by_model.setdefault((name, job_class(job.priority)[0]), []).append(job)
+        by_model.setdefault((name, job_priority(job.priority)[0]), []).append(job)
     # the front's VQ_PREPROCESS_THREADS bound the decodes (and their memory) here too
     with (
         ThreadPoolExecutor(len(jobs), thread_name_prefix="vq-batch-item") as fetch_pool,
         ThreadPoolExecutor(res.settings.model.preprocess_threads, "vq-crop") as crop_pool,
     ):
-        for (name, work_class), group in by_model.items():
+        for (name, priority), group in by_model.items():
             pools = (fetch_pool, crop_pool)
-            results.update(_classify_model(name, work_class, group, res, classifier, pools))
+            results.update(_classify_model(name, priority, group, res, classifier, pools))
     return results
 
 
 def _classify_model(
     name: str,
-    work_class: WorkClass,
+    priority: Priority,
     jobs: list[job_leases.ClaimedJob],
     res: Resources,
     classifier: ClassifierClient,
@@ -294,10 +300,12 @@ def _classify_model(
     datas = list(fetch_pool.map(fetch, jobs))
     started = time.perf_counter()
     try:
-        prep = Preprocessing.from_spec(classifier.current(name)["preprocessing"])
+        attempts = CropForVersion(
+            Preprocessing.from_spec(classifier.current(name)["preprocessing"])
+        )
     except Exception as exc:
         return {job.id: exc for job in jobs}
-    for _ in range(3):
+    for prep in attempts:
         crops = list(crop_pool.map(crop, datas, [prep] * len(datas)))
         good = [(job, c) for job, c in zip(jobs, crops, strict=True) if isinstance(c, tuple)]
         results = {j.id: c for j, c in zip(jobs, crops, strict=True) if not isinstance(c, tuple)}
@@ -305,14 +313,11 @@ def _classify_model(
             return results
         try:
             probs, version = classifier.classify(
-                name, np.stack([pixels for _, (pixels, _) in good]), work_class
+                name, np.stack([pixels for _, (pixels, _) in good]), priority
             )
         except Exception as exc:
             return {**results, **{job.id: exc for job, _ in good}}
-        used = Preprocessing.from_spec(version["preprocessing"])
-        if used.front_key == prep.front_key:
-            break
-        prep = used
+        attempts.ran(version)
     top_k = settings.worker.top_k
     for row, (job, (_, how)) in zip(probs, good, strict=True):
         results[job.id] = answer_body(
@@ -322,6 +327,6 @@ def _classify_model(
             version=version,
             started=started,
             preprocessing=how,
-            work_class=work_class.label,
+            work_class=priority.label,
         )
     return results

@@ -11,9 +11,7 @@ from dataclasses import dataclass
 
 from prometheus_client import Counter, Histogram
 
-from persistence.outcome_counts import LATENCY_BUCKETS
-
-WEBHOOK_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+from persistence.outcome_counts import LATENCY_BUCKETS, WEBHOOK_BUCKETS
 
 # Failure series that exist from start-up at 0, so Prometheus' increase() counts the first one.
 COMMON_JOB_FAILURES = ("invalid_image", "image_missing", "classifier_unavailable")

@@ -11,9 +11,9 @@ import httpx
 
 from jobs.classifier_client import ClassifierClient
 from jobs.lease_keeper import LeaseKeeper
-from model_store.serving import served_specs
 from persistence.backends import Backends, open_backends
 from visionqueue.core.settings import Settings, get_settings
+from visionqueue.dataplane.registry import configured_specs
 
 _lock = threading.Lock()
 _by_pid: dict[int, Resources] = {}
@@ -34,7 +34,7 @@ def build_resources(settings: Settings) -> Resources:
     model = settings.model
     classifier = None
     if model.classifier_url:
-        specs = served_specs(model.models, model.model_name, model.model_tag)
+        specs = configured_specs(model)
         token = model.classifier_token.get_secret_value()
         classifier = ClassifierClient(
             model.classifier_url, http, specs, model.batch_max_size, token=token

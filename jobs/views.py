@@ -8,9 +8,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from model_store.priority import job_class
 from persistence.models import Job, WebhookDelivery, WebhookOutbox
 from visionqueue.core.timestamps import iso_z
+from visionqueue.dataplane.priority import job_priority
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -64,7 +64,7 @@ def job_view(job: Job, image_url: str | None) -> dict[str, Any]:
             else None
         ),
         "priority": job.priority,
-        "work_class": job_class(job.priority)[0].label,
+        "work_class": job_priority(job.priority)[0].label,
         "metadata": job.metadata_ or {},
         "webhook_url": job.webhook_url,
         "result": _result(job, image_url),

@@ -42,7 +42,7 @@ def answer_body(
 ) -> dict[str, Any]:
     """Build the answer to one image: top ``k`` of its probability row, the version that ran,
     seconds since ``started`` (``time.perf_counter``), how the image was preprocessed and
-    the class of work it ran in (``model_store.priority``)."""
+    the priority class it ran in (``visionqueue.dataplane.priority``)."""
     body: dict[str, Any] = {
         "predictions": top_k_rows(probs, version["labels"], k),
         "model": model_block(name, version),

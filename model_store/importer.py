@@ -71,7 +71,7 @@ class PreprocessingOverrides:
 
 def check_name(name: str) -> str:
     """Return ``name`` if it is a valid BentoML model name (no version), else say why."""
-    from bentoml._internal.tag import Tag
+    from bentoml import Tag
 
     if not name or name != name.lower() or ":" in name:
         raise WeightsError(

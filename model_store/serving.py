@@ -6,8 +6,8 @@ queue: a batch never mixes models. A ``ModelSlot`` holds the version a worker ru
 name; a ``PromotionWatcher`` thread loads a promoted version and swaps it in (load, warm
 up, then one reference assignment between two batches).
 
-A batch's output rows are ``C`` probabilities, the batch's forward seconds, and the id of
-the tag that computed them (``tag_id``), so every answer can name its exact version.
+A batch's answer names the tag that computed it; on the wire (``visionqueue.dataplane.rows``)
+each row carries that tag's id (``tag_id``), so every answer can name its exact version.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def api_name(name: str, index: int) -> str:
 
 def served_specs(models: list[str], model_name: str, model_tag: str) -> list[ServedSpec]:
     """Parse ``VQ_MODELS`` (or the single-model settings when it is empty)."""
-    from bentoml._internal.tag import Tag
+    from bentoml import Tag
 
     entries = models or [model_tag or f"{model_name}:latest"]
     specs: list[ServedSpec] = []
@@ -180,16 +180,13 @@ class ModelSlot:
             logger.info("model %s switched from %s to %s", self.name, previous, model.info.tag)
         return described
 
-    def run(self, crops: np.ndarray) -> tuple[np.ndarray, float]:
-        """Classify a batch on the current version: ``(N, C + 2)`` rows and the seconds taken."""
+    def run(self, crops: np.ndarray) -> tuple[np.ndarray, float, str]:
+        """Classify a batch on the current version: ``(N, C)`` probabilities, the seconds
+        taken, and the tag that ran (``visionqueue.dataplane.rows`` packs them for the wire)."""
         model = self.current  # read once: the whole batch runs on one version
         started = time.perf_counter()
         probs = model.predict_proba(crops)
-        elapsed = time.perf_counter() - started
-        extra = np.empty((len(probs), 2), dtype=np.float32)
-        extra[:, 0] = elapsed
-        extra[:, 1] = tag_id(model.info.tag)
-        return np.concatenate([probs, extra], axis=1), elapsed
+        return probs, time.perf_counter() - started, str(model.info.tag)
 
     def describe(self) -> dict[str, Any]:
         """The current version, and every version this worker has served (by id)."""

@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, func, or_, select, text, update
 from sqlalchemy.orm import Session, aliased
 
+from persistence import outcome_counts
 from persistence.models import OutboxStatus, WebhookDelivery, WebhookOutbox, utcnow
 
 PENDING = OutboxStatus.PENDING.value
@@ -296,7 +297,8 @@ def record_attempt(
     next_attempt_at: datetime | None = None,
     attempted_at: datetime | None = None,
 ) -> WebhookDelivery:
-    """Append one attempt to the job's delivery log (what ``/deliveries`` shows)."""
+    """Append one attempt to the job's delivery log (what ``/deliveries`` shows) and count it
+    in the running webhook totals (the front's ``/metrics``)."""
     delivery = WebhookDelivery(
         job_id=job_id,
         event_id=event_id,
@@ -311,6 +313,7 @@ def record_attempt(
     )
     session.add(delivery)
     session.flush()
+    outcome_counts.record_delivery(session, succeeded, error, latency_ms / 1000)
     return delivery
 
 

@@ -40,7 +40,7 @@ class ClaimedJob:
     attempts: int
     created_at: datetime
     model_name: str | None = None  # the model asked for; None = the default
-    priority: str = "normal"  # high | normal | low (model_store.priority.job_class)
+    priority: str = "normal"  # high | normal | low (visionqueue.dataplane.priority)
 
 
 def lock_in_order(session: Session, job_ids: Collection[str]) -> None:

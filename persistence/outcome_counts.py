@@ -1,8 +1,10 @@
-"""Running totals of finished jobs, kept in the database with each job that finishes.
+"""Running totals of finished jobs and webhook attempts, kept in the database as they happen.
 
-``record`` runs in the transaction that finishes the job (``jobs_repo``), so a job counts
-once however many workers, hosts or redeliveries there are, and totals survive restarts and
-the retention purge. ``read`` returns them for the front's ``/metrics``.
+``record`` runs in the transaction that finishes the job (``jobs_repo``), and
+``record_delivery`` in the one that appends an attempt to the delivery log
+(``deliveries_repo.record_attempt``), so each counts once however many workers, hosts or
+redeliveries there are, and totals survive restarts and the retention purge. ``read``
+returns them for the front's ``/metrics``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from persistence.models import JobOutcomeCount
 
 # Upper bounds (seconds) of the job-latency histogram; the worker's uses the same.
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800)
+# Upper bounds (seconds) of the webhook-attempt histogram; the worker's uses the same.
+WEBHOOK_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 INF = "+Inf"
 
 
@@ -27,12 +31,16 @@ class OutcomeTotals:
     failures: dict[str, float] = field(default_factory=dict)
     latency_buckets: dict[str, float] = field(default_factory=dict)  # per bucket, not cumulative
     latency_sum: float = 0.0
+    webhook_success: float = 0.0
+    webhook_failures: dict[str, float] = field(default_factory=dict)  # by error
+    webhook_latency_buckets: dict[str, float] = field(default_factory=dict)  # not cumulative
+    webhook_latency_sum: float = 0.0
 
 
-def bucket_label(latency_s: float) -> str:
+def bucket_label(latency_s: float, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> str:
     """Return the label of the histogram bucket ``latency_s`` falls in."""
-    index = bisect.bisect_left(LATENCY_BUCKETS, latency_s)
-    return str(float(LATENCY_BUCKETS[index])) if index < len(LATENCY_BUCKETS) else INF
+    index = bisect.bisect_left(buckets, latency_s)
+    return str(float(buckets[index])) if index < len(buckets) else INF
 
 
 def _add(session: Session, name: str, label: str, amount: float) -> None:
@@ -57,6 +65,17 @@ def record(session: Session, status: str, code: str | None, latency_s: float) ->
         _add(session, "failure", code or "", 1)
 
 
+def record_delivery(session: Session, succeeded: bool, error: str | None, latency_s: float) -> None:
+    """Count one webhook attempt just appended to the delivery log."""
+    # always the same row order (latency rows first), so concurrent attempts never deadlock
+    _add(session, "webhook_latency_bucket", bucket_label(latency_s, WEBHOOK_BUCKETS), 1)
+    _add(session, "webhook_latency_sum", "", latency_s)
+    if succeeded:
+        _add(session, "webhook_success", "", 1)
+    else:
+        _add(session, "webhook_failure", (error or "unknown")[:64], 1)  # the label column's size
+
+
 def read(session: Session) -> OutcomeTotals:
     """Return every running total."""
     totals = OutcomeTotals()
@@ -69,4 +88,12 @@ def read(session: Session) -> OutcomeTotals:
             totals.latency_buckets[row.label] = row.value
         elif row.name == "latency_sum":
             totals.latency_sum = row.value
+        elif row.name == "webhook_success":
+            totals.webhook_success = row.value
+        elif row.name == "webhook_failure":
+            totals.webhook_failures[row.label] = row.value
+        elif row.name == "webhook_latency_bucket":
+            totals.webhook_latency_buckets[row.label] = row.value
+        elif row.name == "webhook_latency_sum":
+            totals.webhook_latency_sum = row.value
     return totals

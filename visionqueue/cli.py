@@ -249,17 +249,23 @@ def _wait_for_switch(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    # The benchmark is not installed with the product: it runs from a source checkout.
+    # The benchmark is not installed with the product: it runs from a source checkout, as a
+    # program of its own (`python -m bench`); the product never imports it.
+    import importlib.util
+    import subprocess
+
     try:
-        from bench.__main__ import main as bench_main
+        found = importlib.util.find_spec("bench.__main__") is not None
     except ImportError:
+        found = False
+    if not found:
         print(
             "visionqueue bench: the benchmark is a developer tool that is not installed with "
             "the product; run `make bench` in a source checkout",
             file=sys.stderr,
         )
         return 2
-    return bench_main(args.bench_args)
+    return subprocess.call([sys.executable, "-m", "bench", *args.bench_args])
 
 
 def add_common_options(parser: argparse.ArgumentParser, *, with_defaults: bool) -> None:

@@ -278,6 +278,35 @@ def test_metric_values_match_the_workload(stack: Any, workload: Workload) -> Non
     )
 
 
+def test_the_front_counts_the_webhook_attempts_of_every_worker(
+    front: str, workload: Workload
+) -> None:
+    """The seed's webhook names on the service's own /metrics, from the delivery log."""
+    before = workload.front_before
+    worker = workload.worker
+
+    def grown(scrape: Scrape, name: str, **labels: str) -> float:
+        return scrape.total(name, **labels) - before.total(name, **labels)
+
+    def caught_up() -> Scrape | None:
+        # the worker counts an attempt just before its delivery-log row commits, and the
+        # front reads the totals at most once per VQ_HEALTH_CACHE_S
+        scrape = Scrape.of(f"{front}/metrics")
+        done = grown(scrape, "webhook_success_total") + grown(scrape, "webhook_failure_total")
+        return scrape if done >= 1 + M_JOBS else None
+
+    scrape = wait_until(caught_up, 30, "the front's webhook totals")
+    # this module's only worker made every attempt since `before`: the same counts
+    assert grown(scrape, "webhook_success_total") == worker.total("webhook_success_total")
+    assert grown(scrape, "webhook_failure_total", error="http_410") == worker.total(
+        "webhook_failure_total", error="http_410"
+    )
+    assert grown(scrape, "webhook_latency_seconds_count") == grown(
+        scrape, "webhook_success_total"
+    ) + grown(scrape, "webhook_failure_total")
+    assert scrape.total("webhook_latency_seconds_sum") > 0
+
+
 def test_worker_logs_are_json_lines_with_job_ids(workload: Workload) -> None:
     records = json_records(workload.worker_log)
     assert records, "the worker wrote no JSON log line"

@@ -7,7 +7,7 @@ So every concurrent answer is compared with the sequential answer for the same i
 across distinct images, at several concurrency levels.
 
 Checked by hand once (2026-11-30): handing caller ``i`` the row of caller ``i + 1`` in
-``visionqueue/api/coalesce.py`` makes ``test_concurrent_answers_match_the_sequential_ones``
+``visionqueue/dataplane/coalesce.py`` makes ``test_concurrent_answers_match_the_sequential_ones``
 fail at the first level that merges crops ("c=8: 23 of 32 answers were another image's").
 """
 

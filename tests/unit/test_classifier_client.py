@@ -14,9 +14,9 @@ import pytest
 
 from jobs.classifier_client import ClassifierClient
 from model_store.serving import served_specs, tag_id
-from model_store.wire import unpack_crops
 from tests.support.servers import free_port
 from visionqueue.core.errors import ModelNotFound, Unavailable, Unprocessable
+from visionqueue.dataplane.crops_wire import unpack_crops
 
 SPECS = served_specs(["resnet18", "pets"], "resnet18", "")
 VERSION = {"tag": "resnet18:v1", "weights": "random-init-seed-0", "labels": ["a", "b", "c"]}
@@ -35,7 +35,7 @@ def classifier_answering(status: int) -> Iterator[str]:
             else:
                 # the classifier's priority queue, in the job's class of work
                 assert self.path == "/prioritized_classify", self.path
-                assert body["work_class"] in ("jobs", "bulk"), body["work_class"]
+                assert body["priority"] in ("jobs", "bulk"), body["priority"]
                 crops = unpack_crops(body["crops"])
                 rows = [[0.2, 0.7, 0.1, 0.01, tag_id("resnet18:v1")] for _ in crops]
                 answer, code = rows, status

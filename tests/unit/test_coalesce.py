@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from visionqueue.api.coalesce import CropCoalescer
+from visionqueue.dataplane.coalesce import CropCoalescer
 
 
 def crop(value: int) -> np.ndarray:

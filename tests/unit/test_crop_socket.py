@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from visionqueue.bento.crop_frames import REQUEST
-from visionqueue.bento.crop_socket import (
+from visionqueue.dataplane.crop_socket import (
     CropSocketClient,
     CropSocketError,
     CropSocketMissing,
@@ -26,6 +25,7 @@ from visionqueue.bento.crop_socket import (
     serve_crops,
     socket_paths,
 )
+from visionqueue.dataplane.socket_frames import REQUEST
 
 ROOT = Path(__file__).resolve().parents[2]
 # a classifier worker in a process of its own (so that it can die): each crop's answer row
@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 WORKER = """
 import asyncio, sys
 import numpy as np
-from visionqueue.bento.crop_socket import serve_crops
+from visionqueue.dataplane.crop_socket import serve_crops
 
 class Metrics:
     def started(self, api): pass
@@ -267,9 +267,10 @@ def test_no_runner_map_means_no_sockets() -> None:
 def test_each_call_carries_its_class_and_timeout_and_a_missed_deadline_is_a_504(
     sockets: Path,
 ) -> None:
-    from model_store.priority import DeadlineExceeded, WorkClass
     from visionqueue.bento.remote import classifier_failure
     from visionqueue.core.errors import DeadlineExceeded as Answered504
+    from visionqueue.dataplane.priority import Priority as WorkClass
+    from visionqueue.dataplane.priority_queue import DeadlineExceeded
 
     seen: list[tuple[int, float | None]] = []
 

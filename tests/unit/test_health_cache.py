@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -26,9 +27,9 @@ from visionqueue.api.backlog import BacklogGauges
 from visionqueue.api.health import FrontHealth
 from visionqueue.api.middleware.health import HealthRoutes
 from visionqueue.api.resources import FrontResources, build_front_resources
-from visionqueue.api.served_models import ServedModels
 from visionqueue.core.errors import ModelNotReady
 from visionqueue.core.settings import Settings
+from visionqueue.dataplane.registry import ServedModels
 
 
 class Counts:
@@ -71,15 +72,16 @@ async def _no_model(name: str) -> dict[str, Any]:
     raise ModelNotReady("the classifier is not ready yet", retry_after=2)
 
 
-async def _never_called(api: str, crops: Any) -> Any:
+async def _never_called(api: str, crops: Any, priority: Any) -> Any:
     raise AssertionError("readiness never classifies")
 
 
 def _attach(api: Any, resources: FrontResources, ttl_s: float, model: Any) -> None:
     """The front's wiring, with the classifier's description answered by ``model``."""
     spec = ServedSpec("resnet18", "resnet18:latest", "classify")
-    models = ServedModels([spec], _never_called, model, max_batch=16, calls_in_flight=0)
-    attach_front(api, resources, FrontHealth(models, resources, ttl_s), models=models)
+    classifier = SimpleNamespace(call=_never_called, describe=model)
+    models = ServedModels([spec], classifier, max_batch=16, calls_in_flight=0)
+    attach_front(api, resources, FrontHealth(models, resources, ttl_s))
 
 
 async def _probe_readyz(

@@ -16,14 +16,14 @@ from jobs.classify import classify_bytes
 from jobs.lease_keeper import LeaseKeeper
 from jobs.resources import Resources
 from jobs.views import job_view
-from model_store.priority import WorkClass
 from persistence import job_leases, jobs_repo
 from persistence.db import dispose_engines, get_engine, session_scope
 from persistence.local_images import LocalImageStore
 from persistence.migrate import upgrade_database
 from visionqueue.api.submit import check_priority
 from visionqueue.core.errors import Unprocessable
-from visionqueue.core.settings import DatabaseSettings, Settings, WorkerSettings
+from visionqueue.core.settings import DatabaseSettings, Settings
+from visionqueue.dataplane.priority import Priority
 
 
 @pytest.fixture
@@ -107,10 +107,11 @@ def test_a_jobs_predict_call_says_its_class(res: Resources) -> None:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Front)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        worker = WorkerSettings(classifier_url=f"http://127.0.0.1:{server.server_address[1]}")
+        front = f"http://127.0.0.1:{server.server_address[1]}"
+        worker = res.settings.worker.model_copy(update={"front_url": front})
         settings = res.settings.model_copy(update={"worker": worker})
         here = Resources(settings, res.engine, res.store, res.http, res.leases)
-        classify_bytes(here, b"x", "image/png", 5, None, WorkClass.BULK)
+        classify_bytes(here, b"x", "image/png", 5, None, Priority.BULK)
         classify_bytes(here, b"x", "image/png", 5)
     finally:
         server.shutdown()

@@ -1,4 +1,4 @@
-"""Running job totals in the database: counted once per finished job, rendered for /metrics."""
+"""Running job and webhook totals in the database: counted once each, rendered for /metrics."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, create_engine
 
-from persistence import jobs_repo, outcome_counts
+from persistence import deliveries_repo, jobs_repo, outcome_counts
 from persistence.db import session_scope
-from tests.support.rows import create_job_row, migrated_sqlite
+from tests.support.rows import create_job_row, migrated_sqlite, record_attempt
 from visionqueue.api.backlog import outcome_exposition
 
 
@@ -66,3 +66,32 @@ def test_latency_buckets_are_cumulative_in_the_exposition() -> None:
     assert 'image_task_latency_seconds_bucket{le="5.0"} 2.0' in text
     assert 'image_task_latency_seconds_bucket{le="1800.0"} 2.0' in text
     assert 'image_task_latency_seconds_bucket{le="+Inf"} 3.0' in text
+
+
+def test_webhook_attempts_of_every_worker_count_in_the_front_exposition(engine: Engine) -> None:
+    # two workers: two processes' engines on one database, each appending to the delivery log
+    other = create_engine(str(engine.url))
+    try:
+        job_id = create_job_row(engine)
+        failed = {"succeeded": False, "status_code": 500, "error": "http_500"}
+        record_attempt(engine, job_id, 1, latency_ms=30.0, **failed)
+        record_attempt(other, job_id, 2, latency_ms=70.0, **failed)
+        record_attempt(other, job_id, 3, latency_ms=4.0)
+        record_attempt(engine, create_job_row(engine), 1, latency_ms=2_000.0)
+    finally:
+        other.dispose()
+    with session_scope(engine) as session:
+        logged = len(deliveries_repo.list_attempts(session, job_id))
+        totals = outcome_counts.read(session)
+    assert logged == 3
+    assert totals.webhook_success == 2
+    assert totals.webhook_failures == {"http_500": 2}
+    assert totals.webhook_latency_buckets == {"0.01": 1, "0.05": 1, "0.1": 1, "2.5": 1}
+    assert totals.webhook_latency_sum == pytest.approx(2.104)
+
+    text = outcome_exposition(totals)
+    assert "webhook_success_total 2.0" in text
+    assert 'webhook_failure_total{error="http_500"} 2.0' in text
+    assert 'webhook_latency_seconds_bucket{le="0.05"} 2.0' in text
+    assert 'webhook_latency_seconds_bucket{le="+Inf"} 4.0' in text
+    assert "webhook_latency_seconds_count 4.0" in text

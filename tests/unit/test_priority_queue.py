@@ -13,14 +13,10 @@ import threading
 import numpy as np
 import pytest
 
-from model_store.priority import (
-    DeadlineExceeded,
-    PriorityBatchQueue,
-    WorkClass,
-    job_class,
-)
+from visionqueue.dataplane.priority import Priority, job_priority
+from visionqueue.dataplane.priority_queue import DeadlineExceeded, PriorityBatchQueue
 
-INT, J, B = WorkClass.INTERACTIVE, WorkClass.JOBS, WorkClass.BULK
+INT, J, B = Priority.INTERACTIVE, Priority.JOBS, Priority.BULK
 
 
 class CountedForward:
@@ -53,7 +49,7 @@ def crops(*ids: int) -> np.ndarray:
     return out
 
 
-def sizes(interactive: int = 4, jobs: int = 4, bulk: int = 2) -> dict[WorkClass, int]:
+def sizes(interactive: int = 4, jobs: int = 4, bulk: int = 2) -> dict[Priority, int]:
     return {INT: interactive, J: jobs, B: bulk}
 
 
@@ -112,14 +108,14 @@ def test_a_class_never_mixes_models_and_keeps_its_batch_size() -> None:
 def test_bulk_is_never_starved_by_a_steady_stream_of_interactive_work() -> None:
     share_every = 3
 
-    async def scenario() -> list[WorkClass]:
+    async def scenario() -> list[Priority]:
         forward = CountedForward(hold_first=False)
         queue = PriorityBatchQueue(forward, sizes(interactive=1), share_every, history=100)
         bulk = asyncio.create_task(queue.submit("m", crops(5), B))
         # more interactive work than the model can take: always some queued
         people = [asyncio.create_task(queue.submit("m", crops(i), INT)) for i in range(20)]
         await asyncio.gather(bulk, *people)
-        return [ran.work_class for ran in queue.history]
+        return [ran.priority for ran in queue.history]
 
     order = asyncio.run(scenario())
     assert order.index(B) <= share_every + 1, order  # the guarantee: within share_every + 2
@@ -127,12 +123,12 @@ def test_bulk_is_never_starved_by_a_steady_stream_of_interactive_work() -> None:
 
 
 def test_with_no_interactive_work_lower_classes_take_every_pass() -> None:
-    async def scenario() -> list[WorkClass]:
+    async def scenario() -> list[Priority]:
         forward = CountedForward(hold_first=False)
         queue = PriorityBatchQueue(forward, sizes(jobs=1, bulk=1), share_every=100, history=50)
         tasks = [queue.submit("m", crops(i), J if i % 2 else B) for i in range(10)]
         await asyncio.gather(*tasks)
-        return [ran.work_class for ran in queue.history]
+        return [ran.priority for ran in queue.history]
 
     order = asyncio.run(scenario())
     assert order == [J] * 5 + [B] * 5  # jobs first, then bulk: nothing idles, nothing lost
@@ -148,7 +144,7 @@ def test_a_call_past_its_deadline_is_answered_then_and_never_runs() -> None:
         with pytest.raises(DeadlineExceeded) as caught:
             await late  # answered while the jobs pass is still held: not when it ends
         held = not forward.gate.is_set()
-        assert caught.value.work_class is INT
+        assert caught.value.priority is INT
         ontime = asyncio.create_task(queue.submit("m", crops(8), INT, timeout_s=30))
         await settle()
         forward.release()
@@ -161,11 +157,11 @@ def test_a_call_past_its_deadline_is_answered_then_and_never_runs() -> None:
 
 
 def test_high_jobs_go_before_normal_ones_low_ones_are_bulk() -> None:
-    assert job_class("high") == (J, 0)
-    assert job_class("normal") == (J, 1)
-    assert job_class("low") == (B, 0)
+    assert job_priority("high") == (J, 0)
+    assert job_priority("normal") == (J, 1)
+    assert job_priority("low") == (B, 0)
     with pytest.raises(ValueError, match="priority must be one of"):
-        job_class("urgent")
+        job_priority("urgent")
 
     async def scenario() -> list[tuple[str, list[int]]]:
         forward = CountedForward()
@@ -203,6 +199,6 @@ def test_bad_sizes_are_refused() -> None:
         PriorityBatchQueue(CountedForward(), {INT: 4, J: 4})
     with pytest.raises(ValueError):
         PriorityBatchQueue(CountedForward(), sizes(), share_every=0)
-    assert WorkClass.parse(" Jobs ") is J
+    assert Priority.parse(" Jobs ") is J
     with pytest.raises(ValueError):
-        WorkClass.parse("vip")
+        Priority.parse("vip")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from http import HTTPStatus
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -17,9 +18,9 @@ from _bentoml_impl.client import RemoteProxy
 from bentoml.exceptions import BentoMLException
 
 from model_store.serving import ServedSpec
-from visionqueue.api.served_models import ServedModels
 from visionqueue.bento.remote import REFUSED_TOKEN, refused_token, send_token
 from visionqueue.core.errors import ModelNotReady
+from visionqueue.dataplane.registry import ServedModels
 
 
 def test_every_session_of_the_proxy_sends_the_token() -> None:
@@ -56,11 +57,12 @@ def test_a_front_without_the_token_says_so_in_readiness() -> None:
     async def refusing(name: str) -> Any:
         raise BentoMLException("Error making request: 401", error_code=HTTPStatus(401))
 
-    async def never(api: str, crops: Any) -> Any:
+    async def never(api: str, crops: Any, priority: Any) -> Any:
         raise AssertionError("describing never classifies")
 
     spec = ServedSpec("resnet18", "resnet18:latest", "classify")
-    models = ServedModels([spec], never, refusing, max_batch=16, calls_in_flight=0)
+    classifier = SimpleNamespace(call=never, describe=refusing)
+    models = ServedModels([spec], classifier, max_batch=16, calls_in_flight=0)
     with pytest.raises(ModelNotReady) as caught:
         asyncio.run(models.info())
     assert caught.value.message == REFUSED_TOKEN

@@ -8,21 +8,19 @@ The classifier here is a fake that counts its descriptions and can be promoted.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import numpy as np
 import pytest
 
-from model_store.priority import WorkClass
 from model_store.serving import ServedSpec, tag_id
-from visionqueue.api.predict import request_work
-from visionqueue.api.served_models import (
-    ServedModels,
-    current_class,
-    interactive_scope,
-    work_scope,
-)
+from visionqueue.api.predict import request_priority
 from visionqueue.core.errors import DeadlineExceeded, ModelNotFound, Unprocessable
+from visionqueue.dataplane.plane import CropLimits, DataPlane
+from visionqueue.dataplane.priority import Priority
+from visionqueue.dataplane.registry import ServedModels
+from visionqueue.dataplane.requests import ClassifyRequest
 
 
 class FakeClassifier:
@@ -42,7 +40,9 @@ class FakeClassifier:
         self.descriptions += 1
         return {"name": name, **self.served[tag_id(self.tag)], "versions": dict(self.served)}
 
-    async def call_api(self, api: str, crops: np.ndarray, *_: object) -> np.ndarray:
+    async def call(
+        self, api: str, crops: np.ndarray, priority: Priority, timeout_s: float | None = None
+    ) -> np.ndarray:
         rows = np.zeros((len(crops), 4), dtype=np.float32)
         rows[:, :2] = (0.25, 0.75)
         rows[:, -1] = tag_id(self.tag)
@@ -51,7 +51,7 @@ class FakeClassifier:
 
 def registry(classifier: FakeClassifier) -> ServedModels:
     spec = ServedSpec("pets", "pets:v1", "classify")
-    return ServedModels([spec], classifier.call_api, classifier.describe, 16, calls_in_flight=0)
+    return ServedModels([spec], classifier, 16, calls_in_flight=0)
 
 
 def test_inference_lookups_reuse_the_last_description() -> None:
@@ -94,7 +94,7 @@ def test_the_answer_names_the_version_that_ran_not_the_one_looked_up() -> None:
     async def scenario() -> dict[str, Any]:
         await models.lookup("pets", fresh=False)
         classifier.promote("pets:v2")
-        _, ran, _ = await models.classify_many("pets", np.zeros((2, 4, 4, 3), dtype=np.uint8))
+        _, ran = await models.classify_many("pets", np.zeros((2, 4, 4, 3), dtype=np.uint8))
         return ran
 
     ran = asyncio.run(scenario())
@@ -102,52 +102,52 @@ def test_the_answer_names_the_version_that_ran_not_the_one_looked_up() -> None:
 
 
 class ClassRecorder(FakeClassifier):
-    """Records the class of work and the wait limit of every call it answers."""
+    """Records the priority class and the wait limit of every call it answers."""
 
     def __init__(self, tag: str) -> None:
         super().__init__(tag)
-        self.calls: list[tuple[int, WorkClass, float | None]] = []
+        self.calls: list[tuple[int, Priority, float | None]] = []
 
-    async def call_api(
-        self, api: str, crops: np.ndarray, work_class: WorkClass, timeout_s: float | None
+    async def call(
+        self, api: str, crops: np.ndarray, priority: Priority, timeout_s: float | None = None
     ) -> np.ndarray:
-        self.calls.append((len(crops), work_class, timeout_s))
-        return await super().call_api(api, crops)
+        self.calls.append((len(crops), priority, timeout_s))
+        return await super().call(api, crops, priority)
 
 
-def test_each_call_goes_in_its_requests_class_with_what_is_left_of_its_deadline() -> None:
+def test_each_call_goes_in_its_class_with_what_is_left_of_its_deadline() -> None:
     classifier = ClassRecorder("pets:v1")
-    spec = ServedSpec("pets", "pets:v1", "classify")
-    models = ServedModels([spec], classifier.call_api, classifier.describe, 16, 2)
-    crop = np.zeros((224, 224, 3), np.uint8)
+    models = ServedModels([ServedSpec("pets", "pets:v1", "classify")], classifier, 16, 2)
+    one, three = np.zeros((1, 224, 224, 3), np.uint8), np.zeros((3, 224, 224, 3), np.uint8)
 
     async def scenario() -> None:
-        await models.classify("pets", crop)  # no scope: a person, no deadline
-        with work_scope(WorkClass.INTERACTIVE, 30.0):
-            await models.classify("pets", crop)
-        with work_scope(WorkClass.BULK):
-            await models.classify_many("pets", np.stack([crop] * 3))
-        with work_scope(WorkClass.INTERACTIVE, 0.0), pytest.raises(DeadlineExceeded):
-            await models.classify("pets", crop)  # past its deadline: never sent
+        await models.classify_many("pets", one)  # a person, no deadline
+        await models.classify_many("pets", one, Priority.INTERACTIVE, time.monotonic() + 30)
+        await models.classify_many("pets", three, Priority.BULK)
+        with pytest.raises(DeadlineExceeded):  # past its deadline: never sent
+            await models.classify_many("pets", one, Priority.INTERACTIVE, time.monotonic())
 
     asyncio.run(scenario())
     assert [(n, c) for n, c, _ in classifier.calls] == [
-        (1, WorkClass.INTERACTIVE),
-        (1, WorkClass.INTERACTIVE),
-        (3, WorkClass.BULK),  # merged by the bulk class's coalescer
+        (1, Priority.INTERACTIVE),
+        (1, Priority.INTERACTIVE),
+        (3, Priority.BULK),  # through the bulk class's coalescer: no deadline
     ]
     assert classifier.calls[0][2] is None and classifier.calls[2][2] is None
     assert 29.0 < (classifier.calls[1][2] or 0) <= 30.0
     assert (DeadlineExceeded.status, DeadlineExceeded.code) == (504, "deadline_exceeded")
 
 
-def test_the_protocols_deadline_applies_only_to_interactive_work_without_one() -> None:
-    with interactive_scope(5000):
-        assert current_class() is WorkClass.INTERACTIVE
-        with work_scope(WorkClass.JOBS), interactive_scope(5000):
-            assert current_class() is WorkClass.JOBS
-    assert request_work(None, 0) == (WorkClass.INTERACTIVE, None)
-    assert request_work(None, 250) == (WorkClass.INTERACTIVE, 0.25)
-    assert request_work("bulk", 250) == (WorkClass.BULK, None)  # a job is retried, not dropped
+def test_the_deadline_setting_bounds_interactive_requests_only() -> None:
+    plane = DataPlane(registry(FakeClassifier("pets:v1")), CropLimits(10**6), None, None, 250)  # type: ignore[arg-type]
+    now = time.monotonic()
+    interactive = plane._bounded(ClassifyRequest([b""], None, Priority.INTERACTIVE))
+    assert interactive.deadline is not None and now < interactive.deadline <= now + 0.25 + 0.1
+    sooner = plane._bounded(ClassifyRequest([b""], None, Priority.INTERACTIVE, now + 0.01))
+    assert sooner.deadline == now + 0.01  # the request's own timeout, when shorter
+    job = plane._bounded(ClassifyRequest([b""], None, Priority.JOBS))
+    assert job.deadline is None  # a job is retried, never dropped
+    assert request_priority(None) is Priority.INTERACTIVE
+    assert request_priority("bulk") is Priority.BULK
     with pytest.raises(Unprocessable):
-        request_work("vip", 250)
+        request_priority("vip")

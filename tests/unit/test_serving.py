@@ -19,6 +19,7 @@ from model_store.serving import (
 )
 from model_store.weights import WeightsError
 from tests.support import checkpoints
+from visionqueue.dataplane import rows as answer_rows
 
 
 def test_vq_models_parsing() -> None:
@@ -100,7 +101,7 @@ def test_watcher_swaps_in_the_promoted_version(tmp_path: Path, tools_versions: l
     slot = ModelSlot("s-tools", _loader)
     slot.load(first)
     crops = np.random.default_rng(0).integers(0, 256, (3, 224, 224, 3), dtype=np.uint8)
-    before, _ = slot.run(crops)
+    before = answer_rows.pack(*slot.run(crops))  # the wire rows the classifier answers
     assert before.shape == (3, 3 + 2)
     assert set(before[:, -1]) == {tag_id(first)}
     watcher = PromotionWatcher({"s-tools": slot}, record, poll_s=60)
@@ -108,7 +109,7 @@ def test_watcher_swaps_in_the_promoted_version(tmp_path: Path, tools_versions: l
     assert slot.tag == first
     promote(second, record)
     watcher.check_once()
-    after, _ = slot.run(crops)
+    after = answer_rows.pack(*slot.run(crops))
     assert slot.tag == second and set(after[:, -1]) == {tag_id(second)}
     assert not np.allclose(before[:, :3], after[:, :3])  # really the other weights
     described = slot.describe()

@@ -98,3 +98,13 @@ def test_malformed_webhook_secret_is_refused_in_any_mode(monkeypatch: pytest.Mon
 def test_secrets_are_not_in_the_repr(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VQ_API_KEYS", "super-secret-key")
     assert "super-secret-key" not in repr(Settings())
+
+
+def test_the_workers_front_url_keeps_its_former_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VQ_WORKER_CLASSIFIER_URL", "http://front-old:3000/")
+    assert Settings().front_url == "http://front-old:3000"
+    monkeypatch.setenv("VQ_WORKER_FRONT_URL", "http://front:3000")
+    assert Settings().front_url == "http://front:3000"  # the new name wins
+    monkeypatch.setenv("VQ_CLASSIFIER_URL", "http://classifier:3001")  # another concept
+    assert Settings().front_url == "http://front:3000"
+    assert Settings().model.classifier_url == "http://classifier:3001"

@@ -13,26 +13,23 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from visionqueue.api.domain_errors import to_http_error
 from visionqueue.api.health import FrontHealth
 from visionqueue.api.resources import FrontResources
-from visionqueue.api.served_models import ServedModels
 from visionqueue.core.errors import DomainError, VQError
+from visionqueue.dataplane.plane import DataPlane
 
 
 def attach_front(
     app: FastAPI,
     resources: FrontResources,
     health: FrontHealth,
-    front: object = None,
-    models: ServedModels | None = None,
+    dataplane: DataPlane | None = None,
 ) -> None:
     """Give the app the resources its routes use, the readiness policy ``/readyz`` asks, and
-    the served-models registry (``visionqueue.api.served_models.served_models``).
-
-    ``front`` is the front service itself: the protocol adapters classify through it.
-    """
+    the front worker's data plane, which every route that classifies receives, with its
+    registry of served models (``visionqueue.api.state``)."""
     app.state.resources = resources
     app.state.health = health
-    app.state.front = front
-    app.state.models = models
+    app.state.dataplane = dataplane
+    app.state.models = dataplane.models if dataplane is not None else None
 
 
 def create_api_app() -> FastAPI:

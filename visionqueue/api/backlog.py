@@ -7,6 +7,9 @@
   global: right with any number of workers and hosts, and every front replica reports the
   same values (aggregate them with ``max``, not ``sum``; ``prometheus.yml`` keeps the
   workers' per-process series instead).
+- ``webhook_success_total``, ``webhook_failure_total{error}`` and ``webhook_latency_seconds``:
+  the seed's webhook names, counted the same way from the delivery log (every attempt, as
+  each worker counts its own).
 
 All are read at most once per ``VQ_HEALTH_CACHE_S`` per front worker whatever the scrape rate.
 """
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import logging
 
-from persistence.outcome_counts import INF, LATENCY_BUCKETS, OutcomeTotals
+from persistence.outcome_counts import INF, LATENCY_BUCKETS, WEBHOOK_BUCKETS, OutcomeTotals
 from visionqueue.api.probe_cache import CachedProbe
 from visionqueue.api.resources import FrontResources
 
@@ -50,16 +53,46 @@ def outcome_exposition(totals: OutcomeTotals) -> str:
         "# HELP image_task_latency_seconds Job latency from submission to stored result "
         "(all workers, from the database)",
         "# TYPE image_task_latency_seconds histogram",
-    ]
-    cumulative = 0.0
-    for bound in [str(float(b)) for b in LATENCY_BUCKETS] + [INF]:
-        cumulative += totals.latency_buckets.get(bound, 0.0)
-        lines.append(f'image_task_latency_seconds_bucket{{le="{bound}"}} {cumulative}')
-    lines += [
-        f"image_task_latency_seconds_count {cumulative}",
-        f"image_task_latency_seconds_sum {totals.latency_sum}",
+        *_histogram(
+            "image_task_latency_seconds",
+            LATENCY_BUCKETS,
+            totals.latency_buckets,
+            totals.latency_sum,
+        ),
+        "# HELP webhook_success_total Webhook deliveries answered with 2xx "
+        "(all workers, from the delivery log)",
+        "# TYPE webhook_success_total counter",
+        f"webhook_success_total {totals.webhook_success}",
+        "# HELP webhook_failure_total Webhook delivery attempts that failed, by error "
+        "(all workers, from the delivery log)",
+        "# TYPE webhook_failure_total counter",
+        *(
+            f'webhook_failure_total{{error="{error}"}} {n}'
+            for error, n in sorted(totals.webhook_failures.items())
+        ),
+        "# HELP webhook_latency_seconds Duration of one webhook delivery attempt "
+        "(all workers, from the delivery log)",
+        "# TYPE webhook_latency_seconds histogram",
+        *_histogram(
+            "webhook_latency_seconds",
+            WEBHOOK_BUCKETS,
+            totals.webhook_latency_buckets,
+            totals.webhook_latency_sum,
+        ),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _histogram(
+    name: str, bounds: tuple[float, ...], per_bucket: dict[str, float], total: float
+) -> list[str]:
+    """A histogram's cumulative ``_bucket`` lines, ``_count`` and ``_sum``."""
+    lines = []
+    cumulative = 0.0
+    for bound in [str(float(b)) for b in bounds] + [INF]:
+        cumulative += per_bucket.get(bound, 0.0)
+        lines.append(f'{name}_bucket{{le="{bound}"}} {cumulative}')
+    return [*lines, f"{name}_count {cumulative}", f"{name}_sum {total}"]
 
 
 def read_backlog(resources: FrontResources) -> str:

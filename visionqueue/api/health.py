@@ -23,7 +23,7 @@ from visionqueue.api.resources import FrontResources, check_backends
 from visionqueue.core.errors import VQError
 
 if TYPE_CHECKING:
-    from visionqueue.api.served_models import ServedModels
+    from visionqueue.dataplane.registry import ServedModels
 
 HEALTH_PATHS = ("/livez", "/healthz", "/readyz")
 

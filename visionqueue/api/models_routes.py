@@ -8,8 +8,9 @@ from fastapi import APIRouter, Request
 
 from model_store.weights import is_demo
 from visionqueue.api.openapi_errors import error_responses
-from visionqueue.api.served_models import ServedModels, served_models
+from visionqueue.api.state import served_models
 from visionqueue.core.errors import VQError
+from visionqueue.dataplane.registry import ServedModels
 
 router = APIRouter(tags=["models"])
 

@@ -25,7 +25,7 @@ from persistence.local_images import LocalImageStore, verify_image_signature
 from persistence.models import JOB_STATUSES, Job
 from visionqueue.api.openapi_errors import error_responses
 from visionqueue.api.resources import FrontResources
-from visionqueue.api.served_models import served_models
+from visionqueue.api.state import served_models
 from visionqueue.api.submit import (
     Upload,
     check_priority,

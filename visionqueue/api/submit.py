@@ -18,7 +18,6 @@ from typing import Any
 from jobs.celery_app import CLASSIFY_TASK
 from jobs.fs_broker import job_headers
 from jobs.webhooks.ssrf import check_url
-from model_store.priority import JOB_PRIORITIES
 from persistence import job_leases, jobs_repo
 from persistence.db import session_scope
 from persistence.image_keys import digest_of
@@ -33,6 +32,7 @@ from visionqueue.core.errors import (
     VQError,
 )
 from visionqueue.core.images import inspect_image
+from visionqueue.dataplane.priority import JOB_PRIORITIES
 
 logger = logging.getLogger(__name__)
 

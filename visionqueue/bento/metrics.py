@@ -131,7 +131,7 @@ class RouteMetrics:
 
 
 def _route_labels(api: str) -> dict[str, Any]:
-    from bentoml._internal.context import server_context
+    from bentoml import server_context
 
     return {
         "endpoint": f"/{api}",
@@ -153,10 +153,12 @@ def route_metrics() -> RouteMetrics:
     metric object caches its samples' values in multiprocess mode, so a sample written by
     both BentoML's middleware and these would lose counts.
     """
-    from bentoml._internal.configuration.containers import BentoMLContainer
     from prometheus_client import Counter, Gauge, Histogram
 
-    namespace = BentoMLContainer.api_server_config.metrics.namespace.get()
+    from visionqueue.bento.internals import bentoml_container
+
+    container = bentoml_container()
+    namespace = container.api_server_config.metrics.namespace.get()
     labels = ["endpoint", "service_name", "service_version", "http_response_code", "runner_name"]
     return RouteMetrics(
         total=Counter(
@@ -171,7 +173,7 @@ def route_metrics() -> RouteMetrics:
             "runner RPC duration in seconds",
             labels,
             namespace=namespace,
-            buckets=BentoMLContainer.duration_buckets.get(),
+            buckets=container.duration_buckets.get(),
             registry=None,
         ),
         in_progress=Gauge(

@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from visionqueue.bento import internals
+
 logger = logging.getLogger(__name__)
 
 TESTED_BENTOML = "1.4.40"
@@ -87,9 +89,7 @@ def _mime_type_missing(io_mixin: Any) -> list[str]:
 
 
 def _io_mixin() -> Any:
-    from _bentoml_sdk.io_models import IOMixin
-
-    return IOMixin
+    return internals.io_mixin()
 
 
 # --- request-timer-cancel ------------------------------------------------------------------
@@ -144,9 +144,7 @@ def _timeout_middleware_missing(middleware: Any) -> list[str]:
 
 
 def _timeout_middleware() -> Any:
-    from bentoml._internal.server.http.traffic import TimeoutMiddleware
-
-    return TimeoutMiddleware
+    return internals.timeout_middleware()
 
 
 # --- greedy-batching -----------------------------------------------------------------------
@@ -202,8 +200,7 @@ def _greedy(original: Any) -> Any:
 
 
 def _dispatcher_missing(dispatcher: Any) -> list[str]:
-    from bentoml._internal.marshal.dispatcher import Job
-
+    job_type = internals.dispatcher_job()
     missing = [
         name
         for name in ("controller", "outbound_call", "_get_inputs", "_loop", "_wake_event")
@@ -213,15 +210,13 @@ def _dispatcher_missing(dispatcher: Any) -> list[str]:
     missing += [name for name in ("_queue", "max_latency", "_sema") if not hasattr(probe, name)]
     sema = getattr(probe, "_sema", None)
     missing += [f"_sema.{name}" for name in ("is_locked", "acquire") if not hasattr(sema, name)]
-    fields = getattr(Job, "__annotations__", {})
+    fields = getattr(job_type, "__annotations__", {})
     missing += [f"Job.{name}" for name in ("enqueue_time", "future") if name not in fields]
     return missing
 
 
 def _cork_dispatcher() -> Any:
-    from bentoml._internal.marshal.dispatcher import CorkDispatcher
-
-    return CorkDispatcher
+    return internals.cork_dispatcher()
 
 
 PATCHES = {

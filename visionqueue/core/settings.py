@@ -12,7 +12,7 @@ import functools
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "minioadmin", "secret", "password"}
@@ -277,8 +277,13 @@ class WorkerSettings(_Group):
     model_config = SettingsConfigDict(env_prefix="VQ_WORKER_")
 
     concurrency: int = Field(16, ge=1, description="Threads per Celery worker process.")
-    classifier_url: str = Field(
-        "", description="URL of the service the worker classifies through; empty = the front."
+    front_url: str = Field(
+        "",
+        # VQ_WORKER_CLASSIFIER_URL: its former name (it never meant VQ_CLASSIFIER_URL's classifier)
+        validation_alias=AliasChoices("VQ_WORKER_FRONT_URL", "VQ_WORKER_CLASSIFIER_URL"),
+        description="URL of the front whose /predict the worker classifies through; empty = "
+        "this deployment's own (VQ_PUBLIC_URL, else VQ_HOST and VQ_PORT). Its former name "
+        "VQ_WORKER_CLASSIFIER_URL still works. Unused with VQ_CLASSIFIER_URL.",
     )
     task_time_limit_s: int = Field(300, ge=10, description="Hard time limit of a job task.")
     max_retries: int = Field(10, ge=0, description="Retries of a job on transient errors.")
@@ -429,8 +434,9 @@ class Settings(_Group):
         return f"http://{self.server.host}:{self.server.port}"
 
     @property
-    def classifier_url(self) -> str:
-        return (self.worker.classifier_url or self.public_url).rstrip("/")
+    def front_url(self) -> str:
+        """The front the workers send images to (``/predict``), without a trailing slash."""
+        return (self.worker.front_url or self.public_url).rstrip("/")
 
     def check_secrets(self) -> None:
         """Refuse malformed webhook secrets always; placeholder or missing ones in production."""

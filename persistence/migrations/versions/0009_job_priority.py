@@ -1,7 +1,7 @@
 """Jobs keep the priority they were submitted with (``priority`` form field of ``/v1/jobs``).
 
 ``high`` and ``normal`` run in the ``jobs`` class of work, ``low`` in ``bulk``
-(``model_store.priority``); rows from before this revision are ``normal``.
+(``visionqueue.dataplane.priority``); rows from before this revision are ``normal``.
 
 Revision ID: 0009
 Revises: 0004

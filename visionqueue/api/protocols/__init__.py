@@ -6,7 +6,8 @@
 - ``legacy``: the original VisionQueue's routes (``/api/upload-image``, ``/api/task-status``,
   ``/health``).
 
-Each route calls what ``/predict`` and job submission call (``served``); the front's
+Each route receives the front worker's ``DataPlane`` (``visionqueue.api.state``), as ``/predict``
+does, or calls job submission; the front's
 middleware applies the same body cap, API keys and tenancy, and ``error_shapes`` rewrites the
 error envelope into each protocol's own error body.
 """

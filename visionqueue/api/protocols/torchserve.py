@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from python_multipart.multipart import parse_options_header
 from starlette.datastructures import UploadFile
 
-from visionqueue.api.protocols.served import current_front, served_model
+from visionqueue.api.state import current_dataplane
 from visionqueue.core.errors import BadRequest, MissingField, Unprocessable
 
 router = APIRouter(tags=["TorchServe inference API"])
@@ -71,7 +71,7 @@ _BODY = {
 )
 async def ping(request: Request) -> dict[str, str]:
     """``{"status": "Healthy"}`` once the model can classify."""
-    await current_front(request).model_info()
+    await current_dataplane(request).ready()
     return {"status": "Healthy"}
 
 
@@ -97,9 +97,9 @@ async def image_bytes(request: Request) -> bytes:
 
 async def _predict(request: Request, name: str, model_version: str | None) -> dict[str, float]:
     # classify_upload crops for the version that runs: the last description will do
-    model = await served_model(request, name, model_version, fresh=False)
-    front = current_front(request)
-    result = await front.classify_upload(await image_bytes(request), TOP_K, model.name)
+    dataplane = current_dataplane(request)
+    model = await dataplane.metadata(name, model_version, fresh=False)
+    result = await dataplane.classify_upload(await image_bytes(request), TOP_K, model.name)
     return {p["class"]: p["confidence"] for p in result["predictions"]}
 
 

@@ -8,6 +8,7 @@ uses; errors are ``{"error": "..."}`` with the right status (``error_shapes``).
 
 from __future__ import annotations
 
+import time
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -16,9 +17,11 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from visionqueue.api.protocols import v2_tensors
-from visionqueue.api.protocols.served import current_front, name_and_version, served_model
-from visionqueue.api.served_models import interactive_scope
+from visionqueue.api.state import current_dataplane
 from visionqueue.core.settings import get_settings
+from visionqueue.dataplane.plane import tag_version
+from visionqueue.dataplane.priority import SYNC_PRIORITY
+from visionqueue.dataplane.requests import ClassifyRequest
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
 EXTENSIONS = ["binary_tensor_data", "classification"]
@@ -105,7 +108,7 @@ async def server_live() -> dict[str, bool]:
 @router.get("/health/ready", responses=_errors(503))
 async def server_ready(request: Request) -> dict[str, bool]:
     """200 once the model is loaded and can classify; 503 before."""
-    await current_front(request).model_info()
+    await current_dataplane(request).ready()
     return {"ready": True}
 
 
@@ -128,7 +131,7 @@ def _model_metadata(name: str, model_version: str, info: dict[str, Any]) -> dict
 @router.get("/models/{name}", response_model=ModelMetadata, responses=MODEL_ERRORS)
 async def model_metadata(request: Request, name: str) -> Any:
     """Model metadata: its version, inputs and outputs."""
-    model = await served_model(request, name)
+    model = await current_dataplane(request).metadata(name)
     return _model_metadata(model.name, model.version, model.info)
 
 
@@ -139,28 +142,28 @@ async def model_metadata(request: Request, name: str) -> Any:
 )
 async def model_version_metadata(request: Request, name: str, model_version: str) -> Any:
     """Metadata of one version of the model."""
-    model = await served_model(request, name, model_version)
+    model = await current_dataplane(request).metadata(name, model_version)
     return _model_metadata(model.name, model.version, model.info)
 
 
 @router.get("/models/{name}/ready", responses=MODEL_ERRORS)
 async def model_ready(request: Request, name: str) -> dict[str, Any]:
     """200 when the model is loaded; 404 for an unknown model, 503 while it loads."""
-    model = await served_model(request, name)
+    model = await current_dataplane(request).metadata(name)
     return {"name": model.name, "ready": True}
 
 
 @router.get("/models/{name}/versions/{model_version}/ready", responses=MODEL_ERRORS)
 async def model_version_ready(request: Request, name: str, model_version: str) -> dict[str, Any]:
     """200 when this version of the model is loaded."""
-    model = await served_model(request, name, model_version)
+    model = await current_dataplane(request).metadata(name, model_version)
     return {"name": model.name, "ready": True}
 
 
 async def _infer(request: Request, name: str, model_version: str | None) -> Response:
     # the answer names the version that ran, so the name is checked against the front's
     # last description: no call into the classifier per request
-    model = await served_model(request, name, model_version, fresh=False)
+    model = await current_dataplane(request).metadata(name, model_version, fresh=False)
     limit = get_settings().server.max_upload_bytes
     body = v2_tensors.decompress(
         await request.body(), request.headers.get("content-encoding"), limit
@@ -168,11 +171,12 @@ async def _infer(request: Request, name: str, model_version: str | None) -> Resp
     parsed = v2_tensors.parse_infer_request(
         body, request.headers.get("inference-header-content-length")
     )
-    front = current_front(request)
-    with interactive_scope(get_settings().model.predict_deadline_ms, parsed.timeout_s):
-        probs, _, ran = await front.classify_images(parsed.images, model.name)
+    # Triton's request "timeout" parameter bounds the wait (with VQ_PREDICT_DEADLINE_MS)
+    deadline = time.monotonic() + parsed.timeout_s if parsed.timeout_s else None
+    asked = ClassifyRequest(list(parsed.images), model.name, SYNC_PRIORITY, deadline)
+    ran = await current_dataplane(request).classify(asked)
     content, headers = v2_tensors.infer_response(
-        parsed, model.name, name_and_version(ran["tag"])[1], probs, tuple(ran["labels"])
+        parsed, model.name, tag_version(ran.version["tag"]), ran.probs, tuple(ran.version["labels"])
     )
     return Response(content, headers=headers)
 

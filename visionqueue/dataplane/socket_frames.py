@@ -1,7 +1,7 @@
 """The framing of the front -> classifier crop socket: one request, one answer, by call id.
 
 A request is ``REQUEST`` (magic, call id, crops ``N, H, W, C``, the API name's length, the
-class of work (``model_store.priority.WorkClass``), the milliseconds it may wait in the
+priority class (``visionqueue.dataplane.priority.Priority``), the milliseconds it may wait in the
 queue before its forward pass, 0 for no limit), the API name (UTF-8) and ``N*H*W*C`` bytes of uint8 crops, C-ordered. An answer is ``ANSWER``
 (magic, call id, status, ``rows, cols``, body length) and either ``rows*cols`` float32 values
 (status ``OK``) or an HTTP status code's reason in UTF-8 (any other status: the code BentoML's

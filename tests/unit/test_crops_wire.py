@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from model_store.wire import pack_crops, packed_api, unpack_crops
+from visionqueue.dataplane.crops_wire import pack_crops, packed_api, unpack_crops
 
 
 def test_packed_crops_survive_json_exactly() -> None:

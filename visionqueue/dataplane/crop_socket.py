@@ -2,10 +2,10 @@
 
 BentoML's inter-service HTTP call costs a lone request ~3 ms beyond the forward pass (aiohttp,
 pickle, the classifier's ASGI middleware, routing); this socket carries the same call as
-one frame each way (``visionqueue.bento.crop_frames``) into the classifier worker's priority
-queue (``model_store.priority``, which the HTTP ``prioritized_*`` routes join too); the queue
-runs each of its batches through the batching dispatcher BentoML's route uses
-(``ServiceAppFactory.batch_infer``, found by ``bentoml_batch_entry``), so BentoML's batch
+one frame each way (``visionqueue.dataplane.socket_frames``) into the classifier worker's priority
+queue (``visionqueue.dataplane.priority_queue``, which the HTTP ``prioritized_*`` routes join
+too); the queue runs each of its batches through the batching dispatcher BentoML's route uses
+(``ServiceAppFactory.batch_infer``, ``visionqueue.bento.internals``), so BentoML's batch
 metrics still count them. Each classifier worker listens on a socket of its own next to BentoML's socket for
 the classifier (``BENTOML_RUNNER_MAP``: unique per ``bentoml serve``, deleted when it
 stops); each front worker keeps one connection per classifier worker, sends a call to the
@@ -17,7 +17,7 @@ own user reaches them, and it can read the token from the processes' environment
 Failures reach the caller as ``CropSocketError``: a classifier that answers an error (with the
 HTTP status its route would have given), one that is not listening, or a connection that
 breaks (every call outstanding on it fails at once). Each call carries its class of work
-and how long it may wait for its forward pass (``model_store.priority``): the classifier
+and how long it may wait for its forward pass (``visionqueue.dataplane.priority``): the classifier
 answers one that waited too long with 504, its forward pass never run.
 """
 
@@ -25,19 +25,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
 import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
-from visionqueue.bento.crop_frames import (
+from visionqueue.dataplane.socket_frames import (
     ANSWER,
     OK,
     REQUEST,
@@ -95,38 +94,6 @@ def socket_paths(service: str, workers: int, runner_map: str | None = None) -> l
 
 
 # --- the classifier's side --------------------------------------------------------------------
-
-
-def bentoml_batch_entry(instance: Any) -> Callable[[str, np.ndarray], Awaitable[np.ndarray]]:
-    """Return BentoML's own batching entry for ``instance``'s APIs (the route's dispatcher).
-
-    BentoML keeps it on the ``ServiceAppFactory`` that created the service instance, which it
-    does not expose; that factory is the one object holding the instance as
-    ``_service_instance``. Raises ``RuntimeError`` when BentoML's internals changed.
-    """
-    from _bentoml_impl.server.app import ServiceAppFactory
-
-    holders = gc.get_referrers(instance)
-    # an attribute is held by the object itself or, once materialised, by its __dict__
-    holders += [
-        owner for held in holders if isinstance(held, dict) for owner in gc.get_referrers(held)
-    ]
-    factories = [
-        holder
-        for holder in holders
-        if isinstance(holder, ServiceAppFactory)
-        and getattr(holder, "_service_instance", None) is instance
-    ]
-    if not factories:
-        raise RuntimeError("no ServiceAppFactory holds this service instance")
-    factory = factories[0]
-    if not callable(getattr(factory, "batch_infer", None)):
-        raise RuntimeError("ServiceAppFactory lacks batch_infer")
-
-    async def infer(api: str, crops: np.ndarray) -> np.ndarray:
-        return np.asarray(await factory.batch_infer(api, (crops,), {}))
-
-    return infer
 
 
 async def serve_crops(

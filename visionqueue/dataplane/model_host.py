@@ -1,0 +1,133 @@
+"""The classifier worker's side of the data plane: hold each served model's running version,
+run a batch on it, describe it.
+
+The ``Classifier`` service (``service.py``) builds one ``ModelHost`` per worker process: it
+loads the promoted version of each served name (else its ``VQ_MODELS`` tag), warms it up, and
+a ``PromotionWatcher`` swaps in newly promoted versions between two batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+from bentoml.exceptions import BentoMLException
+
+from model_store.serving import ModelSlot, PromotionWatcher, ServedSpec, resolve_served
+from visionqueue.core.settings import Settings
+from visionqueue.dataplane import rows
+from visionqueue.dataplane.priority import Priority
+from visionqueue.dataplane.priority_queue import PriorityBatchQueue, QueueMetrics
+
+Dispatch = Callable[[str, np.ndarray], Awaitable[np.ndarray]]
+
+logger = logging.getLogger("visionqueue.service")
+
+
+class ModelHost:
+    """Every served model of one classifier worker: slots, promotions, batch metrics."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        specs: list[ServedSpec],
+        metrics: Any,
+        class_metrics: QueueMetrics | None = None,
+    ) -> None:
+        from model_store.inference import configure_threads
+        from model_store.promotions import record_path
+
+        self._settings = settings
+        self._default = specs[0].name
+        self.metrics = metrics
+        self.threads = configure_threads(settings.model.torch_threads)
+        # a promoted version wins over VQ_MODELS for its name, also across restarts
+        stored = resolve_served(specs)
+        self.slots = {name: ModelSlot(name, self._load) for name in stored}
+        for name, model in stored.items():
+            self.slots[name].load(model.tag)
+        self.watcher = PromotionWatcher(self.slots, record_path(), settings.model.promotion_poll_s)
+        self.watcher.start()
+        self._api_models = {spec.api: spec.name for spec in specs}
+        # interactive > jobs > bulk: one forward pass at a time, across every served model;
+        # no class's pass exceeds BentoML's dispatcher's largest batch
+        model, most = settings.model, settings.model.batch_max_size
+        self.queue = PriorityBatchQueue(
+            self._forward,
+            {
+                Priority.INTERACTIVE: most,
+                Priority.JOBS: min(most, model.batch_max_size_jobs),
+                Priority.BULK: min(most, model.batch_max_size_bulk),
+            },
+            model.priority_share_every,
+            class_metrics,
+        )
+        self.dispatch: Dispatch | None = None  # BentoML's batch_infer, found at start-up
+
+    async def prioritized(
+        self, api: str, crops: np.ndarray, priority: int, timeout_s: float | None
+    ) -> np.ndarray:
+        """Run ``crops`` on ``api`` through the priority queue (the crop socket's entry)."""
+        return await self.queue.submit(api, crops, Priority(priority), timeout_s)
+
+    async def _forward(self, api: str, crops: np.ndarray) -> np.ndarray:
+        if self.dispatch is not None:  # one batch at a time: it never merges or reorders
+            return await self.dispatch(api, crops)
+        return await asyncio.to_thread(self.run_batch, self._api_models[api], crops)
+
+    def run_batch(self, name: str, crops: np.ndarray) -> np.ndarray:
+        """Classify one adaptive batch of ``name``'s crops; return its wire rows (``rows.pack``)."""
+        probs, elapsed, tag = self.slots[name].run(crops)
+        self.metrics.batch_seconds.observe(elapsed)
+        self.metrics.batch_images.observe(len(probs))
+        self.metrics.images.inc(len(probs))
+        return rows.pack(probs, elapsed, tag)
+
+    def describe(self, name: str = "") -> dict[str, Any]:
+        """Describe a served model (default: the first): its version, and versions served."""
+        slot = self.slots.get(name or self._default)
+        if slot is None:
+            raise BentoMLException(f"no served model {name!r}")
+        return slot.describe()
+
+    def _load(self, tag: str) -> Any:
+        """Load one stored version and warm it up (start-up and promotions)."""
+        from model_store.inference import load_classifier
+        from model_store.store import get_model
+
+        model_cfg = self._settings.model
+        stored = get_model(tag)
+        model = load_classifier(
+            stored.path,
+            tag=stored.tag,
+            weights_origin=stored.weights_origin,
+            labels=tuple(stored.metadata["labels"]),
+            device=model_cfg.device,
+            backend=model_cfg.inference_backend,
+            warmup_batch=model_cfg.batch_max_size,
+            compile_cache_dir=model_cfg.compile_cache_dir
+            or str(self._settings.data_dir.resolve() / "torch-compile"),
+            metadata=stored.metadata,
+        )
+        info = model.info
+        logger.info(
+            "classifier loaded %s (%s, %d classes) weights=%s device=%s backend=%s threads=%d",
+            info.tag,
+            info.architecture,
+            len(info.labels),
+            info.weights_origin,
+            info.device,
+            info.backend,
+            self.threads,
+        )
+        if info.demo:
+            logger.warning(
+                "SERVING A RANDOM-INIT DEMO MODEL (%s, %s): predictions are meaningless. "
+                "Set VQ_WEIGHTS to imagenet1k_v1 (online) or a checkpoint path.",
+                info.tag,
+                info.weights_origin,
+            )
+        return model
