@@ -188,6 +188,8 @@ class VisionQueue:
                 Path(image), check_top_k(top_k), model, priority
             )
         except VQError as exc:
+            # BentoML gives an API that takes ``ctx`` the status of ``ctx.response``
+            ctx.response.status_code = exc.status
             return JSONResponse(exc.to_body(), status_code=exc.status, headers=exc.headers())
 
 
