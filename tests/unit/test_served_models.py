@@ -11,6 +11,7 @@ import asyncio
 import time
 from typing import Any
 
+import anyio
 import numpy as np
 import pytest
 
@@ -139,7 +140,8 @@ def test_each_call_goes_in_its_class_with_what_is_left_of_its_deadline() -> None
 
 
 def test_the_deadline_setting_bounds_interactive_requests_only() -> None:
-    plane = DataPlane(registry(FakeClassifier("pets:v1")), CropLimits(10**6), None, None, 250)  # type: ignore[arg-type]
+    models = registry(FakeClassifier("pets:v1"))
+    plane = DataPlane(models, CropLimits(10**6), anyio.CapacityLimiter(2), None, 250)
     now = time.monotonic()
     interactive = plane._bounded(ClassifyRequest([b""], None, Priority.INTERACTIVE))
     assert interactive.deadline is not None and now < interactive.deadline <= now + 0.25 + 0.1

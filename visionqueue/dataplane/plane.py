@@ -72,6 +72,9 @@ class DataPlane:
         self._deadline_s = deadline_ms / 1000 if deadline_ms else None  # VQ_PREDICT_DEADLINE_MS
         self._limits = limits
         self._limiter = limiter  # VQ_PREPROCESS_THREADS: decodes (and their memory) at once
+        # a person's decode never queues behind the job images our workers send to /predict:
+        # interactive requests have VQ_PREPROCESS_THREADS of their own
+        self._interactive_limiter = anyio.CapacityLimiter(limiter.total_tokens)
         self._on_round_trip = on_round_trip
 
     async def live(self) -> bool:
@@ -141,7 +144,14 @@ class DataPlane:
         attempts = CropForVersion(await self.models.preprocessing(name))
         for prep in attempts:
             # the first bad image answers the request; the others' threads finish on their own
-            crops = await asyncio.gather(*(self._crop(image, prep) for image in request.images))
+            limiter = (
+                self._interactive_limiter
+                if request.priority is Priority.INTERACTIVE
+                else self._limiter
+            )
+            crops = await asyncio.gather(
+                *(self._crop(image, prep, limiter) for image in request.images)
+            )
             sent = time.perf_counter()
             answer, version = await self.models.classify_many(
                 name, np.stack([c for c, _ in crops]), request.priority, request.deadline
@@ -151,8 +161,10 @@ class DataPlane:
             attempts.ran(version)
         return Classified(name, answer.probs, version, [how for _, how in crops], answer.forward_s)
 
-    async def _crop(self, image: Image, prep: Preprocessing) -> tuple[np.ndarray, str]:
-        limits, limiter = self._limits, self._limiter
+    async def _crop(
+        self, image: Image, prep: Preprocessing, limiter: anyio.CapacityLimiter
+    ) -> tuple[np.ndarray, str]:
+        limits = self._limits
         if isinstance(image, np.ndarray):
             return await anyio.to_thread.run_sync(
                 prepare_pixels, image, limits.max_pixels, prep, limiter=limiter
