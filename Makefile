@@ -13,8 +13,8 @@ test-fast:      ## the edit-test loop: unit tests not marked slow (see CONTRIBUT
 check:          ## ruff lint + format check + mypy + import layering (lint-imports)
 	@scripts/check
 
-bench:          ## benchmark raw pipeline vs served; writes docs/benchmarks.md (dataset batches included), docs/benchmarks-models.md and docs/benchmarks-int8.md
-	@scripts/bootstrap && scripts/services --bench && .venv/bin/python -m bench && .venv/bin/python -m bench.models && .venv/bin/python -m bench.batches && .venv/bin/python -m bench.int8 --served
+bench:          ## benchmark raw pipeline vs served; writes docs/benchmarks.md (dataset batches included), docs/benchmarks-models.md, docs/benchmarks-priority.md and docs/benchmarks-int8.md
+	@scripts/bootstrap && scripts/services --bench && .venv/bin/python -m bench && .venv/bin/python -m bench.models && .venv/bin/python -m bench.batches && .venv/bin/python -m bench.priority && .venv/bin/python -m bench.int8 --served
 
 soak:           ## 60 s at concurrency 64 + 500 jobs on the default stack; writes docs/soak.md
 	@scripts/bootstrap && .venv/bin/python -m bench.soak

@@ -40,10 +40,15 @@ from visionqueue.api.app import attach_front, create_api_app
 from visionqueue.api.backlog import BacklogGauges
 from visionqueue.api.health import FrontHealth
 from visionqueue.api.middleware import classifier_middleware, front_middleware
-from visionqueue.api.predict import check_top_k
+from visionqueue.api.predict import check_top_k, request_priority
 from visionqueue.api.resources import build_front_resources
 from visionqueue.bento.internals import batch_entry
-from visionqueue.bento.metrics import classifier_metrics, front_metrics, route_metrics
+from visionqueue.bento.metrics import (
+    class_metrics,
+    classifier_metrics,
+    front_metrics,
+    route_metrics,
+)
 from visionqueue.bento.patches import NO_SESSION_RECYCLING, apply_bentoml_patches
 from visionqueue.core.errors import VQError
 from visionqueue.core.logging_setup import configure_logging
@@ -52,6 +57,7 @@ from visionqueue.dataplane.classifier_apis import add_batch_apis
 from visionqueue.dataplane.crop_socket import serve_crops, socket_paths
 from visionqueue.dataplane.front import build_dataplane
 from visionqueue.dataplane.model_host import ModelHost
+from visionqueue.dataplane.priority import PRIORITY_HEADER, Priority
 from visionqueue.dataplane.registry import configured_specs
 
 logger = logging.getLogger("visionqueue.service")
@@ -82,23 +88,24 @@ class _Classifier:
     def __init__(self) -> None:
         configure_logging(_settings)
         apply_bentoml_patches(_model_cfg.batch_wait_policy)
-        self.host = ModelHost(_settings, _served, classifier_metrics())
+        labels = tuple(priority.label for priority in Priority)
+        self.host = ModelHost(_settings, _served, classifier_metrics(), class_metrics(labels))
         self.crop_server: asyncio.AbstractServer | None = None
 
     @bentoml.on_startup
     async def listen_for_crops(self) -> None:
-        """Open this worker's crop socket (``VQ_CLASSIFIER_TRANSPORT=socket``) into the batch queues."""
+        """Hand the priority queue BentoML's batch dispatcher; open this worker's crop socket
+        (``VQ_CLASSIFIER_TRANSPORT=socket``) into that queue."""
+        try:
+            self.host.dispatch = batch_entry(self)
+        except RuntimeError as exc:  # the queue runs the model in a thread of its own
+            logger.warning("BentoML's batch dispatcher not found (%s): the model runs alone", exc)
         paths = socket_paths(Classifier.name, _model_cfg.classifier_workers)
         if _model_cfg.classifier_transport != "socket" or not paths:
             return  # HTTP only (also when served on its own: no front on this host)
-        try:
-            infer = batch_entry(self)
-        except RuntimeError as exc:  # the front falls back to HTTP when no socket exists
-            logger.warning("crop socket not opened: %s; the front calls over HTTP", exc)
-            return
         path = paths[(bentoml.server_context.worker_index or 1) - 1]
         apis = frozenset(spec.api for spec in _served)
-        self.crop_server = await serve_crops(path, apis, infer, route_metrics())
+        self.crop_server = await serve_crops(path, apis, self.host.prioritized, route_metrics())
 
     def run_batch(self, name: str, crops: np.ndarray) -> np.ndarray:
         """Classify one adaptive batch of ``name``'s crops: ``(N, C + 2)`` wire rows."""
@@ -170,12 +177,19 @@ class VisionQueue:
         return self.backlog.append_to(content)
 
     @bentoml.api(route="/predict")
-    async def predict(self, image: Path, top_k: int = 5, model: str = "") -> Any:
+    async def predict(
+        self, image: Path, ctx: bentoml.Context, top_k: int = 5, model: str = ""
+    ) -> Any:
         """Classify one image (multipart field ``image``) with ``model`` (default: the first
         served); return the top ``top_k`` classes and the exact model version that answered."""
         try:
-            return await self.dataplane.classify_upload(Path(image), check_top_k(top_k), model)
+            priority = request_priority(ctx.request.headers.get(PRIORITY_HEADER))
+            return await self.dataplane.classify_upload(
+                Path(image), check_top_k(top_k), model, priority
+            )
         except VQError as exc:
+            # BentoML gives an API that takes ``ctx`` the status of ``ctx.response``
+            ctx.response.status_code = exc.status
             return JSONResponse(exc.to_body(), status_code=exc.status, headers=exc.headers())
 
 

@@ -339,6 +339,8 @@ def render(
         f"average (1 min) before the run: {args.load_start:.2f} (well under 1 means the machine",
         "was otherwise idle).",
         "Why the numbers are what they are, and the levers tried: [performance.md](performance.md).",
+        "`/predict` while a job backlog drains (interactive first, issue 26): "
+        "[benchmarks-priority.md](benchmarks-priority.md) (`python -m bench.priority`).",
         "",
         "## Raw limit (one process: decode + preprocess + forward, no serving)",
         "",

@@ -170,11 +170,12 @@ def unique_jpeg(data: bytes, n: int) -> bytes:
 
 
 async def submit_jobs(
-    url: str, payloads: list[bytes], jobs: int, per_request: int = 1
+    url: str, payloads: list[bytes], jobs: int, per_request: int = 1, priority: str = "normal"
 ) -> list[str]:
     """Submit ``jobs`` distinct images, 32 requests at a time; return the job ids.
 
-    One image per request goes to the seed's ``/classify``; more go to ``/v1/jobs``.
+    One image per request goes to the seed's ``/classify``; more go to ``/v1/jobs`` (with
+    ``priority``).
     """
     sem = asyncio.Semaphore(32)
     ids: list[str] = []
@@ -192,7 +193,9 @@ async def submit_jobs(
                     ids.append(resp.json()["task_id"])
                     return
                 resp = await client.post(
-                    f"{url}/v1/jobs", files=[("images", ("img", data)) for data in images]
+                    f"{url}/v1/jobs",
+                    files=[("images", ("img", data)) for data in images],
+                    data={"priority": priority},
                 )
                 resp.raise_for_status()
                 ids.extend(job["id"] for job in resp.json()["jobs"])

@@ -18,7 +18,7 @@ import numpy as np
 from model_store.serving import ServedSpec
 from visionqueue.core.errors import ModelNotReady, Unavailable, Unprocessable
 from visionqueue.dataplane import rows as answer_rows
-from visionqueue.dataplane.crops_wire import pack_crops, packed_api
+from visionqueue.dataplane.crops_wire import pack_crops, prioritized_api
 from visionqueue.dataplane.priority import JOB_PRIORITY, Priority
 from visionqueue.dataplane.registry import find_served, served_entries
 
@@ -81,20 +81,17 @@ class ClassifierClient:
     def classify(
         self, name: str, crops: np.ndarray, priority: Priority = JOB_PRIORITY
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        """Classify ``(N, H, W, 3)`` uint8 crops on ``name``'s batch API (one call per
-        ``VQ_BATCH_MAX_SIZE``); return ``(N, C)`` probabilities and the version that ran.
-
-        ``priority`` travels with the call as it does on the front's transports (not on the
-        wire yet: docs/dataplane.md)."""
-        api = packed_api(self._models[name].api)
+        """Classify ``(N, H, W, 3)`` uint8 crops on ``name``'s priority queue in ``priority``
+        (one call per ``VQ_BATCH_MAX_SIZE``; ``prioritized_{api}``, docs/priority.md); return
+        ``(N, C)`` probabilities and the version that ran."""
+        api = prioritized_api(self._models[name].api)
         size = self._max_batch
+        calls = [
+            {"crops": pack_crops(crops[i : i + size]), "priority": priority.label}
+            for i in range(0, len(crops), size)
+        ]
         answer = answer_rows.unpack(
-            np.concatenate(
-                [
-                    np.asarray(self._post(api, {"crops": pack_crops(crops[i : i + size])}))
-                    for i in range(0, len(crops), size)
-                ]
-            )
+            np.concatenate([np.asarray(self._post(api, call), np.float32) for call in calls])
         )
         tag_id = answer.one_version()
         if tag_id is None:

@@ -34,7 +34,12 @@ from persistence.db import session_scope
 from persistence.models import utcnow
 from visionqueue.core.errors import ImageNotFound, Unavailable, Unprocessable, VQError
 from visionqueue.dataplane.crop_retry import CropForVersion
-from visionqueue.dataplane.priority import JOB_PRIORITY
+from visionqueue.dataplane.priority import (
+    JOB_PRIORITY,
+    PRIORITY_HEADER,
+    Priority,
+    job_priority,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -50,11 +55,17 @@ class JobOutcome:
 
 
 def classify_bytes(
-    res: Resources, data: bytes, content_type: str, top_k: int, model: str | None = None
+    res: Resources,
+    data: bytes,
+    content_type: str,
+    top_k: int,
+    model: str | None = None,
+    priority: Priority = JOB_PRIORITY,
 ) -> dict[str, Any]:
-    """POST the image to the front's ``/predict`` (the model's shared batching queue)."""
+    """POST the image to the front's ``/predict`` (the model's shared batching queue) in the
+    job's priority class (``X-VQ-Work-Class``: behind every person's request)."""
     url = f"{res.settings.front_url}/predict"
-    headers = {}
+    headers = {PRIORITY_HEADER: priority.label}
     if res.settings.server.api_keys:
         headers["Authorization"] = f"Bearer {res.settings.server.api_keys[0].get_secret_value()}"
     resp = post_classifier(
@@ -167,8 +178,9 @@ def _classify_one(job: job_leases.ClaimedJob, res: Resources) -> dict[str, Any] 
     try:
         data = _fetch_image(job, res)
         # the version promoted when the job runs serves it (policy: docs/models.md)
+        priority, _ = job_priority(job.priority)
         return classify_bytes(
-            res, data, job.content_type, res.settings.worker.top_k, job.model_name
+            res, data, job.content_type, res.settings.worker.top_k, job.model_name, priority
         )
     except Exception as exc:  # handed to the job's own task: retry or fail that job only
         return exc
@@ -235,24 +247,28 @@ def classify_direct(
     and classify each model's crops in one call to the classifier service; build the answer
     ``/predict`` would give. A bad image fails only its own job."""
     results: dict[str, dict[str, Any] | BaseException] = {}
-    by_model: dict[str, list[job_leases.ClaimedJob]] = {}
+    by_model: dict[tuple[str, Priority], list[job_leases.ClaimedJob]] = {}
     for job in jobs:
         try:
-            by_model.setdefault(classifier.model_name(job.model_name), []).append(job)
+            name = classifier.model_name(job.model_name)
         except VQError as exc:
             results[job.id] = exc
+            continue
+        by_model.setdefault((name, job_priority(job.priority)[0]), []).append(job)
     # the front's VQ_PREPROCESS_THREADS bound the decodes (and their memory) here too
     with (
         ThreadPoolExecutor(len(jobs), thread_name_prefix="vq-batch-item") as fetch_pool,
         ThreadPoolExecutor(res.settings.model.preprocess_threads, "vq-crop") as crop_pool,
     ):
-        for name, group in by_model.items():
-            results.update(_classify_model(name, group, res, classifier, (fetch_pool, crop_pool)))
+        for (name, priority), group in by_model.items():
+            pools = (fetch_pool, crop_pool)
+            results.update(_classify_model(name, priority, group, res, classifier, pools))
     return results
 
 
 def _classify_model(
     name: str,
+    priority: Priority,
     jobs: list[job_leases.ClaimedJob],
     res: Resources,
     classifier: ClassifierClient,
@@ -297,7 +313,7 @@ def _classify_model(
             return results
         try:
             probs, version = classifier.classify(
-                name, np.stack([pixels for _, (pixels, _) in good]), JOB_PRIORITY
+                name, np.stack([pixels for _, (pixels, _) in good]), priority
             )
         except Exception as exc:
             return {**results, **{job.id: exc for job, _ in good}}
@@ -305,6 +321,12 @@ def _classify_model(
     top_k = settings.worker.top_k
     for row, (job, (_, how)) in zip(probs, good, strict=True):
         results[job.id] = answer_body(
-            row, top_k, name=name, version=version, started=started, preprocessing=how
+            row,
+            top_k,
+            name=name,
+            version=version,
+            started=started,
+            preprocessing=how,
+            work_class=priority.label,
         )
     return results

@@ -10,6 +10,7 @@ from typing import Any
 
 from persistence.models import Job, WebhookDelivery, WebhookOutbox
 from visionqueue.core.timestamps import iso_z
+from visionqueue.dataplane.priority import job_priority
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -62,6 +63,8 @@ def job_view(job: Job, image_url: str | None) -> dict[str, Any]:
             if job.model_tag or job.model_name
             else None
         ),
+        "priority": job.priority,
+        "work_class": job_priority(job.priority)[0].label,
         "metadata": job.metadata_ or {},
         "webhook_url": job.webhook_url,
         "result": _result(job, image_url),

@@ -42,12 +42,17 @@ def answer_body(
     version: dict[str, Any],
     started: float,
     preprocessing: str,
+    work_class: str | None = None,
 ) -> dict[str, Any]:
     """Build the answer to one image: top ``k`` of its probability row, the version that ran,
-    seconds since ``started`` (``time.perf_counter``) and how the image was preprocessed."""
-    return {
+    seconds since ``started`` (``time.perf_counter``), how the image was preprocessed and
+    the priority class it ran in (``visionqueue.dataplane.priority``)."""
+    body: dict[str, Any] = {
         "predictions": top_k_rows(probs, version["labels"], k),
         "model": model_block(name, version),
         "processing_time": round(time.perf_counter() - started, 6),
         "preprocessing": preprocessing,
     }
+    if work_class is not None:
+        body["work_class"] = work_class
+    return body

@@ -40,6 +40,7 @@ class ClaimedJob:
     attempts: int
     created_at: datetime
     model_name: str | None = None  # the model asked for; None = the default
+    priority: str = "normal"  # high | normal | low (visionqueue.dataplane.priority)
 
 
 def lock_in_order(session: Session, job_ids: Collection[str]) -> None:
@@ -120,11 +121,12 @@ def claim(
             Job.attempts,
             Job.created_at,
             Job.model_name,
+            Job.priority,
         )
         .execution_options(synchronize_session=False)
     )
     row = session.execute(stmt).first()
-    return ClaimedJob(*row) if row is not None else None
+    return ClaimedJob(**row._asdict()) if row is not None else None
 
 
 def claim_batch(

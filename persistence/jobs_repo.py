@@ -56,6 +56,7 @@ def create_job(
     owner: str | None = None,
     batch_id: str | None = None,
     model_name: str | None = None,
+    priority: str = "normal",
     created_at: datetime | None = None,
     queued_at: datetime | None = None,
     flush: bool = True,
@@ -79,6 +80,7 @@ def create_job(
         owner=_owner(owner),
         batch_id=batch_id,
         model_name=model_name,
+        priority=priority,
         created_at=created_at or utcnow(),
         queued_at=queued_at,
     )

@@ -126,6 +126,8 @@ class Job(Base):
     # the model the client asked for (None = the default at processing time); model_tag
     # is the exact version that served it
     model_name: Mapped[str | None] = mapped_column(String(255))
+    # submitted priority: high | normal (the jobs class of work) | low (bulk)
+    priority: Mapped[str] = mapped_column(String(8), default="normal", server_default="normal")
     model_tag: Mapped[str | None] = mapped_column(String(255))
     weights_origin: Mapped[str | None] = mapped_column(String(255))
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument)

@@ -21,10 +21,10 @@ from jobs.classifier_client import is_transient, post_classifier
 from jobs.resources import Resources
 from model_store.answers import model_block, top_k_rows
 from visionqueue.core.errors import Unavailable, Unprocessable
+from visionqueue.dataplane.priority import Priority
 
-# Issue #26's priority class: a batch's calls are bulk work, behind interactive /predict.
-# When the classifier path takes a priority, pass it from here (the front route forwards it).
-PRIORITY = "bulk"
+# A batch's calls are bulk work: behind interactive /predict and jobs (docs/priority.md).
+PRIORITY = Priority.BULK
 CROPS_PER_CALL = 64  # 64 crops of 224x224x3 = 9.6 MB, under VQ_MAX_UPLOAD_BYTES' default
 
 
@@ -54,7 +54,7 @@ def describe_model(res: Resources, model: str | None) -> tuple[str, dict[str, An
 def classify_chunk(res: Resources, name: str, crops: np.ndarray, top_k: int) -> ChunkAnswer:
     """Classify ``(N, S, S, 3)`` uint8 crops on ``name``; ``Unavailable`` is worth a retry."""
     if res.classifier is not None:
-        probs, version = res.classifier.classify(name, crops)
+        probs, version = res.classifier.classify(name, crops, PRIORITY)
         return ChunkAnswer(
             [top_k_rows(row, version["labels"], top_k) for row in probs],
             model_block(name, version),
@@ -97,7 +97,12 @@ def _front_crops(res: Resources, name: str, crops: np.ndarray, top_k: int) -> di
         res.http,
         f"{res.settings.front_url}/v1/batches/crops",
         content=np.ascontiguousarray(crops).tobytes(),
-        params={"model": name, "top_k": top_k, "shape": f"{n},{h},{w},{c}", "priority": PRIORITY},
+        params={
+            "model": name,
+            "top_k": top_k,
+            "shape": f"{n},{h},{w},{c}",
+            "priority": PRIORITY.label,
+        },
         headers={**_headers(res), "Content-Type": "application/octet-stream"},
     )
     if resp.status_code != 200:

@@ -19,6 +19,9 @@ COUNTERS = (
     "image_task_failure_total",
     "webhook_success_total",
     "webhook_failure_total",
+    "vq_class_images_classified_total",
+    "vq_class_forward_passes_total",
+    "vq_class_deadline_expired_total",
 )
 GAUGES = (
     "bentoml_service_request_in_progress",
@@ -34,6 +37,7 @@ HISTOGRAMS = (
     "image_task_latency_seconds",
     "webhook_latency_seconds",
     "job_batch_size",
+    "vq_class_queue_wait_seconds",
 )
 # Series Prometheus itself attaches to every scrape.
 SYNTHETIC = ("up",)

@@ -33,7 +33,9 @@ def classifier_answering(status: int) -> Iterator[str]:
                 answer: object = {**VERSION, "versions": {str(tag_id("resnet18:v1")): VERSION}}
                 code = 200
             else:
-                assert self.path == "/packed_classify", self.path
+                # the classifier's priority queue, in the job's class of work
+                assert self.path == "/prioritized_classify", self.path
+                assert body["priority"] in ("jobs", "bulk"), body["priority"]
                 crops = unpack_crops(body["crops"])
                 rows = [[0.2, 0.7, 0.1, 0.01, tag_id("resnet18:v1")] for _ in crops]
                 answer, code = rows, status

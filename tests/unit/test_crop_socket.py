@@ -39,7 +39,7 @@ class Metrics:
     def started(self, api): pass
     def finished(self, api, status, seconds): pass
 
-async def infer(api, crops):
+async def infer(api, crops, *_):
     if crops.max() == 0:
         await asyncio.Event().wait()
     sums = crops.reshape(len(crops), -1).sum(axis=1, dtype=np.float32)
@@ -86,7 +86,7 @@ class ErrorWithCode(Exception):
     error_code = _Code()
 
 
-async def echo(api: str, crops: np.ndarray) -> np.ndarray:
+async def echo(api: str, crops: np.ndarray, *_: object) -> np.ndarray:
     """Answer each crop with a row of its own pixel sum, plus a marker of the API."""
     if crops.max() == 255:
         raise ErrorWithCode("overloaded")
@@ -187,7 +187,7 @@ def test_a_dead_classifier_fails_its_calls_at_once_and_its_restart_is_reconnecte
 def marking(worker: int) -> Infer:
     """A worker that answers each crop with its own number."""
 
-    async def infer(api: str, crops: np.ndarray) -> np.ndarray:
+    async def infer(api: str, crops: np.ndarray, *_: object) -> np.ndarray:
         return np.full((len(crops), 1), worker, np.float32)
 
     return infer
@@ -262,3 +262,35 @@ def test_the_sockets_live_beside_bentomls_own(
 def test_no_runner_map_means_no_sockets() -> None:
     assert socket_paths("classifier", 1, "") == []
     assert socket_paths("classifier", 1, "not json") == []
+
+
+def test_each_call_carries_its_class_and_timeout_and_a_missed_deadline_is_a_504(
+    sockets: Path,
+) -> None:
+    from visionqueue.bento.remote import classifier_failure
+    from visionqueue.core.errors import DeadlineExceeded as Answered504
+    from visionqueue.dataplane.priority import Priority as WorkClass
+    from visionqueue.dataplane.priority_queue import DeadlineExceeded
+
+    seen: list[tuple[int, float | None]] = []
+
+    async def queue(api: str, crops: np.ndarray, work_class: int, timeout_s: float | None):
+        seen.append((work_class, timeout_s))
+        if timeout_s is not None and timeout_s < 0.01:
+            raise DeadlineExceeded(WorkClass(work_class), timeout_s)
+        return await echo(api, crops)
+
+    async def main() -> BaseException:
+        server = await serve_crops(sockets / "c-1.sock", frozenset({"classify"}), queue, Recorded())
+        async with server:
+            client = CropSocketClient([sockets / "c-1.sock"])
+            await client.call("classify", crops_of(1), int(WorkClass.BULK))
+            await client.call("classify", crops_of(2), int(WorkClass.INTERACTIVE), 2.5)
+            with pytest.raises(CropSocketError) as caught:
+                await client.call("classify", crops_of(3), int(WorkClass.INTERACTIVE), 0.001)
+            return caught.value
+
+    error = asyncio.run(main())
+    assert seen == [(2, None), (0, 2.5), (0, 0.001)]
+    assert isinstance(error, CropSocketError) and error.status == 504
+    assert isinstance(classifier_failure(error), Answered504)  # the route answers 504

@@ -105,7 +105,9 @@ class PromotingClassifier:
         by_id = {str(tag_id(t)): v for t, v in self.versions.items()}
         return {"name": name, **self.versions[self.current], "versions": by_id}
 
-    async def call(self, api: str, crops: np.ndarray, priority: Priority) -> np.ndarray:
+    async def call(
+        self, api: str, crops: np.ndarray, priority: Priority, timeout_s: float | None = None
+    ) -> np.ndarray:
         self.calls.append((crops.shape, priority))
         self.current = "pets:v2"  # promoted before this batch ran
         probs = np.tile(np.array([[0.2, 0.8]], np.float32), (len(crops), 1))

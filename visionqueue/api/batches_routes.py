@@ -21,7 +21,7 @@ from visionqueue.api.openapi_errors import error_responses
 from visionqueue.api.routes import owner, resources
 from visionqueue.api.state import served_models
 from visionqueue.core.errors import BadRequest, NotFound
-from visionqueue.dataplane.priority import JOB_PRIORITY as BATCH_PRIORITY
+from visionqueue.dataplane.priority import Priority
 
 router = APIRouter(tags=["batches"])
 MAX_CROPS = 256
@@ -99,7 +99,7 @@ async def classify_crops(
     shape: str,
     model: str = "",
     top_k: Annotated[int, Query(ge=1, le=20)] = 5,
-    priority: str = "bulk",  # issue #26's class; the classifier path takes it when it can
+    priority: str = "bulk",  # the class of work: bulk (batches) or jobs, never interactive
 ) -> Any:
     """Classify a chunk's raw ``N,H,W,3`` uint8 crops on the model's batching queue."""
     try:
@@ -109,10 +109,16 @@ async def classify_crops(
     body = await request.body()
     if not 0 < n <= MAX_CROPS or c != 3 or h != w or n * h * w * c != len(body):
         raise BadRequest("the body does not hold N square RGB crops", code="invalid_shape")
+    try:
+        work_class = Priority.parse(priority)
+    except ValueError as exc:
+        raise BadRequest(str(exc), code="invalid_priority") from None
+    if work_class is Priority.INTERACTIVE:  # a worker's chunk never jumps ahead of a person
+        raise BadRequest("a chunk is jobs or bulk work", code="invalid_priority")
     crops = np.frombuffer(body, np.uint8).reshape(n, h, w, c)
     registry = served_models(request)
     name = registry.get(model or None).name
-    rows, version = await registry.classify_many(name, crops, BATCH_PRIORITY)
+    rows, version = await registry.classify_many(name, crops, work_class)
     return {
         "model": model_block(name, version),
         "preprocessing": version["preprocessing"],

@@ -1,10 +1,12 @@
-"""``POST /predict``'s own rule: ``top_k`` (the classifying is the data plane's, ``visionqueue.dataplane``)."""
+"""``POST /predict``'s own rules: ``top_k``, and the priority class a call asks for (the
+classifying is the data plane's, ``visionqueue.dataplane``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from visionqueue.core.errors import Unprocessable
+from visionqueue.dataplane.priority import PRIORITY_HEADER, SYNC_PRIORITY, Priority
 
 MAX_TOP_K = 20
 
@@ -16,3 +18,16 @@ def check_top_k(value: Any) -> int:
             f"top_k must be an integer between 1 and {MAX_TOP_K}", code="invalid_top_k"
         )
     return value
+
+
+def request_priority(header: str | None) -> Priority:
+    """Return a ``/predict`` call's priority class: interactive unless our workers say ``jobs``
+    or ``bulk`` in ``X-VQ-Work-Class``. Asking for interactive gains nothing: it is the default."""
+    if not header:
+        return SYNC_PRIORITY
+    try:
+        return Priority.parse(header)
+    except ValueError:
+        raise Unprocessable(
+            f"{PRIORITY_HEADER} must be interactive, jobs or bulk", code="invalid_work_class"
+        ) from None

@@ -26,7 +26,13 @@ from persistence.models import JOB_STATUSES, Job
 from visionqueue.api.openapi_errors import error_responses
 from visionqueue.api.resources import FrontResources
 from visionqueue.api.state import served_models
-from visionqueue.api.submit import Upload, check_webhook, parse_metadata, submit_jobs
+from visionqueue.api.submit import (
+    Upload,
+    check_priority,
+    check_webhook,
+    parse_metadata,
+    submit_jobs,
+)
 from visionqueue.core.errors import (
     Conflict,
     NotFound,
@@ -38,6 +44,10 @@ from visionqueue.core.images import ACCEPTED_FORMATS, sniff_format
 logger = logging.getLogger(__name__)
 router = APIRouter()
 MODEL_FIELD = "a served model's name (GET /v1/models); empty = the default model"
+PRIORITY_FIELD = (
+    "high | normal (default) | low: high and normal run in the jobs class of work, low in "
+    "bulk; every class yields to interactive requests (docs/priority.md)"
+)
 ACCEPTED_MESSAGE = "Image classification task submitted successfully"
 
 
@@ -64,8 +74,10 @@ async def _submit(
     metadata: str | None,
     idempotency_key: str | None,
     model: str | None = None,
+    priority: str | None = None,
 ) -> tuple[list[Job], bool]:
     res = resources(request)
+    priority = check_priority(priority)
     # an unknown model is refused now (404), not when a worker gets to the job
     model_name = served_models(request).get(model).name if model else None
     meta = parse_metadata(metadata)
@@ -80,6 +92,7 @@ async def _submit(
             metadata=meta,
             idempotency_key=idempotency_key,
             model_name=model_name,
+            priority=priority,
         )
     )
 
@@ -129,9 +142,12 @@ async def create_jobs(
     metadata: Annotated[str | None, Form(description="a JSON object")] = None,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
     model: Annotated[str | None, Form(description=MODEL_FIELD)] = None,
+    priority: Annotated[str | None, Form(description=PRIORITY_FIELD)] = None,
 ) -> Any:
     """Submit one or many images; the same Idempotency-Key returns the same jobs."""
-    jobs, replayed = await _submit(request, images, webhook_url, metadata, idempotency_key, model)
+    jobs, replayed = await _submit(
+        request, images, webhook_url, metadata, idempotency_key, model, priority
+    )
     res = resources(request)
     body = {"jobs": [job_view(j, _image_url(res, j)) for j in jobs]}
     headers = {"Idempotent-Replayed": "true"} if replayed else {}

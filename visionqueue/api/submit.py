@@ -32,6 +32,7 @@ from visionqueue.core.errors import (
     VQError,
 )
 from visionqueue.core.images import inspect_image
+from visionqueue.dataplane.priority import JOB_PRIORITIES
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +150,16 @@ def check_backlog(res: FrontResources, adding: int) -> None:
         )
 
 
+def check_priority(priority: str | None) -> str:
+    """Return a job's ``priority`` (high | normal | low; empty = normal), else raise a 422."""
+    value = (priority or "normal").strip().lower()
+    if value not in JOB_PRIORITIES:
+        raise Unprocessable(
+            f"priority must be one of {', '.join(JOB_PRIORITIES)}", code="invalid_priority"
+        )
+    return value
+
+
 def submit_jobs(
     res: FrontResources,
     uploads: list[Upload],
@@ -158,6 +169,7 @@ def submit_jobs(
     metadata: dict[str, Any],
     idempotency_key: str | None,
     model_name: str | None = None,
+    priority: str = "normal",
 ) -> tuple[list[Job], bool]:
     """Accept ``uploads`` as jobs; return (jobs, replayed). Runs in a worker thread.
 
@@ -202,6 +214,7 @@ def submit_jobs(
                     owner=owner,
                     batch_id=batch_id,
                     model_name=model_name,
+                    priority=priority,
                     created_at=accepted_at,
                     queued_at=accepted_at,
                     flush=False,

@@ -47,6 +47,53 @@ def classifier_metrics() -> ClassifierMetrics:
     )
 
 
+class ClassMetrics:
+    """Per class of work (``work_class`` label): queue wait, images, passes, deadlines missed.
+
+    Batch share is ``rate(vq_class_forward_passes_total)`` of a class over all classes'.
+    """
+
+    def __init__(self, work_classes: tuple[str, ...]) -> None:
+        from prometheus_client import Counter, Histogram
+
+        label = ("work_class",)
+        self._wait = Histogram(
+            "vq_class_queue_wait_seconds",
+            "Time a call waited in the classifier's priority queue for its forward pass",
+            label,
+            buckets=WAIT_BUCKETS,
+        )
+        self._images = Counter(
+            "vq_class_images_classified", "Images classified, by class of work", label
+        )
+        self._passes = Counter("vq_class_forward_passes", "Forward passes, by class of work", label)
+        self._expired = Counter(
+            "vq_class_deadline_expired",
+            "Calls answered 504 at their deadline, their forward pass never run",
+            label,
+        )
+        for work_class in work_classes:  # every series exists from the start, at zero
+            self._wait.labels(work_class)
+            self._images.labels(work_class)
+            self._passes.labels(work_class)
+            self._expired.labels(work_class)
+
+    def waited(self, work_class: Any, seconds: float) -> None:
+        self._wait.labels(work_class.label).observe(seconds)
+
+    def ran(self, work_class: Any, images: int) -> None:
+        self._images.labels(work_class.label).inc(images)
+        self._passes.labels(work_class.label).inc()
+
+    def expired(self, work_class: Any) -> None:
+        self._expired.labels(work_class.label).inc()
+
+
+@functools.cache
+def class_metrics(work_classes: tuple[str, ...]) -> ClassMetrics:
+    return ClassMetrics(work_classes)
+
+
 @functools.cache
 def front_metrics() -> FrontMetrics:
     from prometheus_client import Histogram

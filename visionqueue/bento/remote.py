@@ -12,6 +12,8 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
+from visionqueue.core.errors import DeadlineExceeded, Unavailable, VQError
+
 REFUSED_TOKEN = (
     "the classifier refused this front's credentials: give the classifier and the front the "
     "same VQ_CLASSIFIER_TOKEN"
@@ -29,3 +31,18 @@ def refused_token(exc: BaseException) -> bool:
     BentoML's client raises its ``BentoMLException`` with the answer's status as ``error_code``.
     """
     return getattr(exc, "error_code", None) in (HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN)
+
+
+def classifier_failure(exc: BaseException) -> VQError:
+    """The client-facing error for a failed call into the classifier (any transport).
+
+    A refused token and an overloaded or dead classifier are a 503; a call that waited past
+    its deadline in the classifier's priority queue (504 over either transport, or the
+    front's own wait timing out) is ``DeadlineExceeded``, its forward pass never run.
+    """
+    if refused_token(exc):
+        return Unavailable(REFUSED_TOKEN, retry_after=1)
+    status = getattr(exc, "error_code", None) or getattr(exc, "status", None)
+    if status == HTTPStatus.GATEWAY_TIMEOUT:
+        return DeadlineExceeded("the request waited past its deadline; it was not classified")
+    return Unavailable("the classifier is overloaded or unavailable; retry shortly", retry_after=1)

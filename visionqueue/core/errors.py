@@ -14,11 +14,12 @@
     ├── Unprocessable (422)      validation_error
     │   └── ImageTooLarge        image_too_large (pixel count over the cap: bombs)
     ├── TooManyRequests (429)    backlog_full
-    └── Unavailable (503)        service_unavailable
-        ├── StorageUnavailable   storage_unavailable
-        ├── DatabaseUnavailable  database_unavailable
-        ├── BrokerUnavailable    broker_unavailable
-        └── ModelNotReady        model_not_ready
+    ├── Unavailable (503)        service_unavailable
+    │   ├── StorageUnavailable   storage_unavailable
+    │   ├── DatabaseUnavailable  database_unavailable
+    │   ├── BrokerUnavailable    broker_unavailable
+    │   └── ModelNotReady        model_not_ready
+    └── DeadlineExceeded (504)   deadline_exceeded (waited past its deadline, never classified)
 
     DomainError                  a rule of our own domain, with no HTTP status: raised by
     ├── JobNotFound              persistence, mapped to a ``VQError`` in one table by the front
@@ -148,6 +149,11 @@ class BrokerUnavailable(Unavailable):
 
 class ModelNotReady(Unavailable):
     code = "model_not_ready"
+
+
+class DeadlineExceeded(VQError):
+    status = 504
+    code = "deadline_exceeded"
 
 
 def error_body(code: str, message: str, **details: Any) -> dict[str, Any]:

@@ -169,6 +169,36 @@ class ModelSettings(_Group):
         description="greedy: dispatch a batch as soon as the model is free (no added latency "
         "when idle); bentoml: BentoML's adaptive wait.",
     )
+    batch_max_size_jobs: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description="Largest forward pass of job work (/v1/jobs, /classify): the most a "
+        "person's request can find running ahead of it; VQ_BATCH_MAX_SIZE is the interactive "
+        "class's (see docs/priority.md).",
+    )
+    batch_max_size_bulk: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description="Largest forward pass of bulk work (jobs with priority=low, dataset batches).",
+    )
+    priority_share_every: int = Field(
+        8,
+        ge=1,
+        le=1000,
+        description="A class of work with calls queued that has been passed over this many "
+        "forward passes in a row runs the next one: while interactive traffic keeps the "
+        "classifier busy, jobs and bulk still get one pass in every N + 2.",
+    )
+    predict_deadline_ms: int = Field(
+        0,
+        ge=0,
+        description="How long an interactive request (/predict, v2 infer, TorchServe) may wait "
+        "for its forward pass; past it, it is answered 504 (deadline_exceeded) and its forward "
+        "pass never runs. A request's own timeout (v2 'timeout' parameter) is used when shorter. "
+        "0 = no deadline.",
+    )
     calls_in_flight: int = Field(
         2,
         ge=0,

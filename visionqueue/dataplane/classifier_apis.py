@@ -2,7 +2,8 @@
 
 ``VQ_MODELS`` names the served models; each gets a batchable API of its own on the classifier
 (``ServedSpec.api``), so a batch never mixes models, and a packed twin (``crops_wire``) for
-callers over the network. They are generated from the settings when ``service.py`` is imported
+callers over the network. Our own callers use a third, ``prioritized_{api}`` (packed crops, a
+priority class, a timeout): the worker's priority queue (``priority_queue``, docs/priority.md). They are generated from the settings when ``service.py`` is imported
 (BentoML reads an API's batching options when the class is decorated).
 """
 
@@ -13,9 +14,11 @@ from typing import Annotated, Any
 import bentoml
 import numpy as np
 from bentoml.validators import DType
+from starlette.responses import JSONResponse
 
 from model_store.serving import ServedSpec
-from visionqueue.dataplane.crops_wire import packed_api, unpack_crops
+from visionqueue.dataplane.crops_wire import packed_api, prioritized_api, unpack_crops
+from visionqueue.dataplane.priority_queue import http_call
 
 UInt8Crops = Annotated[np.ndarray, DType("uint8")]
 Float32Rows = Annotated[np.ndarray, DType("float32")]
@@ -24,7 +27,8 @@ Float32Rows = Annotated[np.ndarray, DType("float32")]
 def add_batch_apis(
     service_class: type, specs: list[ServedSpec], max_batch_size: int, max_latency_ms: int
 ) -> None:
-    """Give ``service_class`` (which has ``run_batch(name, crops)``) each model's two batch APIs."""
+    """Give ``service_class`` (which has ``run_batch(name, crops)`` and ``host.queue``) each
+    model's two batch APIs and its priority-queue API."""
 
     def batchable(func: Any) -> Any:
         return bentoml.api(
@@ -38,6 +42,26 @@ def add_batch_apis(
         setattr(service_class, spec.api, batchable(_batch_api(spec.name, spec.api)))
         packed = packed_api(spec.api)
         setattr(service_class, packed, batchable(_packed_batch_api(spec.name, packed)))
+        setattr(service_class, prioritized_api(spec.api), _prioritized_api(spec.api))
+
+
+def _prioritized_api(api: str) -> Any:
+    """Make ``api``'s HTTP entry into the priority queue: packed crops, a class, a timeout."""
+
+    async def classify_prioritized(
+        self: Any, crops: list[str], priority: str = "jobs", timeout_ms: int = 0
+    ) -> Any:
+        status, body = await http_call(
+            self.host.queue, api, unpack_crops(crops), priority, timeout_ms
+        )
+        return body if status == 200 else JSONResponse(body, status_code=status)
+
+    classify_prioritized.__name__ = classify_prioritized.__qualname__ = prioritized_api(api)
+    classify_prioritized.__doc__ = (
+        f"Classify packed crops on {api} in a priority class (interactive|jobs|bulk); 504 "
+        "once timeout_ms passes before its forward pass."
+    )
+    return bentoml.api(classify_prioritized)
 
 
 def _batch_api(name: str, api: str) -> Any:

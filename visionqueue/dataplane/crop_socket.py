@@ -2,9 +2,11 @@
 
 BentoML's inter-service HTTP call costs a lone request ~3 ms beyond the forward pass (aiohttp,
 pickle, the classifier's ASGI middleware, routing); this socket carries the same call as
-one frame each way (``visionqueue.dataplane.socket_frames``) into the same batching dispatcher
-BentoML's route uses (``ServiceAppFactory.batch_infer``), so batches still form across every
-caller. Each classifier worker listens on a socket of its own next to BentoML's socket for
+one frame each way (``visionqueue.dataplane.socket_frames``) into the classifier worker's priority
+queue (``visionqueue.dataplane.priority_queue``, which the HTTP ``prioritized_*`` routes join
+too); the queue runs each of its batches through the batching dispatcher BentoML's route uses
+(``ServiceAppFactory.batch_infer``, ``visionqueue.bento.internals``), so BentoML's batch
+metrics still count them. Each classifier worker listens on a socket of its own next to BentoML's socket for
 the classifier (``BENTOML_RUNNER_MAP``: unique per ``bentoml serve``, deleted when it
 stops); each front worker keeps one connection per classifier worker, sends a call to the
 one with the fewest calls outstanding, and reconnects after a classifier restart.
@@ -14,7 +16,9 @@ own user reaches them, and it can read the token from the processes' environment
 
 Failures reach the caller as ``CropSocketError``: a classifier that answers an error (with the
 HTTP status its route would have given), one that is not listening, or a connection that
-breaks (every call outstanding on it fails at once). Deadlines are the caller's.
+breaks (every call outstanding on it fails at once). Each call carries its class of work
+and how long it may wait for its forward pass (``visionqueue.dataplane.priority``): the classifier
+answers one that waited too long with 504, its forward pass never run.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from visionqueue.dataplane.socket_frames import (
     OK,
     REQUEST,
     FrameError,
+    Request,
     answer_frame,
     error_frame,
     parse_answer,
@@ -46,7 +51,8 @@ from visionqueue.dataplane.socket_frames import (
 
 logger = logging.getLogger(__name__)
 
-Infer = Callable[[str, np.ndarray], Awaitable[np.ndarray]]
+# (api, crops, class of work, seconds it may wait before its forward pass or None)
+Infer = Callable[[str, np.ndarray, int, float | None], Awaitable[np.ndarray]]
 
 
 class CallMetrics(Protocol):
@@ -99,11 +105,11 @@ async def serve_crops(
         calls: set[asyncio.Task[None]] = set()
         try:
             while True:
-                call_id, shape, name_len = parse_request(await reader.readexactly(REQUEST.size))
-                api = (await reader.readexactly(name_len)).decode()
-                body = await reader.readexactly(int(np.prod(shape)))
-                crops = np.frombuffer(body, np.uint8).reshape(shape)
-                task = asyncio.create_task(answer(writer, call_id, api, crops))
+                request = parse_request(await reader.readexactly(REQUEST.size))
+                api = (await reader.readexactly(request.name_len)).decode()
+                body = await reader.readexactly(int(np.prod(request.shape)))
+                crops = np.frombuffer(body, np.uint8).reshape(request.shape)
+                task = asyncio.create_task(answer(writer, request, api, crops))
                 calls.add(task)
                 task.add_done_callback(calls.discard)
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -116,8 +122,10 @@ async def serve_crops(
             writer.close()
 
     async def answer(
-        writer: asyncio.StreamWriter, call_id: int, api: str, crops: np.ndarray
+        writer: asyncio.StreamWriter, request: Request, api: str, crops: np.ndarray
     ) -> None:
+        call_id = request.call_id
+        timeout_s = request.timeout_ms / 1000 if request.timeout_ms else None
         if api not in apis:
             writer.write(error_frame(call_id, 404, f"no batch API {api!r}"))
             return
@@ -125,13 +133,13 @@ async def serve_crops(
         metrics.started(api)
         status, reason = OK, ""
         try:
-            rows = await infer(api, crops)
+            rows = await infer(api, crops, request.work_class, timeout_s)
         except asyncio.CancelledError:  # the batch queue's deadline, or shutting down
             status, reason = 503, "the batch queue dropped the call"
         except Exception as exc:  # the status BentoML's route answers for the same error
             status = int(getattr(getattr(exc, "error_code", None), "value", 500))
             reason = type(exc).__name__
-            if status >= 500 and status != 503:
+            if status >= 500 and status not in (503, 504):
                 logger.exception("crop socket call to %s failed", api)
         metrics.finished(api, status, time.perf_counter() - started)
         if writer.is_closing():
@@ -225,9 +233,16 @@ class CropSocketClient:
         self._next_id = 0
         self._turn = 0
 
-    async def call(self, api: str, crops: np.ndarray) -> np.ndarray:
-        """Classify ``(N, H, W, 3)`` uint8 ``crops`` with ``api``; return its ``(N, C + 2)`` rows."""
-        header = request_header(self._next_call_id(), api, crops)
+    async def call(
+        self, api: str, crops: np.ndarray, work_class: int = 0, timeout_s: float | None = None
+    ) -> np.ndarray:
+        """Classify ``(N, H, W, 3)`` uint8 ``crops`` with ``api``; return its ``(N, C + 2)`` rows.
+
+        ``work_class`` and ``timeout_s`` (how long it may wait for its forward pass) go to
+        the classifier's priority queue.
+        """
+        timeout_ms = max(1, round(timeout_s * 1000)) if timeout_s is not None else 0
+        header = request_header(self._next_call_id(), api, crops, work_class, timeout_ms)
         refused: list[tuple[Path, OSError]] = []
         # the least busy worker first, ties taken in turn; one not listening is skipped
         self._turn = (self._turn + 1) % len(self._links)

@@ -13,12 +13,18 @@ import math
 
 import numpy as np
 
+PRIORITIZED_PREFIX = "prioritized_"
 PACKED_PREFIX = "packed_"
 
 
 def packed_api(api: str) -> str:
     """The packed twin of a model's batch API (no model's own API starts with the prefix)."""
     return PACKED_PREFIX + api
+
+
+def prioritized_api(api: str) -> str:
+    """The HTTP twin of a model's batch API that joins the classifier's priority queue."""
+    return PRIORITIZED_PREFIX + api
 
 
 def pack_crops(crops: np.ndarray) -> list[str]:

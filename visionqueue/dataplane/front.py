@@ -52,4 +52,5 @@ def build_dataplane(
         CropLimits(settings.server.max_image_pixels, model.jpeg_draft),
         anyio.CapacityLimiter(model.preprocess_threads),
         on_round_trip=observe,
+        deadline_ms=model.predict_deadline_ms,
     )

@@ -8,7 +8,9 @@ a ``PromotionWatcher`` swaps in newly promoted versions between two batches.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -17,6 +19,10 @@ from bentoml.exceptions import BentoMLException
 from model_store.serving import ModelSlot, PromotionWatcher, ServedSpec, resolve_served
 from visionqueue.core.settings import Settings
 from visionqueue.dataplane import rows
+from visionqueue.dataplane.priority import Priority
+from visionqueue.dataplane.priority_queue import PriorityBatchQueue, QueueMetrics
+
+Dispatch = Callable[[str, np.ndarray], Awaitable[np.ndarray]]
 
 logger = logging.getLogger("visionqueue.service")
 
@@ -24,7 +30,13 @@ logger = logging.getLogger("visionqueue.service")
 class ModelHost:
     """Every served model of one classifier worker: slots, promotions, batch metrics."""
 
-    def __init__(self, settings: Settings, specs: list[ServedSpec], metrics: Any) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        specs: list[ServedSpec],
+        metrics: Any,
+        class_metrics: QueueMetrics | None = None,
+    ) -> None:
         from model_store.inference import configure_threads
         from model_store.promotions import record_path
 
@@ -39,6 +51,32 @@ class ModelHost:
             self.slots[name].load(model.tag)
         self.watcher = PromotionWatcher(self.slots, record_path(), settings.model.promotion_poll_s)
         self.watcher.start()
+        self._api_models = {spec.api: spec.name for spec in specs}
+        # interactive > jobs > bulk: one forward pass at a time, across every served model;
+        # no class's pass exceeds BentoML's dispatcher's largest batch
+        model, most = settings.model, settings.model.batch_max_size
+        self.queue = PriorityBatchQueue(
+            self._forward,
+            {
+                Priority.INTERACTIVE: most,
+                Priority.JOBS: min(most, model.batch_max_size_jobs),
+                Priority.BULK: min(most, model.batch_max_size_bulk),
+            },
+            model.priority_share_every,
+            class_metrics,
+        )
+        self.dispatch: Dispatch | None = None  # BentoML's batch_infer, found at start-up
+
+    async def prioritized(
+        self, api: str, crops: np.ndarray, priority: int, timeout_s: float | None
+    ) -> np.ndarray:
+        """Run ``crops`` on ``api`` through the priority queue (the crop socket's entry)."""
+        return await self.queue.submit(api, crops, Priority(priority), timeout_s)
+
+    async def _forward(self, api: str, crops: np.ndarray) -> np.ndarray:
+        if self.dispatch is not None:  # one batch at a time: it never merges or reorders
+            return await self.dispatch(api, crops)
+        return await asyncio.to_thread(self.run_batch, self._api_models[api], crops)
 
     def run_batch(self, name: str, crops: np.ndarray) -> np.ndarray:
         """Classify one adaptive batch of ``name``'s crops; return its wire rows (``rows.pack``)."""

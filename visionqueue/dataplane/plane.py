@@ -9,6 +9,7 @@ registry (``ServedModels``: names, versions) and its transport (``transports``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,10 +66,15 @@ class DataPlane:
         limits: CropLimits,
         limiter: anyio.CapacityLimiter,
         on_round_trip: RoundTrip | None = None,
+        deadline_ms: int = 0,
     ) -> None:
         self.models = models
+        self._deadline_s = deadline_ms / 1000 if deadline_ms else None  # VQ_PREDICT_DEADLINE_MS
         self._limits = limits
         self._limiter = limiter  # VQ_PREPROCESS_THREADS: decodes (and their memory) at once
+        # a person's decode never queues behind the job images our workers send to /predict:
+        # interactive requests have VQ_PREPROCESS_THREADS of their own
+        self._interactive_limiter = anyio.CapacityLimiter(limiter.total_tokens)
         self._on_round_trip = on_round_trip
 
     async def live(self) -> bool:
@@ -96,6 +102,7 @@ class DataPlane:
         One bad image fails the whole request, as one bad ``/predict`` upload does.
         """
         sent = time.perf_counter()
+        request = self._bounded(request)
         classified = await self._classify(request, observe=False)
         if self._on_round_trip is not None:
             self._on_round_trip(time.perf_counter() - sent, classified.forward_s)
@@ -107,10 +114,11 @@ class DataPlane:
         top_k: int,
         model: str | None = None,
         priority: Priority = SYNC_PRIORITY,
+        deadline: float | None = None,
     ) -> dict[str, Any]:
         """Classify one upload exactly as ``POST /predict`` does; return its response body."""
         started = time.perf_counter()
-        request = ClassifyRequest([data], model or None, priority)
+        request = self._bounded(ClassifyRequest([data], model or None, priority, deadline))
         classified = await self._classify(request, observe=True)
         return answer_body(
             classified.probs[0],
@@ -119,25 +127,44 @@ class DataPlane:
             version=classified.version,
             started=started,
             preprocessing=classified.preprocessing[0],
+            work_class=priority.label,
         )
+
+    def _bounded(self, request: ClassifyRequest) -> ClassifyRequest:
+        """An interactive request gets ``VQ_PREDICT_DEADLINE_MS`` from now, or its own
+        deadline when that is sooner; job work has none (a job is retried, never dropped)."""
+        if request.priority is not Priority.INTERACTIVE or self._deadline_s is None:
+            return request
+        ours = time.monotonic() + self._deadline_s
+        deadline = ours if request.deadline is None else min(ours, request.deadline)
+        return dataclasses.replace(request, deadline=deadline)
 
     async def _classify(self, request: ClassifyRequest, observe: bool) -> Classified:
         name = self.models.get(request.model).name
         attempts = CropForVersion(await self.models.preprocessing(name))
         for prep in attempts:
             # the first bad image answers the request; the others' threads finish on their own
-            crops = await asyncio.gather(*(self._crop(image, prep) for image in request.images))
+            limiter = (
+                self._interactive_limiter
+                if request.priority is Priority.INTERACTIVE
+                else self._limiter
+            )
+            crops = await asyncio.gather(
+                *(self._crop(image, prep, limiter) for image in request.images)
+            )
             sent = time.perf_counter()
             answer, version = await self.models.classify_many(
-                name, np.stack([c for c, _ in crops]), request.priority
+                name, np.stack([c for c, _ in crops]), request.priority, request.deadline
             )
             if observe and self._on_round_trip is not None:
                 self._on_round_trip(time.perf_counter() - sent, answer.forward_s)
             attempts.ran(version)
         return Classified(name, answer.probs, version, [how for _, how in crops], answer.forward_s)
 
-    async def _crop(self, image: Image, prep: Preprocessing) -> tuple[np.ndarray, str]:
-        limits, limiter = self._limits, self._limiter
+    async def _crop(
+        self, image: Image, prep: Preprocessing, limiter: anyio.CapacityLimiter
+    ) -> tuple[np.ndarray, str]:
+        limits = self._limits
         if isinstance(image, np.ndarray):
             return await anyio.to_thread.run_sync(
                 prepare_pixels, image, limits.max_pixels, prep, limiter=limiter

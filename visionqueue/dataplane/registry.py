@@ -9,6 +9,7 @@ with, keyed by the tag id every answer row carries (``visionqueue.dataplane.rows
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +19,7 @@ import numpy as np
 from model_store.preprocess import Preprocessing
 from model_store.serving import ServedSpec, served_specs
 from visionqueue.bento.remote import REFUSED_TOKEN, refused_token
-from visionqueue.core.errors import ModelNotFound, ModelNotReady
+from visionqueue.core.errors import DeadlineExceeded, ModelNotFound, ModelNotReady
 from visionqueue.core.settings import ModelSettings
 from visionqueue.dataplane import rows as answer_rows
 from visionqueue.dataplane.coalesce import CropCoalescer
@@ -169,8 +170,12 @@ class ServedModels:
         return model.book.ran(model.name, tag_id)
 
     def _coalescer(self, model: ServedModel, priority: Priority) -> CropCoalescer | None:
-        """The coalescer of ``model``'s crops of one priority class (crops of two never merge)."""
-        if not self._calls_in_flight:
+        """The coalescer of ``model``'s crops of one priority class (crops of two never merge).
+
+        Interactive calls have none: each request's call carries its own deadline, and the
+        classifier's priority queue batches them.
+        """
+        if not self._calls_in_flight or priority is Priority.INTERACTIVE:
             return None
         coalescer = model.coalescers.get(priority)
         if coalescer is None:
@@ -183,12 +188,17 @@ class ServedModels:
         return coalescer
 
     async def classify_many(
-        self, name: str | None, crops: np.ndarray, priority: Priority = SYNC_PRIORITY
+        self,
+        name: str | None,
+        crops: np.ndarray,
+        priority: Priority = SYNC_PRIORITY,
+        deadline: float | None = None,
     ) -> tuple[answer_rows.AnswerRows, Version]:
         """Classify one request's crops together on ``name``'s queue.
 
         Returns the unpacked answer rows and the version that computed every one of them.
-        Rows that a promotion split across two versions are classified again.
+        Rows that a promotion split across two versions are classified again. ``deadline``
+        (``time.monotonic``): past it, a 504 ``DeadlineExceeded``, the crops not classified.
         """
         model = self.get(name)
         coalescer = self._coalescer(model, priority)
@@ -199,7 +209,10 @@ class ServedModels:
                 else:
                     size = self._max_batch
                     chunks = [crops[i : i + size] for i in range(0, len(crops), size)]
-                    calls = [await self._transport.call(model.api, c, priority) for c in chunks]
+                    calls = [
+                        await self._transport.call(model.api, c, priority, time_left(deadline))
+                        for c in chunks
+                    ]
                     out = np.concatenate(calls)
             except ValueError:  # rows of two versions with different class counts
                 continue
@@ -212,6 +225,16 @@ class ServedModels:
     async def preprocessing(self, name: str | None) -> Preprocessing:
         """The current version's preprocessing."""
         return Preprocessing.from_spec((await self.info(name))["preprocessing"])
+
+
+def time_left(deadline: float | None) -> float | None:
+    """Seconds until ``deadline`` (``time.monotonic``; None: no limit); 504 once it passed."""
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise DeadlineExceeded("the request waited past its deadline; it was not classified")
+    return left
 
 
 def names_version(description: Version, version: str | None) -> bool:

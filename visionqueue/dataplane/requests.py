@@ -26,6 +26,7 @@ class ClassifyRequest:
     images: list[Image]
     model: str | None = None
     priority: Priority = SYNC_PRIORITY
+    deadline: float | None = None  # time.monotonic() past which it is not classified (504)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,9 @@ versions (``model_info``). The front picks one at start-up (``front_transport``)
   crops packed by ``crops_wire``).
 
 The workers' synchronous twin of the remote one is ``jobs.classifier_client``. Every call
-carries its priority class; none puts it on the wire yet (docs/dataplane.md).
+carries its priority class and how long it may wait for its forward pass into the classifier
+worker's priority queue: in the crop socket's frame, or as ``prioritized_{api}``'s fields
+(docs/priority.md); one that waited too long is a 504 ``DeadlineExceeded``.
 """
 
 from __future__ import annotations
@@ -22,10 +24,9 @@ from typing import Any, Protocol
 import anyio
 import numpy as np
 
-from visionqueue.bento.remote import REFUSED_TOKEN, refused_token
-from visionqueue.core.errors import Unavailable
+from visionqueue.bento.remote import classifier_failure
 from visionqueue.dataplane.crop_socket import CropSocketClient, CropSocketError, CropSocketMissing
-from visionqueue.dataplane.crops_wire import pack_crops, packed_api
+from visionqueue.dataplane.crops_wire import pack_crops, prioritized_api
 from visionqueue.dataplane.priority import Priority
 
 CLASSIFY_DEADLINE_S = 90.0
@@ -34,13 +35,21 @@ CLASSIFY_DEADLINE_S = 90.0
 class Transport(Protocol):
     """Calls into the classifier service."""
 
-    async def call(self, api: str, crops: np.ndarray, priority: Priority) -> np.ndarray:
-        """Run ``crops`` through the batch API ``api``; return ``(N, C + 2)`` wire rows."""
+    async def call(
+        self, api: str, crops: np.ndarray, priority: Priority, timeout_s: float | None = None
+    ) -> np.ndarray:
+        """Run ``crops`` through the batch API ``api`` in ``priority``, waiting at most
+        ``timeout_s`` for the forward pass; return ``(N, C + 2)`` wire rows."""
         ...
 
     async def describe(self, name: str) -> dict[str, Any]:
         """The classifier's ``model_info`` for ``name``: current version and versions served."""
         ...
+
+
+def timeout_ms(timeout_s: float | None) -> int:
+    """A wait limit as the classifier's fields spell it: milliseconds, at least 1; 0: none."""
+    return max(1, round(timeout_s * 1000)) if timeout_s is not None else 0
 
 
 class DependencyTransport:
@@ -50,12 +59,15 @@ class DependencyTransport:
         self._proxy = proxy
         self._remote = remote  # served on its own: JSON over the network, crops packed
 
-    async def call(self, api: str, crops: np.ndarray, priority: Priority) -> np.ndarray:
-        if self._remote:
-            rows = await getattr(self._proxy.to_async, packed_api(api))(pack_crops(crops))
-        else:
-            rows = await getattr(self._proxy.to_async, api)(crops)
-        return np.asarray(rows)
+    async def call(
+        self, api: str, crops: np.ndarray, priority: Priority, timeout_s: float | None = None
+    ) -> np.ndarray:
+        # the priority queue's route, local or remote: packed crops, the class, the timeout
+        call = getattr(self._proxy.to_async, prioritized_api(api))
+        rows = await call(
+            crops=pack_crops(crops), priority=priority.label, timeout_ms=timeout_ms(timeout_s)
+        )
+        return np.asarray(rows, np.float32)
 
     async def describe(self, name: str) -> dict[str, Any]:
         return dict(await self._proxy.to_async.model_info(name=name))
@@ -68,10 +80,12 @@ class CropSocketTransport:
         self._client = client
         self._fallback = fallback
 
-    async def call(self, api: str, crops: np.ndarray, priority: Priority) -> np.ndarray:
+    async def call(
+        self, api: str, crops: np.ndarray, priority: Priority, timeout_s: float | None = None
+    ) -> np.ndarray:
         with contextlib.suppress(CropSocketMissing):  # the classifier serves HTTP only
-            return await self._client.call(api, crops)
-        return await self._fallback.call(api, crops, priority)
+            return await self._client.call(api, crops, int(priority), timeout_s)
+        return await self._fallback.call(api, crops, priority, timeout_s)
 
     async def describe(self, name: str) -> dict[str, Any]:
         return await self._fallback.describe(name)
@@ -84,7 +98,9 @@ class GuardedTransport:
         self._inner = inner
         self._deadline_s = deadline_s
 
-    async def call(self, api: str, crops: np.ndarray, priority: Priority) -> np.ndarray:
+    async def call(
+        self, api: str, crops: np.ndarray, priority: Priority, timeout_s: float | None = None
+    ) -> np.ndarray:
         from aiohttp import ClientError
         from bentoml.exceptions import BentoMLException
 
@@ -92,13 +108,9 @@ class GuardedTransport:
             # a classifier that died after loading must not hold the caller for BentoML's
             # 120 s traffic timeout and then answer outside our error envelope
             with anyio.fail_after(self._deadline_s):
-                return await self._inner.call(api, crops, priority)
+                return await self._inner.call(api, crops, priority, timeout_s)
         except (BentoMLException, TimeoutError, ClientError, CropSocketError) as exc:
-            if refused_token(exc):
-                raise Unavailable(REFUSED_TOKEN, retry_after=1) from exc
-            raise Unavailable(
-                "the classifier is overloaded or unavailable; retry shortly", retry_after=1
-            ) from exc
+            raise classifier_failure(exc) from exc
 
     async def describe(self, name: str) -> dict[str, Any]:
         return await self._inner.describe(name)  # the registry bounds and maps descriptions

@@ -8,6 +8,7 @@ uses; errors are ``{"error": "..."}`` with the right status (``error_shapes``).
 
 from __future__ import annotations
 
+import time
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -19,6 +20,7 @@ from visionqueue.api.protocols import v2_tensors
 from visionqueue.api.state import current_dataplane
 from visionqueue.core.settings import get_settings
 from visionqueue.dataplane.plane import tag_version
+from visionqueue.dataplane.priority import SYNC_PRIORITY
 from visionqueue.dataplane.requests import ClassifyRequest
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
@@ -169,7 +171,9 @@ async def _infer(request: Request, name: str, model_version: str | None) -> Resp
     parsed = v2_tensors.parse_infer_request(
         body, request.headers.get("inference-header-content-length")
     )
-    asked = ClassifyRequest(list(parsed.images), model.name)
+    # Triton's request "timeout" parameter bounds the wait (with VQ_PREDICT_DEADLINE_MS)
+    deadline = time.monotonic() + parsed.timeout_s if parsed.timeout_s else None
+    asked = ClassifyRequest(list(parsed.images), model.name, SYNC_PRIORITY, deadline)
     ran = await current_dataplane(request).classify(asked)
     content, headers = v2_tensors.infer_response(
         parsed, model.name, tag_version(ran.version["tag"]), ran.probs, tuple(ran.version["labels"])

@@ -49,6 +49,7 @@ class InferRequest:
     id: str | None
     images: list[bytes] | list[np.ndarray]
     output: RequestedOutput
+    timeout_s: float | None = None  # "parameters": {"timeout": microseconds} (Triton's)
 
 
 def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
@@ -276,7 +277,19 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
         raise BadRequest(
             f"input '{INPUT_NAME}' must be BYTES (encoded images) or UINT8 (pixels), not {datatype!r}"
         )
-    return InferRequest(request_id, images, _requested_output(header, default_binary))
+    return InferRequest(
+        request_id, images, _requested_output(header, default_binary), _timeout(parameters)
+    )
+
+
+def _timeout(parameters: dict[str, Any]) -> float | None:
+    """The request's ``timeout`` parameter (microseconds, as tritonclient sends it) in seconds."""
+    value = parameters.get("timeout")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise BadRequest("timeout must be a positive integer (microseconds)")
+    return value / 1e6
 
 
 def classification_strings(probs: np.ndarray, labels: tuple[str, ...], count: int) -> list[str]:
