@@ -10,7 +10,9 @@ The patches, each described in its own docstring and in docs/bentoml-patches.md:
 
 - ``io-mime-type-cache``: ``IOMixin.mime_type`` computed once per IO class;
 - ``request-timer-cancel``: ``TimeoutMiddleware`` cancels its per-request timer;
-- ``greedy-batching``: ``CorkDispatcher.controller`` dispatches whenever the model is free.
+- ``greedy-batching``: ``CorkDispatcher.controller`` dispatches whenever the model is free;
+- ``no-url-uploads``: ``MultipartSerde.ensure_file`` never downloads a URL sent as a form
+  field (``visionqueue.bento.upload_fields``).
 
 One more BentoML workaround is configuration, not a patch: ``NO_SESSION_RECYCLING`` below.
 """
@@ -224,6 +226,18 @@ def _cork_dispatcher() -> Any:
     return CorkDispatcher
 
 
+def _multipart_serde() -> Any:
+    from _bentoml_impl.serde import MultipartSerde
+
+    return MultipartSerde
+
+
+def _no_url_fetch(original: Any) -> Any:
+    from visionqueue.bento.upload_fields import refuse_url_upload
+
+    return staticmethod(refuse_url_upload)
+
+
 PATCHES = {
     patch.name: patch
     for patch in (
@@ -236,6 +250,7 @@ PATCHES = {
             _timer_cancel,
         ),
         _Patch("greedy-batching", _cork_dispatcher, "controller", _dispatcher_missing, _greedy),
+        _Patch("no-url-uploads", _multipart_serde, "ensure_file", lambda _: [], _no_url_fetch),
     )
 }
 
@@ -266,7 +281,7 @@ def apply_bentoml_patches(batch_wait_policy: str = "greedy") -> list[str]:
         raise ValueError(
             f"unknown batch policy {batch_wait_policy!r}; choose from {BATCH_POLICIES}"
         )
-    wanted = ["io-mime-type-cache", "request-timer-cancel"]
+    wanted = ["io-mime-type-cache", "request-timer-cancel", "no-url-uploads"]
     if batch_wait_policy == "greedy":
         wanted.append("greedy-batching")
     else:

@@ -47,6 +47,12 @@ class ServerSettings(_Group):
         60_000_000, ge=1, description="Largest accepted image (width x height); bombs refused."
     )
     front_workers: int = Field(1, ge=1, description="Worker processes of the front service.")
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="With no API keys, the front answers only requests whose Host is an IP "
+        "address, a loopback name, the VQ_PUBLIC_URL host or one of these comma-separated "
+        "names ('*' = any; guards against DNS rebinding).",
+    )
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated API keys; when set, job and predict routes need "
@@ -79,7 +85,7 @@ class ServerSettings(_Group):
         "on every request).",
     )
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "allowed_hosts", mode="before")
     @classmethod
     def _keys(cls, value: object) -> object:
         return _split_csv(value)
