@@ -16,8 +16,10 @@ from typing import NamedTuple
 import httpx
 import pytest
 
+from persistence.local_images import image_signature
 from tests.support import images
 from tests.support.servers import bento_server
+from tests.support.stack import migrate
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # a Bento server of its own
 
@@ -30,7 +32,8 @@ class Front(NamedTuple):
     url: str
     port: int
     log: Path
-    fetched: list[str]  # request lines the front sent through its (recording) proxy
+    fetched: list[str]
+    data_dir: Path  # request lines the front sent through its (recording) proxy
 
 
 class _Recorder(BaseHTTPRequestHandler):
@@ -61,17 +64,20 @@ def front(server_env: dict[str, str], session_dir: Path) -> Iterator[Front]:
     proxy = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
     proxy_url = f"http://127.0.0.1:{proxy.server_address[1]}"
+    data_dir = session_dir / f"review-data-{uuid.uuid4().hex[:6]}"
     env = {
         **server_env,
+        "VQ_DATA_DIR": str(data_dir),  # the embedded default, VQ_SIGNING_KEY unset
         "HTTP_PROXY": proxy_url,
         "http_proxy": proxy_url,
         "NO_PROXY": "127.0.0.1,localhost,::1",
         "no_proxy": "127.0.0.1,localhost,::1",
     }
     log = session_dir / f"bento-review-{uuid.uuid4().hex[:6]}.log"
+    migrate(env)
     try:
         with bento_server(env, log) as url:
-            yield Front(url, int(url.rsplit(":", 1)[1]), log, seen)
+            yield Front(url, int(url.rsplit(":", 1)[1]), log, seen, data_dir)
     finally:
         proxy.shutdown()
 
@@ -251,3 +257,21 @@ def test_a_keyless_front_answers_only_its_own_host_names(front: Front) -> None:
     for host in (f"127.0.0.1:{front.port}", f"localhost:{front.port}", "[::1]", "app.localhost"):
         resp = jobs(host)
         assert resp.status_code != 400 or "host_not_allowed" not in resp.text, (host, resp.text)
+
+
+# --- item 5: no built-in signing key ---------------------------------------------------------
+
+
+def test_the_old_built_in_key_mints_no_image_link(front: Front) -> None:
+    data = images.png(40, 30, seed=25)
+    resp = httpx.post(f"{front.url}/v1/jobs", files={"images": ("a.png", data)}, timeout=30)
+    assert resp.status_code == 202, resp.text
+    link = httpx.URL(resp.json()["jobs"][0]["image"]["url"])
+    assert httpx.get(link, timeout=30).content == data  # the link the service gave works
+    key = link.path.removeprefix("/v1/images/")
+    expires = int(link.params["expires"])
+    forged = image_signature(key, expires, b"dev-insecure-signing-key")
+    resp = httpx.get(link.copy_with(params={"expires": expires, "sig": forged}), timeout=30)
+    assert resp.status_code == 404, "the built-in key signed a working link"
+    key_file = front.data_dir / "signing-key"
+    assert key_file.stat().st_mode & 0o777 == 0o600

@@ -59,8 +59,10 @@ class ServerSettings(_Group):
         "'Authorization: Bearer KEY'.",
     )
     signing_key: SecretStr = Field(
-        SecretStr("dev-insecure-signing-key"),
-        description="HMAC key for signed local image URLs (set it outside dev).",
+        SecretStr(""),
+        description="HMAC key for signed local image URLs; empty = a random key generated "
+        "once into VQ_DATA_DIR/signing-key (0600). Required with VQ_API_KEYS or in "
+        "production.",
     )
     image_url_ttl_s: int = Field(3600, ge=1, description="Lifetime of image URLs in seconds.")
     max_backlog: int = Field(
@@ -417,12 +419,19 @@ class Settings(_Group):
                 decode_secret(secret)
             except ValueError as exc:
                 raise ValueError(f"VQ_WEBHOOK_SECRETS entry {index}: {exc}") from None
+        signing_key = self.server.signing_key.get_secret_value()
+        weak_signing_key = signing_key in PLACEHOLDER_SECRETS | {"dev-insecure-signing-key"}
+        if self.server.api_keys and signing_key and weak_signing_key:
+            # empty is fine (a random key is generated into the data dir); a known one
+            # would let anyone who knows an image's key mint a link to it
+            raise ValueError(
+                "with VQ_API_KEYS set, VQ_SIGNING_KEY must be a random value (e.g. `openssl "
+                "rand -hex 32`) or empty (generated), not a placeholder"
+            )
         if self.server.env != "production":
             return
         weak = []
-        if self.server.signing_key.get_secret_value() in PLACEHOLDER_SECRETS | {
-            "dev-insecure-signing-key"
-        }:
+        if weak_signing_key:
             weak.append("VQ_SIGNING_KEY")
         if self.s3.endpoint and self.s3.secret_key.get_secret_value() in PLACEHOLDER_SECRETS:
             weak.append("VQ_S3_SECRET_KEY")
