@@ -131,3 +131,14 @@ def test_an_unset_signing_key_is_generated_once_per_data_dir_mode_0600(
     monkeypatch.setenv("VQ_DATA_DIR", str(tmp_path / "other"))
     monkeypatch.delenv("VQ_SIGNING_KEY")
     assert signing_key(Settings()) != first
+
+
+def test_production_with_api_keys_needs_a_metrics_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VQ_ENV", "production")
+    monkeypatch.setenv("VQ_API_KEYS", "tenant-key-1")
+    monkeypatch.setenv("VQ_SIGNING_KEY", "a-random-signing-key-5e2f")
+    monkeypatch.setenv("VQ_WEBHOOK_SECRETS", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+    with pytest.raises(ValueError, match=r"secrets: VQ_METRICS_TOKEN$"):
+        Settings().check_secrets()
+    monkeypatch.setenv("VQ_METRICS_TOKEN", "scrape-token-77a1")
+    Settings().check_secrets()

@@ -77,7 +77,8 @@ class ServerSettings(_Group):
     metrics_token: SecretStr = Field(
         SecretStr(""),
         description="When set, /metrics needs 'Authorization: Bearer TOKEN' (Prometheus: "
-        "'authorization: {credentials: ...}'); empty = open, for a private network.",
+        "'authorization: {credentials_file: ...}'); empty = open, for a private network. "
+        "Required in production when VQ_API_KEYS is set.",
     )
     health_cache_s: float = Field(
         2.0,
@@ -437,6 +438,10 @@ class Settings(_Group):
             weak.append("VQ_S3_SECRET_KEY")
         if not self.server.api_keys:
             weak.append("VQ_API_KEYS")
+        elif not self.server.metrics_token.get_secret_value():
+            # /metrics names every route, job rate and model: keys on everything else
+            # and an open /metrics would leak it to anyone who reaches the port
+            weak.append("VQ_METRICS_TOKEN")
         if not self.webhook.secrets:
             weak.append("VQ_WEBHOOK_SECRETS")
         token = self.model.classifier_token.get_secret_value()
