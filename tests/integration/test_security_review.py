@@ -5,6 +5,7 @@ library would tidy the request up)."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import uuid
@@ -20,6 +21,7 @@ from persistence.local_images import image_signature
 from tests.support import images
 from tests.support.servers import bento_server
 from tests.support.stack import migrate
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # a Bento server of its own
 
@@ -275,3 +277,28 @@ def test_the_old_built_in_key_mints_no_image_link(front: Front) -> None:
     assert resp.status_code == 404, "the built-in key signed a working link"
     key_file = front.data_dir / "signing-key"
     assert key_file.stat().st_mode & 0o777 == 0o600
+
+
+# --- item 3: /metrics labels -------------------------------------------------------------
+
+
+def test_metrics_label_requests_by_route_template_not_by_raw_path(front: Front) -> None:
+    job_id, junk = str(uuid.uuid4()), f"probe-{uuid.uuid4().hex}"
+    assert httpx.get(f"{front.url}/v1/jobs/{job_id}", timeout=30).status_code in (404, 503)
+    for n in range(5):
+        assert httpx.get(f"{front.url}/{junk}/{n}", timeout=30).status_code == 404
+    ok = httpx.post(
+        f"{front.url}/predict", files={"image": ("a.png", images.png(32, 32))}, timeout=60
+    )
+    assert ok.status_code == 200, ok.text
+
+    def scraped() -> str | None:
+        text = httpx.get(f"{front.url}/metrics", timeout=30).text
+        return text if 'endpoint="/predict"' in text else None
+
+    text = wait_until(scraped, 30, "the request series on /metrics")
+    labels = sorted(set(re.findall(r'endpoint="([^"]*)"', text)))
+    assert "/v1/jobs/{job_id}" in labels, labels
+    assert job_id not in text and junk not in text
+    assert 'endpoint="/predict"' in text
+    assert 'endpoint="/{unmatched}"' in text

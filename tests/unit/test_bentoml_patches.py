@@ -169,7 +169,12 @@ def test_a_renamed_attribute_skips_only_the_patch_that_needs_it(
     monkeypatch.delattr(CorkDispatcher, "_wake_event")
     with caplog.at_level(logging.WARNING, logger="visionqueue.bento.patches"):
         applied = apply_bentoml_patches("greedy")
-    assert applied == ["io-mime-type-cache", "request-timer-cancel", "no-url-uploads"]
+    assert applied == [
+        "io-mime-type-cache",
+        "request-timer-cancel",
+        "no-url-uploads",
+        "route-template-labels",
+    ]
     assert CorkDispatcher.controller is own
     [record] = caplog.records
     assert "greedy-batching" in record.getMessage() and "_wake_event" in record.getMessage()
