@@ -142,3 +142,19 @@ def test_production_with_api_keys_needs_a_metrics_token(monkeypatch: pytest.Monk
         Settings().check_secrets()
     monkeypatch.setenv("VQ_METRICS_TOKEN", "scrape-token-77a1")
     Settings().check_secrets()
+
+
+def test_production_with_a_split_classifier_needs_its_token(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("VQ_ENV", "production")
+    monkeypatch.setenv("VQ_API_KEYS", "tenant-key-1")
+    monkeypatch.setenv("VQ_SIGNING_KEY", "a-random-signing-key-5e2f")
+    monkeypatch.setenv("VQ_WEBHOOK_SECRETS", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+    monkeypatch.setenv("VQ_METRICS_TOKEN", "scrape-token-77a1")
+    Settings().check_secrets()  # the classifier inside the front: no token needed
+    monkeypatch.setenv("VQ_CLASSIFIER_URL", "http://classifier:3100")
+    with pytest.raises(ValueError, match=r"secrets: VQ_CLASSIFIER_TOKEN$"):
+        Settings().check_secrets()
+    monkeypatch.setenv("VQ_CLASSIFIER_TOKEN", "classifier-token-31c9")
+    Settings().check_secrets()

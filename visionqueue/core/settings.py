@@ -190,7 +190,7 @@ class ModelSettings(_Group):
         description="When set, the classifier service answers its routes (all but /livez, "
         "/readyz and /healthz) only to 'Authorization: Bearer TOKEN', and the front and the "
         "workers send it; give every one of them the same value. Empty = open, for a private "
-        "network.",
+        "network; required in production when VQ_CLASSIFIER_URL is set.",
     )
 
     @field_validator("models", mode="before")
@@ -445,7 +445,8 @@ class Settings(_Group):
         if not self.webhook.secrets:
             weak.append("VQ_WEBHOOK_SECRETS")
         token = self.model.classifier_token.get_secret_value()
-        if token and token in PLACEHOLDER_SECRETS:
+        if token in PLACEHOLDER_SECRETS and (token or self.model.classifier_url):
+            # a classifier on its own port answers anyone who reaches it without a token
             weak.append("VQ_CLASSIFIER_TOKEN")
         if weak:
             raise ValueError(
