@@ -316,6 +316,13 @@ class WebhookSettings(_Group):
         default_factory=list,
         description="Comma-separated 'whsec_<base64>' signing secrets (several = rotation).",
     )
+    tenant_secrets: Literal["shared", "both", "tenant"] = Field(
+        "both",
+        description="With API keys, what signs a tenant's webhooks: 'shared' (the secrets "
+        "above), 'both' (its own secret, derived from them and shown at GET "
+        "/v1/webhook-secret, and the shared ones), or 'tenant' (its own only: no tenant "
+        "can forge another's events).",
+    )
     retry_schedule: Annotated[list[float], NoDecode] = Field(
         default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0] + [36000.0] * 7,
         description="Comma-separated seconds between delivery attempts (~3 days by default).",

@@ -26,6 +26,7 @@ PROTECTED_PREFIXES = (
     "/task-status",
     "/v1/jobs",
     "/v1/models",
+    "/v1/webhook-secret",
     "/v2/models",
     "/api/",
 )
