@@ -53,8 +53,11 @@ def classify_bytes(
     """POST the image to the front's ``/predict`` (the model's shared batching queue)."""
     url = f"{res.settings.classifier_url}/predict"
     headers = {}
-    if res.settings.server.api_keys:
-        headers["Authorization"] = f"Bearer {res.settings.server.api_keys[0].get_secret_value()}"
+    server = res.settings.server
+    if server.service_token.get_secret_value():
+        headers["Authorization"] = f"Bearer {server.service_token.get_secret_value()}"
+    elif server.api_keys:  # before VQ_SERVICE_TOKEN: the first tenant's key
+        headers["Authorization"] = f"Bearer {server.api_keys[0].get_secret_value()}"
     resp = post_classifier(
         res.http,
         url,

@@ -1,9 +1,11 @@
 """Issue 25 on the production stack with workers: an elongated PNG fails its job once, with
-a code (item 2); each tenant's webhooks verify with its own secret only (item 6)."""
+a code (item 2); each tenant's webhooks verify with its own secret only (item 6), sent by a
+worker that holds no tenant's API key, only the service token (item 10)."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import uuid
 
 import httpx
@@ -44,7 +46,9 @@ def test_an_elongated_png_fails_its_job_once_and_the_worker_goes_on(stack, worke
 # --- item 6: each tenant's webhooks verify with its own secret only --------------------------
 
 
-def test_each_tenant_verifies_its_webhooks_with_its_own_secret(stack) -> None:  # type: ignore[no-untyped-def]
+def test_each_tenant_verifies_its_webhooks_with_its_own_secret_and_workers_hold_no_key(
+    stack,
+) -> None:  # type: ignore[no-untyped-def]
     key_a, key_b = (f"vq-key-{n}-{uuid.uuid4().hex}" for n in "ab")
     shared = generate_secret()
     env = {
@@ -54,12 +58,13 @@ def test_each_tenant_verifies_its_webhooks_with_its_own_secret(stack) -> None:  
         "VQ_WEBHOOK_SECRETS": shared,
         "VQ_WEBHOOK_TENANT_SECRETS": "tenant",
         "VQ_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
+        "VQ_SERVICE_TOKEN": f"vq-service-{uuid.uuid4().hex}",  # item 10
     }
     env.pop("VQ_WORKER_CLASSIFIER_URL", None)
     with bento_server(env, stack.log_dir / f"bento-tenants-{uuid.uuid4().hex[:6]}.log") as url:
-        tenants = dataclasses.replace(
-            stack, url=url, env={**env, "VQ_WORKER_CLASSIFIER_URL": url}, workers=[]
-        )
+        # the worker holds no tenant's key: it calls /predict with the service token
+        worker_env = {**env, "VQ_WORKER_CLASSIFIER_URL": url, "VQ_API_KEYS": ""}
+        tenants = dataclasses.replace(stack, url=url, env=worker_env, workers=[])
         tenants.start_worker(concurrency=2, name=f"tenants-{uuid.uuid4().hex[:6]}")
         try:
             assert httpx.get(f"{url}/v1/webhook-secret", timeout=30).status_code == 401
@@ -82,6 +87,7 @@ def test_each_tenant_verifies_its_webhooks_with_its_own_secret(stack) -> None:  
                 [event] = receiver.wait_for_requests(1, timeout_s=90)
         finally:
             tenants.stop_workers()
+    assert json.loads(event.body)["type"] == "job.completed", event.body  # item 10
     headers = {k: v for k, v in event.headers.items() if k.startswith("webhook-")}
 
     def verifies(secret: str) -> bool:

@@ -58,6 +58,12 @@ class ServerSettings(_Group):
         description="Comma-separated API keys; when set, job and predict routes need "
         "'Authorization: Bearer KEY'.",
     )
+    service_token: SecretStr = Field(
+        SecretStr(""),
+        description="The workers' own credential for the front's /predict (and nothing else): "
+        "give the front and the workers the same value; the workers then need no tenant's API "
+        "key. Empty = workers send the first of VQ_API_KEYS.",
+    )
     signing_key: SecretStr = Field(
         SecretStr(""),
         description="HMAC key for signed local image URLs; empty = a random key generated "
@@ -451,6 +457,9 @@ class Settings(_Group):
             weak.append("VQ_METRICS_TOKEN")
         if not self.webhook.secrets:
             weak.append("VQ_WEBHOOK_SECRETS")
+        service = self.server.service_token.get_secret_value()
+        if service and service in PLACEHOLDER_SECRETS:
+            weak.append("VQ_SERVICE_TOKEN")
         token = self.model.classifier_token.get_secret_value()
         if token in PLACEHOLDER_SECRETS and (token or self.model.classifier_url):
             # a classifier on its own port answers anyone who reaches it without a token

@@ -46,6 +46,7 @@ def front_middleware(server: ServerSettings, api_app: ASGIApp) -> list[tuple[typ
             {
                 "api_keys": [key.get_secret_value() for key in server.api_keys],
                 "metrics_token": server.metrics_token.get_secret_value(),
+                "service_token": server.service_token.get_secret_value(),
             },
         ),
         (RequestLimits, {"max_body_bytes": server.max_upload_bytes}),
