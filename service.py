@@ -36,8 +36,10 @@ import bentoml
 import numpy as np
 from bentoml.exceptions import BentoMLException
 from bentoml.validators import DType
+from pydantic import AfterValidator
 from starlette.responses import JSONResponse
 
+from model_store.crops import check_crop_batch
 from model_store.serving import check_memory, resolve_served, served_specs
 from model_store.wire import pack_crops, packed_api, unpack_crops
 from visionqueue.api.app import attach_front, create_api_app
@@ -79,7 +81,8 @@ if _serves_classifier and "_bentoml_impl" not in sys.argv[0]:  # the serving pro
     )
 
 api_app = create_api_app()
-UInt8Crops = Annotated[np.ndarray, DType("uint8")]
+# each request's crops are checked before they join a batch (model_store.crops)
+UInt8Crops = Annotated[np.ndarray, DType("uint8"), AfterValidator(check_crop_batch)]
 Float32Rows = Annotated[np.ndarray, DType("float32")]
 CLASSIFY_DEADLINE_S = 90.0
 

@@ -10,11 +10,13 @@ import socket
 import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import NamedTuple
 
 import httpx
+import numpy as np
 import pytest
 
 from persistence.local_images import image_signature
@@ -302,3 +304,30 @@ def test_metrics_label_requests_by_route_template_not_by_raw_path(front: Front) 
     assert job_id not in text and junk not in text
     assert 'endpoint="/predict"' in text
     assert 'endpoint="/{unmatched}"' in text
+
+
+# --- item 8: crop shapes on a classifier served on its own ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def classifier_url(server_env: dict[str, str], session_dir: Path) -> Iterator[str]:
+    """``bentoml serve service:Classifier`` on its own, as VQ_CLASSIFIER_URL deployments run it."""
+    log = session_dir / f"classifier-review-{uuid.uuid4().hex[:6]}.log"
+    with bento_server(server_env, log, service="service:Classifier") as url:
+        yield url
+
+
+def test_a_badly_shaped_crop_request_gets_400_and_spoils_no_batch(classifier_url: str) -> None:
+    bad = {"crops": [[[[7, 7, 7]]] * 300]}  # (1, 300, 1, 3): a column, not a square crop
+    good = {"crops": np.zeros((1, 224, 224, 3), np.uint8).tolist()}
+
+    def classify(body: dict[str, object]) -> httpx.Response:
+        return httpx.post(f"{classifier_url}/classify", json=body, timeout=60)  # default model
+
+    with ThreadPoolExecutor(8) as pool:  # bad ones among good ones: they may share batches
+        answers = list(pool.map(classify, [bad, good] * 4))
+    for resp in answers[0::2]:
+        assert resp.status_code == 400, resp.text
+        assert "(N, S, S, 3)" in resp.text
+    for resp in answers[1::2]:
+        assert resp.status_code == 200, resp.text

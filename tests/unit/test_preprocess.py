@@ -103,3 +103,24 @@ def test_an_elongated_image_is_refused_by_what_its_resize_would_produce() -> Non
     assert MIN_RESIZED_PIXELS_LIMIT < 4 * 4096 * 4096
     with pytest.raises(ImageTooLarge):
         check_resized_size(1000, 4100, big)
+
+
+def test_a_crop_batch_must_be_square_rgb_crops_a_model_may_use() -> None:
+    import numpy as np
+    import pytest
+
+    from model_store.crops import check_crop_batch
+
+    good = np.zeros((2, 224, 224, 3), np.uint8)
+    assert check_crop_batch(good) is good
+    assert check_crop_batch(np.zeros((0, 8, 8, 3), np.uint8)).shape[0] == 0
+    for shape in [
+        (1, 300, 1, 3),
+        (224, 224, 3),
+        (1, 224, 224, 4),
+        (1, 4, 4, 3),
+        (1, 4096, 4096, 3),
+    ]:
+        with pytest.raises(ValueError, match=r"\(N, S, S, 3\)"):
+            check_crop_batch(np.empty(shape, np.uint8))  # empty: no pixels touched
+
