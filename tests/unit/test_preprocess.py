@@ -123,4 +123,3 @@ def test_a_crop_batch_must_be_square_rgb_crops_a_model_may_use() -> None:
     ]:
         with pytest.raises(ValueError, match=r"\(N, S, S, 3\)"):
             check_crop_batch(np.empty(shape, np.uint8))  # empty: no pixels touched
-
