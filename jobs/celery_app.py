@@ -133,10 +133,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 def ensure_broker_dirs(settings: Settings) -> None:
-    """Create the filesystem broker's folders (embedded default); other brokers need none."""
+    """Create the filesystem broker's folders (embedded default), readable by our user only;
+    other brokers need none."""
     if settings.broker_url.startswith("filesystem://"):
+        settings.broker_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        settings.broker_dir.chmod(0o700)  # messages carry job ids and webhook URLs
         for sub in ("in", "processed", "control"):
-            (settings.broker_dir / sub).mkdir(parents=True, exist_ok=True)
+            (settings.broker_dir / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
 def create_celery_app(settings: Settings | None = None) -> Celery:

@@ -66,8 +66,11 @@ def classify_bytes(
     job's priority class (``X-VQ-Work-Class``: behind every person's request)."""
     url = f"{res.settings.front_url}/predict"
     headers = {PRIORITY_HEADER: priority.label}
-    if res.settings.server.api_keys:
-        headers["Authorization"] = f"Bearer {res.settings.server.api_keys[0].get_secret_value()}"
+    server = res.settings.server
+    if server.service_token.get_secret_value():
+        headers["Authorization"] = f"Bearer {server.service_token.get_secret_value()}"
+    elif server.api_keys:  # before VQ_SERVICE_TOKEN: the first tenant's key
+        headers["Authorization"] = f"Bearer {server.api_keys[0].get_secret_value()}"
     resp = post_classifier(
         res.http,
         url,

@@ -29,6 +29,7 @@ from jobs.views import task_status_view
 from jobs.webhooks.delivery import AttemptResult, build_event, deliver_once, next_delay
 from jobs.webhooks.events import destination_of, event_id_for, event_type_for
 from jobs.webhooks.signing import USER_AGENT, SecretLike, signed_headers
+from jobs.webhooks.tenant_secrets import signing_secrets
 from persistence import deliveries_repo, jobs_repo
 from persistence.db import session_scope
 from persistence.images import image_url_or_none
@@ -115,10 +116,11 @@ def attempt_delivery(job_id: str, res: Resources) -> DeliveryOutcome:
         # The event happened when the job finished: the body says so on every attempt.
         body = build_event(claim.event_type, claim.event_id, data, job.finished_at or utcnow())
         url, owed_since, destination = job.webhook_url or "", event.created_at, event.destination
+        owner = job.owner
 
     try:
         headers = event_headers(
-            hook.secrets,
+            signing_secrets(hook, owner),
             claim.event_id,
             int(time.time()),
             body,

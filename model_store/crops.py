@@ -51,3 +51,27 @@ def prepare_pixels(
     check_dimensions(int(pixels.shape[1]), int(pixels.shape[0]), max_pixels)
     image = Image.fromarray(np.ascontiguousarray(pixels), mode="RGB")
     return to_model_input(image, prep), "exact"
+
+
+# the crop sizes a stored model may declare (``Preprocessing``'s bounds)
+MIN_CROP_SIDE, MAX_CROP_SIDE = 8, 2048
+
+
+def check_crop_batch(crops: np.ndarray) -> np.ndarray:
+    """Return ``crops`` if they are ``(N, S, S, 3)`` with a side a model may use, else raise.
+
+    The classifier's batch APIs validate each request with it before the request joins a
+    batch: a malformed one then gets its own 400 instead of failing the merged batch.
+    """
+    shape = tuple(int(n) for n in crops.shape)
+    if (
+        len(shape) != 4
+        or shape[3] != 3
+        or shape[1] != shape[2]
+        or not MIN_CROP_SIDE <= shape[1] <= MAX_CROP_SIDE
+    ):
+        raise ValueError(
+            f"crops must be (N, S, S, 3) uint8 with {MIN_CROP_SIDE} <= S <= {MAX_CROP_SIDE}, "
+            f"got {shape}"
+        )
+    return crops

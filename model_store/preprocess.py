@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from visionqueue.core.errors import ImageTooLarge
+
 RESIZE_SIZE = 256
 CROP_SIZE = 224
 MEAN = (0.485, 0.456, 0.406)
@@ -149,11 +151,36 @@ def center_crop_box(width: int, height: int, size: int = CROP_SIZE) -> tuple[int
     return left, top, left + size, top + size
 
 
+# The resize scales the shorter side to ``resize``: a 1x1500 image (under any pixel cap)
+# becomes 256x384000, 0.3 GB. Its output is bounded instead: 16 MP (aspect ratios up to
+# 256:1 at resize 256), or a 4:1 image at the model's own resize when that is larger.
+MIN_RESIZED_PIXELS_LIMIT = 1 << 24
+
+
+def resized_pixels_limit(resize: int) -> int:
+    """Return the most pixels the resize may produce for a model that resizes to ``resize``."""
+    return max(MIN_RESIZED_PIXELS_LIMIT, 4 * resize * resize)
+
+
+def check_resized_size(width: int, height: int, prep: Preprocessing) -> tuple[int, int]:
+    """Return the resized (width, height); refuse (422) an image whose resize is too large."""
+    new_w, new_h = resize_shorter_side(width, height, size=prep.resize)
+    limit = resized_pixels_limit(prep.resize)
+    if new_w * new_h > limit:
+        raise ImageTooLarge(
+            f"image is {width}x{height}: resized to {prep.resize} on its shorter side it "
+            f"would be {new_w}x{new_h}, over the limit of {limit} pixels (too elongated)",
+            code="image_too_elongated",
+            details={"width": width, "height": height, "max_resized_pixels": limit},
+        )
+    return new_w, new_h
+
+
 def to_model_input(image: Image.Image, prep: Preprocessing = IMAGENET_PREPROCESSING) -> np.ndarray:
     """Resize and centre-crop an RGB image to a ``(crop, crop, 3)`` uint8 array."""
     if image.mode != "RGB":
         raise ValueError(f"expected an RGB image, got mode {image.mode}")
-    new_w, new_h = resize_shorter_side(*image.size, size=prep.resize)
+    new_w, new_h = check_resized_size(*image.size, prep)
     resized = image.resize((new_w, new_h), INTERPOLATIONS[prep.interpolation])
     cropped = resized.crop(center_crop_box(new_w, new_h, prep.crop))
     return np.asarray(cropped, dtype=np.uint8)

@@ -81,7 +81,11 @@ def _create_sqlite_engine(url: str) -> Engine:
     else:
         # A failure here shows up on first connect, mapped to DatabaseUnavailable.
         with contextlib.suppress(OSError):
-            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            path = Path(database).expanduser()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # jobs, owners and webhook URLs: only our user reads them (SQLite gives its
+            # -wal and -shm files the database file's mode)
+            path.touch(mode=0o600, exist_ok=True)
     engine = create_engine(url, **kwargs)
 
     @event.listens_for(engine, "connect")

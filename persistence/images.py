@@ -16,6 +16,7 @@ from persistence.local_images import LocalImageStore, image_signature, verify_im
 from persistence.s3_images import S3ImageStore
 from visionqueue.core.errors import ImageNotFound, StorageUnavailable
 from visionqueue.core.settings import Settings
+from visionqueue.core.signing_key import signing_key
 
 __all__ = [
     "ImageStore",
@@ -89,8 +90,5 @@ def build_image_store(settings: Settings) -> ImageStore:
             region=s3.region,
             public_endpoint=s3.public_endpoint,
         )
-    return LocalImageStore(
-        settings.images_dir,
-        settings.public_url,
-        settings.server.signing_key.get_secret_value().encode(),
-    )
+    # the one exception to "no I/O": the data dir's generated key, read or made once
+    return LocalImageStore(settings.images_dir, settings.public_url, signing_key(settings))

@@ -110,6 +110,10 @@ class LocalImageStore:
         sig = image_signature(key, expires, self._signing_key)
         return f"{self.public_url}/v1/images/{key}?expires={expires}&sig={sig}"
 
+    def link_is_valid(self, key: str, expires: int, sig: str) -> bool:
+        """Say whether ``url`` signed this link (with this store's key) and it has not expired."""
+        return verify_image_signature(key, expires, sig, self._signing_key)
+
     def delete(self, key: str) -> None:
         """Remove the image; a missing one is fine."""
         try:

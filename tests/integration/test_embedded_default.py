@@ -25,7 +25,7 @@ def test_embedded_default_serves_jobs_and_stops_on_ctrl_c(
     env = launcher_env(tmp_path / "data")
     with start_launcher(env, tmp_path / "launcher.log") as launched:
         launched.wait_for_output(BANNER)
-        serve_five_jobs(launched.url)
+        serve_five_jobs(launched.url, tmp_path / "data")
         children = launched.children()
         names = " ".join(" ".join(p.cmdline()[:3]) for p in children)
         assert "bentoml" in names and "celery" in names, names
@@ -46,7 +46,7 @@ def test_ctrl_c_during_start_up_stops_everything(tmp_path: Path, stored_model: A
         assert BANNER not in launched.output()
 
 
-def serve_five_jobs(url: str) -> None:
+def serve_five_jobs(url: str, data_dir: Path) -> None:
     assert httpx.get(f"{url}/readyz", timeout=10).status_code == 200
     payloads = small_jpegs(5, seed=900)
     task_ids = []
@@ -75,7 +75,10 @@ def serve_five_jobs(url: str) -> None:
     key = parts.path.removeprefix("/v1/images/")
     tampered_sig = ("0" if query["sig"][0] != "0" else "1") + query["sig"][1:]
     past = int(time.time()) - 10
-    expired_sig = image_signature(key, past, b"dev-insecure-signing-key")
+    # no built-in key: the launcher generated this data dir's own (VQ_SIGNING_KEY unset)
+    signing_key = (data_dir / "signing-key").read_bytes().strip()
+    assert signing_key != b"dev-insecure-signing-key"
+    expired_sig = image_signature(key, past, signing_key)
     for params in (
         {"expires": query["expires"], "sig": tampered_sig},
         {"expires": str(int(query["expires"]) + 1), "sig": query["sig"]},

@@ -59,6 +59,44 @@ def test_production_refuses_to_start_without_secrets(
         httpx.get(f"http://127.0.0.1:{port}/livez", timeout=2)
 
 
+def refusal_at_start(env: dict[str, str], log: Path) -> str:
+    """Start a front that must refuse to start; return its one "refusing to start" line."""
+    port = free_port()
+    proc = spawn(
+        [str(BIN / "bentoml"), "serve", "service:VisionQueue", "--port", str(port)],
+        {**os.environ, **env, "VQ_PORT": str(port)},
+        log,
+    )
+    try:
+        returncode = proc.wait(120)
+    finally:
+        stop(proc)
+    output = log.read_text(encoding="utf-8", errors="replace")
+    assert returncode != 0, output[-2000:]
+    assert "Traceback" not in output
+    with pytest.raises(httpx.TransportError):  # it never listened
+        httpx.get(f"http://127.0.0.1:{port}/livez", timeout=2)
+    [reason] = [line for line in output.splitlines() if "refusing to start" in line]
+    return reason
+
+
+def test_production_with_api_keys_refuses_an_open_metrics_route(
+    server_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {
+        **server_env,
+        "VQ_DATA_DIR": str(tmp_path / "data"),
+        "VQ_ENV": "production",
+        "VQ_API_KEYS": f"vq-{uuid.uuid4().hex}",
+        "VQ_SIGNING_KEY": secrets.token_hex(32),
+        "VQ_WEBHOOK_SECRETS": _whsec(),
+    }
+    assert refusal_at_start(env, tmp_path / "bento.log") == (
+        "visionqueue: refusing to start: production mode refuses placeholder or missing "
+        "secrets: VQ_METRICS_TOKEN"
+    )
+
+
 class Production:
     def __init__(self, url: str, api_key: str, metrics_token: str) -> None:
         self.url, self.api_key, self.metrics_token = url, api_key, metrics_token

@@ -294,7 +294,7 @@ def metric(text: str, name: str, **labels: str) -> float:
 def test_infer_requests_and_images_are_counted_like_predicts(
     client: triton.InferenceServerClient, model: tuple[str, str], bento_url: str
 ) -> None:
-    endpoint = f"/v2/models/{model[0]}/infer"
+    endpoint = "/v2/models/{name}/infer"  # the route template: raw paths are no label
 
     def counts() -> tuple[float, float]:
         text = httpx.get(f"{bento_url}/metrics", timeout=30).text

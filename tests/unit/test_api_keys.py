@@ -80,3 +80,15 @@ def test_the_classifier_is_guarded_only_with_a_token() -> None:
     assert classifier_middleware(ModelSettings(classifier_token="")) == []  # type: ignore[arg-type]
     guarded = classifier_middleware(ModelSettings(classifier_token="t"))  # type: ignore[arg-type]
     assert guarded == [(ClassifierTokenAuth, {"token": "t"})]
+
+
+def test_the_service_token_opens_predict_only_and_owns_no_jobs() -> None:
+    app = ApiKeyAuth(_owner_echo, api_keys=["key-a"], service_token="workers-own")
+    service = {"Authorization": "Bearer workers-own"}
+    assert _get(app, "/predict", service).status_code == 200
+    assert _get(app, "/predict", service).text == "None"  # no tenant's owner id
+    for path in ("/v1/jobs", "/predictions/resnet18", "/classify", "/v1/webhook-secret"):
+        assert _get(app, path, service).status_code == 401, path
+    assert _get(app, "/predict", {"Authorization": "Bearer workers-own-not"}).status_code == 401
+    no_token = ApiKeyAuth(_owner_echo, api_keys=["key-a"])
+    assert _get(no_token, "/predict", {"Authorization": "Bearer "}).status_code == 401

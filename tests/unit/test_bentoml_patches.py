@@ -169,7 +169,12 @@ def test_a_renamed_attribute_skips_only_the_patch_that_needs_it(
     monkeypatch.delattr(CorkDispatcher, "_wake_event")
     with caplog.at_level(logging.WARNING, logger="visionqueue.bento.patches"):
         applied = apply_bentoml_patches("greedy")
-    assert applied == ["io-mime-type-cache", "request-timer-cancel"]
+    assert applied == [
+        "io-mime-type-cache",
+        "request-timer-cancel",
+        "no-url-uploads",
+        "route-template-labels",
+    ]
     assert CorkDispatcher.controller is own
     [record] = caplog.records
     assert "greedy-batching" in record.getMessage() and "_wake_event" in record.getMessage()
@@ -184,3 +189,18 @@ def test_the_tested_release_is_the_pinned_one() -> None:
 async def _ok(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": b"ok"})
+
+
+def test_a_url_in_a_file_field_is_refused_not_downloaded() -> None:
+    import asyncio
+    import io
+
+    from _bentoml_impl.serde import MultipartSerde
+    from bentoml.exceptions import BadInput
+    from starlette.datastructures import UploadFile
+
+    apply_bentoml_patches()
+    upload = UploadFile(io.BytesIO(b"png"), filename="a.png")
+    assert asyncio.run(MultipartSerde.ensure_file(upload)) is upload
+    with pytest.raises(BadInput, match="not text or a URL"):
+        asyncio.run(MultipartSerde.ensure_file("http://100.64.0.1/latest/meta-data"))

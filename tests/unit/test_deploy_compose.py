@@ -241,7 +241,8 @@ def test_the_classifier_override_adds_a_private_classifier_from_the_same_image()
 def test_the_classifier_override_points_the_api_and_the_workers_at_it() -> None:
     svc = split_services()
     token = svc["classifier"]["environment"]["VQ_CLASSIFIER_TOKEN"]
-    assert token == "${VQ_CLASSIFIER_TOKEN:-}"  # optional, from .env
+    # required from .env: production refuses a split classifier without a token
+    assert token.startswith("${VQ_CLASSIFIER_TOKEN:?")
     added = {"VQ_CLASSIFIER_URL": CLASSIFIER_URL, "VQ_CLASSIFIER_TOKEN": token}
     for name in ("api", "worker"):
         assert svc[name]["depends_on"]["classifier"]["condition"] == "service_healthy", name

@@ -58,3 +58,13 @@ def test_every_worker_replica_is_discovered_by_dns() -> None:
 def test_prometheus_service_mounts_this_file() -> None:
     volumes = compose_services()["prometheus"]["volumes"]
     assert "./prometheus.yml:/etc/prometheus/prometheus.yml:ro" in volumes
+
+
+def test_the_api_job_sends_the_metrics_token_compose_hands_prometheus() -> None:
+    api = scrape_jobs()["api"]
+    assert api["authorization"]["credentials_file"] == "/etc/prometheus/metrics-token"
+    compose = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    [mount] = compose["services"]["prometheus"]["configs"]
+    assert mount == {"source": "metrics-token", "target": "/etc/prometheus/metrics-token"}
+    assert "VQ_METRICS_TOKEN" in compose["configs"]["metrics-token"]["content"]
+    assert "VQ_METRICS_TOKEN" in compose["x-app-environment"]

@@ -77,3 +77,12 @@ def test_the_poll_interval_is_a_setting(tmp_path: Path, monkeypatch: pytest.Monk
     delays = pick_up_delays(Settings(), 3)
     # published 0.37 s into a 0.6 s sleep: some waits are long, as the setting says
     assert max(delays) > 0.1, delays
+
+
+def test_the_broker_folders_are_ours_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VQ_DATA_DIR", str(tmp_path / "data"))
+    settings = Settings()
+    ensure_broker_dirs(settings)
+    folders = [settings.broker_dir, *settings.broker_dir.iterdir()]
+    assert len(folders) == 4
+    assert {f.stat().st_mode & 0o777 for f in folders} == {0o700}

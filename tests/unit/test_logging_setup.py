@@ -256,3 +256,23 @@ def test_housekeeping_tasks_log_nothing_routine(monkeypatch: pytest.MonkeyPatch)
     assert len(messages) == 4, messages
     assert all("classify_job" in m for m in messages[:3]), messages
     assert "vq.sweep[t2] raised unexpected" in messages[3]
+
+
+@pytest.mark.parametrize("json_lines_on", [False, True])
+def test_control_characters_in_a_message_cannot_forge_a_line(
+    monkeypatch: pytest.MonkeyPatch, json_lines_on: bool
+) -> None:
+    out = configured(monkeypatch, json_lines=json_lines_on)
+    path = "/nope\n2026-01-01 00:00:00 ERROR [vq.api] forged\r\x1b[2K\u2028x"
+    logging.getLogger("vq.test").info("GET %s 404", path)
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logging.getLogger("vq.test").exception("failed on %s", "a\nb")
+    lines = out.getvalue().splitlines()
+    assert not any(line.startswith("2026-01-01") for line in lines), lines
+    text = " ".join(e["message"] for e in json_lines(out)) if json_lines_on else out.getvalue()
+    assert "/nope\\x0a2026-01-01" in text and "\\x0d\\x1b[2K\\u2028x" in text
+    assert "a\\x0ab" in text
+    if not json_lines_on:
+        assert "Traceback (most recent call last):" in lines  # tracebacks keep their lines

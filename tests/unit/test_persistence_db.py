@@ -102,3 +102,17 @@ def test_wal_switch_waits_out_a_concurrent_writer() -> None:
     cursor = LockedTwice()
     _enable_wal(cursor)
     assert cursor.calls == 3
+
+
+def test_the_sqlite_files_are_readable_by_our_user_only(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/private/vq.db"
+    old = os.umask(0o022)  # the usual umask: files would be 0644
+    try:
+        with get_engine(url).begin() as conn:
+            conn.exec_driver_sql("CREATE TABLE t (x)")
+            conn.exec_driver_sql("INSERT INTO t VALUES (1)")
+        modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "private").iterdir()}
+        assert modes and set(modes.values()) == {0o600}, modes  # vq.db, -wal, -shm
+    finally:
+        os.umask(old)
+        dispose_engines(url)

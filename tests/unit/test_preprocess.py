@@ -78,3 +78,48 @@ def test_resize_shorter_side_matches_torchvision_rounding() -> None:
 def test_to_model_input_refuses_non_rgb() -> None:
     with pytest.raises(ValueError, match="RGB"):
         to_model_input(Image.new("L", (300, 300)))
+
+
+def test_an_elongated_image_is_refused_by_what_its_resize_would_produce() -> None:
+    import pytest
+    from PIL import Image
+
+    from model_store.preprocess import (
+        MIN_RESIZED_PIXELS_LIMIT,
+        Preprocessing,
+        check_resized_size,
+        to_model_input,
+    )
+    from visionqueue.core.errors import ImageTooLarge
+
+    with pytest.raises(ImageTooLarge, match="256x384000") as refused:
+        to_model_input(Image.new("RGB", (1, 1500)))
+    assert refused.value.status == 422 and refused.value.code == "image_too_elongated"
+    assert refused.value.to_body()["error"]["details"]["max_resized_pixels"] == 1 << 24
+    assert check_resized_size(4, 1000, Preprocessing()) == (256, 64000)  # 16.4 MP: allowed
+    # a model with a large resize keeps a 4:1 budget at its own size
+    big = Preprocessing(resize=4096, crop=2048)
+    assert check_resized_size(1000, 4000, big) == (4096, 16384)
+    assert MIN_RESIZED_PIXELS_LIMIT < 4 * 4096 * 4096
+    with pytest.raises(ImageTooLarge):
+        check_resized_size(1000, 4100, big)
+
+
+def test_a_crop_batch_must_be_square_rgb_crops_a_model_may_use() -> None:
+    import numpy as np
+    import pytest
+
+    from model_store.crops import check_crop_batch
+
+    good = np.zeros((2, 224, 224, 3), np.uint8)
+    assert check_crop_batch(good) is good
+    assert check_crop_batch(np.zeros((0, 8, 8, 3), np.uint8)).shape[0] == 0
+    for shape in [
+        (1, 300, 1, 3),
+        (224, 224, 3),
+        (1, 224, 224, 4),
+        (1, 4, 4, 3),
+        (1, 4096, 4096, 3),
+    ]:
+        with pytest.raises(ValueError, match=r"\(N, S, S, 3\)"):
+            check_crop_batch(np.empty(shape, np.uint8))  # empty: no pixels touched

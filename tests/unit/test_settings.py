@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from visionqueue.config_docs import (
@@ -108,3 +110,61 @@ def test_the_workers_front_url_keeps_its_former_name(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("VQ_CLASSIFIER_URL", "http://classifier:3001")  # another concept
     assert Settings().front_url == "http://front:3000"
     assert Settings().model.classifier_url == "http://classifier:3001"
+
+
+def test_a_placeholder_signing_key_is_refused_in_dev_once_api_keys_are_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("VQ_API_KEYS", "tenant-key-1")
+    for placeholder in ("dev-insecure-signing-key", "changeme"):
+        monkeypatch.setenv("VQ_SIGNING_KEY", placeholder)
+        with pytest.raises(ValueError, match="VQ_SIGNING_KEY must be a random value"):
+            Settings().check_secrets()
+    monkeypatch.setenv("VQ_SIGNING_KEY", "")
+    Settings().check_secrets()  # empty: a random key is generated into the data dir
+
+
+def test_an_unset_signing_key_is_generated_once_per_data_dir_mode_0600(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from visionqueue.core.signing_key import key_file_path, signing_key
+
+    monkeypatch.setenv("VQ_DATA_DIR", str(tmp_path / "data"))
+    first = signing_key(Settings())
+    assert len(first) >= 32 and first != b"dev-insecure-signing-key"
+    assert signing_key(Settings()) == first  # another process on the data dir: the same key
+    assert key_file_path(Settings()).stat().st_mode & 0o777 == 0o600
+    monkeypatch.setenv("VQ_SIGNING_KEY", "dev-insecure-signing-key")
+    assert signing_key(Settings()) == first  # the old built-in key never signs
+    monkeypatch.setenv("VQ_SIGNING_KEY", "operator-key-9f3b")
+    assert signing_key(Settings()) == b"operator-key-9f3b"
+    monkeypatch.setenv("VQ_DATA_DIR", str(tmp_path / "other"))
+    monkeypatch.delenv("VQ_SIGNING_KEY")
+    assert signing_key(Settings()) != first
+
+
+def test_production_with_api_keys_needs_a_metrics_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VQ_ENV", "production")
+    monkeypatch.setenv("VQ_API_KEYS", "tenant-key-1")
+    monkeypatch.setenv("VQ_SIGNING_KEY", "a-random-signing-key-5e2f")
+    monkeypatch.setenv("VQ_WEBHOOK_SECRETS", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+    with pytest.raises(ValueError, match=r"secrets: VQ_METRICS_TOKEN$"):
+        Settings().check_secrets()
+    monkeypatch.setenv("VQ_METRICS_TOKEN", "scrape-token-77a1")
+    Settings().check_secrets()
+
+
+def test_production_with_a_split_classifier_needs_its_token(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("VQ_ENV", "production")
+    monkeypatch.setenv("VQ_API_KEYS", "tenant-key-1")
+    monkeypatch.setenv("VQ_SIGNING_KEY", "a-random-signing-key-5e2f")
+    monkeypatch.setenv("VQ_WEBHOOK_SECRETS", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+    monkeypatch.setenv("VQ_METRICS_TOKEN", "scrape-token-77a1")
+    Settings().check_secrets()  # the classifier inside the front: no token needed
+    monkeypatch.setenv("VQ_CLASSIFIER_URL", "http://classifier:3100")
+    with pytest.raises(ValueError, match=r"secrets: VQ_CLASSIFIER_TOKEN$"):
+        Settings().check_secrets()
+    monkeypatch.setenv("VQ_CLASSIFIER_TOKEN", "classifier-token-31c9")
+    Settings().check_secrets()

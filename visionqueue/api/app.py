@@ -39,6 +39,7 @@ def create_api_app() -> FastAPI:
     from visionqueue.api.models_routes import router as models_router
     from visionqueue.api.protocols import legacy, torchserve, v2
     from visionqueue.api.routes import router
+    from visionqueue.api.webhook_secret_routes import router as webhook_secret_router
     from visionqueue.api.webui import router as web_page
 
     app = FastAPI(
@@ -52,6 +53,7 @@ def create_api_app() -> FastAPI:
     app.include_router(router)
     app.include_router(health.router)
     app.include_router(models_router)
+    app.include_router(webhook_secret_router)
     app.include_router(web_page)  # `/`: matched before BentoML's own index page
     app.include_router(v2.router)
     app.include_router(torchserve.router)

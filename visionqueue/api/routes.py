@@ -21,7 +21,7 @@ from persistence import deliveries_repo, jobs_repo
 from persistence.db import session_scope
 from persistence.image_keys import is_valid_key
 from persistence.images import image_url_or_none
-from persistence.local_images import LocalImageStore, verify_image_signature
+from persistence.local_images import LocalImageStore
 from persistence.models import JOB_STATUSES, Job
 from visionqueue.api.openapi_errors import error_responses
 from visionqueue.api.resources import FrontResources
@@ -272,11 +272,10 @@ async def download_image(
     """Download a stored image through a signed, expiring URL (local image store)."""
     res = resources(request)
     store = res.store
-    signing_key = res.settings.server.signing_key.get_secret_value().encode()
     if (
         not isinstance(store, LocalImageStore)
         or not is_valid_key(key)
-        or not verify_image_signature(key, expires, sig, signing_key)
+        or not store.link_is_valid(key, expires, sig)
     ):
         raise NotFound("no such image, or the link expired")
     data = await anyio.to_thread.run_sync(store.get, key)

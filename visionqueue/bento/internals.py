@@ -51,6 +51,20 @@ def bentoml_container() -> Any:
     return BentoMLContainer
 
 
+def multipart_serde() -> Any:
+    """BentoML's multipart form deserialiser (patch ``no-url-uploads``)."""
+    from _bentoml_impl.serde import MultipartSerde
+
+    return MultipartSerde
+
+
+def traffic_metrics_middleware() -> Any:
+    """BentoML's per-request metrics middleware (patch ``route-template-labels``)."""
+    from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
+
+    return RunnerTrafficMetricsMiddleware
+
+
 def batch_entry(instance: Any) -> Callable[[str, np.ndarray], Awaitable[np.ndarray]]:
     """Return BentoML's own batching entry for ``instance``'s APIs (the route's dispatcher).
 

@@ -10,7 +10,11 @@ The patches, each described in its own docstring and in docs/bentoml-patches.md:
 
 - ``io-mime-type-cache``: ``IOMixin.mime_type`` computed once per IO class;
 - ``request-timer-cancel``: ``TimeoutMiddleware`` cancels its per-request timer;
-- ``greedy-batching``: ``CorkDispatcher.controller`` dispatches whenever the model is free.
+- ``greedy-batching``: ``CorkDispatcher.controller`` dispatches whenever the model is free;
+- ``no-url-uploads``: ``MultipartSerde.ensure_file`` never downloads a URL sent as a form
+  field (``visionqueue.bento.upload_fields``);
+- ``route-template-labels``: ``RunnerTrafficMetricsMiddleware`` labels requests by route
+  template, not raw path (``visionqueue.bento.route_labels``).
 
 One more BentoML workaround is configuration, not a patch: ``NO_SESSION_RECYCLING`` below.
 """
@@ -219,6 +223,26 @@ def _cork_dispatcher() -> Any:
     return internals.cork_dispatcher()
 
 
+def _multipart_serde() -> Any:
+    return internals.multipart_serde()
+
+
+def _no_url_fetch(original: Any) -> Any:
+    from visionqueue.bento.upload_fields import refuse_url_upload
+
+    return staticmethod(refuse_url_upload)
+
+
+def _traffic_metrics() -> Any:
+    return internals.traffic_metrics_middleware()
+
+
+def _template_labels(original: Any) -> Any:
+    from visionqueue.bento.route_labels import labelled_by_template
+
+    return labelled_by_template(original)
+
+
 PATCHES = {
     patch.name: patch
     for patch in (
@@ -231,6 +255,14 @@ PATCHES = {
             _timer_cancel,
         ),
         _Patch("greedy-batching", _cork_dispatcher, "controller", _dispatcher_missing, _greedy),
+        _Patch("no-url-uploads", _multipart_serde, "ensure_file", lambda _: [], _no_url_fetch),
+        _Patch(
+            "route-template-labels",
+            _traffic_metrics,
+            "__call__",
+            lambda _: [],
+            _template_labels,
+        ),
     )
 }
 
@@ -261,7 +293,12 @@ def apply_bentoml_patches(batch_wait_policy: str = "greedy") -> list[str]:
         raise ValueError(
             f"unknown batch policy {batch_wait_policy!r}; choose from {BATCH_POLICIES}"
         )
-    wanted = ["io-mime-type-cache", "request-timer-cancel"]
+    wanted = [
+        "io-mime-type-cache",
+        "request-timer-cancel",
+        "no-url-uploads",
+        "route-template-labels",
+    ]
     if batch_wait_policy == "greedy":
         wanted.append("greedy-batching")
     else:

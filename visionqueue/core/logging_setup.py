@@ -1,5 +1,8 @@
 """Process-wide logging: level, plain or JSON lines, correlation ids, secret redaction.
 
+Every message has its control characters escaped (``\\n`` as ``\\x0a``): a ``%0a`` in a
+request path must not write a forged line into a plain-text log. Tracebacks keep their lines.
+
 ``configure_logging(settings)`` runs once per process from its start-up hook (the Bento
 services' ``__init__``, Celery's ``setup_logging`` signal). It decorates the handlers that
 exist (BentoML's, in a Bento worker) or adds one to stderr (a Celery worker), so every
@@ -55,6 +58,17 @@ _PATTERNS = (
 )
 
 
+# C0 controls but tab, DEL, C1 controls, and the Unicode line and paragraph separators
+_CONTROL_CHARACTERS = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape_control_characters(text: str) -> str:
+    """Write each control character (a newline too) as a visible ``\\xNN``/``\\uNNNN`` escape."""
+    return _CONTROL_CHARACTERS.sub(
+        lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", text
+    )
+
+
 @contextlib.contextmanager
 def log_context(*, job_id: str | None = None, request_id: str | None = None) -> Iterator[None]:
     """Tag every record logged in this block (this thread or task) with these ids."""
@@ -88,7 +102,8 @@ class CorrelationFilter(logging.Filter):
 
 
 class RedactionFilter(logging.Filter):
-    """Mask secret values and credential patterns in the message and traceback."""
+    """Mask secret values and credential patterns in the message and traceback; escape the
+    message's control characters (one record, one line)."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         super().__init__()
@@ -107,7 +122,7 @@ class RedactionFilter(logging.Filter):
             message = record.getMessage()
         except (TypeError, ValueError):  # bad %-args: keep the template, drop the arguments
             message = str(record.msg)
-        record.msg, record.args = self.redact(message), None
+        record.msg, record.args = escape_control_characters(self.redact(message)), None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:

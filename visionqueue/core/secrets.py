@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import secrets as _secrets
 
 from pydantic import SecretStr
@@ -36,3 +38,18 @@ def generate_secret(num_bytes: int = 32) -> str:
     if num_bytes < MIN_SECRET_BYTES:
         raise ValueError(f"a webhook secret needs at least {MIN_SECRET_BYTES} bytes")
     return SECRET_PREFIX + base64.b64encode(_secrets.token_bytes(num_bytes)).decode("ascii")
+
+
+_TENANT_CONTEXT = b"visionqueue tenant webhook secret v1\x00"
+
+
+def tenant_secret(master: SecretLike, owner: str) -> str:
+    """Return the ``whsec_`` secret of one API key's owner, derived from ``master``.
+
+    HMAC-SHA256(master key, context || owner id): each tenant's secret verifies its own
+    events only, and knowing one tells nothing about another's or about the master.
+    """
+    if not owner:
+        raise ValueError("a tenant secret needs an owner (API keys are off)")
+    digest = hmac.new(decode_secret(master), _TENANT_CONTEXT + owner.encode(), hashlib.sha256)
+    return SECRET_PREFIX + base64.b64encode(digest.digest()).decode("ascii")

@@ -50,14 +50,28 @@ class ServerSettings(_Group):
         60_000_000, ge=1, description="Largest accepted image (width x height); bombs refused."
     )
     front_workers: int = Field(1, ge=1, description="Worker processes of the front service.")
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="With no API keys, the front answers only requests whose Host is an IP "
+        "address, a loopback name, the VQ_PUBLIC_URL host or one of these comma-separated "
+        "names ('*' = any; guards against DNS rebinding).",
+    )
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated API keys; when set, job and predict routes need "
         "'Authorization: Bearer KEY'.",
     )
+    service_token: SecretStr = Field(
+        SecretStr(""),
+        description="The workers' own credential for the front's /predict (and nothing else): "
+        "give the front and the workers the same value; the workers then need no tenant's API "
+        "key. Empty = workers send the first of VQ_API_KEYS.",
+    )
     signing_key: SecretStr = Field(
-        SecretStr("dev-insecure-signing-key"),
-        description="HMAC key for signed local image URLs (set it outside dev).",
+        SecretStr(""),
+        description="HMAC key for signed local image URLs; empty = a random key generated "
+        "once into VQ_DATA_DIR/signing-key (0600). Required with VQ_API_KEYS or in "
+        "production.",
     )
     image_url_ttl_s: int = Field(3600, ge=1, description="Lifetime of image URLs in seconds.")
     max_backlog: int = Field(
@@ -72,7 +86,8 @@ class ServerSettings(_Group):
     metrics_token: SecretStr = Field(
         SecretStr(""),
         description="When set, /metrics needs 'Authorization: Bearer TOKEN' (Prometheus: "
-        "'authorization: {credentials: ...}'); empty = open, for a private network.",
+        "'authorization: {credentials_file: ...}'); empty = open, for a private network. "
+        "Required in production when VQ_API_KEYS is set.",
     )
     health_cache_s: float = Field(
         2.0,
@@ -82,7 +97,7 @@ class ServerSettings(_Group):
         "on every request).",
     )
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "allowed_hosts", mode="before")
     @classmethod
     def _keys(cls, value: object) -> object:
         return _split_csv(value)
@@ -230,7 +245,7 @@ class ModelSettings(_Group):
         description="When set, the classifier service answers its routes (all but /livez, "
         "/readyz and /healthz) only to 'Authorization: Bearer TOKEN', and the front and the "
         "workers send it; give every one of them the same value. Empty = open, for a private "
-        "network.",
+        "network; required in production when VQ_CLASSIFIER_URL is set.",
     )
 
     @field_validator("models", mode="before")
@@ -380,6 +395,13 @@ class WebhookSettings(_Group):
         default_factory=list,
         description="Comma-separated 'whsec_<base64>' signing secrets (several = rotation).",
     )
+    tenant_secrets: Literal["shared", "both", "tenant"] = Field(
+        "both",
+        description="With API keys, what signs a tenant's webhooks: 'shared' (the secrets "
+        "above), 'both' (its own secret, derived from them and shown at GET "
+        "/v1/webhook-secret, and the shared ones), or 'tenant' (its own only: no tenant "
+        "can forge another's events).",
+    )
     retry_schedule: Annotated[list[float], NoDecode] = Field(
         default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0] + [36000.0] * 7,
         description="Comma-separated seconds between delivery attempts (~3 days by default).",
@@ -523,21 +545,36 @@ class Settings(_Group):
                 decode_secret(secret)
             except ValueError as exc:
                 raise ValueError(f"VQ_WEBHOOK_SECRETS entry {index}: {exc}") from None
+        signing_key = self.server.signing_key.get_secret_value()
+        weak_signing_key = signing_key in PLACEHOLDER_SECRETS | {"dev-insecure-signing-key"}
+        if self.server.api_keys and signing_key and weak_signing_key:
+            # empty is fine (a random key is generated into the data dir); a known one
+            # would let anyone who knows an image's key mint a link to it
+            raise ValueError(
+                "with VQ_API_KEYS set, VQ_SIGNING_KEY must be a random value (e.g. `openssl "
+                "rand -hex 32`) or empty (generated), not a placeholder"
+            )
         if self.server.env != "production":
             return
         weak = []
-        if self.server.signing_key.get_secret_value() in PLACEHOLDER_SECRETS | {
-            "dev-insecure-signing-key"
-        }:
+        if weak_signing_key:
             weak.append("VQ_SIGNING_KEY")
         if self.s3.endpoint and self.s3.secret_key.get_secret_value() in PLACEHOLDER_SECRETS:
             weak.append("VQ_S3_SECRET_KEY")
         if not self.server.api_keys:
             weak.append("VQ_API_KEYS")
+        elif not self.server.metrics_token.get_secret_value():
+            # /metrics names every route, job rate and model: keys on everything else
+            # and an open /metrics would leak it to anyone who reaches the port
+            weak.append("VQ_METRICS_TOKEN")
         if not self.webhook.secrets:
             weak.append("VQ_WEBHOOK_SECRETS")
+        service = self.server.service_token.get_secret_value()
+        if service and service in PLACEHOLDER_SECRETS:
+            weak.append("VQ_SERVICE_TOKEN")
         token = self.model.classifier_token.get_secret_value()
-        if token and token in PLACEHOLDER_SECRETS:
+        if token in PLACEHOLDER_SECRETS and (token or self.model.classifier_url):
+            # a classifier on its own port answers anyone who reaches it without a token
             weak.append("VQ_CLASSIFIER_TOKEN")
         if weak:
             raise ValueError(

@@ -14,13 +14,17 @@ from typing import Annotated, Any
 import bentoml
 import numpy as np
 from bentoml.validators import DType
+from pydantic import AfterValidator
 from starlette.responses import JSONResponse
 
+from model_store.crops import check_crop_batch
 from model_store.serving import ServedSpec
 from visionqueue.dataplane.crops_wire import packed_api, prioritized_api, unpack_crops
 from visionqueue.dataplane.priority_queue import http_call
 
-UInt8Crops = Annotated[np.ndarray, DType("uint8")]
+# each request's crops are checked before they join a batch (model_store.crops): a malformed
+# request gets its own 400 instead of failing the batch it would have joined
+UInt8Crops = Annotated[np.ndarray, DType("uint8"), AfterValidator(check_crop_batch)]
 Float32Rows = Annotated[np.ndarray, DType("float32")]
 
 
@@ -51,9 +55,12 @@ def _prioritized_api(api: str) -> Any:
     async def classify_prioritized(
         self: Any, crops: list[str], priority: str = "jobs", timeout_ms: int = 0
     ) -> Any:
-        status, body = await http_call(
-            self.host.queue, api, unpack_crops(crops), priority, timeout_ms
-        )
+        try:
+            batch = check_crop_batch(unpack_crops(crops))
+        except ValueError as exc:
+            error = {"error": {"code": "invalid_crops", "message": str(exc)}}
+            return JSONResponse(error, status_code=400)
+        status, body = await http_call(self.host.queue, api, batch, priority, timeout_ms)
         return body if status == 200 else JSONResponse(body, status_code=status)
 
     classify_prioritized.__name__ = classify_prioritized.__qualname__ = prioritized_api(api)

@@ -196,7 +196,12 @@ class PriorityBatchQueue:
             call = heapq.heappop(queue)
             if call.future.done():
                 continue
-            if call.api != first.api or size + len(call.crops) > limit:
+            # one pass, one model and one crop size: a caller's malformed crops fail alone
+            if (
+                call.api != first.api
+                or call.crops.shape[1:] != first.crops.shape[1:]
+                or size + len(call.crops) > limit
+            ):
                 kept.append(call)
                 continue
             batch.append(call)

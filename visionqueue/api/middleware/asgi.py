@@ -13,9 +13,31 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
+# Headers that say where a body ends or how to parse it: two copies let two readers disagree.
+FRAMING_HEADERS = (b"content-type", b"content-length", b"transfer-encoding")
+
+
 def header(scope: Scope, name: bytes) -> bytes | None:
-    """Return the request header ``name`` (lower-case bytes), or None."""
-    return dict(scope.get("headers") or []).get(name)
+    """Return the first request header ``name`` (lower-case bytes), or None.
+
+    The first, as Starlette and BentoML read it: a middleware that read another copy would
+    check a different body than the framework below parses.
+    """
+    for key, value in scope.get("headers") or []:
+        if key == name:
+            return bytes(value)
+    return None
+
+
+def repeated_framing_header(scope: Scope) -> str | None:
+    """Return the name of a framing header the request sends more than once, or None."""
+    seen: set[bytes] = set()
+    for key, _ in scope.get("headers") or []:
+        if key in FRAMING_HEADERS:
+            if key in seen:
+                return key.decode("latin-1")
+            seen.add(key)
+    return None
 
 
 async def send_json(

@@ -4,7 +4,8 @@ With ``VQ_API_KEYS`` set, ``/predict``, ``/classify``, ``/task-status``, ``/v1/j
 protocol routes (``/v2/models``, ``/predictions``, ``/api``) need ``Authorization: Bearer KEY``; the caller's owner id (a hash of the key, never the key) goes
 into ``scope["state"]["vq_owner"]`` for the job routes. Without keys they are open and the
 owner is None. With ``VQ_METRICS_TOKEN`` set, ``/metrics`` needs ``Authorization: Bearer
-TOKEN``. Keys are compared in constant time.
+TOKEN``. ``VQ_SERVICE_TOKEN`` opens ``/predict`` (only) to the workers, which then need no
+tenant's key. Keys are compared in constant time.
 
 ``ClassifierTokenAuth`` guards the classifier service the same way (``VQ_CLASSIFIER_TOKEN``):
 every route but the health probes, so that its unauthenticated port can leave a private network.
@@ -27,10 +28,13 @@ PROTECTED_PREFIXES = (
     "/v1/jobs",
     "/v1/batches",
     "/v1/models",
+    "/v1/webhook-secret",
     "/v2/models",
     "/api/",
 )
 METRICS_PATH = "/metrics"
+# the only route VQ_SERVICE_TOKEN opens: the workers' classification calls
+SERVICE_PATH = "/predict"
 # BentoML's own probes on the classifier: orchestrators ask them without credentials
 PROBE_PATHS = frozenset({"/livez", "/readyz", "/healthz"})
 
@@ -87,10 +91,13 @@ async def refuse(send: Send, message: str) -> None:
 class ApiKeyAuth:
     """Refuse protected routes without a valid key, /metrics without its token when set."""
 
-    def __init__(self, app: ASGIApp, api_keys: list[str], metrics_token: str = "") -> None:
+    def __init__(
+        self, app: ASGIApp, api_keys: list[str], metrics_token: str = "", service_token: str = ""
+    ) -> None:
         self.app = app
         self.keys = ApiKeys(api_keys)
         self.metrics_token = metrics_token
+        self.service_token = service_token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -98,7 +105,10 @@ class ApiKeyAuth:
             return
         path = scope.get("path", "")
         if path.startswith(PROTECTED_PREFIXES):
-            verdict = self.keys.check(bearer_token(scope))
+            token = bearer_token(scope)
+            verdict = self.keys.check(token)
+            if not verdict.allowed and self._service_call(path, token):
+                verdict = Verdict(allowed=True)  # the workers' /predict: no owner, no jobs
             if not verdict.allowed:
                 await refuse(send, "a valid API key is required (Authorization: Bearer KEY)")
                 return
@@ -109,6 +119,14 @@ class ApiKeyAuth:
                 await refuse(send, "a valid metrics token is required (Authorization: Bearer)")
                 return
         await self.app(scope, receive, send)
+
+    def _service_call(self, path: str, token: str | None) -> bool:
+        """Say whether this is the workers' own credential on the one route it may use."""
+        return (
+            bool(self.service_token)
+            and path == SERVICE_PATH
+            and hmac.compare_digest((token or "").encode(), self.service_token)
+        )
 
 
 class ClassifierTokenAuth:

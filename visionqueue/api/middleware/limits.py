@@ -1,5 +1,8 @@
 """Request limits: the body-size cap (``VQ_MAX_UPLOAD_BYTES``) and the upload-form checks.
 
+A request that repeats Content-Type, Content-Length or Transfer-Encoding is refused (400)
+first: with two copies, the form check and the framework could read different ones.
+
 A body over the cap is refused from its Content-Length, or as soon as a streamed body
 passes it, without reading the rest (413, ``payload_too_large``). The upload routes' forms
 are read once (capped), checked by ``form_rules`` before any framework parses them, and
@@ -15,6 +18,7 @@ from visionqueue.api.middleware.asgi import (
     Scope,
     Send,
     header,
+    repeated_framing_header,
     send_json,
 )
 from visionqueue.api.middleware.form_rules import FORM_RULES, FormRule, form_problem
@@ -31,6 +35,15 @@ class RequestLimits:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        repeated = repeated_framing_header(scope)
+        if repeated is not None:
+            await send_json(
+                send,
+                400,
+                error_body("bad_request", f"the request sends the {repeated} header twice"),
+                {"connection": "close"},
+            )
             return
         length = header(scope, b"content-length")
         if length is not None:
