@@ -202,3 +202,23 @@ def test_bad_sizes_are_refused() -> None:
     assert Priority.parse(" Jobs ") is J
     with pytest.raises(ValueError):
         Priority.parse("vip")
+
+
+def test_crops_of_another_size_never_join_a_pass() -> None:
+    async def scenario() -> list[tuple[str, list[int]]]:
+        forward = CountedForward()
+        queue = PriorityBatchQueue(forward, sizes())
+        first = asyncio.create_task(queue.submit("m", crops(1), J))
+        await wait_started(forward)
+        odd = np.full((1, 3, 3, 3), 50, np.uint8)  # a caller's crop of the wrong size
+        calls = [queue.submit("m", crops(10), J), queue.submit("m", odd, J)]
+        calls += [queue.submit("m", crops(11), J)]
+        tasks = [asyncio.create_task(c) for c in calls]
+        await settle()
+        forward.release()
+        await asyncio.gather(first, *tasks)
+        return forward.passes
+
+    passes = asyncio.run(scenario())
+    # the 2x2 crops share a pass; the 3x3 one runs on its own (and would fail alone)
+    assert passes[1:] == [("m", [10, 11]), ("m", [50])]
