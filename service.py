@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import sys
 import time
@@ -39,7 +40,10 @@ from bentoml.validators import DType
 from starlette.responses import JSONResponse
 
 from model_store.serving import check_memory, resolve_served, served_specs
+from model_store.shared import fetch as fetch_shared
 from model_store.wire import pack_crops, packed_api, unpack_crops
+from persistence.model_bucket import build_model_bucket
+from persistence.promotions_repo import DatabasePromotions
 from visionqueue.api.app import attach_front, create_api_app
 from visionqueue.api.backlog import BacklogGauges
 from visionqueue.api.health import FrontHealth
@@ -71,9 +75,14 @@ _served = served_specs(_model_cfg.models, _model_cfg.model_name, _model_cfg.mode
 _serves_classifier = not _model_cfg.classifier_url or any(
     arg.endswith(":Classifier") for arg in sys.argv
 )
+# promotions live in the database (every replica reads the same); versions come from the
+# shared bucket when there is one (VQ_S3_MODELS_BUCKET). Neither does I/O until used.
+_promotions = DatabasePromotions(_settings.database_url)
+_fetch = functools.partial(fetch_shared, archives=build_model_bucket(_settings))
 if _serves_classifier and "_bentoml_impl" not in sys.argv[0]:  # the serving process only
+    # (it also fetches the served versions, once per host, before the workers start)
     check_memory(
-        {name: m.path for name, m in resolve_served(_served).items()},
+        {name: m.path for name, m in resolve_served(_served, _promotions, _fetch).items()},
         _model_cfg.classifier_workers,
         _model_cfg.model_memory_limit_mb,
     )
@@ -92,19 +101,18 @@ class _Classifier:
 
     def __init__(self) -> None:
         from model_store.inference import configure_threads
-        from model_store.promotions import record_path
         from model_store.serving import ModelSlot, PromotionWatcher
 
         configure_logging(_settings)
         apply_bentoml_patches(_model_cfg.batch_wait_policy)
         self.threads = configure_threads(_model_cfg.torch_threads)
         # a promoted version wins over VQ_MODELS for its name, also across restarts
-        stored = resolve_served(_served)
+        stored = resolve_served(_served, _promotions, _fetch)
         self.slots = {name: ModelSlot(name, self._load) for name in stored}
         for name, model in stored.items():
             self.slots[name].load(model.tag)
         self.metrics = classifier_metrics()
-        self.watcher = PromotionWatcher(self.slots, record_path(), _model_cfg.promotion_poll_s)
+        self.watcher = PromotionWatcher(self.slots, _promotions, _model_cfg.promotion_poll_s)
         self.watcher.start()
         self.crop_server: asyncio.AbstractServer | None = None
 
@@ -130,6 +138,7 @@ class _Classifier:
         from model_store.inference import load_classifier
         from model_store.store import get_model
 
+        _fetch(tag)  # a version promoted after this host started may be in the bucket only
         stored = get_model(tag)
         model = load_classifier(
             stored.path,

@@ -14,9 +14,33 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from model_store.weights import WeightsError
+from visionqueue.core.errors import VQError
+
+if TYPE_CHECKING:
+    from model_store.promotions import PromotionRecord
+    from model_store.shared import ModelArchives
+
+
+def promotion_record() -> PromotionRecord:
+    """The deployment's promotion record: the database every classifier replica reads."""
+    from persistence.promotions_repo import DatabasePromotions
+    from visionqueue.core.settings import get_settings
+
+    return DatabasePromotions(get_settings().database_url)
+
+
+def model_archives() -> ModelArchives | None:
+    """The shared bucket of model versions (``VQ_S3_MODELS_BUCKET``), or None."""
+    from persistence.model_bucket import build_model_bucket
+    from visionqueue.core.settings import get_settings
+
+    bucket = build_model_bucket(get_settings())
+    if bucket is not None:
+        bucket.ensure_bucket()
+    return bucket
 
 
 def add_import_arguments(imp: argparse.ArgumentParser, with_json: bool = True) -> None:
@@ -64,12 +88,16 @@ def _is_custom(args: argparse.Namespace) -> bool:
 
 
 def run_import(args: argparse.Namespace) -> int:
+    from model_store.shared import fetch, publish
     from model_store.store import ensure_model, import_model
     from visionqueue.core.settings import get_settings
 
     cfg = get_settings().model
     name = args.name or args.name_flag or cfg.model_name
+    archives = model_archives()
     try:
+        if archives is not None:  # --if-missing also reuses a version another host imported
+            fetch(name, archives)
         if args.weights is not None and _is_custom(args):
             stored = _import_custom(name, args)
         else:
@@ -79,6 +107,8 @@ def run_import(args: argparse.Namespace) -> int:
                 stored = ensure_model(spec, seed, name, allow_fallback=args.fallback_random)
             else:
                 stored = import_model(spec, seed, name)
+        if archives is not None:
+            publish(stored.tag, archives)
     except WeightsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -118,10 +148,18 @@ def _import_custom(name: str, args: argparse.Namespace) -> Any:
 
 def run_list(args: argparse.Namespace) -> int:
     from model_store.promotions import promoted_tags
+    from model_store.shared import fetch
     from model_store.store import list_versions
 
+    try:
+        archives = model_archives()
+        if archives is not None and args.name:
+            fetch(args.name, archives)
+        promoted = promoted_tags(promotion_record())
+    except VQError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     versions = list_versions(args.name)
-    promoted = promoted_tags()
     rows = [{**v.summary(), "promoted": promoted.get(v.name) == v.tag} for v in versions]
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -141,10 +179,14 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_promote(args: argparse.Namespace) -> int:
     from model_store.promotions import promote
+    from model_store.shared import fetch
 
     try:
-        record = promote(args.tag)
-    except WeightsError as exc:
+        archives = model_archives()
+        if archives is not None:  # a version imported on another host
+            fetch(args.tag, archives)
+        record = promote(args.tag, promotion_record())
+    except (WeightsError, VQError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.json:
@@ -163,13 +205,13 @@ def run_delete(args: argparse.Namespace) -> int:
 
     try:
         stored = get_model(args.tag)
-        if promoted_tags().get(stored.name) == stored.tag:
+        if promoted_tags(promotion_record()).get(stored.name) == stored.tag:
             raise WeightsError(
                 f"{stored.tag} is the promoted version of {stored.name}: promote another "
                 "version first"
             )
         delete_version(stored.tag)
-    except WeightsError as exc:
+    except (WeightsError, VQError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"deleted {stored.tag}")

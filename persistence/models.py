@@ -227,3 +227,19 @@ class JobOutcomeCount(Base):
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     label: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class ModelPromotion(Base):
+    """Which stored version a model name serves: one row per promoted name.
+
+    ``sequence`` grows with every promotion of any name, so a classifier replica learns that
+    something changed by reading one number (``persistence.promotions_repo``).
+    """
+
+    __tablename__ = "model_promotions"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(255))
+    previous: Mapped[str | None] = mapped_column(String(255))
+    sequence: Mapped[int] = mapped_column(Integer)
+    promoted_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
