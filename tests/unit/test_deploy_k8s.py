@@ -53,7 +53,9 @@ FOREIGN_VARIABLES = {
 
 
 def _render(overlay: str, workdir: Path) -> list[dict[str, Any]]:
-    kubectl = require_binary("kubectl", "kubectl with kustomize built in, from Kubernetes' releases")
+    kubectl = require_binary(
+        "kubectl", "kubectl with kustomize built in, from Kubernetes' releases"
+    )
     tree = workdir / "k8s"
     if not tree.exists():
         shutil.copytree(K8S, tree, ignore=shutil.ignore_patterns("secrets.env"))
@@ -290,7 +292,7 @@ def test_ports_probes_and_commands_match_the_application(
 
 def test_keda_watches_the_queues_celery_fills(rendered: dict[str, list[dict[str, Any]]]) -> None:
     queues = Queues.of(Settings(broker={"queue_prefix": ""}))
-    for overlay, objects in rendered.items():
+    for objects in rendered.values():
         config = _named(objects, "ConfigMap", "visionqueue-config")["data"]
         assert not config.get("VQ_BROKER_QUEUE_PREFIX"), "a prefix would rename the lists"
         jobs = _named(objects, "ScaledObject", "visionqueue-worker")["spec"]

@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from model_store.weights import WeightsError
 from persistence.db import dispose_engines
@@ -103,10 +104,19 @@ def test_the_upgrade_keeps_a_file_record_of_an_earlier_release(
         dispose_engines(url)
 
 
-def test_an_unmigrated_database_names_the_fix(tmp_path: Path) -> None:
+def test_an_unmigrated_database_has_no_promotion_and_refuses_one(tmp_path: Path) -> None:
+    """A classifier on a schema of an earlier release serves VQ_MODELS; promote names the fix."""
     url = f"sqlite:///{tmp_path / 'empty.db'}"
     try:
+        record = DatabasePromotions(url)
+        assert record.entries() == {} and record.stamp() is None
+        assert not (tmp_path / "empty.db").exists()  # reading created no database
+        engine = create_engine(url)
+        with engine.begin() as connection:  # a database of an earlier schema
+            connection.execute(text("CREATE TABLE jobs (id TEXT)"))
+        engine.dispose()
+        assert record.entries() == {} and record.stamp() is None
         with pytest.raises(DatabaseUnavailable, match="python -m persistence upgrade"):
-            DatabasePromotions(url).entries()
+            record.record("pets", "pets:v1", _accept)
     finally:
         dispose_engines(url)
