@@ -9,11 +9,13 @@
 # - PostgreSQL (127.0.0.1:5432, a throwaway database), Redis (127.0.0.1:6379, db 13) and an
 #   S3 server (moto, the project's venv) come from the host: no registry is reachable for the
 #   overlay's postgres, redis and minio images, so those three objects are dropped;
-# - ConfigMap and Secret values are written into each container's env, emptyDir volumes become
+# - ConfigMap and Secret values are written into each container's env (container ports go:
+#   podman refuses port mappings on the host network), emptyDir volumes become
 #   host folders, resource requests and limits are dropped (cgroup controllers are not
 #   delegated inside this sandbox), and the autoscalers, PodDisruptionBudgets, Services and
 #   the NetworkPolicy are left out (podman does not run them);
-# - the import Job runs first, as a Pod, and must exit 0 before the rest is played.
+# - the import Job runs first, as a Pod, and so does the migration of the init containers
+#   (podman 4.3 races removing a finished init container); both must exit 0 first.
 #
 # Environment (all optional): VQ_SMOKE_DIR (default $TMPDIR/vq-container-smoke, shared with
 # container-smoke), VQ_SMOKE_READY_TIMEOUT (default 600 s), and container-smoke's own.
@@ -38,8 +40,13 @@ for port in 3000 3100; do
     fi
 done
 
-# 1. The image.
+# 1. The image (container-smoke.sh installs podman), and catatonit: kube play builds its
+# pods' pause image from it.
 VQ_SMOKE_BUILD_ONLY=1 VQ_SMOKE_DIR="$WORK" "$ROOT/deploy/container-smoke.sh"
+if ! command -v catatonit >/dev/null; then
+    log "installing catatonit from Debian"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends catatonit >/dev/null
+fi
 export CONTAINERS_CONF="$WORK/containers.conf" CONTAINERS_STORAGE_CONF="$WORK/storage.conf"
 
 rm -rf "$RUN"
@@ -176,6 +183,13 @@ def inline_env(container):
             env[item["name"]] = item["value"]
     container["env"] = [{"name": k, "value": str(v)} for k, v in env.items()]
     container.pop("resources", None)
+    # host network: podman refuses port mappings there; probes name the ports by number
+    numbers = {p["name"]: p["containerPort"] for p in container.pop("ports", []) if "name" in p}
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        for action in ("httpGet", "tcpSocket"):
+            target = container.get(probe, {}).get(action)
+            if target and isinstance(target.get("port"), str):
+                target["port"] = numbers[target["port"]]
 
 def adapt(name, pod):
     pod["hostNetwork"] = True
@@ -194,8 +208,16 @@ play, job = [], []
 for obj in objects:
     kind, name = obj["kind"], obj["metadata"]["name"]
     if kind == "Deployment":
-        adapt(name, obj["spec"]["template"]["spec"])
+        pod = adapt(name, obj["spec"]["template"]["spec"])
         obj["spec"]["replicas"] = 1
+        # podman 4.3 races removing a finished init container ("cannot remove container ...
+        # as it is running"): the migration the init containers run goes first, as a Pod
+        for init in pod.pop("initContainers", []):
+            if not any(p["metadata"]["name"] == "visionqueue-migrate" for p in job):
+                spec = {**pod, "containers": [{**init, "name": "migrate"}]}
+                spec["restartPolicy"] = "Never"
+                meta = {"name": "visionqueue-migrate"}
+                job.append({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec})
         play.append(obj)
     elif kind == "Job":
         spec = adapt(name, obj["spec"]["template"]["spec"])
@@ -206,22 +228,23 @@ for obj in objects:
 print(f"{len(play)} Deployments, {len(job)} Job as a Pod", file=sys.stderr)
 EOF
 
-# 4. The import Job first: it migrates nothing, imports the demo model, publishes it.
-log "playing the import Job (as a Pod)"
-podman kube play "$RUN/import.yaml" >"$RUN/play-import.log" 2>&1 || die "kube play import (see $RUN/play-import.log)"
-container=visionqueue-import-model-import-model
+# 4. The migration and the import Job first (the import publishes the demo model).
+log "playing the migration and the import Job (as Pods)"
+podman kube play --replace "$RUN/import.yaml" >"$RUN/play-import.log" 2>&1 || die "kube play import (see $RUN/play-import.log)"
 deadline=$((SECONDS + READY_TIMEOUT))
-until [ "$(podman inspect --format '{{.State.Status}}' "$container" 2>/dev/null)" = exited ]; do
-    [ "$SECONDS" -lt "$deadline" ] || { podman logs --tail 40 "$container" >&2; die "import Job still running"; }
-    sleep 3
+for container in visionqueue-migrate-migrate visionqueue-import-model-import-model; do
+    until [ "$(podman inspect --format '{{.State.Status}}' "$container" 2>/dev/null)" = exited ]; do
+        [ "$SECONDS" -lt "$deadline" ] || { podman logs --tail 40 "$container" >&2; die "$container still running"; }
+        sleep 3
+    done
+    [ "$(podman inspect --format '{{.State.ExitCode}}' "$container")" = 0 ] \
+        || { podman logs --tail 40 "$container" >&2; die "$container failed"; }
+    log "$container done: $(podman logs --tail 1 "$container" 2>&1)"
 done
-[ "$(podman inspect --format '{{.State.ExitCode}}' "$container")" = 0 ] \
-    || { podman logs --tail 40 "$container" >&2; die "import Job failed"; }
-log "import Job done: $(podman logs --tail 1 "$container" 2>&1)"
 
 # 5. The rest: api, classifier, workers, beat.
 log "playing the Deployments"
-podman kube play "$RUN/play.yaml" >"$RUN/play.log" 2>&1 || die "kube play (see $RUN/play.log)"
+podman kube play --replace "$RUN/play.yaml" >"$RUN/play.log" 2>&1 || die "kube play (see $RUN/play.log)"
 podman ps --format '{{.Names}} {{.Status}}' >&2
 deadline=$((SECONDS + READY_TIMEOUT))
 until curl -fsS --max-time 5 http://127.0.0.1:3000/readyz >/dev/null 2>&1; do
