@@ -1,5 +1,5 @@
 # The two commands that matter: `make run` and `make test`. Everything else is optional.
-.PHONY: run test test-fast check bench soak bento import-model container-smoke help
+.PHONY: run test test-fast check bench soak bento import-model container-smoke k8s-smoke help
 
 run:            ## start the whole system on the embedded default on http://127.0.0.1:$VQ_PORT
 	@scripts/run
@@ -27,6 +27,9 @@ import-model:   ## import ResNet18 into the BentoML store (VQ_WEIGHTS=imagenet1k
 
 container-smoke: ## build and run the container with podman (slow; not part of make test)
 	@deploy/container-smoke.sh
+
+k8s-smoke:      ## play deploy/k8s's all-in-one workloads with podman kube play (slow; root; not in make test)
+	@scripts/bootstrap && scripts/services && deploy/k8s-smoke.sh
 
 help:
 	@grep -E '^[a-z-]+:.*##' Makefile | sed 's/:.*##/\t/'

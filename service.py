@@ -26,6 +26,7 @@ services' ``__init__``, which BentoML runs in each worker process.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sys
 from pathlib import Path
@@ -36,6 +37,9 @@ import numpy as np
 from starlette.responses import JSONResponse
 
 from model_store.serving import check_memory, resolve_served
+from model_store.shared import fetch as fetch_shared
+from persistence.model_bucket import build_model_bucket
+from persistence.promotions_repo import DatabasePromotions
 from visionqueue.api.app import attach_front, create_api_app
 from visionqueue.api.backlog import BacklogGauges
 from visionqueue.api.health import FrontHealth
@@ -69,9 +73,14 @@ _served = configured_specs(_model_cfg)
 _serves_classifier = not _model_cfg.classifier_url or any(
     arg.endswith(":Classifier") for arg in sys.argv
 )
+# promotions live in the database (every replica reads the same); versions come from the
+# shared bucket when there is one (VQ_S3_MODELS_BUCKET). Neither does I/O until used.
+_promotions = DatabasePromotions(_settings.database_url)
+_fetch = functools.partial(fetch_shared, archives=build_model_bucket(_settings))
 if _serves_classifier and "_bentoml_impl" not in sys.argv[0]:  # the serving process only
+    # (it also fetches the served versions, once per host, before the workers start)
     check_memory(
-        {name: m.path for name, m in resolve_served(_served).items()},
+        {name: m.path for name, m in resolve_served(_served, _promotions, _fetch).items()},
         _model_cfg.classifier_workers,
         _model_cfg.model_memory_limit_mb,
     )
@@ -89,7 +98,14 @@ class _Classifier:
         configure_logging(_settings)
         apply_bentoml_patches(_model_cfg.batch_wait_policy)
         labels = tuple(priority.label for priority in Priority)
-        self.host = ModelHost(_settings, _served, classifier_metrics(), class_metrics(labels))
+        self.host = ModelHost(
+            _settings,
+            _served,
+            classifier_metrics(),
+            class_metrics(labels),
+            promotions=_promotions,
+            fetch=_fetch,
+        )
         self.crop_server: asyncio.AbstractServer | None = None
 
     @bentoml.on_startup

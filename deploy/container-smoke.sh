@@ -20,6 +20,7 @@
 #                             debootstrap's own default)
 #   VQ_SMOKE_READY_TIMEOUT    seconds to wait for /readyz (default 300)
 #   VQ_SMOKE_CA_BUNDLE        CA bundle pip uses in the build (default: the host's)
+#   VQ_SMOKE_BUILD_ONLY       1 = stop once the image is built (deploy/k8s-smoke.sh)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -148,6 +149,9 @@ timeout 2400 podman build --format docker --pull=never \
     -t "$IMAGE" "$ROOT" >"$WORK/build.log" 2>&1 || die "podman build (see $WORK/build.log)"
 size=$(podman image inspect --format '{{.Size}}' "$IMAGE")
 log "built $IMAGE ($((size / 1024 / 1024)) MiB)"
+if [ "${VQ_SMOKE_BUILD_ONLY:-}" = 1 ]; then
+    exit 0  # deploy/k8s-smoke.sh runs the image its own way
+fi
 
 # 4. Run the api role on loopback with the seeded demo model and the embedded backends.
 # Without systemd podman cannot schedule health timers and says so on stderr (harmless; the

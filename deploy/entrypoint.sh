@@ -13,7 +13,8 @@ import_model() {
 
 case "$role" in
     api)
-        import_model
+        # a front whose classifier runs elsewhere (VQ_CLASSIFIER_URL) loads no model
+        if [ -z "${VQ_CLASSIFIER_URL:-}" ]; then import_model; fi
         # Migrations are the one-shot `migrate` service's job in compose; a lone container
         # (docker run) can opt in so it needs nothing else.
         if [ "${VQ_MIGRATE_ON_START:-false}" = "true" ]; then
@@ -24,7 +25,9 @@ case "$role" in
     classifier)
         # The classifier served on its own (docs/deployment.md, "A classifier of its own"): the
         # api and the workers call it through VQ_CLASSIFIER_URL (deploy/compose.classifier.yml).
-        import_model
+        # With a shared model bucket (VQ_S3_MODELS_BUCKET, Kubernetes) the import-model Job
+        # imports once and every replica fetches what it serves at start: no import here.
+        if [ -z "${VQ_S3_MODELS_BUCKET:-}" ]; then import_model; fi
         exec bentoml serve service:Classifier --host 0.0.0.0 --port 3100 "$@"
         ;;
     worker)

@@ -15,9 +15,33 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from model_store.weights import WeightsError
+from visionqueue.core.errors import VQError
+
+if TYPE_CHECKING:
+    from model_store.promotions import PromotionRecord
+    from model_store.shared import ModelArchives
+
+
+def promotion_record() -> PromotionRecord:
+    """The deployment's promotion record: the database every classifier replica reads."""
+    from persistence.promotions_repo import DatabasePromotions
+    from visionqueue.core.settings import get_settings
+
+    return DatabasePromotions(get_settings().database_url)
+
+
+def model_archives() -> ModelArchives | None:
+    """The shared bucket of model versions (``VQ_S3_MODELS_BUCKET``), or None."""
+    from persistence.model_bucket import build_model_bucket
+    from visionqueue.core.settings import get_settings
+
+    bucket = build_model_bucket(get_settings())
+    if bucket is not None:
+        bucket.ensure_bucket()
+    return bucket
 
 
 def add_import_arguments(imp: argparse.ArgumentParser, with_json: bool = True) -> None:
@@ -87,6 +111,7 @@ def _is_custom(args: argparse.Namespace) -> bool:
 
 
 def run_import(args: argparse.Namespace) -> int:
+    from model_store.shared import fetch, publish
     from model_store.store import ensure_model, import_model
     from visionqueue.core.settings import get_settings
 
@@ -94,7 +119,10 @@ def run_import(args: argparse.Namespace) -> int:
     name = args.name or args.name_flag or cfg.model_name
     if args.quantize or args.source or args.calibration:
         return run_quantize(name, args)
+    archives = model_archives()
     try:
+        if archives is not None:  # --if-missing also reuses a version another host imported
+            fetch(name, archives)
         if args.weights is not None and _is_custom(args):
             stored = _import_custom(name, args)
         else:
@@ -104,6 +132,8 @@ def run_import(args: argparse.Namespace) -> int:
                 stored = ensure_model(spec, seed, name, allow_fallback=args.fallback_random)
             else:
                 stored = import_model(spec, seed, name)
+        if archives is not None:
+            publish(stored.tag, archives)
     except WeightsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -128,14 +158,20 @@ def run_import(args: argparse.Namespace) -> int:
 def run_quantize(name: str, args: argparse.Namespace) -> int:
     """``import NAME --from NAME:TAG --quantize int8 --calibration DIR``: print the report."""
     from model_store.quantize import quantize_version
+    from model_store.shared import fetch, publish
 
     try:
         if not (args.quantize and args.source and args.calibration):
             raise WeightsError("--quantize int8 needs --from NAME:TAG and --calibration DIR")
         if args.weights is not None:
             raise WeightsError("--quantize takes the stored version --from, not --weights")
+        archives = model_archives()
+        if archives is not None:  # the fp32 source may have been imported on another host
+            fetch(args.source, archives)
         stored, report = quantize_version(name, args.source, args.calibration, args.holdout)
-    except WeightsError as exc:
+        if archives is not None:  # every classifier replica can load the int8 version
+            publish(stored.tag, archives)
+    except (WeightsError, VQError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if getattr(args, "json", False):
@@ -168,10 +204,18 @@ def _import_custom(name: str, args: argparse.Namespace) -> Any:
 
 def run_list(args: argparse.Namespace) -> int:
     from model_store.promotions import promoted_tags
+    from model_store.shared import fetch
     from model_store.store import list_versions
 
+    try:
+        archives = model_archives()
+        if archives is not None and args.name:
+            fetch(args.name, archives)
+        promoted = promoted_tags(promotion_record())
+    except VQError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     versions = list_versions(args.name)
-    promoted = promoted_tags()
     rows = [{**v.summary(), "promoted": promoted.get(v.name) == v.tag} for v in versions]
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -191,10 +235,14 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_promote(args: argparse.Namespace) -> int:
     from model_store.promotions import promote
+    from model_store.shared import fetch
 
     try:
-        record = promote(args.tag, force=getattr(args, "force", False))
-    except WeightsError as exc:
+        archives = model_archives()
+        if archives is not None:  # a version imported on another host
+            fetch(args.tag, archives)
+        record = promote(args.tag, promotion_record(), force=getattr(args, "force", False))
+    except (WeightsError, VQError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.json:
@@ -213,13 +261,13 @@ def run_delete(args: argparse.Namespace) -> int:
 
     try:
         stored = get_model(args.tag)
-        if promoted_tags().get(stored.name) == stored.tag:
+        if promoted_tags(promotion_record()).get(stored.name) == stored.tag:
             raise WeightsError(
                 f"{stored.tag} is the promoted version of {stored.name}: promote another "
                 "version first"
             )
         delete_version(stored.tag)
-    except WeightsError as exc:
+    except (WeightsError, VQError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"deleted {stored.tag}")

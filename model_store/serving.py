@@ -20,11 +20,14 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from model_store.weights import WeightsError
+
+if TYPE_CHECKING:
+    from model_store.promotions import PromotionRecord
 
 logger = logging.getLogger(__name__)
 
@@ -112,13 +115,23 @@ def check_memory(paths: dict[str, str], workers: int, limit_mb: int) -> dict[str
     return estimates
 
 
-def resolve_served(specs: list[ServedSpec]) -> dict[str, Any]:
-    """Return name -> ``StoredModel`` to serve: the promoted version, else the spec's tag."""
+def resolve_served(
+    specs: list[ServedSpec],
+    record: PromotionRecord | Path,
+    fetch: Callable[[str], object] = lambda tag: None,
+) -> dict[str, Any]:
+    """Return name -> ``StoredModel`` to serve: the promoted version, else the spec's tag.
+
+    ``fetch(tag)`` first brings a version missing here from the shared bucket, if any.
+    """
     from model_store.promotions import promoted_tags
     from model_store.store import get_model
 
-    promoted = promoted_tags()
-    return {s.name: get_model(promoted.get(s.name, s.tag)) for s in specs}
+    promoted = promoted_tags(record)
+    tags = {s.name: promoted.get(s.name, s.tag) for s in specs}
+    for tag in tags.values():
+        fetch(tag)
+    return {name: get_model(tag) for name, tag in tags.items()}
 
 
 def describe(classifier: Any, memory: dict[str, int]) -> dict[str, Any]:
@@ -199,12 +212,16 @@ class ModelSlot:
 class PromotionWatcher(threading.Thread):
     """Poll the promotion record; load and swap in every newly promoted version."""
 
-    def __init__(self, slots: dict[str, ModelSlot], path: Path, poll_s: float) -> None:
+    def __init__(
+        self, slots: dict[str, ModelSlot], record: PromotionRecord | Path, poll_s: float
+    ) -> None:
+        from model_store.promotions import as_record
+
         super().__init__(name="vq-promotion-watcher", daemon=True)
         self._slots = slots
-        self._path = path
+        self._record = as_record(record)
         self._poll_s = poll_s
-        self._seen: int | None = None
+        self._seen: object = None
         self._stop = threading.Event()
 
     def stop(self) -> None:
@@ -214,13 +231,15 @@ class PromotionWatcher(threading.Thread):
         from model_store.promotions import promoted_tags
 
         try:
-            stamp = self._path.stat().st_mtime_ns
-        except FileNotFoundError:
-            return
-        if stamp == self._seen:
+            stamp = self._record.stamp()
+            if stamp is None or stamp == self._seen:
+                return
+            promoted = promoted_tags(self._record)
+        except Exception:  # the database may blink: keep serving, look again next time
+            logger.warning("could not read the promotion record; retrying", exc_info=True)
             return
         self._seen = stamp
-        for name, tag in promoted_tags(self._path).items():
+        for name, tag in promoted.items():
             slot = self._slots.get(name)
             if slot is None or slot.tag == tag:
                 continue

@@ -100,7 +100,8 @@ def import_model(spec: str, seed: int = 0, name: str = "resnet18") -> StoredMode
 
 
 def find_model(origin: str, name: str = "resnet18") -> StoredModel | None:
-    """Return the newest stored version whose weights origin is ``origin``."""
+    """Return the newest stored import of weights ``origin`` (an int8 version made from one
+    keeps its origin but is not that import: ``quantization`` in its metadata)."""
     import bentoml
     from bentoml.exceptions import NotFound
 
@@ -108,7 +109,12 @@ def find_model(origin: str, name: str = "resnet18") -> StoredModel | None:
         models = bentoml.models.list(name)
     except NotFound:
         return None
-    candidates = [m for m in models if m.info.metadata.get("weights_origin") == origin]
+    candidates = [
+        m
+        for m in models
+        if m.info.metadata.get("weights_origin") == origin
+        and not m.info.metadata.get("quantization")
+    ]
     if not candidates:
         return None
     return as_stored(max(candidates, key=lambda m: m.info.creation_time))

@@ -312,3 +312,19 @@ class BatchChunk(Base):
     done: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     failed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     part_written: Mapped[bool] = mapped_column(default=False, server_default=false())
+
+
+class ModelPromotion(Base):
+    """Which stored version a model name serves: one row per promoted name.
+
+    ``sequence`` grows with every promotion of any name, so a classifier replica learns that
+    something changed by reading one number (``persistence.promotions_repo``).
+    """
+
+    __tablename__ = "model_promotions"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(255))
+    previous: Mapped[str | None] = mapped_column(String(255))
+    sequence: Mapped[int] = mapped_column(Integer)
+    promoted_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -175,6 +175,16 @@ def test_classifier_imports_the_model_then_serves_it_alone(tmp_path: Path) -> No
     ]
 
 
+def test_roles_that_load_no_model_import_none(tmp_path: Path) -> None:
+    """A front with a classifier elsewhere, and classifiers fed by the shared bucket (k8s)."""
+    (tmp_path / "api").mkdir()
+    (tmp_path / "classifier").mkdir()
+    front = run_entrypoint(tmp_path / "api", "api", VQ_CLASSIFIER_URL="http://c:3100")
+    assert [c[:3] for c in front] == [["bentoml", "serve", "service:VisionQueue"]]
+    shared = run_entrypoint(tmp_path / "classifier", "classifier", VQ_S3_MODELS_BUCKET="models")
+    assert [c[:3] for c in shared] == [["bentoml", "serve", "service:Classifier"]]
+
+
 def test_api_can_migrate_on_start(tmp_path: Path) -> None:
     commands = run_entrypoint(tmp_path, "api", VQ_MIGRATE_ON_START="true")
     assert commands[0][:5] == ["python", "-m", "model_store", "import", "--if-missing"]

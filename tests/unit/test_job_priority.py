@@ -1,4 +1,4 @@
-"""A job's priority: checked at submission, kept on its row (migration 0009), claimed with it,
+"""A job's priority: checked at submission, kept on its row (migration 0007), claimed with it,
 shown with its class of work, and sent with the job's /predict call."""
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def test_the_row_keeps_its_priority_and_the_claim_and_view_carry_it(
     assert (view["priority"], view["work_class"]) == (priority, work_class)
 
 
-def test_a_job_row_from_before_0009_is_normal(res: Resources) -> None:
+def test_a_job_row_from_before_0007_is_normal(res: Resources) -> None:
     with session_scope(res.engine) as session:
         job = jobs_repo.create_job(
             session,

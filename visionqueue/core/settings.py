@@ -324,6 +324,12 @@ class S3Settings(_Group):
     public_endpoint: str = Field(
         "", description="Endpoint used in presigned URLs when clients see S3 under another name."
     )
+    models_bucket: str = Field(
+        "",
+        description="Bucket where imported model versions are stored once for every classifier "
+        "replica (on VQ_S3_ENDPOINT): an import uploads there, a classifier fetches the versions "
+        "it serves or is promoted to. Empty = each host's own BentoML store only.",
+    )
 
 
 class WorkerSettings(_Group):

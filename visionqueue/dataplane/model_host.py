@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from bentoml.exceptions import BentoMLException
 
+from model_store.promotions import PromotionRecord
 from model_store.serving import ModelSlot, PromotionWatcher, ServedSpec, resolve_served
 from visionqueue.core.settings import Settings
 from visionqueue.dataplane import rows
@@ -36,20 +37,26 @@ class ModelHost:
         specs: list[ServedSpec],
         metrics: Any,
         class_metrics: QueueMetrics | None = None,
+        promotions: PromotionRecord | None = None,
+        fetch: Callable[[str], object] | None = None,
     ) -> None:
         from model_store.inference import configure_threads
         from model_store.promotions import record_path
 
         self._settings = settings
+        # the promotion record every replica reads (the database; a host's file by default)
+        # and how a version only the shared model bucket holds is brought here
+        record = promotions if promotions is not None else record_path()
+        self._fetch = fetch or (lambda tag: None)
         self._default = specs[0].name
         self.metrics = metrics
         self.threads = configure_threads(settings.model.torch_threads)
         # a promoted version wins over VQ_MODELS for its name, also across restarts
-        stored = resolve_served(specs)
+        stored = resolve_served(specs, record, self._fetch)
         self.slots = {name: ModelSlot(name, self._load) for name in stored}
         for name, model in stored.items():
             self.slots[name].load(model.tag)
-        self.watcher = PromotionWatcher(self.slots, record_path(), settings.model.promotion_poll_s)
+        self.watcher = PromotionWatcher(self.slots, record, settings.model.promotion_poll_s)
         self.watcher.start()
         self._api_models = {spec.api: spec.name for spec in specs}
         # interactive > jobs > bulk: one forward pass at a time, across every served model;
@@ -99,6 +106,7 @@ class ModelHost:
         from model_store.store import get_model
 
         model_cfg = self._settings.model
+        self._fetch(tag)  # a version promoted after this host started may be in the bucket only
         stored = get_model(tag)
         model = load_classifier(
             stored.path,

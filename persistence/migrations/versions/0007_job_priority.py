@@ -3,8 +3,8 @@
 ``high`` and ``normal`` run in the ``jobs`` class of work, ``low`` in ``bulk``
 (``visionqueue.dataplane.priority``); rows from before this revision are ``normal``.
 
-Revision ID: 0009
-Revises: 0004
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-06 05:20:00
 """
 
@@ -15,8 +15,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0009"
-down_revision: str | None = "0007"
+revision: str = "0007"
+down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,7 +1,7 @@
 """Dataset batches: the batch row and its leased, fenced chunks.
 
-Revision ID: 0007
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-06 05:30:00
 """
 
@@ -15,8 +15,8 @@ from sqlalchemy.dialects.postgresql import JSONB
 
 from persistence.models import UTCDateTime
 
-revision: str = "0007"
-down_revision: str | None = "0004"
+revision: str = "0006"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
