@@ -14,10 +14,10 @@ from minio import Minio
 from minio.error import S3Error
 
 from persistence.s3_images import (
-    _BUCKET_TAKEN_CODES,
     _MISSING_CODES,
     _http_client,
     _storage_errors,
+    create_bucket_if_missing,
     split_endpoint,
 )
 from visionqueue.core.settings import Settings
@@ -60,14 +60,7 @@ class ModelBucket:
 
     def ensure_bucket(self) -> None:
         """Create the bucket if missing (a concurrent creator is fine)."""
-        with _storage_errors():
-            if self._client.bucket_exists(self.bucket):
-                return
-            try:
-                self._client.make_bucket(self.bucket)
-            except S3Error as exc:
-                if exc.code not in _BUCKET_TAKEN_CODES:
-                    raise
+        create_bucket_if_missing(self._client, self.bucket)
 
     def versions(self, name: str) -> list[str]:
         """The versions of ``name`` the bucket holds (key order)."""

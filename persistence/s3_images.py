@@ -37,6 +37,18 @@ def split_endpoint(endpoint: str) -> tuple[str, bool]:
     return parts.netloc, parts.scheme == "https"
 
 
+def create_bucket_if_missing(client: Minio, bucket: str) -> None:
+    """Create ``bucket`` unless it exists (a concurrent creator is fine)."""
+    with _storage_errors():
+        if client.bucket_exists(bucket):
+            return
+        try:
+            client.make_bucket(bucket)
+        except S3Error as exc:
+            if exc.code not in _BUCKET_TAKEN_CODES:
+                raise
+
+
 def _http_client(timeout_s: float, retries: int) -> urllib3.PoolManager:
     # minio's default waits 5 minutes per request and retries 5 times: far too long
     # for a request handler, and a dead server must surface as 503 quickly.
@@ -102,14 +114,7 @@ class S3ImageStore:
 
     def ensure_bucket(self) -> None:
         """Create the bucket if missing (a concurrent creator is fine)."""
-        with _storage_errors():
-            if self._client.bucket_exists(self.bucket):
-                return
-            try:
-                self._client.make_bucket(self.bucket)
-            except S3Error as exc:
-                if exc.code not in _BUCKET_TAKEN_CODES:
-                    raise
+        create_bucket_if_missing(self._client, self.bucket)
 
     def put(self, data: bytes, content_type: str) -> str:
         """Store ``data`` under its content key and return the key.
