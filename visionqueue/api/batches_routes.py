@@ -39,7 +39,9 @@ def _load(request: Request, batch_id: str) -> Batch:
     return batch
 
 
-@router.post("/v1/batches", status_code=202, responses=error_responses(401, 404, 422, 503))
+@router.post(
+    "/v1/batches", status_code=202, responses=error_responses(400, 401, 404, 413, 422, 503)
+)
 async def create_batch(request: Request, body: BatchRequest) -> Any:
     """Classify every object of a bucket prefix, a manifest or a local folder."""
     res = resources(request)
