@@ -148,10 +148,11 @@ def test_metrics_aggregate_across_processes(front: str, front_log: Path) -> None
     assert delta("vq_images_classified_total") == sent
     assert delta("vq_inference_batch_images_sum") == sent
     assert delta("vq_inference_batch_images_count") == delta("vq_inference_batch_seconds_count")
-    assert delta("bentoml_service_adaptive_batch_size_sum") == sent
     batches = delta("vq_inference_batch_seconds_count")
     assert 1 <= batches <= sent
+    # the priority queue hands BentoML's dispatcher one pass at a time: one call per batch
     assert batches == delta("bentoml_service_adaptive_batch_size_count")
+    assert batches == delta("bentoml_service_adaptive_batch_size_sum")
 
 
 @dataclass(frozen=True)

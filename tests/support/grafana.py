@@ -28,9 +28,10 @@ GAUGES = (
     "celery_queue_depth",
     "vq_jobs",
 )
+# (BentoML's bentoml_service_adaptive_batch_size is exported too, but counts dispatcher calls
+# per batch: 1 per priority pass, so no panel shows it; images per pass are vq_class_*.)
 HISTOGRAMS = (
     "bentoml_service_request_duration_seconds",
-    "bentoml_service_adaptive_batch_size",
     "vq_inference_batch_seconds",
     "vq_inference_batch_images",
     "vq_batch_queue_wait_seconds",

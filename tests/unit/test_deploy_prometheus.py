@@ -25,10 +25,17 @@ def compose_services() -> dict[str, Any]:
     return services
 
 
-def test_promtool_accepts_config() -> None:
+def test_promtool_accepts_config(tmp_path: Path) -> None:
     promtool = require_binary("promtool", "Debian: apt-get install -y prometheus")
+    # promtool opens the scrape token's file: put one where compose mounts it, here
+    token = tmp_path / "metrics-token"
+    token.write_text("scrape-token\n")
+    text = PROMETHEUS.read_text()
+    assert "/etc/prometheus/metrics-token" in text
+    config = tmp_path / "prometheus.yml"
+    config.write_text(text.replace("/etc/prometheus/metrics-token", str(token)))
     result = subprocess.run(
-        [promtool, "check", "config", str(PROMETHEUS)],
+        [promtool, "check", "config", str(config)],
         capture_output=True,
         text=True,
         timeout=60,
