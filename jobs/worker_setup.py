@@ -67,9 +67,10 @@ def start_metrics_server(settings: Settings) -> None:
 @setup_logging.connect
 def _configure_logging(**_: Any) -> None:
     # connected, so Celery leaves logging to us: VQ_LOG_LEVEL/VQ_LOG_JSON, ids, redaction
-    from jobs.celery_app import PURGE_TASK, SWEEP_TASK
+    from jobs.celery_app import BATCH_SWEEP_TASK, PURGE_TASK, SWEEP_TASK
 
-    configure_logging(get_settings(), housekeeping_tasks=(SWEEP_TASK, PURGE_TASK))
+    housekeeping = (SWEEP_TASK, PURGE_TASK, BATCH_SWEEP_TASK)
+    configure_logging(get_settings(), housekeeping_tasks=housekeeping)
 
 
 @worker_init.connect

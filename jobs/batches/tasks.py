@@ -125,4 +125,11 @@ def sweep() -> dict[str, int]:
             logger.warning("batch %s: planner not restarted; the next sweep tries", batch_id)
     for batch_id in due:
         _notify(batch_id)
-    return {"lanes": len(working), "planners": len(unplanned), "webhooks": len(due)}
+    done = {"lanes": len(working), "planners": len(unplanned), "webhooks": len(due)}
+    if any(done.values()):  # the sweep is quiet housekeeping unless it does something
+        logger.info(
+            "batch sweep: restarted %(lanes)d lanes, %(planners)d planners; "
+            "%(webhooks)d webhooks due",
+            done,
+        )
+    return done
