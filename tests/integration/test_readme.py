@@ -53,11 +53,27 @@ def test_readme_has_the_examples_this_test_runs() -> None:
     assert any("/predictions/" in c for c in commands)
     assert any("/api/upload-image" in c for c in commands)
     assert any("/api/task-status/" in c for c in commands)
+    assert any("/v1/batches" in c for c in commands)
     assert any("tritonclient" in b for b in blocks("python"))
     assert any("/metrics | grep image_task_success_total" in c for c in commands)
 
 
+def put_catalogue(stack: Any, photos: Path) -> None:
+    """The bucket prefix the README's batch example classifies: two photos."""
+    import io
+
+    from tests.support.stack import Stored
+
+    s3 = Stored(stack).s3
+    if not s3.bucket_exists("catalogue"):
+        s3.make_bucket("catalogue")
+    for name in ("cat.jpg", "dog.jpg"):
+        data = (photos / name).read_bytes()
+        s3.put_object("catalogue", f"photos/{name}", io.BytesIO(data), len(data))
+
+
 def test_curl_examples(stack, worker, photos: Path) -> None:  # type: ignore[no-untyped-def]
+    put_catalogue(stack, photos)
     with WebhookReceiver() as receiver:
         task_ids: dict[str, str] = {}
         for command in curl_commands():
@@ -93,6 +109,8 @@ def test_curl_examples(stack, worker, photos: Path) -> None:  # type: ignore[no-
                 task_ids["seed"] = body["task_id"]
             elif "/api/upload-image" in command:
                 task_ids["legacy"] = body["task_id"]
+            elif "/v1/batches" in command:
+                assert body["status"] == "pending" and body["id"], body
             elif "/predictions/" in command:
                 assert len(body) == 5 and all(isinstance(p, float) for p in body.values())
             elif "/predict" in command:
