@@ -26,7 +26,6 @@ services' ``__init__``, which BentoML runs in each worker process.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import sys
 from pathlib import Path
@@ -37,16 +36,13 @@ import numpy as np
 from starlette.responses import JSONResponse
 
 from model_store.serving import check_memory, resolve_served
-from model_store.shared import fetch as fetch_shared
-from persistence.model_bucket import build_model_bucket
-from persistence.promotions_repo import DatabasePromotions
 from visionqueue.api.app import attach_front, create_api_app
 from visionqueue.api.backlog import BacklogGauges
 from visionqueue.api.health import FrontHealth
 from visionqueue.api.middleware import classifier_middleware, front_middleware
 from visionqueue.api.predict import check_top_k, request_priority
 from visionqueue.api.resources import build_front_resources
-from visionqueue.bento.internals import batch_entry
+from visionqueue.bento.internals import batch_entry, in_bentoml_worker
 from visionqueue.bento.metrics import (
     class_metrics,
     classifier_metrics,
@@ -60,7 +56,7 @@ from visionqueue.core.settings import get_settings
 from visionqueue.dataplane.classifier_apis import add_batch_apis
 from visionqueue.dataplane.crop_socket import serve_crops, socket_paths
 from visionqueue.dataplane.front import build_dataplane
-from visionqueue.dataplane.model_host import ModelHost
+from visionqueue.dataplane.model_host import ModelHost, model_sources
 from visionqueue.dataplane.priority import PRIORITY_HEADER, Priority
 from visionqueue.dataplane.registry import configured_specs
 
@@ -74,10 +70,9 @@ _serves_classifier = not _model_cfg.classifier_url or any(
     arg.endswith(":Classifier") for arg in sys.argv
 )
 # promotions live in the database (every replica reads the same); versions come from the
-# shared bucket when there is one (VQ_S3_MODELS_BUCKET). Neither does I/O until used.
-_promotions = DatabasePromotions(_settings.database_url)
-_fetch = functools.partial(fetch_shared, archives=build_model_bucket(_settings))
-if _serves_classifier and "_bentoml_impl" not in sys.argv[0]:  # the serving process only
+# shared bucket when there is one (VQ_S3_MODELS_BUCKET)
+_promotions, _fetch = model_sources(_settings)
+if _serves_classifier and not in_bentoml_worker():  # the process that starts the server
     # (it also fetches the served versions, once per host, before the workers start)
     check_memory(
         {name: m.path for name, m in resolve_served(_served, _promotions, _fetch).items()},

@@ -16,6 +16,14 @@ from typing import Any
 import numpy as np
 
 
+def in_bentoml_worker() -> bool:
+    """Whether this process is one of BentoML's server workers (not the process that starts
+    the server, nor an import by ``bentoml build``)."""
+    import sys
+
+    return "_bentoml_impl" in sys.argv[0]
+
+
 def io_mixin() -> Any:
     """``_bentoml_sdk.io_models.IOMixin`` (patch ``io-mime-type-cache``)."""
     from _bentoml_sdk.io_models import IOMixin

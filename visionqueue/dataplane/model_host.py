@@ -9,6 +9,7 @@ a ``PromotionWatcher`` swaps in newly promoted versions between two batches.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -26,6 +27,20 @@ from visionqueue.dataplane.priority_queue import PriorityBatchQueue, QueueMetric
 Dispatch = Callable[[str, np.ndarray], Awaitable[np.ndarray]]
 
 logger = logging.getLogger("visionqueue.service")
+
+
+def model_sources(settings: Settings) -> tuple[PromotionRecord, Callable[[str], object]]:
+    """Return the promotion record every replica reads (the database) and the fetch of a
+    version only the shared model bucket holds (``VQ_S3_MODELS_BUCKET``; none: no-op).
+
+    Neither does I/O until used: ``service.py`` builds them at import.
+    """
+    from model_store.shared import fetch
+    from persistence.model_bucket import build_model_bucket
+    from persistence.promotions_repo import DatabasePromotions
+
+    archives = build_model_bucket(settings)
+    return DatabasePromotions(settings.database_url), functools.partial(fetch, archives=archives)
 
 
 class ModelHost:
