@@ -34,20 +34,23 @@ logger = logging.getLogger(__name__)
 PLANNER_STALE_S = 120.0
 
 
-def start_lanes(batch_id: str, count: int) -> None:
-    """Queue ``count`` lanes for the batch (best effort: the sweep restarts lost ones)."""
+def _send(task: str, batch_id: str, count: int, lost: str) -> None:
+    """Queue ``count`` messages of ``task`` for the batch, best effort: the batch row is the
+    truth and the sweep redoes what a broker outage loses (``lost`` says what, in the log)."""
     try:
         for _ in range(count):
-            app.send_task(BATCH_LANE_TASK, args=[batch_id])
-    except Exception:  # kombu errors differ by transport
-        logger.warning("batch %s: lanes not queued; the sweep starts them", batch_id)
+            app.send_task(task, args=[batch_id])
+    except Exception:  # kombu/redis/amqp errors differ by transport
+        logger.warning("batch %s: %s", batch_id, lost)
+
+
+def start_lanes(batch_id: str, count: int) -> None:
+    """Queue ``count`` lanes for the batch (the sweep restarts lost ones)."""
+    _send(BATCH_LANE_TASK, batch_id, count, "lanes not queued; the sweep starts them")
 
 
 def _notify(batch_id: str) -> None:
-    try:
-        app.send_task(BATCH_WEBHOOK_TASK, args=[batch_id])
-    except Exception:
-        logger.warning("batch %s: webhook message not queued; the sweep relays it", batch_id)
+    _send(BATCH_WEBHOOK_TASK, batch_id, 1, "webhook message not queued; the sweep relays it")
 
 
 @app.task(name=BATCH_PLAN_TASK, ignore_result=True)
@@ -119,10 +122,7 @@ def sweep() -> dict[str, int]:
     for batch_id in working:
         start_lanes(batch_id, 1)
     for batch_id in unplanned:
-        try:
-            app.send_task(BATCH_PLAN_TASK, args=[batch_id])
-        except Exception:
-            logger.warning("batch %s: planner not restarted; the next sweep tries", batch_id)
+        _send(BATCH_PLAN_TASK, batch_id, 1, "planner not restarted; the next sweep tries")
     for batch_id in due:
         _notify(batch_id)
     done = {"lanes": len(working), "planners": len(unplanned), "webhooks": len(due)}
