@@ -184,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     stored = ensure_model("random", seed=0)
     env = stack_env(stored.tag, workdir / "data")
     settings = {
-        k: v for k, v in os.environ.items() if k.startswith(("VQ_BATCH", "VQ_PRIORITY", "VQ_PRED"))
+        k: v
+        for k, v in os.environ.items()
+        if k.startswith(("VQ_BATCH", "VQ_PRIORITY", "VQ_PRED", "VQ_BACKGROUND"))
     }
     env.update(settings)
     data = payloads()

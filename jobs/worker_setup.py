@@ -22,6 +22,7 @@ from celery.signals import (
 from visionqueue.core.logging_setup import configure_logging
 from visionqueue.core.parent_death import die_with
 from visionqueue.core.settings import Settings, get_settings
+from visionqueue.dataplane.cpu_priority import lower_this_process
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,8 @@ def _start_worker(**_: Any) -> None:
     _worker_pid = os.getpid()
     settings = get_settings()
     refuse_bad_secrets(settings)
+    # no person waits on a worker: on a shared host its CPU goes to /predict first
+    lower_this_process(settings.model.background_nice)
     prepare_backends(settings)
     start_metrics_server(settings)
 

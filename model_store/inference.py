@@ -84,6 +84,9 @@ class BatchClassifier:
         )
         self._channels_last = info.backend in ("channels_last", "compile")
         self.onnx: Any = None  # an OnnxRunner or OpenVinoRunner (the ONNX graph backends)
+        # a single-threaded session of the same graph for background passes, which run side
+        # by side in threads of lowered priority (docs/priority.md); None: they use ``onnx``
+        self.background: Any = None
         self.weights_bytes = 0  # bytes of the parameters it holds (set by load_classifier)
 
     def check_crops(self, crops: np.ndarray) -> None:
@@ -107,8 +110,9 @@ class BatchClassifier:
             batch = batch.contiguous(memory_format=torch.channels_last)
         return batch
 
-    def predict_proba(self, crops: np.ndarray) -> np.ndarray:
-        """Return ``(N, C)`` float32 softmax probabilities."""
+    def predict_proba(self, crops: np.ndarray, background: bool = False) -> np.ndarray:
+        """Return ``(N, C)`` float32 softmax probabilities (``background``: on the
+        single-threaded session, in the calling thread, when there is one)."""
         import torch
 
         if self.onnx is not None:
@@ -116,7 +120,8 @@ class BatchClassifier:
 
             self.check_crops(crops)
             prep = self.info.preprocessing
-            return softmax(self.onnx.logits(normalize_numpy(crops, prep.mean, prep.std)))
+            runner = self.background if background and self.background is not None else self.onnx
+            return softmax(runner.logits(normalize_numpy(crops, prep.mean, prep.std)))
 
         with torch.inference_mode():
             logits = self.module(self.normalize_batch(crops))
@@ -134,12 +139,15 @@ def load_classifier(
     warmup_batch: int = 1,
     compile_cache_dir: str | None = None,
     metadata: dict[str, Any] | None = None,
+    background_session: bool = False,
 ) -> BatchClassifier:
     """Load a stored model (its ``metadata`` says which kind) into a ready ``BatchClassifier``.
 
     ``model_store.runtimes.choose_runtime`` decides what runs it; ONNX files run on ONNX
     Runtime or OpenVINO, TorchScript archives run eagerly (``compile`` and the graph
-    backends need the Python module), ``channels_last`` included.
+    backends need the Python module), ``channels_last`` included. ``background_session``
+    opens a second, single-threaded ONNX Runtime session for background passes where the
+    model runs on ONNX Runtime's CPU provider (``has_background_session`` says if it did).
     """
     import torch
 
@@ -199,9 +207,18 @@ def load_classifier(
     classifier = BatchClassifier(None if runner is not None else module, info)
     classifier.onnx = runner
     classifier.weights_bytes = weights
+    if background_session and runtime.backend == "onnxruntime" and runner is not None:
+        from model_store.onnx_backend import OnnxRunner
+        from model_store.runtimes import CPU_PROVIDER
+
+        if runner.provider == CPU_PROVIDER:
+            classifier.background = OnnxRunner(runner.path, 1)
     # warm-up (and, for "compile", compilation) at start-up, never on a first request
     for batch in sorted({1, max(1, warmup_batch)}):
-        classifier.predict_proba(np.zeros((batch, prep.crop, prep.crop, 3), dtype=np.uint8))
+        zeros = np.zeros((batch, prep.crop, prep.crop, 3), dtype=np.uint8)
+        classifier.predict_proba(zeros)
+        if classifier.background is not None:
+            classifier.predict_proba(zeros, background=True)
     return classifier
 
 

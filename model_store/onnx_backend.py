@@ -52,6 +52,7 @@ class OnnxRunner:
     ) -> None:
         import onnxruntime as ort
 
+        self.path = path
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

@@ -195,13 +195,23 @@ class ModelSlot:
             logger.info("model %s switched from %s to %s", self.name, previous, model.info.tag)
         return described
 
-    def run(self, crops: np.ndarray) -> tuple[np.ndarray, float, str]:
+    def run(self, crops: np.ndarray, background: bool = False) -> tuple[np.ndarray, float, str]:
         """Classify a batch on the current version: ``(N, C)`` probabilities, the seconds
-        taken, and the tag that ran (``visionqueue.dataplane.rows`` packs them for the wire)."""
+        taken, and the tag that ran (``visionqueue.dataplane.rows`` packs them for the wire).
+        ``background``: on the version's background session (``BatchClassifier``)."""
         model = self.current  # read once: the whole batch runs on one version
         started = time.perf_counter()
-        probs = model.predict_proba(crops)
+        probs = (
+            model.predict_proba(crops, background=True)
+            if background
+            else model.predict_proba(crops)
+        )
         return probs, time.perf_counter() - started, str(model.info.tag)
+
+    @property
+    def has_lanes(self) -> bool:
+        """Whether the current version runs background passes on a session of their own."""
+        return getattr(self.current, "background", None) is not None
 
     def describe(self) -> dict[str, Any]:
         """The current version, and every version this worker has served (by id)."""

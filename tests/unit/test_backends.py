@@ -58,3 +58,23 @@ def test_backend_matches_the_reference(  # type: ignore[no-untyped-def]
     assert (got.argmax(axis=1) == reference.argmax(axis=1)).all()
     single = classifier.predict_proba(crops[:1])  # another batch size: no recompile failure
     assert np.abs(single - reference[:1]).max() <= 1e-4
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "eager"])
+def test_background_passes_answer_bit_for_bit_like_the_serial_path(  # type: ignore[no-untyped-def]
+    stored_model, crops: np.ndarray, backend: str
+) -> None:
+    """The single-threaded session job passes run on (docs/priority.md) changes no answer;
+    backends without one run background passes on the model itself."""
+    classifier = load_classifier(
+        stored_model.path,
+        stored_model.tag,
+        stored_model.weights_origin,
+        tuple(str(i) for i in range(1000)),
+        backend=backend,
+        background_session=True,
+    )
+    assert (classifier.background is not None) == (backend == "onnxruntime")
+    for batch in (crops[:1], crops):
+        serial = classifier.predict_proba(batch)
+        assert np.array_equal(classifier.predict_proba(batch, background=True), serial)

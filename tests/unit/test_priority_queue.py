@@ -222,3 +222,81 @@ def test_crops_of_another_size_never_join_a_pass() -> None:
     passes = asyncio.run(scenario())
     # the 2x2 crops share a pass; the 3x3 one runs on its own (and would fail alone)
     assert passes[1:] == [("m", [10, 11]), ("m", [50])]
+
+
+class GatedForward:
+    """Every pass waits for its own release; records the passes running at once."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.passes: list[list[int]] = []
+        self.running = 0
+        self.most_at_once = 0
+        self.gates: list[asyncio.Event] = []
+
+    async def __call__(self, api: str, crops: np.ndarray) -> np.ndarray:
+        gate = asyncio.Event()
+        self.gates.append(gate)
+        self.passes.append([int(c[0, 0, 0]) for c in crops])
+        self.running += 1
+        self.most_at_once = max(self.most_at_once, self.running)
+        await gate.wait()
+        self.running -= 1
+        return crops[:, 0, 0, :1].astype(np.float32)
+
+    def release_all(self) -> None:
+        for gate in self.gates:
+            gate.set()
+
+
+def test_with_lanes_a_person_never_waits_for_job_passes() -> None:
+    async def scenario() -> tuple[GatedForward, GatedForward]:
+        serial, lanes = GatedForward("serial"), GatedForward("lanes")
+        queue = PriorityBatchQueue(serial, sizes(jobs=2), background=lanes, lanes=2)
+        backlog = [asyncio.create_task(queue.submit("m", crops(10 + i), J)) for i in range(8)]
+        await settle()
+        # two job passes hold both lanes and are not released: without lanes the person's
+        # pass would wait for one of them
+        assert lanes.running == 2 and [len(p) for p in lanes.passes] == [2, 2]
+        person = asyncio.create_task(queue.submit("m", crops(99), INT))
+        await settle()
+        assert serial.passes == [[99]]  # it runs now, beside them, on the serial forward
+        serial.release_all()
+        assert (await person)[0, 0] == 99
+        while not all(t.done() for t in backlog):
+            lanes.release_all()
+            await settle()
+        await asyncio.gather(*backlog)
+        return serial, lanes
+
+    serial, lanes = asyncio.run(scenario())
+    assert serial.passes == [[99]]  # no job crop ever ran on the serial forward
+    assert sorted(i for p in lanes.passes for i in p) == list(range(10, 18))
+    assert lanes.most_at_once == 2  # never more passes at once than lanes
+
+
+def test_lanes_keep_jobs_before_bulk_and_share_with_bulk() -> None:
+    async def scenario() -> list[list[int]]:
+        serial, lanes = GatedForward("serial"), GatedForward("lanes")
+        queue = PriorityBatchQueue(serial, sizes(jobs=1, bulk=1), 2, background=lanes, lanes=1)
+        first = asyncio.create_task(queue.submit("m", crops(1), J))
+        await settle()
+        jobs = [asyncio.create_task(queue.submit("m", crops(10 + i), J)) for i in range(5)]
+        bulk = [asyncio.create_task(queue.submit("m", crops(50 + i), B)) for i in range(2)]
+        await settle()
+        while not all(t.done() for t in [first, *jobs, *bulk]):
+            lanes.release_all()
+            await settle()
+        return lanes.passes
+
+    order = [p[0] for p in asyncio.run(scenario())]
+    # one lane: jobs first, and a bulk call passed over twice (share_every=2) runs next
+    assert order == [1, 10, 11, 50, 12, 13, 51, 14]
+
+
+def test_lanes_need_a_background_forward_and_lanes() -> None:
+    forward = CountedForward(hold_first=False)
+    with pytest.raises(ValueError):
+        PriorityBatchQueue(forward, sizes(), background=forward)
+    with pytest.raises(ValueError):
+        PriorityBatchQueue(forward, sizes(), lanes=2)

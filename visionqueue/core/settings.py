@@ -206,6 +206,16 @@ class ModelSettings(_Group):
         "forward passes in a row runs the next one: while interactive traffic keeps the "
         "classifier busy, jobs and bulk still get one pass in every N + 2.",
     )
+    background_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="CPU nice value of work no person waits for: job and bulk forward passes "
+        "(side by side on single-threaded ONNX Runtime sessions, beside the interactive "
+        "pass) and the Celery workers. The kernel then gives a "
+        "person's request the cores first; 0 = off (job passes take turns with interactive "
+        "ones, at full priority). See docs/priority.md.",
+    )
     predict_deadline_ms: int = Field(
         0,
         ge=0,

@@ -21,8 +21,10 @@ from model_store.promotions import PromotionRecord
 from model_store.serving import ModelSlot, PromotionWatcher, ServedSpec, resolve_served
 from visionqueue.core.settings import Settings
 from visionqueue.dataplane import rows
+from visionqueue.dataplane.cpu_priority import background_executor
 from visionqueue.dataplane.priority import Priority
 from visionqueue.dataplane.priority_queue import PriorityBatchQueue, QueueMetrics
+from visionqueue.dataplane.turns import PassTurns
 
 Dispatch = Callable[[str, np.ndarray], Awaitable[np.ndarray]]
 
@@ -74,9 +76,14 @@ class ModelHost:
         self.watcher = PromotionWatcher(self.slots, record, settings.model.promotion_poll_s)
         self.watcher.start()
         self._api_models = {spec.api: spec.name for spec in specs}
-        # interactive > jobs > bulk: one forward pass at a time, across every served model;
-        # no class's pass exceeds BentoML's dispatcher's largest batch
+        # interactive > jobs > bulk, across every served model; no class's pass exceeds
+        # BentoML's dispatcher's largest batch. Job and bulk passes run side by side in
+        # ``threads`` lanes of lowered CPU priority (docs/priority.md), VQ_BACKGROUND_NICE=0:
+        # one forward pass at a time
         model, most = settings.model, settings.model.batch_max_size
+        nice = model.background_nice
+        self._turns = PassTurns()
+        self._lanes = background_executor(self.threads, nice, "vq-lane") if nice else None
         self.queue = PriorityBatchQueue(
             self._forward,
             {
@@ -86,6 +93,8 @@ class ModelHost:
             },
             model.priority_share_every,
             class_metrics,
+            background=self._background_forward if nice else None,
+            lanes=self.threads if nice else 0,
         )
         self.dispatch: Dispatch | None = None  # BentoML's batch_infer, found at start-up
 
@@ -95,14 +104,25 @@ class ModelHost:
         """Run ``crops`` on ``api`` through the priority queue (the crop socket's entry)."""
         return await self.queue.submit(api, crops, Priority(priority), timeout_s)
 
-    async def _forward(self, api: str, crops: np.ndarray) -> np.ndarray:
-        if self.dispatch is not None:  # one batch at a time: it never merges or reorders
-            return await self.dispatch(api, crops)
-        return await asyncio.to_thread(self.run_batch, self._api_models[api], crops)
+    async def _forward(self, api: str, crops: np.ndarray, first: bool = True) -> np.ndarray:
+        """A pass on the serial path (interactive passes, and any without lanes)."""
+        async with self._turns.turn(first):
+            if self.dispatch is not None:  # one batch at a time: it never merges or reorders
+                return await self.dispatch(api, crops)
+            return await asyncio.to_thread(self.run_batch, self._api_models[api], crops)
 
-    def run_batch(self, name: str, crops: np.ndarray) -> np.ndarray:
+    async def _background_forward(self, api: str, crops: np.ndarray) -> np.ndarray:
+        """A job or bulk pass: in a lane on the model's single-threaded session if it has
+        one, else on the serial path after any waiting interactive pass."""
+        name = self._api_models[api]
+        if self._lanes is None or not self.slots[name].has_lanes:
+            return await self._forward(api, crops, first=False)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._lanes, self.run_batch, name, crops, True)
+
+    def run_batch(self, name: str, crops: np.ndarray, background: bool = False) -> np.ndarray:
         """Classify one adaptive batch of ``name``'s crops; return its wire rows (``rows.pack``)."""
-        probs, elapsed, tag = self.slots[name].run(crops)
+        probs, elapsed, tag = self.slots[name].run(crops, background)
         self.metrics.batch_seconds.observe(elapsed)
         self.metrics.batch_images.observe(len(probs))
         self.metrics.images.inc(len(probs))
@@ -134,10 +154,12 @@ class ModelHost:
             compile_cache_dir=model_cfg.compile_cache_dir
             or str(self._settings.data_dir.resolve() / "torch-compile"),
             metadata=stored.metadata,
+            background_session=bool(model_cfg.background_nice),
         )
         info = model.info
         logger.info(
-            "classifier loaded %s (%s, %d classes) weights=%s device=%s backend=%s (%s) threads=%d",
+            "classifier loaded %s (%s, %d classes) weights=%s device=%s backend=%s (%s) "
+            "threads=%d background lanes=%s",
             info.tag,
             info.architecture,
             len(info.labels),
@@ -146,6 +168,7 @@ class ModelHost:
             info.backend,
             info.provider,
             self.threads,
+            self.threads if getattr(model, "background", None) is not None else "none",
         )
         if info.demo:
             logger.warning(

@@ -22,6 +22,14 @@ like this:
 Pure asyncio over an async ``forward(api, crops)``, so unit tests drive it with a counted
 forward; the classifier worker (``model_host``) gives it BentoML's batch dispatcher, one
 batch at a time.
+
+**Background lanes.** Given a ``background`` forward and ``lanes``, job and bulk passes no
+longer take turns with interactive ones: up to ``lanes`` of them run side by side on that
+forward while interactive passes keep the serial one to themselves. The classifier worker
+runs the lanes on single-threaded sessions in threads of lowered CPU priority
+(``cpu_priority``), so a person's pass arriving while job passes run is not queued behind
+them: the kernel gives its threads the cores, and the job passes go on with what is left.
+Between ``jobs`` and ``bulk`` the order and the sharing rule above still hold.
 """
 
 from __future__ import annotations
@@ -107,10 +115,25 @@ class PriorityBatchQueue:
         share_every: int = 8,
         metrics: QueueMetrics | None = None,
         history: int = 0,
+        background: Forward | None = None,
+        lanes: int = 0,
     ) -> None:
         if share_every < 1 or any(max_batch.get(c, 0) < 1 for c in Priority):
             raise ValueError("share_every and every class's batch size must be at least 1")
+        if (background is None) != (lanes < 1):
+            raise ValueError("background lanes need both a background forward and lanes >= 1")
         self._forward = forward
+        self._background = background
+        self._lanes = lanes
+        # the classes the serial loop serves; with lanes, jobs and bulk run on those
+        self._serial_classes = (
+            (Priority.INTERACTIVE,) if background is not None else tuple(Priority)
+        )
+        self._lane_classes = tuple(c for c in Priority if c not in self._serial_classes)
+        self._busy_lanes = 0
+        self._lane_wake: asyncio.Event | None = None
+        self._lane_runner: asyncio.Task[None] | None = None
+        self._lane_passes: set[asyncio.Task[None]] = set()
         self._max_batch = dict(max_batch)
         self._share_every = share_every
         self._metrics = metrics or _NoMetrics()
@@ -169,9 +192,15 @@ class PriorityBatchQueue:
         self._wake.set()
         if self._runner is None or self._runner.done():
             self._runner = loop.create_task(self._run())
+        if self._background is not None:
+            if self._lane_wake is None:
+                self._lane_wake = asyncio.Event()
+            self._lane_wake.set()
+            if self._lane_runner is None or self._lane_runner.done():
+                self._lane_runner = loop.create_task(self._run_lanes())
 
-    def _next_class(self) -> Priority | None:
-        waiting = [c for c in Priority if self._drop_done(c)]
+    def _next_class(self, classes: tuple[Priority, ...]) -> Priority | None:
+        waiting = [c for c in classes if self._drop_done(c)]
         if not waiting:
             return None
         # a lower class passed over ``share_every`` times runs now (the lowest first)
@@ -210,23 +239,52 @@ class PriorityBatchQueue:
             heapq.heappush(queue, call)
         return batch
 
-    async def _run(self) -> None:
-        assert self._wake is not None
-        while True:
-            priority = self._next_class()
-            if priority is None:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            for other in Priority:
+    def _pick(self, classes: tuple[Priority, ...]) -> Priority | None:
+        """The class of the next pass among ``classes``; count the others passed over."""
+        priority = self._next_class(classes)
+        if priority is not None:
+            for other in classes:
                 if other == priority:
                     self._passed_over[other] = 0
                 elif self._queues[other]:
                     self._passed_over[other] += 1
-            batch = self._take(priority)
-            await self._run_batch(priority, batch)
+        return priority
 
-    async def _run_batch(self, priority: Priority, batch: list[_Call]) -> None:
+    async def _run(self) -> None:
+        assert self._wake is not None
+        while True:
+            priority = self._pick(self._serial_classes)
+            if priority is None:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch = self._take(priority)
+            await self._run_batch(priority, batch, self._forward)
+
+    async def _run_lanes(self) -> None:
+        """Keep up to ``lanes`` job and bulk passes running on the background forward."""
+        assert self._lane_wake is not None and self._background is not None
+        while True:
+            priority = self._pick(self._lane_classes) if self._busy_lanes < self._lanes else None
+            if priority is None:
+                self._lane_wake.clear()
+                await self._lane_wake.wait()
+                continue
+            batch = self._take(priority)
+            self._busy_lanes += 1
+            task = asyncio.get_running_loop().create_task(
+                self._run_batch(priority, batch, self._background)
+            )
+            self._lane_passes.add(task)
+            task.add_done_callback(self._lane_done)
+
+    def _lane_done(self, task: asyncio.Task[None]) -> None:
+        self._lane_passes.discard(task)
+        self._busy_lanes -= 1
+        if self._lane_wake is not None:
+            self._lane_wake.set()
+
+    async def _run_batch(self, priority: Priority, batch: list[_Call], forward: Forward) -> None:
         started = time.monotonic()
         for call in batch:
             if call.timer is not None:
@@ -236,7 +294,7 @@ class PriorityBatchQueue:
         api = batch[0].api
         self._record(priority, api, len(crops))
         try:
-            rows = await self._forward(api, crops)
+            rows = await forward(api, crops)
         except Exception as exc:  # every caller of this batch gets its failure
             for call in batch:
                 if not call.future.done():

@@ -1,0 +1,58 @@
+"""Background work runs on threads of lowered CPU priority (Linux nice values, per thread)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from visionqueue.dataplane.cpu_priority import background_executor, thread_nice
+
+pytestmark = pytest.mark.skipif(
+    sys.platform != "linux", reason="nice values are per thread on Linux"
+)
+
+
+def test_a_background_pool_runs_at_its_nice_value_and_leaves_the_caller_alone() -> None:
+    mine = thread_nice(threading.get_native_id())
+    with background_executor(2, 10, "test-bg") as pool:
+        seen = {
+            pool.submit(lambda: thread_nice(threading.get_native_id())).result() for _ in range(4)
+        }
+    assert seen == {max(mine, 10)}
+    assert thread_nice(threading.get_native_id()) == mine
+
+
+def test_a_nice_of_zero_changes_nothing() -> None:
+    with background_executor(1, 0, "test-bg0") as pool:
+        seen = pool.submit(lambda: thread_nice(threading.get_native_id())).result()
+    assert seen == thread_nice(threading.get_native_id())
+
+
+LOWER = """
+import os, threading, time
+from visionqueue.dataplane.cpu_priority import lower_this_process, thread_nice
+started = threading.Event()
+t = threading.Thread(target=lambda: (started.set(), time.sleep(1)), daemon=True)
+t.start(); started.wait()
+lower_this_process(7)
+after = threading.Thread(target=lambda: print(thread_nice(threading.get_native_id())))
+after.start(); after.join()
+print(sorted({thread_nice(int(tid)) for tid in os.listdir("/proc/self/task")}))
+"""
+
+
+def test_lowering_a_process_reaches_its_threads_and_those_started_later() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", LOWER],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    ).stdout.split("\n")
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    assert out[0] == str(max(base, 7))  # a thread started after it inherits it
+    assert out[1] == f"[{max(base, 7)}]"  # every thread that was running

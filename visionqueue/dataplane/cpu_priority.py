@@ -1,0 +1,56 @@
+"""Lower the CPU priority of background work, so a person's request gets the cores first.
+
+On a small host the classifier, the front's decodes and the job workers share a few cores.
+The priority queue decides which forward pass runs next, but once job work is running only
+the kernel can hand its cores to a request that just arrived. Linux keeps a nice value per
+thread: threads at ``VQ_BACKGROUND_NICE`` (10 by default) get about a tenth of a core's
+time against one at 0 while both want it, and all of it when nothing else runs, so
+background work fills what interactive work leaves and never stops.
+
+Lowering a priority needs no privilege; raising it back does, so background work runs on
+threads of its own that stay low (``background_executor``), never on shared threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+logger = logging.getLogger(__name__)
+
+
+def lower_this_thread(nice: int) -> None:
+    """Set the calling thread's nice value to ``nice`` (Linux: nice is per thread)."""
+    if nice <= 0:
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except (OSError, AttributeError):  # not Linux, or a sandbox that forbids it
+        logger.debug("could not lower this thread's CPU priority", exc_info=True)
+
+
+def lower_this_process(nice: int) -> None:
+    """Set every thread of this process to ``nice`` (threads started later inherit it)."""
+    if nice <= 0:
+        return
+    try:
+        threads = [int(tid) for tid in os.listdir("/proc/self/task")]
+    except OSError:
+        threads = [threading.get_native_id()]
+    for tid in threads:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+        except (OSError, AttributeError):
+            logger.debug("could not lower thread %d's CPU priority", tid, exc_info=True)
+
+
+def background_executor(threads: int, nice: int, name: str) -> ThreadPoolExecutor:
+    """A pool of ``threads`` threads that run at ``nice`` from their start."""
+    return ThreadPoolExecutor(threads, name, initializer=lower_this_thread, initargs=(nice,))
+
+
+def thread_nice(tid: int) -> int:
+    """The nice value of thread ``tid`` of this process (for tests and probes)."""
+    return os.getpriority(os.PRIO_PROCESS, tid)
