@@ -127,6 +127,48 @@ def drain(
     return jobs / elapsed, (box[0] if box else None)
 
 
+def batch_drain(
+    stack: Any, payloads: list[bytes], source: str, images: int, rate: float = 0.0
+) -> tuple[float, Traffic | None]:
+    """Run one dataset batch over ``source`` (``images`` objects) with a worker started for
+    it, with ``/predict`` traffic meanwhile; return its images per second and the traffic."""
+    from bench.batches import run_batch
+
+    stop = threading.Event()
+    box: list[Traffic] = []
+    sender = threading.Thread(
+        target=lambda: box.append(asyncio.run(_poisson(stack.url, payloads, rate, stop)))
+    )
+    worker = stack.start_worker(concurrency=6)
+    if rate:
+        sender.start()
+    try:
+        result = run_batch(stack.url, source, {}, 1800)
+    finally:
+        stop.set()
+        if rate:
+            sender.join()
+        stack.stop_worker(worker)
+    assert result["images"] == images and not result["failed"], result
+    return float(result["images_per_s"]), (box[0] if box else None)
+
+
+def upload_dataset(stack: Any, images: int) -> str:
+    """Put ``images`` real photos under a prefix of the stack's S3 server; return its URI."""
+    import io
+
+    from minio import Minio
+
+    from bench.batches import photos
+
+    s3 = Minio(stack.s3_endpoint.removeprefix("http://"), "vq-test-access",
+               "vq-test-secret", secure=False, region="us-east-1")  # fmt: skip
+    s3.make_bucket("dataset")
+    for i, body in enumerate(photos(images)):
+        s3.put_object("dataset", f"photos/{i:05d}.jpg", io.BytesIO(body), len(body))
+    return "s3://dataset/photos/"
+
+
 def render(result: dict[str, Any]) -> str:
     idle, busy = result["idle"], result["busy"]
     rows = [
@@ -141,8 +183,14 @@ def render(result: dict[str, Any]) -> str:
         "",
         f"`/predict` traffic: open loop, Poisson arrivals at {result['rate']:g}/s, the four "
         "benchmark photos. Backlog: "
-        f"{result['jobs']} jobs queued before the worker starts, {result['per_request']} images "
-        f"per `/v1/jobs` request, priority `{result['priority']}`.",
+        + (
+            f"{result['jobs']} jobs queued before the worker starts, {result['per_request']} "
+            f"images per `/v1/jobs` request, priority `{result['priority']}`."
+            if result["backlog"] == "jobs"
+            else f"one dataset batch (`POST /v1/batches`) over {result['jobs']} real photos "
+            "under an `s3://` prefix of the S3 server (the bulk class), one worker "
+            "(concurrency 6)."
+        ),
         "",
         "| | p50 ms | p99 ms | requests (errors) | classes answered |",
         "|---|---|---|---|---|",
@@ -153,7 +201,7 @@ def render(result: dict[str, Any]) -> str:
         f"| ratio | **{busy.p50_ms / idle.p50_ms:.2f}x** (goal <= 1.25x) | "
         f"**{busy.p99_ms / idle.p99_ms:.2f}x** (goal <= 1.5x) | | |",
         "",
-        "| backlog drain | jobs/s |",
+        f"| backlog drain | {'jobs' if result['backlog'] == 'jobs' else 'images'}/s |",
         "|---|---|",
         f"| alone | {result['solo']:.1f} |",
         f"| beside the traffic | {result['shared']:.1f} |",
@@ -176,6 +224,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--per-request", type=int, default=10)
     parser.add_argument("--priority", default="normal", choices=("high", "normal", "low"))
+    parser.add_argument(
+        "--backlog",
+        default="jobs",
+        choices=("jobs", "batch"),
+        help="jobs: --jobs queued jobs; batch: one dataset batch over --jobs photos in S3",
+    )
     parser.add_argument("--output", default=str(ROOT / "docs" / "benchmarks-priority.md"))
     args = parser.parse_args(argv)
     load_start = os.getloadavg()[0]
@@ -194,11 +248,17 @@ def main(argv: list[str] | None = None) -> int:
         traffic_for(stack.url, data, args.rate, 5)  # warm-up
         idle = traffic_for(stack.url, data, args.rate, args.idle_seconds)
         print(f"  idle: p50 {idle.p50_ms:.0f} ms p99 {idle.p99_ms:.0f} ms", flush=True)
-        solo, _ = drain(stack, data, args.jobs, args.per_request, priority=args.priority)
-        print(f"  drain alone: {solo:.1f} jobs/s", flush=True)
-        shared, busy = drain(
-            stack, data, args.jobs, args.per_request, args.rate, priority=args.priority
-        )
+        if args.backlog == "jobs":
+            solo, _ = drain(stack, data, args.jobs, args.per_request, priority=args.priority)
+            print(f"  drain alone: {solo:.1f} jobs/s", flush=True)
+            shared, busy = drain(
+                stack, data, args.jobs, args.per_request, args.rate, priority=args.priority
+            )
+        else:
+            source = upload_dataset(stack, args.jobs)
+            solo, _ = batch_drain(stack, data, source, args.jobs)
+            print(f"  batch alone: {solo:.1f} images/s", flush=True)
+            shared, busy = batch_drain(stack, data, source, args.jobs, args.rate)
         assert busy is not None
         print(
             f"  drain beside /predict: {shared:.1f} jobs/s; p50 {busy.p50_ms:.0f} ms "
@@ -214,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         "jobs": args.jobs,
         "per_request": args.per_request,
         "priority": args.priority,
+        "backlog": args.backlog,
         "idle": idle,
         "busy": busy,
         "solo": solo,
