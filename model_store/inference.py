@@ -147,7 +147,7 @@ def load_classifier(
     Runtime or OpenVINO, TorchScript archives run eagerly (``compile`` and the graph
     backends need the Python module), ``channels_last`` included. ``background_session``
     opens a second, single-threaded ONNX Runtime session for background passes where the
-    model runs on ONNX Runtime's CPU provider (``has_background_session`` says if it did).
+    model runs on ONNX Runtime's CPU provider (the classifier's ``background`` is then set).
     """
     import torch
 
