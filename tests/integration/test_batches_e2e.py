@@ -288,3 +288,63 @@ def test_cli_batch_waits_and_prints_where_the_results_are(
     assert sorted(line["key"] for line in lines) == names
     assert {len(line["predictions"]) for line in lines} == {2}
     assert "done" in done.stderr  # the progress bar
+
+
+def test_the_batch_webhook_log_and_redelivery_through_the_api(
+    bstack: Stack, roots: Path, worker: None
+) -> None:
+    folder, _ = _folder(roots, 3)
+    with _client(bstack) as client:
+        # signed with the tenant's own secret too (VQ_WEBHOOK_TENANT_SECRETS=both)
+        (own_secret,) = client.get("/v1/webhook-secret").json()["secrets"]
+        with WebhookReceiver(own_secret) as hooks:
+            hooks.respond(500, body=b"not yet")  # the first attempt fails, the retry lands
+            resp = client.post(
+                "/v1/batches", json={"source": f"file://{folder}/", "webhook_url": hooks.url()}
+            )
+            assert resp.status_code == 202, resp.text
+            batch_id = resp.json()["id"]
+            assert _wait_final(client, batch_id)["status"] == "completed"
+
+            # the schedule's first retry: 5 s +-20%
+            log = wait_until(lambda: _log_of(client, batch_id, 2), 60, "the retry delivered")
+            assert log["event"]["status"] == "delivered"
+            first, second = log["deliveries"]
+            assert (first["attempt"], first["status_code"], first["error"]) == (1, 500, "http_500")
+            assert first["succeeded"] is False and first["next_attempt_at"] is not None
+            assert (second["attempt"], second["status_code"], second["succeeded"]) == (2, 200, True)
+            assert first["latency_ms"] > 0 and second["latency_ms"] > 0
+            event_id = log["event"]["id"]
+            assert {first["event_id"], second["event_id"]} == {event_id}
+            assert log["event"]["type"] == "batch.completed"
+
+            resp = client.post(f"/v1/batches/{batch_id}/deliveries/redeliver")
+            assert resp.status_code == 202, resp.text
+            assert resp.json() == {"status": "scheduled", "attempt": 3}
+            again = client.post(f"/v1/batches/{batch_id}/deliveries/redeliver")
+            assert again.status_code == 429
+            assert again.json()["error"]["code"] == "redeliver_rate_limited"
+            assert int(again.headers["retry-after"]) >= 1
+            requests = hooks.wait_for_requests(3, timeout_s=30)
+            assert len(requests) == 3
+            assert all(r.verified for r in requests), [r.verify_error for r in requests]
+            assert {r.headers["webhook-id"] for r in requests} == {event_id}
+            log = wait_until(lambda: _log_of(client, batch_id, 3), 30, "the redelivery logged")
+            assert log["deliveries"][2]["attempt"] == 3 and log["deliveries"][2]["succeeded"]
+
+        silent = client.post("/v1/batches", json={"source": f"file://{folder}/"}).json()["id"]
+        refused = client.post(f"/v1/batches/{silent}/deliveries/redeliver")
+        assert refused.status_code == 409, refused.text
+        assert client.get(f"/v1/batches/{silent}/deliveries").json() == {
+            "deliveries": [],
+            "event": None,
+        }
+    with _client(bstack, KEY_B) as other:  # another tenant: as absent as a missing batch
+        assert other.get(f"/v1/batches/{batch_id}/deliveries").status_code == 404
+        assert other.post(f"/v1/batches/{batch_id}/deliveries/redeliver").status_code == 404
+
+
+def _log_of(client: httpx.Client, batch_id: str, attempts: int) -> dict[str, Any] | None:
+    """The batch's delivery log once it holds ``attempts`` attempts."""
+    log: dict[str, Any] = client.get(f"/v1/batches/{batch_id}/deliveries").json()
+    return log if len(log["deliveries"]) >= attempts else None
