@@ -275,6 +275,8 @@ class Batch(Base):
     status: Mapped[str] = mapped_column(String(16), default=BatchStatus.PENDING.value)
     source: Mapped[str] = mapped_column(Text)
     output: Mapped[str] = mapped_column(Text)
+    # the output is the project's own store (no output requested): retention deletes its parts
+    output_owned: Mapped[bool] = mapped_column(default=False, server_default=false())
     model_name: Mapped[str | None] = mapped_column(String(255))
     model_tag: Mapped[str | None] = mapped_column(String(255))
     top_k: Mapped[int] = mapped_column(Integer, default=5)

@@ -11,14 +11,21 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from celery import Celery
 from minio import Minio
+from sqlalchemy import update
+from sqlalchemy.orm import Session
 
+from jobs.celery_app import PURGE_TASK
 from jobs.crash_points import BATCH_CHUNK_BEFORE_STORE
+from persistence.models import Batch
+from tests.integration.jobs_factories import database
 from tests.integration.webhook_receiver import WebhookReceiver
 from tests.support.images import jpeg, skimage_photo
 from tests.support.stack import Stack, production_stack
@@ -348,3 +355,61 @@ def _log_of(client: httpx.Client, batch_id: str, attempts: int) -> dict[str, Any
     """The batch's delivery log once it holds ``attempts`` attempts."""
     log: dict[str, Any] = client.get(f"/v1/batches/{batch_id}/deliveries").json()
     return log if len(log["deliveries"]) >= attempts else None
+
+
+def test_finished_batches_are_purged_with_their_own_part_files_only(bstack: Stack) -> None:
+    run = uuid.uuid4().hex[:8]
+    s3 = _s3(bstack)
+    for i in range(3):
+        _put(s3, "datasets", f"{run}/r/{i}.jpg", jpeg(200, 150, seed=300 + i))
+    source = f"s3://datasets/{run}/r/"
+    their_output = f"s3://datasets/{run}/out/"
+    with (
+        bstack.worker(concurrency=4, env={"VQ_BATCH_RETENTION_DAYS": "1"}),
+        _client(bstack) as client,
+    ):
+        ids = {
+            name: client.post("/v1/batches", json={"source": source, **extra}).json()["id"]
+            for name, extra in (("ours", {}), ("theirs", {"output": their_output}), ("new", {}))
+        }
+        for batch_id in ids.values():
+            assert _wait_final(client, batch_id)["status"] == "completed"
+
+        def parts(bucket: str, prefix: str) -> list[str]:
+            listed = s3.list_objects(bucket, prefix=prefix, recursive=True)
+            return sorted(str(o.object_name) for o in listed)
+
+        assert parts("vq-images", f"batches/{ids['ours']}/") == [
+            f"batches/{ids['ours']}/part-00000.jsonl"
+        ]
+        assert parts("datasets", f"{run}/out/") == [f"{run}/out/part-00000.jsonl"]
+        two_days_ago = datetime.now(UTC) - timedelta(days=2)
+        with database(bstack.database_url) as engine, Session(engine) as session:
+            session.execute(
+                update(Batch)
+                .where(Batch.id.in_([ids["ours"], ids["theirs"]]))
+                .values(finished_at=two_days_ago)
+            )
+            session.commit()
+        prefix = bstack.env["VQ_BROKER_QUEUE_PREFIX"]
+        trigger = Celery("purge-trigger", broker=bstack.broker_url)
+        trigger.conf.broker_transport_options = {"global_keyprefix": prefix}
+        try:
+            trigger.send_task(PURGE_TASK, queue=f"{prefix}maintenance")
+        finally:
+            trigger.close()
+        wait_until(
+            lambda: all(
+                client.get(f"/v1/batches/{ids[name]}").status_code == 404
+                for name in ("ours", "theirs")
+            ),
+            60,
+            "the purge of the batches finished two days ago",
+        )
+        assert parts("vq-images", f"batches/{ids['ours']}/") == []  # ours: deleted
+        assert parts("datasets", f"{run}/out/") == [f"{run}/out/part-00000.jsonl"]  # theirs
+        assert client.get(f"/v1/batches/{ids['new']}").json()["status"] == "completed"
+        assert len(_lines(client, ids["new"])) == 3
+        assert parts("vq-images", f"batches/{ids['new']}/") == [
+            f"batches/{ids['new']}/part-00000.jsonl"
+        ]
