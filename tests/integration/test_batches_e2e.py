@@ -35,6 +35,7 @@ from visionqueue.core.secrets import generate_secret
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 KEY_A, KEY_B = "batch-tenant-a-key", "batch-tenant-b-key"
+SERVICE_TOKEN = "batch-workers-own-token"
 SECRET = generate_secret()
 PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg", "camera.png")
 
@@ -54,6 +55,7 @@ def bstack(server_env: dict[str, str], session_dir: Path, roots: Path) -> Iterat
         "VQ_BATCH_LEASE_S": "4",
         "VQ_WORKER_SWEEP_INTERVAL_S": "1",
         "VQ_WEBHOOK_SECRETS": SECRET,
+        "VQ_SERVICE_TOKEN": SERVICE_TOKEN,
     }
     with production_stack(server_env, session_dir / "batches-stack", 13, **extra) as stack:
         yield stack
@@ -413,3 +415,33 @@ def test_finished_batches_are_purged_with_their_own_part_files_only(bstack: Stac
         assert parts("vq-images", f"batches/{ids['new']}/") == [
             f"batches/{ids['new']}/part-00000.jsonl"
         ]
+
+
+@pytest.mark.parametrize(
+    "credential",
+    [
+        # the workers' own token and no tenant's key (the crops route and /v1/models open to it)
+        {"VQ_API_KEYS": ""},
+        # no token: the first tenant's key, as before VQ_SERVICE_TOKEN
+        {"VQ_SERVICE_TOKEN": ""},
+    ],
+    ids=["service-token", "first-api-key"],
+)
+def test_workers_run_chunks_with_their_own_credential(
+    bstack: Stack, roots: Path, credential: dict[str, str]
+) -> None:
+    folder, names = _folder(roots, 5)
+    with bstack.worker(concurrency=2, env=credential), _client(bstack) as client:
+        batch_id = client.post("/v1/batches", json={"source": f"file://{folder}/"}).json()["id"]
+        view = _wait_final(client, batch_id, timeout=120)
+        assert (view["status"], view["done"], view["failed"]) == ("completed", 5, 0)
+        lines = _lines(client, batch_id)
+        assert sorted(line["key"] for line in lines) == names
+        assert all(line["predictions"] for line in lines)
+    service = {"Authorization": f"Bearer {SERVICE_TOKEN}"}
+    with httpx.Client(base_url=bstack.url, headers=service, timeout=30) as svc:
+        # the token opens the workers' calls only: no tenant's batch, list or submission
+        assert svc.get(f"/v1/batches/{batch_id}").status_code == 401
+        assert svc.get("/v1/batches").status_code == 401
+        assert svc.post("/v1/batches", json={"source": f"file://{folder}/"}).status_code == 401
+        assert svc.get("/v1/models").status_code == 200

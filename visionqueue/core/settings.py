@@ -63,9 +63,10 @@ class ServerSettings(_Group):
     )
     service_token: SecretStr = Field(
         SecretStr(""),
-        description="The workers' own credential for the front's /predict (and nothing else): "
-        "give the front and the workers the same value; the workers then need no tenant's API "
-        "key. Empty = workers send the first of VQ_API_KEYS.",
+        description="The workers' own credential for their calls to the front (/predict, a "
+        "batch chunk's POST /v1/batches/crops and GET /v1/models) and nothing else: give the "
+        "front and the workers the same value; the workers then need no tenant's API key. "
+        "Empty = workers send the first of VQ_API_KEYS.",
     )
     signing_key: SecretStr = Field(
         SecretStr(""),
