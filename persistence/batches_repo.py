@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, delete, func, or_, select, update
+from sqlalchemy import CursorResult, and_, delete, func, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from persistence import deliveries_repo
 from persistence.db import session_scope
+from persistence.jobs_repo import decode_cursor, encode_cursor
 from persistence.models import (
     ANONYMOUS_OWNER,
     BATCH_FINAL_STATUSES,
@@ -97,14 +98,28 @@ def get_batch_by_id(session: Session, batch_id: str) -> Batch | None:
     return session.get(Batch, batch_id)
 
 
-def list_batches(session: Session, owner: str | None, limit: int = 50) -> list[Batch]:
-    query = (
-        select(Batch)
-        .where(Batch.owner == _owner(owner))
-        .order_by(Batch.created_at.desc(), Batch.id.desc())
-        .limit(limit)
-    )
-    return list(session.scalars(query))
+def list_batches(
+    session: Session, owner: str | None, limit: int = 50, cursor: str | None = None
+) -> tuple[list[Batch], str | None]:
+    """One page of ``owner``'s batches, newest first, and the cursor of the next page (the
+    jobs' keyset on ``created_at, id``; ``InvalidCursor`` for a token it did not make)."""
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    query = select(Batch).where(Batch.owner == _owner(owner))
+    if cursor is not None:
+        created_at, batch_id = decode_cursor(cursor)
+        query = query.where(
+            or_(
+                Batch.created_at < created_at,
+                and_(Batch.created_at == created_at, Batch.id < batch_id),
+            )
+        )
+    query = query.order_by(Batch.created_at.desc(), Batch.id.desc()).limit(limit + 1)
+    batches = list(session.scalars(query))
+    if len(batches) <= limit:
+        return batches, None
+    last = batches[limit - 1]
+    return batches[:limit], encode_cursor(last.created_at, last.id)
 
 
 def add_chunks(

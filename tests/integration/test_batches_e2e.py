@@ -445,3 +445,29 @@ def test_workers_run_chunks_with_their_own_credential(
         assert svc.get("/v1/batches").status_code == 401
         assert svc.post("/v1/batches", json={"source": f"file://{folder}/"}).status_code == 401
         assert svc.get("/v1/models").status_code == 200
+
+
+def test_the_list_follows_next_cursor_and_refuses_a_forged_one(bstack: Stack, roots: Path) -> None:
+    folder, _ = _folder(roots, 1)
+    with _client(bstack) as client:
+        made = []
+        for _ in range(3):
+            batch_id = client.post("/v1/batches", json={"source": f"file://{folder}/"}).json()["id"]
+            made.append(batch_id)
+            assert client.delete(f"/v1/batches/{batch_id}").status_code == 200  # no work left
+        seen: list[str] = []
+        cursor = None
+        while True:
+            params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+            body = client.get("/v1/batches", params=params).json()
+            assert len(body["batches"]) <= 2
+            seen += [b["id"] for b in body["batches"]]
+            cursor = body["next_cursor"]
+            if cursor is None:
+                break
+        assert seen[:3] == made[::-1]  # newest first, then every older batch once
+        assert len(seen) == len(set(seen))
+        with _client(bstack, KEY_B) as other:
+            assert not set(made) & {b["id"] for b in other.get("/v1/batches").json()["batches"]}
+        resp = client.get("/v1/batches", params={"cursor": "not-a-cursor"})
+        assert resp.status_code == 400 and resp.json()["error"]["code"] == "bad_request"

@@ -56,16 +56,23 @@ async def create_batch(request: Request, body: BatchRequest) -> Any:
     return JSONResponse(batch_view(batch, _results_url(request, batch)), status_code=202)
 
 
-@router.get("/v1/batches", responses=error_responses(401, 503))
-async def list_batches(request: Request, limit: Annotated[int, Query(ge=1, le=200)] = 50) -> Any:
-    """The caller's batches, newest first."""
+@router.get("/v1/batches", responses=error_responses(400, 401, 422, 503))
+async def list_batches(
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query()] = None,
+) -> Any:
+    """The caller's batches, newest first; follow ``next_cursor`` for the next page."""
 
-    def query() -> list[Batch]:
+    def query() -> tuple[list[Batch], str | None]:
         with session_scope(resources(request).engine) as session:
-            return batches_repo.list_batches(session, owner(request), limit)
+            return batches_repo.list_batches(session, owner(request), limit, cursor)
 
-    batches = await anyio.to_thread.run_sync(query)
-    return {"batches": [batch_view(b, _results_url(request, b)) for b in batches]}
+    batches, next_cursor = await anyio.to_thread.run_sync(query)
+    return {
+        "batches": [batch_view(b, _results_url(request, b)) for b in batches],
+        "next_cursor": next_cursor,
+    }
 
 
 @router.get("/v1/batches/{batch_id}", responses=error_responses(401, 404, 503))
