@@ -22,7 +22,7 @@ from persistence.deliveries_repo import BATCHES
 from persistence.models import Batch
 from visionqueue.api.batch_submit import BatchRequest, submit_batch
 from visionqueue.api.openapi_errors import error_responses
-from visionqueue.api.redelivery import schedule_redelivery
+from visionqueue.api.redelivery import queue_delivery, schedule_redelivery
 from visionqueue.api.routes import owner, resources
 from visionqueue.api.state import served_models
 from visionqueue.core.errors import BadRequest, Conflict, NotFound
@@ -93,6 +93,9 @@ async def cancel_batch(request: Request, batch_id: str) -> Any:
     batch = await anyio.to_thread.run_sync(cancel)
     if batch is None:
         raise NotFound("batch not found", code="batch_not_found")
+    if batch.webhook_url:  # batch.cancelled is owed now: no lane may be left to send it
+        res = resources(request)
+        await anyio.to_thread.run_sync(queue_delivery, res, BATCHES, batch.id, BATCH_WEBHOOK_TASK)
     return batch_view(batch, _results_url(request, batch))
 
 

@@ -43,11 +43,18 @@ def schedule_redelivery(
             code="redeliver_rate_limited",
             retry_after=wait,
         )
+    queue_delivery(res, outbox, subject_id, task)
+    return planned.attempt
+
+
+def queue_delivery(
+    res: FrontResources, outbox: deliveries_repo.Outbox, subject_id: str, task: str
+) -> None:
+    """Queue an attempt of the subject's due event now, best effort (the sweepers relay it)."""
     try:
         res.celery.send_task(task, args=[subject_id])
     except Exception:  # kombu errors differ by transport
         # the event is due in the database: the sweeper relays it
         logger.warning(
-            "%s %s: redelivery message not queued; left to the sweeper", outbox.noun, subject_id
+            "%s %s: delivery message not queued; left to the sweeper", outbox.noun, subject_id
         )
-    return planned.attempt
