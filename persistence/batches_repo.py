@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, and_, delete, func, or_, select, update
+from sqlalchemy import CursorResult, and_, func, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -28,8 +28,6 @@ from persistence.models import (
     Batch,
     BatchChunk,
     BatchStatus,
-    BatchWebhookOutbox,
-    OutboxStatus,
     utcnow,
 )
 from visionqueue.core.webhook_events import batch_event_type_for, destination_of, event_id_for
@@ -419,32 +417,3 @@ def batches_unplanned(session: Session, older_than: datetime, limit: int = 100) 
         .limit(limit)
     )
     return list(session.scalars(query))
-
-
-@dataclass(frozen=True)
-class ExpiredBatch:
-    id: str
-    output: str
-    output_owned: bool
-    parts: int  # part files it may have written: part-00000 .. part-(parts - 1)
-
-
-def expired_batches(session: Session, cutoff: datetime, limit: int) -> list[ExpiredBatch]:
-    """Up to ``limit`` batches that ended before ``cutoff`` and owe no webhook event (an owed
-    event keeps its batch, as it keeps a job), oldest first."""
-    owing = select(BatchWebhookOutbox.batch_id).where(
-        BatchWebhookOutbox.batch_id == Batch.id,
-        BatchWebhookOutbox.status == OutboxStatus.PENDING.value,
-    )
-    rows = session.execute(
-        select(Batch.id, Batch.output, Batch.output_owned, Batch.planned_chunks)
-        .where(Batch.status.in_(FINAL), Batch.finished_at < cutoff, ~owing.exists())
-        .order_by(Batch.finished_at)
-        .limit(limit)
-    ).all()
-    return [ExpiredBatch(r.id, r.output, r.output_owned, r.planned_chunks) for r in rows]
-
-
-def delete_batch(session: Session, batch_id: str) -> None:
-    """Delete a batch; its chunks (and their lines), outbox row and delivery log cascade."""
-    session.execute(delete(Batch).where(Batch.id == batch_id))

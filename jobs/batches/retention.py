@@ -16,7 +16,7 @@ from datetime import timedelta
 
 from sqlalchemy import Engine
 
-from persistence import batches_repo
+from persistence import retention_repo
 from persistence.batch_sources import open_location, output_location, part_name
 from persistence.db import session_scope
 from persistence.models import utcnow
@@ -38,7 +38,7 @@ def purge_expired_batches(engine: Engine, settings: Settings, limit: int = 20) -
     if days <= 0:
         return 0
     with session_scope(engine) as session:
-        expired = batches_repo.expired_batches(session, utcnow() - timedelta(days=days), limit)
+        expired = retention_repo.expired_batches(session, utcnow() - timedelta(days=days), limit)
     purged = 0
     for batch in expired:
         if batch.output_owned:
@@ -49,6 +49,6 @@ def purge_expired_batches(engine: Engine, settings: Settings, limit: int = 20) -
                 logger.warning("batch %s kept: its part files stay (%s)", batch.id, exc.message)
                 continue
         with session_scope(engine) as session:
-            batches_repo.delete_batch(session, batch.id)
+            retention_repo.delete_batch(session, batch.id)
         purged += 1
     return purged
