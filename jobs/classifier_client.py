@@ -17,6 +17,7 @@ import numpy as np
 
 from model_store.serving import ServedSpec
 from visionqueue.core.errors import ModelNotReady, Unavailable, Unprocessable
+from visionqueue.core.settings import ServerSettings
 from visionqueue.dataplane import rows as answer_rows
 from visionqueue.dataplane.crops_wire import pack_crops, prioritized_api
 from visionqueue.dataplane.priority import JOB_PRIORITY, Priority
@@ -33,6 +34,15 @@ def post_classifier(http: httpx.Client, url: str, **request: Any) -> httpx.Respo
             f"the classifier could not be reached ({type(exc).__name__})",
             code="classifier_unavailable",
         ) from exc
+
+
+def front_auth_headers(server: ServerSettings) -> dict[str, str]:
+    """The workers' credential for their calls to the front: ``VQ_SERVICE_TOKEN``, else
+    (before it existed) the first of ``VQ_API_KEYS``, else none (keys off)."""
+    token = server.service_token.get_secret_value()
+    if not token and server.api_keys:
+        token = server.api_keys[0].get_secret_value()
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 REFUSED_CREDENTIALS = (401, 403)

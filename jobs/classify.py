@@ -22,7 +22,12 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session
 
-from jobs.classifier_client import ClassifierClient, is_transient, post_classifier
+from jobs.classifier_client import (
+    ClassifierClient,
+    front_auth_headers,
+    is_transient,
+    post_classifier,
+)
 from jobs.crash_points import BATCH_BEFORE_COMPLETION, crash_point
 from jobs.notify import owe_event
 from jobs.resources import Resources
@@ -65,12 +70,7 @@ def classify_bytes(
     """POST the image to the front's ``/predict`` (the model's shared batching queue) in the
     job's priority class (``X-VQ-Work-Class``: behind every person's request)."""
     url = f"{res.settings.front_url}/predict"
-    headers = {PRIORITY_HEADER: priority.label}
-    server = res.settings.server
-    if server.service_token.get_secret_value():
-        headers["Authorization"] = f"Bearer {server.service_token.get_secret_value()}"
-    elif server.api_keys:  # before VQ_SERVICE_TOKEN: the first tenant's key
-        headers["Authorization"] = f"Bearer {server.api_keys[0].get_secret_value()}"
+    headers = {PRIORITY_HEADER: priority.label, **front_auth_headers(res.settings.server)}
     resp = post_classifier(
         res.http,
         url,

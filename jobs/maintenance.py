@@ -1,4 +1,4 @@
-"""The sweeper and the purge, each single-flight across every worker (a lock in the database).
+"""The sweeper and the purge (jobs, images, batches), each single-flight across every worker (a lock in the database).
 
 ``sweep_once`` finds what a crash or a lost message left behind: jobs whose worker's lease
 lapsed, retries and enqueues nobody claimed, jobs out of attempts (failed, their event
@@ -107,18 +107,25 @@ def sweep_once(res: Resources) -> SweepReport:
 
 def purge_once(res: Resources) -> dict[str, int]:
     """Run the retention and orphan purges unless another purge runs."""
+    from jobs.batches.retention import purge_expired_batches
     from jobs.retention import purge_expired, purge_orphans
 
     holder = res.leases.holder
     with session_scope(res.engine) as session:
         if not locks.acquire(session, PURGE_LOCK, holder, PURGE_LOCK_TTL_S):
-            return {"jobs": 0, "images": 0, "orphan_images": 0, "skipped": 1}
+            return {"jobs": 0, "images": 0, "orphan_images": 0, "batches": 0, "skipped": 1}
     try:
         result = purge_expired(res.engine, res.store, res.settings.worker.retention_days)
         orphans = 0
         if res.settings.worker.purge_orphan_images:
             orphans = purge_orphans(res.engine, res.store)
-        return {"jobs": result.jobs, "images": result.images, "orphan_images": orphans}
+        batches = purge_expired_batches(res.engine, res.settings)
+        return {
+            "jobs": result.jobs,
+            "images": result.images,
+            "orphan_images": orphans,
+            "batches": batches,
+        }
     finally:
         with session_scope(res.engine) as session:
             locks.release(session, PURGE_LOCK, holder)

@@ -183,10 +183,13 @@ def sweep() -> dict[str, Any]:
 @app.task(name=PURGE_TASK, ignore_result=True)
 def purge() -> dict[str, int]:
     """Delete finished jobs and images past the retention period (VQ_WORKER_RETENTION_DAYS),
-    and images no job refers to (left by submissions refused after storing them)."""
+    images no job refers to (left by submissions refused after storing them), and finished
+    batches past theirs (VQ_BATCH_RETENTION_DAYS)."""
     result = purge_once(get_resources())
     if result["jobs"]:
         logger.info("purge: deleted %d jobs and %d images", result["jobs"], result["images"])
     if result["orphan_images"]:
         logger.info("purge: deleted %d images no job refers to", result["orphan_images"])
+    if result["batches"]:
+        logger.info("purge: deleted %d finished batches", result["batches"])
     return result

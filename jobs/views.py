@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from persistence.models import Job, WebhookDelivery, WebhookOutbox
+from persistence.models import DeliveryLogColumns, Job, OutboxColumns
 from visionqueue.core.timestamps import iso_z
 from visionqueue.dataplane.priority import job_priority
 
@@ -72,8 +72,8 @@ def job_view(job: Job, image_url: str | None) -> dict[str, Any]:
     }
 
 
-def delivery_view(delivery: WebhookDelivery) -> dict[str, Any]:
-    """Return one webhook delivery attempt as ``GET /v1/jobs/{id}/deliveries`` lists it."""
+def delivery_view(delivery: DeliveryLogColumns) -> dict[str, Any]:
+    """Return one delivery attempt as ``GET /v1/jobs|batches/{id}/deliveries`` lists it."""
     return {
         "event_id": delivery.event_id,
         "event_type": delivery.event_type,
@@ -87,8 +87,8 @@ def delivery_view(delivery: WebhookDelivery) -> dict[str, Any]:
     }
 
 
-def event_view(event: WebhookOutbox | None) -> dict[str, Any] | None:
-    """Return where a job's webhook event stands (None: the job owes none yet)."""
+def event_view(event: OutboxColumns | None) -> dict[str, Any] | None:
+    """Return where a webhook event stands (None: none is owed yet)."""
     if event is None:
         return None
     return {

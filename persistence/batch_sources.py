@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -50,6 +50,10 @@ class ObjectReader(Protocol):
 class ObjectWriter(Protocol):
     def put(self, name: str, data: bytes) -> None:
         """Write ``data`` under the location's ``name`` (overwriting)."""
+        ...
+
+    def delete(self, names: Iterable[str]) -> None:
+        """Remove the location's ``names`` (missing ones are fine), then the emptied folder."""
         ...
 
 
@@ -160,6 +164,15 @@ class LocalFolder:
         tmp.write_bytes(data)
         tmp.replace(target)  # readers never see half a part file
 
+    def delete(self, names: Iterable[str]) -> None:
+        try:
+            for name in names:
+                (self.root / name).unlink(missing_ok=True)
+            if self.root.is_dir() and not any(self.root.iterdir()):
+                self.root.rmdir()
+        except OSError as exc:
+            raise StorageUnavailable("the output folder cannot be cleaned") from exc
+
 
 class S3Objects:
     """An ``s3://`` source or output on the configured endpoint."""
@@ -251,6 +264,19 @@ class S3Objects:
                 content_type="application/jsonl",
             )
 
+    def delete(self, names: Iterable[str]) -> None:
+        from minio.deleteobjects import DeleteObject
+
+        loc = self.location
+        with self._errors():
+            # one DeleteObjects request per 1000 names; the iterator sends them as it goes
+            errors = self._client.remove_objects(
+                loc.bucket, (DeleteObject(loc.path + name) for name in names)
+            )
+            failed = [e for e in errors if e.code not in ("NoSuchKey", "NoSuchObject")]
+        if failed:
+            raise StorageUnavailable(f"{len(failed)} part files could not be deleted")
+
 
 class _S3Errors:
     """Map transport failures to ``StorageUnavailable``; missing objects pass as ``S3Error``."""
@@ -278,6 +304,11 @@ def _lines(stream: Iterator[bytes]) -> Iterator[str]:
             yield line.decode("utf-8", "replace")
     if rest:
         yield rest.decode("utf-8", "replace")
+
+
+def part_name(seq: int) -> str:
+    """The name of chunk ``seq``'s part file in a batch's output."""
+    return f"part-{seq:05d}.jsonl"
 
 
 def open_location(location: Location, settings: Settings) -> LocalFolder | S3Objects:

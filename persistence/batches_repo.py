@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, func, or_, select, update
+from sqlalchemy import CursorResult, and_, func, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from persistence import deliveries_repo
 from persistence.db import session_scope
+from persistence.jobs_repo import decode_cursor, encode_cursor
 from persistence.models import (
     ANONYMOUS_OWNER,
     BATCH_FINAL_STATUSES,
@@ -28,6 +30,7 @@ from persistence.models import (
     BatchStatus,
     utcnow,
 )
+from visionqueue.core.webhook_events import batch_event_type_for, destination_of, event_id_for
 
 FINAL = tuple(status.value for status in BATCH_FINAL_STATUSES)
 
@@ -61,11 +64,13 @@ def create_batch(
     top_k: int,
     metadata: dict[str, Any] | None,
     webhook_url: str | None,
+    output_owned: bool = False,
 ) -> Batch:
     batch = Batch(
         id=batch_id,
         source=source,
         output=output,
+        output_owned=output_owned,
         owner=_owner(owner),
         model_name=model_name or None,
         top_k=top_k,
@@ -91,14 +96,28 @@ def get_batch_by_id(session: Session, batch_id: str) -> Batch | None:
     return session.get(Batch, batch_id)
 
 
-def list_batches(session: Session, owner: str | None, limit: int = 50) -> list[Batch]:
-    query = (
-        select(Batch)
-        .where(Batch.owner == _owner(owner))
-        .order_by(Batch.created_at.desc(), Batch.id.desc())
-        .limit(limit)
-    )
-    return list(session.scalars(query))
+def list_batches(
+    session: Session, owner: str | None, limit: int = 50, cursor: str | None = None
+) -> tuple[list[Batch], str | None]:
+    """One page of ``owner``'s batches, newest first, and the cursor of the next page (the
+    jobs' keyset on ``created_at, id``; ``InvalidCursor`` for a token it did not make)."""
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    query = select(Batch).where(Batch.owner == _owner(owner))
+    if cursor is not None:
+        created_at, batch_id = decode_cursor(cursor)
+        query = query.where(
+            or_(
+                Batch.created_at < created_at,
+                and_(Batch.created_at == created_at, Batch.id < batch_id),
+            )
+        )
+    query = query.order_by(Batch.created_at.desc(), Batch.id.desc()).limit(limit + 1)
+    batches = list(session.scalars(query))
+    if len(batches) <= limit:
+        return batches, None
+    last = batches[limit - 1]
+    return batches[:limit], encode_cursor(last.created_at, last.id)
 
 
 def add_chunks(
@@ -157,7 +176,7 @@ def fail_batch(session: Session, batch_id: str, code: str, message: str) -> bool
     batch = session.get(Batch, batch_id, with_for_update=True)
     if batch is None or batch.status in FINAL:
         return False
-    _finish(batch, BatchStatus.FAILED.value)
+    _finish(session, batch, BatchStatus.FAILED.value)
     batch.error_code, batch.error_message = code, message
     return True
 
@@ -169,16 +188,25 @@ def cancel_batch(session: Session, batch_id: str, owner: str | None) -> Batch | 
         return None
     session.refresh(batch, with_for_update=True)
     if batch.status not in FINAL:
-        _finish(batch, BatchStatus.CANCELLED.value)
+        _finish(session, batch, BatchStatus.CANCELLED.value)
     return batch
 
 
-def _finish(batch: Batch, status: str) -> None:
+def _finish(session: Session, batch: Batch, status: str) -> None:
+    """End the batch as ``status``; with a webhook, owe its event in the same transaction."""
     batch.status = status
     batch.finished_at = utcnow()
     if batch.webhook_url:
-        batch.webhook_state = "owed"
-        batch.webhook_next_at = batch.finished_at
+        event_type = batch_event_type_for(status)
+        deliveries_repo.add_event(
+            session,
+            subject_id=batch.id,
+            event_id=event_id_for(batch.id, event_type),
+            event_type=event_type,
+            destination=destination_of(batch.webhook_url),
+            due=batch.finished_at,
+            outbox=deliveries_repo.BATCHES,
+        )
 
 
 def claim_chunk(
@@ -306,7 +334,7 @@ def finish_if_done(session: Session, batch: Batch) -> bool:
     )
     if left:
         return False
-    _finish(batch, BatchStatus.COMPLETED.value)
+    _finish(session, batch, BatchStatus.COMPLETED.value)
     session.flush()
     return True
 
@@ -386,15 +414,6 @@ def batches_unplanned(session: Session, older_than: datetime, limit: int = 100) 
         select(Batch.id)
         .where(Batch.status.not_in(FINAL), Batch.planned.is_(False))
         .where(Batch.created_at < older_than)
-        .limit(limit)
-    )
-    return list(session.scalars(query))
-
-
-def due_webhooks(session: Session, now: datetime, limit: int = 100) -> list[str]:
-    query = (
-        select(Batch.id)
-        .where(Batch.webhook_state == "owed", Batch.webhook_next_at <= now)
         .limit(limit)
     )
     return list(session.scalars(query))

@@ -1,4 +1,4 @@
-"""SQLAlchemy models of jobs and webhook deliveries (the schema Alembic migrates)."""
+"""SQLAlchemy models of jobs, batches and their webhook deliveries (the schema Alembic migrates)."""
 
 from __future__ import annotations
 
@@ -142,15 +142,10 @@ class Job(Base):
         return f"Job(id={self.id!r}, status={self.status!r})"
 
 
-class WebhookDelivery(Base):
-    """One attempt to deliver a job event to the job's webhook URL."""
-
-    __tablename__ = "webhook_deliveries"
+class DeliveryLogColumns:
+    """One logged delivery attempt: the columns the jobs' and the batches' logs share."""
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    job_id: Mapped[str] = mapped_column(
-        String(36), ForeignKey("jobs.id", ondelete="CASCADE"), index=True
-    )
     event_id: Mapped[str] = mapped_column(String(64))
     event_type: Mapped[str] = mapped_column(String(64))
     attempt: Mapped[int] = mapped_column(Integer)
@@ -160,6 +155,16 @@ class WebhookDelivery(Base):
     latency_ms: Mapped[float] = mapped_column(Float)
     succeeded: Mapped[bool] = mapped_column()
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class WebhookDelivery(DeliveryLogColumns, Base):
+    """One attempt to deliver a job event to the job's webhook URL."""
+
+    __tablename__ = "webhook_deliveries"
+
+    job_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("jobs.id", ondelete="CASCADE"), index=True
+    )
 
     def __repr__(self) -> str:
         return f"WebhookDelivery(job_id={self.job_id!r}, attempt={self.attempt})"
@@ -171,24 +176,13 @@ class OutboxStatus(StrEnum):
     EXHAUSTED = "exhausted"
 
 
-class WebhookOutbox(Base):
-    """The finished-job event owed to a job's webhook URL, written with the job's outcome.
+class OutboxColumns:
+    """An event owed to a webhook URL: the columns the jobs' and the batches' outboxes share.
 
     All delivery state lives here: the next attempt's due time, the attempts made, and the
     claim of the attempt in flight. Broker messages only make delivery prompt.
     """
 
-    __tablename__ = "webhook_outbox"
-    __table_args__ = (
-        CheckConstraint("status IN ('pending', 'delivered', 'exhausted')", name="status"),
-        # The relay's due scan and the per-destination in-flight count.
-        Index(None, "status", "next_attempt_at"),
-        Index(None, "destination", "claimed_until"),
-    )
-
-    job_id: Mapped[str] = mapped_column(
-        String(36), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
-    )
     event_id: Mapped[str] = mapped_column(String(64))
     event_type: Mapped[str] = mapped_column(String(64))
     destination: Mapped[str] = mapped_column(String(300))  # scheme://host:port of the URL
@@ -201,6 +195,26 @@ class WebhookOutbox(Base):
     relayed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     redelivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+def _outbox_table_args() -> tuple[Any, ...]:
+    return (
+        CheckConstraint("status IN ('pending', 'delivered', 'exhausted')", name="status"),
+        # The relay's due scan and the per-destination in-flight count.
+        Index(None, "status", "next_attempt_at"),
+        Index(None, "destination", "claimed_until"),
+    )
+
+
+class WebhookOutbox(OutboxColumns, Base):
+    """The finished-job event owed to a job's webhook URL, written with the job's outcome."""
+
+    __tablename__ = "webhook_outbox"
+    __table_args__ = _outbox_table_args()
+
+    job_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
 
     def __repr__(self) -> str:
         return f"WebhookOutbox(job_id={self.job_id!r}, status={self.status!r})"
@@ -261,6 +275,8 @@ class Batch(Base):
     status: Mapped[str] = mapped_column(String(16), default=BatchStatus.PENDING.value)
     source: Mapped[str] = mapped_column(Text)
     output: Mapped[str] = mapped_column(Text)
+    # the output is the project's own store (no output requested): retention deletes its parts
+    output_owned: Mapped[bool] = mapped_column(default=False, server_default=false())
     model_name: Mapped[str | None] = mapped_column(String(255))
     model_tag: Mapped[str | None] = mapped_column(String(255))
     top_k: Mapped[int] = mapped_column(Integer, default=5)
@@ -279,12 +295,27 @@ class Batch(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
-    # the end-of-batch webhook: its own small outbox on the row (signing, SSRF guard and
-    # retry schedule are the jobs' own, ``jobs.batches.notify``)
-    webhook_state: Mapped[str | None] = mapped_column(String(16))  # owed | delivered | exhausted
-    webhook_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    webhook_next_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    webhook_last_error: Mapped[str | None] = mapped_column(String(64))
+
+
+class BatchWebhookOutbox(OutboxColumns, Base):
+    """The end-of-batch event owed to a batch's webhook URL, written when the batch ends."""
+
+    __tablename__ = "batch_webhook_outbox"
+    __table_args__ = _outbox_table_args()
+
+    batch_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True
+    )
+
+
+class BatchWebhookDelivery(DeliveryLogColumns, Base):
+    """One attempt to deliver a batch's event to the batch's webhook URL."""
+
+    __tablename__ = "batch_webhook_deliveries"
+
+    batch_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("batches.id", ondelete="CASCADE"), index=True
+    )
 
 
 class BatchChunk(Base):

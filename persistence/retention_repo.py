@@ -1,8 +1,9 @@
-"""The retention queries: finished jobs past a cutoff, and which image keys are still used.
+"""The retention queries: finished jobs and batches past a cutoff, and which image keys are
+still used.
 
-Plain functions over a Session; the caller commits. A job whose webhook event is still
-owed (a pending outbox row) is kept whatever its age: deleting it would cascade to the
-retries the delivery promise depends on.
+Plain functions over a Session; the caller commits. A job or batch whose webhook event is
+still owed (a pending outbox row) is kept whatever its age: deleting it would cascade to
+the retries the delivery promise depends on.
 """
 
 from __future__ import annotations
@@ -14,7 +15,15 @@ from datetime import datetime
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from persistence.models import FINAL_STATUSES, Job, OutboxStatus, WebhookOutbox
+from persistence.models import (
+    BATCH_FINAL_STATUSES,
+    FINAL_STATUSES,
+    Batch,
+    BatchWebhookOutbox,
+    Job,
+    OutboxStatus,
+    WebhookOutbox,
+)
 
 
 @dataclass(frozen=True)
@@ -49,3 +58,36 @@ def keys_in_use(session: Session, keys: Collection[str]) -> set[str]:
     if not keys:
         return set()
     return set(session.scalars(select(Job.image_key).where(Job.image_key.in_(list(keys)))))
+
+
+@dataclass(frozen=True)
+class ExpiredBatch:
+    id: str
+    output: str
+    output_owned: bool
+    parts: int  # part files it may have written: part-00000 .. part-(parts - 1)
+
+
+def expired_batches(session: Session, cutoff: datetime, limit: int) -> list[ExpiredBatch]:
+    """Up to ``limit`` batches that ended before ``cutoff`` and owe no webhook event (an owed
+    event keeps its batch, as it keeps a job), oldest first."""
+    owing = select(BatchWebhookOutbox.batch_id).where(
+        BatchWebhookOutbox.batch_id == Batch.id,
+        BatchWebhookOutbox.status == OutboxStatus.PENDING.value,
+    )
+    rows = session.execute(
+        select(Batch.id, Batch.output, Batch.output_owned, Batch.planned_chunks)
+        .where(
+            Batch.status.in_([status.value for status in BATCH_FINAL_STATUSES]),
+            Batch.finished_at < cutoff,
+            ~owing.exists(),
+        )
+        .order_by(Batch.finished_at)
+        .limit(limit)
+    ).all()
+    return [ExpiredBatch(r.id, r.output, r.output_owned, r.planned_chunks) for r in rows]
+
+
+def delete_batch(session: Session, batch_id: str) -> None:
+    """Delete a batch; its chunks (and their lines), outbox row and delivery log cascade."""
+    session.execute(delete(Batch).where(Batch.id == batch_id))

@@ -21,6 +21,8 @@ CONFIG_DOC = ROOT / "docs" / "configuration.md"
 
 
 def _render_default(value: Any) -> str:
+    if value is None:
+        return ""
     if isinstance(value, SecretStr):
         return value.get_secret_value()
     if isinstance(value, list):

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from jobs.classifier_client import is_transient, post_classifier
+from jobs.classifier_client import front_auth_headers, is_transient, post_classifier
 from jobs.resources import Resources
 from model_store.answers import model_block, top_k_rows
 from visionqueue.core.errors import Unavailable, Unprocessable
@@ -76,14 +76,9 @@ def classify_chunk(res: Resources, name: str, crops: np.ndarray, top_k: int) -> 
     )
 
 
-def _headers(res: Resources) -> dict[str, str]:
-    keys = res.settings.server.api_keys
-    return {"Authorization": f"Bearer {keys[0].get_secret_value()}"} if keys else {}
-
-
 def _front_get(res: Resources, url: str) -> dict[str, Any]:
     try:
-        resp = res.http.get(url, headers=_headers(res))
+        resp = res.http.get(url, headers=front_auth_headers(res.settings.server))
     except Exception as exc:
         raise Unavailable("the front could not be reached", code="classifier_unavailable") from exc
     if resp.status_code != 200:
@@ -103,7 +98,10 @@ def _front_crops(res: Resources, name: str, crops: np.ndarray, top_k: int) -> di
             "shape": f"{n},{h},{w},{c}",
             "priority": PRIORITY.label,
         },
-        headers={**_headers(res), "Content-Type": "application/octet-stream"},
+        headers={
+            **front_auth_headers(res.settings.server),
+            "Content-Type": "application/octet-stream",
+        },
     )
     if resp.status_code != 200:
         _raise(resp.status_code, "/v1/batches/crops")

@@ -27,7 +27,7 @@ from jobs.resources import Resources
 from model_store.crops import prepare_crop
 from model_store.preprocess import Preprocessing
 from persistence import batches_repo
-from persistence.batch_sources import Location, open_location, output_location
+from persistence.batch_sources import Location, open_location, output_location, part_name
 from persistence.batches_repo import ClaimedChunk
 from persistence.db import session_scope
 from persistence.models import Batch
@@ -44,10 +44,6 @@ class LaneReport:
     chunks: int = 0
     fenced: int = 0
     more: bool = False  # the lane stopped with chunks left (time up or a transient error)
-
-
-def part_name(seq: int) -> str:
-    return f"part-{seq:05d}.jsonl"
 
 
 def run_lane(batch_id: str, res: Resources, budget_s: float = LANE_BUDGET_S) -> LaneReport:

@@ -3,7 +3,7 @@
 Messages carry a batch id only; one message starts a lane that takes chunks until none is
 left, so a batch costs a few messages, not one per object. The sweep restarts lanes for
 batches with claimable chunks (a worker died, a lane ran out of time), planners that died,
-missing part files and due webhooks.
+missing part files and webhook events whose message was lost.
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ import logging
 from datetime import timedelta
 from typing import Any
 
+from celery import Task
+
 import jobs.worker_setup  # noqa: F401  (connects the worker's start-up signals)
-from jobs.batches.notify import deliver_batch_event
+from jobs.batches.notify import deliver_batch_event, relay_due_batches
 from jobs.batches.plan import plan_batch
 from jobs.batches.run_chunk import run_lane, write_missing_parts
 from jobs.celery_app import (
@@ -23,11 +25,13 @@ from jobs.celery_app import (
     BATCH_WEBHOOK_TASK,
     app,
 )
+from jobs.maintenance import requeue_grace_s
 from jobs.resources import get_resources
-from persistence import batches_repo
+from jobs.tasks import backoff_s
+from persistence import batches_repo, deliveries_repo
 from persistence.db import session_scope
 from persistence.models import utcnow
-from visionqueue.core.errors import Unavailable, VQError
+from visionqueue.core.errors import DatabaseUnavailable, Unavailable, VQError
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +53,11 @@ def start_lanes(batch_id: str, count: int) -> None:
     _send(BATCH_LANE_TASK, batch_id, count, "lanes not queued; the sweep starts them")
 
 
-def _notify(batch_id: str) -> None:
-    _send(BATCH_WEBHOOK_TASK, batch_id, 1, "webhook message not queued; the sweep relays it")
+def _notify(batch_id: str, countdown: float | None = None) -> None:
+    try:
+        app.send_task(BATCH_WEBHOOK_TASK, args=[batch_id], countdown=countdown)
+    except Exception:  # kombu/redis/amqp errors differ by transport
+        logger.warning("batch %s: webhook message not queued; the sweep relays it", batch_id)
 
 
 @app.task(name=BATCH_PLAN_TASK, ignore_result=True)
@@ -95,17 +102,26 @@ def _after_finish(batch_id: str) -> None:
     with session_scope(res.engine) as session:
         batch = batches_repo.get_batch_by_id(session, batch_id)
         final = batch is not None and batch.status in batches_repo.FINAL
-        owed = batch is not None and batch.webhook_state == "owed"
+        event = deliveries_repo.get_event(session, batch_id, deliveries_repo.BATCHES)
+        owed = event is not None and event.status == "pending"
     if final:
         write_missing_parts(batch_id, res)
         if owed:
             _notify(batch_id)
 
 
-@app.task(name=BATCH_WEBHOOK_TASK, ignore_result=True)
-def deliver(batch_id: str) -> bool:
-    """Attempt the batch's due webhook event."""
-    return deliver_batch_event(batch_id, get_resources())
+@app.task(bind=True, name=BATCH_WEBHOOK_TASK, ignore_result=True, max_retries=None)
+def deliver(self: Task, batch_id: str) -> bool:
+    """Attempt the batch's due webhook event; queue the next attempt if it is due soon."""
+    try:
+        outcome = deliver_batch_event(batch_id, get_resources())
+    except DatabaseUnavailable as exc:
+        raise self.retry(countdown=backoff_s(self.request.retries), exc=exc) from exc
+    for waiting in outcome.hand_off:
+        _notify(waiting)
+    if outcome.retry_in_s is not None:
+        _notify(batch_id, countdown=outcome.retry_in_s)
+    return outcome.succeeded
 
 
 @app.task(name=BATCH_SWEEP_TASK, ignore_result=True)
@@ -118,7 +134,7 @@ def sweep() -> dict[str, int]:
         unplanned = batches_repo.batches_unplanned(
             session, now - timedelta(seconds=PLANNER_STALE_S)
         )
-        due = batches_repo.due_webhooks(session, now)
+    due = relay_due_batches(res, every_s=requeue_grace_s(res))
     for batch_id in working:
         start_lanes(batch_id, 1)
     for batch_id in unplanned:
@@ -129,7 +145,7 @@ def sweep() -> dict[str, int]:
     if any(done.values()):  # the sweep is quiet housekeeping unless it does something
         logger.info(
             "batch sweep: restarted %(lanes)d lanes, %(planners)d planners; "
-            "%(webhooks)d webhooks due",
+            "%(webhooks)d webhooks relayed",
             done,
         )
     return done

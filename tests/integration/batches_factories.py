@@ -37,6 +37,7 @@ def new_batch(
     owner: str | None = None,
     source: str = "file:///data/",
     planned: bool = True,
+    webhook_url: str | None = None,
 ) -> str:
     """A batch row with ``chunks`` already planned (``planned``: the listing ended)."""
     batch_id = new_job_id()
@@ -50,7 +51,7 @@ def new_batch(
             model_name=None,
             top_k=3,
             metadata=None,
-            webhook_url=None,
+            webhook_url=webhook_url,
         )
         if chunks:
             assert batches_repo.add_chunks(session, batch_id, 0, chunks)

@@ -11,14 +11,21 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from celery import Celery
 from minio import Minio
+from sqlalchemy import update
+from sqlalchemy.orm import Session
 
+from jobs.celery_app import PURGE_TASK
 from jobs.crash_points import BATCH_CHUNK_BEFORE_STORE
+from persistence.models import Batch
+from tests.integration.jobs_factories import database
 from tests.integration.webhook_receiver import WebhookReceiver
 from tests.support.images import jpeg, skimage_photo
 from tests.support.stack import Stack, production_stack
@@ -28,6 +35,7 @@ from visionqueue.core.secrets import generate_secret
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 KEY_A, KEY_B = "batch-tenant-a-key", "batch-tenant-b-key"
+SERVICE_TOKEN = "batch-workers-own-token"
 SECRET = generate_secret()
 PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg", "camera.png")
 
@@ -47,6 +55,7 @@ def bstack(server_env: dict[str, str], session_dir: Path, roots: Path) -> Iterat
         "VQ_BATCH_LEASE_S": "4",
         "VQ_WORKER_SWEEP_INTERVAL_S": "1",
         "VQ_WEBHOOK_SECRETS": SECRET,
+        "VQ_SERVICE_TOKEN": SERVICE_TOKEN,
     }
     with production_stack(server_env, session_dir / "batches-stack", 13, **extra) as stack:
         yield stack
@@ -288,3 +297,177 @@ def test_cli_batch_waits_and_prints_where_the_results_are(
     assert sorted(line["key"] for line in lines) == names
     assert {len(line["predictions"]) for line in lines} == {2}
     assert "done" in done.stderr  # the progress bar
+
+
+def test_the_batch_webhook_log_and_redelivery_through_the_api(
+    bstack: Stack, roots: Path, worker: None
+) -> None:
+    folder, _ = _folder(roots, 3)
+    with _client(bstack) as client:
+        # signed with the tenant's own secret too (VQ_WEBHOOK_TENANT_SECRETS=both)
+        (own_secret,) = client.get("/v1/webhook-secret").json()["secrets"]
+        with WebhookReceiver(own_secret) as hooks:
+            hooks.respond(500, body=b"not yet")  # the first attempt fails, the retry lands
+            resp = client.post(
+                "/v1/batches", json={"source": f"file://{folder}/", "webhook_url": hooks.url()}
+            )
+            assert resp.status_code == 202, resp.text
+            batch_id = resp.json()["id"]
+            assert _wait_final(client, batch_id)["status"] == "completed"
+
+            # the schedule's first retry: 5 s +-20%
+            log = wait_until(lambda: _log_of(client, batch_id, 2), 60, "the retry delivered")
+            assert log["event"]["status"] == "delivered"
+            first, second = log["deliveries"]
+            assert (first["attempt"], first["status_code"], first["error"]) == (1, 500, "http_500")
+            assert first["succeeded"] is False and first["next_attempt_at"] is not None
+            assert (second["attempt"], second["status_code"], second["succeeded"]) == (2, 200, True)
+            assert first["latency_ms"] > 0 and second["latency_ms"] > 0
+            event_id = log["event"]["id"]
+            assert {first["event_id"], second["event_id"]} == {event_id}
+            assert log["event"]["type"] == "batch.completed"
+
+            resp = client.post(f"/v1/batches/{batch_id}/deliveries/redeliver")
+            assert resp.status_code == 202, resp.text
+            assert resp.json() == {"status": "scheduled", "attempt": 3}
+            again = client.post(f"/v1/batches/{batch_id}/deliveries/redeliver")
+            assert again.status_code == 429
+            assert again.json()["error"]["code"] == "redeliver_rate_limited"
+            assert int(again.headers["retry-after"]) >= 1
+            requests = hooks.wait_for_requests(3, timeout_s=30)
+            assert len(requests) == 3
+            assert all(r.verified for r in requests), [r.verify_error for r in requests]
+            assert {r.headers["webhook-id"] for r in requests} == {event_id}
+            log = wait_until(lambda: _log_of(client, batch_id, 3), 30, "the redelivery logged")
+            assert log["deliveries"][2]["attempt"] == 3 and log["deliveries"][2]["succeeded"]
+
+        silent = client.post("/v1/batches", json={"source": f"file://{folder}/"}).json()["id"]
+        refused = client.post(f"/v1/batches/{silent}/deliveries/redeliver")
+        assert refused.status_code == 409, refused.text
+        assert client.get(f"/v1/batches/{silent}/deliveries").json() == {
+            "deliveries": [],
+            "event": None,
+        }
+    with _client(bstack, KEY_B) as other:  # another tenant: as absent as a missing batch
+        assert other.get(f"/v1/batches/{batch_id}/deliveries").status_code == 404
+        assert other.post(f"/v1/batches/{batch_id}/deliveries/redeliver").status_code == 404
+
+
+def _log_of(client: httpx.Client, batch_id: str, attempts: int) -> dict[str, Any] | None:
+    """The batch's delivery log once it holds ``attempts`` attempts."""
+    log: dict[str, Any] = client.get(f"/v1/batches/{batch_id}/deliveries").json()
+    return log if len(log["deliveries"]) >= attempts else None
+
+
+def test_finished_batches_are_purged_with_their_own_part_files_only(bstack: Stack) -> None:
+    run = uuid.uuid4().hex[:8]
+    s3 = _s3(bstack)
+    for i in range(3):
+        _put(s3, "datasets", f"{run}/r/{i}.jpg", jpeg(200, 150, seed=300 + i))
+    source = f"s3://datasets/{run}/r/"
+    their_output = f"s3://datasets/{run}/out/"
+    with (
+        bstack.worker(concurrency=4, env={"VQ_BATCH_RETENTION_DAYS": "1"}),
+        _client(bstack) as client,
+    ):
+        ids = {
+            name: client.post("/v1/batches", json={"source": source, **extra}).json()["id"]
+            for name, extra in (("ours", {}), ("theirs", {"output": their_output}), ("new", {}))
+        }
+        for batch_id in ids.values():
+            assert _wait_final(client, batch_id)["status"] == "completed"
+
+        def parts(bucket: str, prefix: str) -> list[str]:
+            listed = s3.list_objects(bucket, prefix=prefix, recursive=True)
+            return sorted(str(o.object_name) for o in listed)
+
+        assert parts("vq-images", f"batches/{ids['ours']}/") == [
+            f"batches/{ids['ours']}/part-00000.jsonl"
+        ]
+        assert parts("datasets", f"{run}/out/") == [f"{run}/out/part-00000.jsonl"]
+        two_days_ago = datetime.now(UTC) - timedelta(days=2)
+        with database(bstack.database_url) as engine, Session(engine) as session:
+            session.execute(
+                update(Batch)
+                .where(Batch.id.in_([ids["ours"], ids["theirs"]]))
+                .values(finished_at=two_days_ago)
+            )
+            session.commit()
+        prefix = bstack.env["VQ_BROKER_QUEUE_PREFIX"]
+        trigger = Celery("purge-trigger", broker=bstack.broker_url)
+        trigger.conf.broker_transport_options = {"global_keyprefix": prefix}
+        try:
+            trigger.send_task(PURGE_TASK, queue=f"{prefix}maintenance")
+        finally:
+            trigger.close()
+        wait_until(
+            lambda: all(
+                client.get(f"/v1/batches/{ids[name]}").status_code == 404
+                for name in ("ours", "theirs")
+            ),
+            60,
+            "the purge of the batches finished two days ago",
+        )
+        assert parts("vq-images", f"batches/{ids['ours']}/") == []  # ours: deleted
+        assert parts("datasets", f"{run}/out/") == [f"{run}/out/part-00000.jsonl"]  # theirs
+        assert client.get(f"/v1/batches/{ids['new']}").json()["status"] == "completed"
+        assert len(_lines(client, ids["new"])) == 3
+        assert parts("vq-images", f"batches/{ids['new']}/") == [
+            f"batches/{ids['new']}/part-00000.jsonl"
+        ]
+
+
+@pytest.mark.parametrize(
+    "credential",
+    [
+        # the workers' own token and no tenant's key (the crops route and /v1/models open to it)
+        {"VQ_API_KEYS": ""},
+        # no token: the first tenant's key, as before VQ_SERVICE_TOKEN
+        {"VQ_SERVICE_TOKEN": ""},
+    ],
+    ids=["service-token", "first-api-key"],
+)
+def test_workers_run_chunks_with_their_own_credential(
+    bstack: Stack, roots: Path, credential: dict[str, str]
+) -> None:
+    folder, names = _folder(roots, 5)
+    with bstack.worker(concurrency=2, env=credential), _client(bstack) as client:
+        batch_id = client.post("/v1/batches", json={"source": f"file://{folder}/"}).json()["id"]
+        view = _wait_final(client, batch_id, timeout=120)
+        assert (view["status"], view["done"], view["failed"]) == ("completed", 5, 0)
+        lines = _lines(client, batch_id)
+        assert sorted(line["key"] for line in lines) == names
+        assert all(line["predictions"] for line in lines)
+    service = {"Authorization": f"Bearer {SERVICE_TOKEN}"}
+    with httpx.Client(base_url=bstack.url, headers=service, timeout=30) as svc:
+        # the token opens the workers' calls only: no tenant's batch, list or submission
+        assert svc.get(f"/v1/batches/{batch_id}").status_code == 401
+        assert svc.get("/v1/batches").status_code == 401
+        assert svc.post("/v1/batches", json={"source": f"file://{folder}/"}).status_code == 401
+        assert svc.get("/v1/models").status_code == 200
+
+
+def test_the_list_follows_next_cursor_and_refuses_a_forged_one(bstack: Stack, roots: Path) -> None:
+    folder, _ = _folder(roots, 1)
+    with _client(bstack) as client:
+        made = []
+        for _ in range(3):
+            batch_id = client.post("/v1/batches", json={"source": f"file://{folder}/"}).json()["id"]
+            made.append(batch_id)
+            assert client.delete(f"/v1/batches/{batch_id}").status_code == 200  # no work left
+        seen: list[str] = []
+        cursor = None
+        while True:
+            params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+            body = client.get("/v1/batches", params=params).json()
+            assert len(body["batches"]) <= 2
+            seen += [b["id"] for b in body["batches"]]
+            cursor = body["next_cursor"]
+            if cursor is None:
+                break
+        assert seen[:3] == made[::-1]  # newest first, then every older batch once
+        assert len(seen) == len(set(seen))
+        with _client(bstack, KEY_B) as other:
+            assert not set(made) & {b["id"] for b in other.get("/v1/batches").json()["batches"]}
+        resp = client.get("/v1/batches", params={"cursor": "not-a-cursor"})
+        assert resp.status_code == 400 and resp.json()["error"]["code"] == "bad_request"

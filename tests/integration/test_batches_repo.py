@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select, update
 
 from jobs.batches.plan import plan_batch
 from jobs.lease_keeper import LeaseKeeper
@@ -19,8 +19,9 @@ from jobs.resources import Resources
 from persistence import batches_repo
 from persistence.db import session_scope
 from persistence.local_images import LocalImageStore
-from persistence.models import BatchChunk, utcnow
+from persistence.models import Batch, BatchChunk, utcnow
 from tests.integration.batches_factories import migrated_engine, new_batch
+from visionqueue.core.errors import InvalidCursor
 from visionqueue.core.settings import BatchSettings, DatabaseSettings, Settings
 
 pytestmark = pytest.mark.integration
@@ -160,5 +161,36 @@ def test_another_tenants_batch_is_absent(engine: Engine) -> None:
     with session_scope(engine) as session:
         assert batches_repo.get_batch(session, batch_id, "tenant-b") is None
         assert batches_repo.cancel_batch(session, batch_id, "tenant-b") is None
-        assert batches_repo.list_batches(session, "tenant-b") == []
+        assert batches_repo.list_batches(session, "tenant-b") == ([], None)
         assert batches_repo.get_batch(session, batch_id, "tenant-a") is not None
+
+
+def test_the_list_pages_through_every_batch_newest_first_by_cursor(engine: Engine) -> None:
+    mine = [new_batch(engine, [["a"]], owner="tenant-a") for _ in range(7)]
+    theirs = new_batch(engine, [["a"]], owner="tenant-b")
+    tied = utcnow()  # three batches created in the same instant: the id breaks the tie
+    with session_scope(engine) as session:
+        session.execute(update(Batch).where(Batch.id.in_(mine[2:5])).values(created_at=tied))
+    with session_scope(engine) as session:
+        expected = [
+            b.id
+            for b in session.scalars(
+                select(Batch)
+                .where(Batch.owner == "tenant-a")
+                .order_by(Batch.created_at.desc(), Batch.id.desc())
+            )
+        ]
+    assert sorted(expected) == sorted(mine)
+    pages: list[list[str]] = []
+    cursor: str | None = None
+    while True:
+        with session_scope(engine) as session:
+            page, cursor = batches_repo.list_batches(session, "tenant-a", 3, cursor)
+        pages.append([b.id for b in page])
+        if cursor is None:
+            break
+    assert [len(p) for p in pages] == [3, 3, 1]
+    assert [i for p in pages for i in p] == expected  # each once, newest first
+    assert theirs not in expected
+    with session_scope(engine) as session, pytest.raises(InvalidCursor):
+        batches_repo.list_batches(session, "tenant-a", 3, "not-a-cursor")

@@ -73,7 +73,7 @@ def record_attempt(engine: Engine, job_id: str, attempt: int, **overrides: Any) 
     }
     fields.update(overrides)
     with session_scope(engine) as session:
-        deliveries_repo.record_attempt(session, job_id=job_id, attempt=attempt, **fields)
+        deliveries_repo.record_attempt(session, subject_id=job_id, attempt=attempt, **fields)
 
 
 def upgrade_in_processes(url: str, count: int = 2) -> list[tuple[int, str]]:

@@ -92,3 +92,41 @@ def test_the_service_token_opens_predict_only_and_owns_no_jobs() -> None:
     assert _get(app, "/predict", {"Authorization": "Bearer workers-own-not"}).status_code == 401
     no_token = ApiKeyAuth(_owner_echo, api_keys=["key-a"])
     assert _get(no_token, "/predict", {"Authorization": "Bearer "}).status_code == 401
+
+
+def test_the_service_token_opens_the_batch_workers_calls_and_nothing_else() -> None:
+    app = ApiKeyAuth(_owner_echo, api_keys=["key-a"], service_token="workers-own")
+    service = {"Authorization": "Bearer workers-own"}
+    opened = [("POST", "/v1/batches/crops"), ("GET", "/v1/models"), ("GET", "/v1/models/effnet")]
+    for method, path in opened:
+        resp = _request(app, method, path, service)
+        assert (resp.status_code, resp.text) == (200, "None"), (method, path)  # no owner
+    refused = [
+        ("GET", "/v1/batches/crops"),  # a batch named "crops", as the anonymous owner
+        ("GET", "/v1/batches"),
+        ("POST", "/v1/batches"),
+        ("GET", "/v1/batches/b-1/deliveries"),
+        ("POST", "/v1/batches/b-1/deliveries/redeliver"),
+        ("POST", "/v1/models"),
+        ("POST", "/v1/models/effnet"),
+        ("GET", "/v1/modelsx"),
+        ("GET", "/v1/jobs"),
+    ]
+    for method, path in refused:
+        assert _request(app, method, path, service).status_code == 401, (method, path)
+    wrong = {"Authorization": "Bearer workers-own-not"}
+    assert _request(app, "POST", "/v1/batches/crops", wrong).status_code == 401
+    no_token = ApiKeyAuth(_owner_echo, api_keys=["key-a"])
+    assert (
+        _request(no_token, "POST", "/v1/batches/crops", {"Authorization": "Bearer "}).status_code
+        == 401
+    )
+
+
+def _request(app: Any, method: str, path: str, headers: dict[str, str]) -> httpx.Response:
+    async def main() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://front") as client:
+            return await client.request(method, path, headers=headers)
+
+    return asyncio.run(main())

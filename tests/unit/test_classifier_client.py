@@ -11,11 +11,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import numpy as np
 import pytest
+from pydantic import SecretStr
 
-from jobs.classifier_client import ClassifierClient
+from jobs.classifier_client import ClassifierClient, front_auth_headers
 from model_store.serving import served_specs, tag_id
 from tests.support.servers import free_port
 from visionqueue.core.errors import ModelNotFound, Unavailable, Unprocessable
+from visionqueue.core.settings import ServerSettings
 from visionqueue.dataplane.crops_wire import unpack_crops
 
 SPECS = served_specs(["resnet18", "pets"], "resnet18", "")
@@ -100,3 +102,11 @@ def test_models_are_the_served_ones() -> None:
     assert direct.model_name("pets") == "pets"
     with pytest.raises(ModelNotFound):
         direct.model_name("zebra")
+
+
+def test_workers_send_the_service_token_else_the_first_key_else_nothing() -> None:
+    keys = [SecretStr("key-a"), SecretStr("key-b")]
+    both = ServerSettings(api_keys=keys, service_token=SecretStr("svc"))
+    assert front_auth_headers(both) == {"Authorization": "Bearer svc"}
+    assert front_auth_headers(ServerSettings(api_keys=keys)) == {"Authorization": "Bearer key-a"}
+    assert front_auth_headers(ServerSettings()) == {}

@@ -149,3 +149,69 @@ def test_upgrading_owes_the_events_of_jobs_finished_before_the_outbox(sqlite_url
     assert by_job["retrying"][:3] == ("pending", 2, "http://a.example:8080")
     assert str(by_job["retrying"][3]).startswith("2026-12-01")
     assert by_job["retrying"][4] == "job.failed"
+
+
+def test_upgrading_moves_batch_events_into_their_outbox_and_back(sqlite_url: str) -> None:
+    """Batches ended under 0007 keep their event's state, due time and attempt count."""
+    from sqlalchemy import text
+
+    upgrade_database(sqlite_url, "0007")
+    with get_engine(sqlite_url).begin() as conn:
+        for batch_id, status, hook, state, attempts, due in [
+            ("owed", "completed", "http://a.example/h", "owed", 2, "2026-12-01 00:00:00.000000"),
+            ("sent", "cancelled", "https://b.example/h", "delivered", 1, None),
+            ("given-up", "failed", "http://c.example:81/h", "exhausted", 12, None),
+            ("no-hook", "completed", None, None, 0, None),
+        ]:
+            conn.execute(
+                text(
+                    "INSERT INTO batches (id, owner, status, source, output, top_k, metadata, "
+                    "webhook_url, created_at, finished_at, webhook_state, webhook_attempts, "
+                    "webhook_next_at) VALUES (:id, '', :status, 'file:///d/', 'file:///o/', 5, "
+                    "'{}', :hook, '2026-11-01 00:00:00.000000', '2026-11-01 00:00:01.000000', "
+                    ":state, :attempts, :due)"
+                ),
+                {
+                    "id": batch_id,
+                    "status": status,
+                    "hook": hook,
+                    "state": state,
+                    "attempts": attempts,
+                    "due": due,
+                },
+            )
+        conn.execute(
+            text(
+                "INSERT INTO batch_chunks (batch_id, seq, keys, size, status, lines) "
+                "VALUES ('owed', 0, 'a.jpg', 1, 'done', '{}')"
+            )
+        )
+    upgrade_database(sqlite_url)
+    with get_engine(sqlite_url).connect() as conn:
+        # no table copy dropped the batches (and cascaded to their chunks)
+        assert conn.execute(text("SELECT COUNT(*) FROM batch_chunks")).scalar() == 1
+        rows = conn.execute(
+            text(
+                "SELECT batch_id, status, attempts, destination, next_attempt_at, event_type "
+                "FROM batch_webhook_outbox"
+            )
+        ).all()
+    by_batch = {row[0]: row[1:] for row in rows}
+    assert set(by_batch) == {"owed", "sent", "given-up"}
+    assert by_batch["owed"][:3] == ("pending", 2, "http://a.example:80")
+    assert str(by_batch["owed"][3]).startswith("2026-12-01")
+    assert by_batch["sent"] == ("delivered", 1, "https://b.example:443", None, "batch.cancelled")
+    assert by_batch["given-up"][:2] == ("exhausted", 12)
+    assert by_batch["given-up"][4] == "batch.failed"
+
+    command.downgrade(alembic_config(sqlite_url), "0007")
+    with get_engine(sqlite_url).connect() as conn:
+        back = conn.execute(
+            text("SELECT id, webhook_state, webhook_attempts FROM batches ORDER BY id")
+        ).all()
+    assert [tuple(row) for row in back] == [
+        ("given-up", "exhausted", 12),
+        ("no-hook", None, 0),
+        ("owed", "owed", 2),
+        ("sent", "delivered", 1),
+    ]

@@ -124,7 +124,7 @@ def test_a_job_still_owing_its_webhook_outlives_the_retention(env) -> None:  # t
         session.flush()
         deliveries_repo.add_event(
             session,
-            job_id=owing,
+            subject_id=owing,
             event_id="evt_x",
             event_type="job.completed",
             destination="http://127.0.0.1:9",

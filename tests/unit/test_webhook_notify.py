@@ -279,7 +279,7 @@ def test_redelivery_starts_a_new_series_and_is_rate_limited(res: Resources) -> N
         with session_scope(res.engine) as session:
             return deliveries_repo.redeliver(
                 session,
-                job_id=job_id,
+                subject_id=job_id,
                 event_id=event_id_for(job_id, "job.completed"),
                 event_type="job.completed",
                 destination="http://127.0.0.1:9",
@@ -302,7 +302,7 @@ def test_a_job_finished_before_the_outbox_is_redelivered_after_its_log(res: Reso
     with session_scope(res.engine) as session:
         deliveries_repo.record_attempt(
             session,
-            job_id=job_id,
+            subject_id=job_id,
             event_id=event_id_for(job_id, "job.completed"),
             event_type="job.completed",
             attempt=4,
@@ -311,7 +311,7 @@ def test_a_job_finished_before_the_outbox_is_redelivered_after_its_log(res: Reso
         )
         planned = deliveries_repo.redeliver(
             session,
-            job_id=job_id,
+            subject_id=job_id,
             event_id=event_id_for(job_id, "job.completed"),
             event_type="job.completed",
             destination="http://127.0.0.1:9",

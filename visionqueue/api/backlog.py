@@ -8,8 +8,8 @@
   same values (aggregate them with ``max``, not ``sum``; ``prometheus.yml`` keeps the
   workers' per-process series instead).
 - ``webhook_success_total``, ``webhook_failure_total{error}`` and ``webhook_latency_seconds``:
-  the seed's webhook names, counted the same way from the delivery log (every attempt, as
-  each worker counts its own).
+  the seed's webhook names, counted the same way from the delivery logs (every attempt of a
+  job's or a batch's event, as each worker counts its own).
 
 All are read at most once per ``VQ_HEALTH_CACHE_S`` per front worker whatever the scrape rate.
 """

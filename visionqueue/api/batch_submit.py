@@ -74,6 +74,7 @@ def submit_batch(
             top_k=request.top_k,
             metadata=metadata,
             webhook_url=webhook_url,
+            output_owned=request.output is None,  # the retention purge deletes its parts
         )
     try:
         res.celery.send_task(BATCH_PLAN_TASK, args=[batch_id])

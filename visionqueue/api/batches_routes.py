@@ -1,5 +1,6 @@
-"""Dataset batch routes: submit, read, list, cancel, stream results; and the crops route the
-workers classify a chunk through on the embedded default (``jobs.batches.classify_chunk``).
+"""Dataset batch routes: submit, read, list, cancel, stream results, the webhook's delivery
+log and redelivery; and the crops route the workers classify a chunk through on the
+embedded default (``jobs.batches.classify_chunk``).
 """
 
 from __future__ import annotations
@@ -12,15 +13,20 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from jobs.batches.views import batch_view
+from jobs.celery_app import BATCH_WEBHOOK_TASK
+from jobs.views import delivery_view, event_view
 from model_store.answers import model_block, top_k_rows
-from persistence import batches_repo
+from persistence import batches_repo, deliveries_repo
 from persistence.db import session_scope
+from persistence.deliveries_repo import BATCHES
 from persistence.models import Batch
 from visionqueue.api.batch_submit import BatchRequest, submit_batch
 from visionqueue.api.openapi_errors import error_responses
+from visionqueue.api.redelivery import queue_delivery, schedule_redelivery
 from visionqueue.api.routes import owner, resources
 from visionqueue.api.state import served_models
-from visionqueue.core.errors import BadRequest, NotFound
+from visionqueue.core.errors import BadRequest, Conflict, NotFound
+from visionqueue.core.webhook_events import batch_event_type_for
 from visionqueue.dataplane.priority import Priority
 
 router = APIRouter(tags=["batches"])
@@ -50,16 +56,23 @@ async def create_batch(request: Request, body: BatchRequest) -> Any:
     return JSONResponse(batch_view(batch, _results_url(request, batch)), status_code=202)
 
 
-@router.get("/v1/batches", responses=error_responses(401, 503))
-async def list_batches(request: Request, limit: Annotated[int, Query(ge=1, le=200)] = 50) -> Any:
-    """The caller's batches, newest first."""
+@router.get("/v1/batches", responses=error_responses(400, 401, 422, 503))
+async def list_batches(
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query()] = None,
+) -> Any:
+    """The caller's batches, newest first; follow ``next_cursor`` for the next page."""
 
-    def query() -> list[Batch]:
+    def query() -> tuple[list[Batch], str | None]:
         with session_scope(resources(request).engine) as session:
-            return batches_repo.list_batches(session, owner(request), limit)
+            return batches_repo.list_batches(session, owner(request), limit, cursor)
 
-    batches = await anyio.to_thread.run_sync(query)
-    return {"batches": [batch_view(b, _results_url(request, b)) for b in batches]}
+    batches, next_cursor = await anyio.to_thread.run_sync(query)
+    return {
+        "batches": [batch_view(b, _results_url(request, b)) for b in batches],
+        "next_cursor": next_cursor,
+    }
 
 
 @router.get("/v1/batches/{batch_id}", responses=error_responses(401, 404, 503))
@@ -80,6 +93,9 @@ async def cancel_batch(request: Request, batch_id: str) -> Any:
     batch = await anyio.to_thread.run_sync(cancel)
     if batch is None:
         raise NotFound("batch not found", code="batch_not_found")
+    if batch.webhook_url:  # batch.cancelled is owed now: no lane may be left to send it
+        res = resources(request)
+        await anyio.to_thread.run_sync(queue_delivery, res, BATCHES, batch.id, BATCH_WEBHOOK_TASK)
     return batch_view(batch, _results_url(request, batch))
 
 
@@ -93,6 +109,52 @@ async def batch_results(request: Request, batch_id: str) -> Any:
     batch = await anyio.to_thread.run_sync(_load, request, batch_id)
     lines = batches_repo.iter_lines(resources(request).engine, batch.id)
     return StreamingResponse(lines, media_type="application/jsonl")
+
+
+@router.get(
+    "/v1/batches/{batch_id}/deliveries",
+    tags=["webhooks"],
+    responses=error_responses(401, 404, 503),
+)
+async def batch_deliveries(request: Request, batch_id: str) -> Any:
+    """Every delivery attempt of the batch's webhook event, and where the event stands."""
+
+    def query() -> dict[str, Any]:
+        _load(request, batch_id)
+        with session_scope(resources(request).engine) as session:
+            rows = deliveries_repo.list_attempts(session, batch_id, BATCHES)
+            owed = deliveries_repo.get_event(session, batch_id, BATCHES)
+        return {"deliveries": [delivery_view(d) for d in rows], "event": event_view(owed)}
+
+    return await anyio.to_thread.run_sync(query)
+
+
+@router.post(
+    "/v1/batches/{batch_id}/deliveries/redeliver",
+    status_code=202,
+    tags=["webhooks"],
+    responses=error_responses(401, 404, 409, 429, 503),
+)
+async def redeliver_batch_event(request: Request, batch_id: str) -> Any:
+    """Send the batch's event again now (same event id), e.g. after fixing the receiver."""
+
+    def schedule() -> int:
+        batch = _load(request, batch_id)
+        if not batch.webhook_url:
+            raise Conflict("the batch has no webhook_url")
+        if batch.status not in batches_repo.FINAL:
+            raise Conflict(f"batch is {batch.status}; its event is sent when it ends")
+        return schedule_redelivery(
+            resources(request),
+            BATCHES,
+            batch_id,
+            batch_event_type_for(batch.status),
+            batch.webhook_url,
+            BATCH_WEBHOOK_TASK,
+        )
+
+    attempt = await anyio.to_thread.run_sync(schedule)
+    return JSONResponse({"status": "scheduled", "attempt": attempt}, status_code=202)
 
 
 @router.post("/v1/batches/crops", include_in_schema=False)

@@ -7,7 +7,6 @@ them into the error envelope.
 from __future__ import annotations
 
 import logging
-import math
 from typing import Annotated, Any
 
 import anyio
@@ -16,7 +15,6 @@ from fastapi.responses import JSONResponse, Response
 
 from jobs.celery_app import WEBHOOK_TASK
 from jobs.views import delivery_view, event_view, job_view, task_status_view
-from jobs.webhooks.events import destination_of, event_id_for, event_type_for
 from persistence import deliveries_repo, jobs_repo
 from persistence.db import session_scope
 from persistence.image_keys import is_valid_key
@@ -24,6 +22,7 @@ from persistence.images import image_url_or_none
 from persistence.local_images import LocalImageStore
 from persistence.models import JOB_STATUSES, Job
 from visionqueue.api.openapi_errors import error_responses
+from visionqueue.api.redelivery import schedule_redelivery
 from visionqueue.api.resources import FrontResources
 from visionqueue.api.state import served_models
 from visionqueue.api.submit import (
@@ -33,13 +32,9 @@ from visionqueue.api.submit import (
     parse_metadata,
     submit_jobs,
 )
-from visionqueue.core.errors import (
-    Conflict,
-    NotFound,
-    TooManyRequests,
-    Unprocessable,
-)
+from visionqueue.core.errors import Conflict, NotFound, Unprocessable
 from visionqueue.core.images import ACCEPTED_FORMATS, sniff_format
+from visionqueue.core.webhook_events import event_type_for
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -229,29 +224,14 @@ async def redeliver(request: Request, job_id: str) -> Any:
             raise Conflict("the job has no webhook_url")
         if job.status not in ("completed", "failed"):
             raise Conflict(f"job is {job.status}; events are sent when it finishes")
-        event_type = event_type_for(job.status)
-        with session_scope(res.engine) as session:
-            planned = deliveries_repo.redeliver(
-                session,
-                job_id=job_id,
-                event_id=event_id_for(job_id, event_type),
-                event_type=event_type,
-                destination=destination_of(job.webhook_url),
-                min_interval_s=res.settings.webhook.redeliver_interval_s,
-            )
-        if planned.attempt is None:
-            wait = max(1, math.ceil(planned.retry_after_s or 1))
-            raise TooManyRequests(
-                f"this job's event was redelivered moments ago; retry in {wait}s",
-                code="redeliver_rate_limited",
-                retry_after=wait,
-            )
-        try:
-            res.celery.send_task(WEBHOOK_TASK, args=[job_id, planned.attempt])
-        except Exception:  # kombu errors differ by transport
-            # the event is due in the database: the sweeper relays it
-            logger.warning("job %s: redelivery message not queued; left to the sweeper", job_id)
-        return planned.attempt
+        return schedule_redelivery(
+            res,
+            deliveries_repo.JOBS,
+            job_id,
+            event_type_for(job.status),
+            job.webhook_url,
+            WEBHOOK_TASK,
+        )
 
     attempt = await anyio.to_thread.run_sync(schedule)
     return JSONResponse({"status": "scheduled", "attempt": attempt}, status_code=202)

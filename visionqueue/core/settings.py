@@ -63,9 +63,10 @@ class ServerSettings(_Group):
     )
     service_token: SecretStr = Field(
         SecretStr(""),
-        description="The workers' own credential for the front's /predict (and nothing else): "
-        "give the front and the workers the same value; the workers then need no tenant's API "
-        "key. Empty = workers send the first of VQ_API_KEYS.",
+        description="The workers' own credential for their calls to the front (/predict, a "
+        "batch chunk's POST /v1/batches/crops and GET /v1/models) and nothing else: give the "
+        "front and the workers the same value; the workers then need no tenant's API key. "
+        "Empty = workers send the first of VQ_API_KEYS.",
     )
     signing_key: SecretStr = Field(
         SecretStr(""),
@@ -394,7 +395,8 @@ class WorkerSettings(_Group):
         0,
         ge=0,
         description="Delete finished jobs (rows, delivery logs, unshared images) older than "
-        "this many days; 0 keeps them forever.",
+        "this many days, and finished batches unless VQ_BATCH_RETENTION_DAYS is set; 0 keeps "
+        "them forever.",
     )
     purge_orphan_images: bool = Field(
         True,
@@ -497,11 +499,24 @@ class BatchSettings(_Group):
         description="A chunk's lease, renewed every third of it; a chunk whose worker stops "
         "renewing goes to another, and the late worker's write is refused (fenced).",
     )
+    retention_days: float | None = Field(
+        None,
+        ge=0,
+        description="Delete batches finished longer ago than this many days: the row, its "
+        "chunks' result lines, its delivery log and, in the project's own store (no 'output' "
+        "given), its part files; an owed webhook event keeps it. Empty = "
+        "VQ_WORKER_RETENTION_DAYS; 0 keeps them forever.",
+    )
 
     @field_validator("local_roots", mode="before")
     @classmethod
     def _roots(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("retention_days", mode="before")
+    @classmethod
+    def _unset_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
 
 class Settings(_Group):

@@ -80,7 +80,7 @@ def upgrade() -> None:
 
 
 def _event_id(job_id: str, event_type: str) -> str:
-    # frozen copy of jobs.webhooks.events.event_id_for: a revision must not change with it
+    # frozen copy of visionqueue.core.webhook_events.event_id_for (once jobs.webhooks.events): a revision must not change with it
     return f"evt_{uuid.uuid5(uuid.NAMESPACE_URL, f'visionqueue:{job_id}:{event_type}').hex}"
 
 

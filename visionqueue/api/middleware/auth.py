@@ -4,8 +4,9 @@ With ``VQ_API_KEYS`` set, ``/predict``, ``/classify``, ``/task-status``, ``/v1/j
 protocol routes (``/v2/models``, ``/predictions``, ``/api``) need ``Authorization: Bearer KEY``; the caller's owner id (a hash of the key, never the key) goes
 into ``scope["state"]["vq_owner"]`` for the job routes. Without keys they are open and the
 owner is None. With ``VQ_METRICS_TOKEN`` set, ``/metrics`` needs ``Authorization: Bearer
-TOKEN``. ``VQ_SERVICE_TOKEN`` opens ``/predict`` (only) to the workers, which then need no
-tenant's key. Keys are compared in constant time.
+TOKEN``. ``VQ_SERVICE_TOKEN`` opens the workers' calls (``/predict``, ``POST
+/v1/batches/crops``, ``GET /v1/models[/NAME]``) and nothing else, with no owner: the workers
+then need no tenant's key. Keys are compared in constant time.
 
 ``ClassifierTokenAuth`` guards the classifier service the same way (``VQ_CLASSIFIER_TOKEN``):
 every route but the health probes, so that its unauthenticated port can leave a private network.
@@ -33,8 +34,11 @@ PROTECTED_PREFIXES = (
     "/api/",
 )
 METRICS_PATH = "/metrics"
-# the only route VQ_SERVICE_TOKEN opens: the workers' classification calls
+# what VQ_SERVICE_TOKEN opens, and nothing else: the workers' calls to the front (a job's
+# /predict; a batch chunk's crops and the model descriptions it reads first)
 SERVICE_PATH = "/predict"
+SERVICE_ROUTES = frozenset({("POST", "/v1/batches/crops"), ("GET", "/v1/models")})
+SERVICE_PREFIXES = (("GET", "/v1/models/"),)
 # BentoML's own probes on the classifier: orchestrators ask them without credentials
 PROBE_PATHS = frozenset({"/livez", "/readyz", "/healthz"})
 
@@ -83,6 +87,15 @@ class ApiKeys:
         return Verdict(allowed=True, owner=owner)
 
 
+def is_service_route(method: str, path: str) -> bool:
+    """Say whether ``VQ_SERVICE_TOKEN`` may open this route (the workers' calls only)."""
+    return (
+        path == SERVICE_PATH
+        or (method, path) in SERVICE_ROUTES
+        or any(method == m and path.startswith(prefix) for m, prefix in SERVICE_PREFIXES)
+    )
+
+
 async def refuse(send: Send, message: str) -> None:
     """Answer 401 with the envelope and a Bearer challenge."""
     await send_json(send, 401, error_body("unauthorized", message), {"www-authenticate": "Bearer"})
@@ -107,8 +120,8 @@ class ApiKeyAuth:
         if path.startswith(PROTECTED_PREFIXES):
             token = bearer_token(scope)
             verdict = self.keys.check(token)
-            if not verdict.allowed and self._service_call(path, token):
-                verdict = Verdict(allowed=True)  # the workers' /predict: no owner, no jobs
+            if not verdict.allowed and self._service_call(scope.get("method", ""), path, token):
+                verdict = Verdict(allowed=True)  # the workers' own calls: no owner, no jobs
             if not verdict.allowed:
                 await refuse(send, "a valid API key is required (Authorization: Bearer KEY)")
                 return
@@ -120,11 +133,11 @@ class ApiKeyAuth:
                 return
         await self.app(scope, receive, send)
 
-    def _service_call(self, path: str, token: str | None) -> bool:
-        """Say whether this is the workers' own credential on the one route it may use."""
+    def _service_call(self, method: str, path: str, token: str | None) -> bool:
+        """Say whether this is the workers' own credential on a route it may use."""
         return (
             bool(self.service_token)
-            and path == SERVICE_PATH
+            and is_service_route(method, path)
             and hmac.compare_digest((token or "").encode(), self.service_token)
         )
 

@@ -1,6 +1,7 @@
-"""Names of a job's webhook event: its type, its stable id, its destination.
+"""Names of a job's or a batch's webhook event: its type, its stable id, its destination.
 
-No metrics and no Celery here: the front imports it to plan redeliveries.
+Plain functions: the front plans redeliveries with them, the worker sends with them, and a
+batch owes its event with them in the transaction that ends it (``persistence``).
 """
 
 from __future__ import annotations
@@ -14,8 +15,13 @@ def event_type_for(status: str) -> str:
     return "job.completed" if status == "completed" else "job.failed"
 
 
+def batch_event_type_for(status: str) -> str:
+    """Return the event type a finished batch's status sends (``batch.completed`` ...)."""
+    return f"batch.{status}"
+
+
 def event_id_for(job_id: str, event_type: str) -> str:
-    """Return the stable id of a job's event (the same for every retry and redelivery)."""
+    """Return the stable id of an event (the same for every retry and redelivery)."""
     return f"evt_{uuid.uuid5(uuid.NAMESPACE_URL, f'visionqueue:{job_id}:{event_type}').hex}"
 
 
