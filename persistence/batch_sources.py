@@ -325,6 +325,31 @@ def default_output(batch_id: str, settings: Settings) -> str:
     return f"file://{(settings.data_dir / 'batches' / batch_id).resolve()}/"
 
 
+def client_output(uri: str, settings: Settings) -> Location:
+    """Parse an output a client asked for: anywhere allowed except the service's own store.
+
+    The own store (``batches/`` under ``VQ_DATA_DIR``, the image bucket ``VQ_S3_BUCKET``)
+    holds every tenant's default outputs and job images: a client that could name it could
+    overwrite another batch's part files. Leaving ``output`` out writes there, in the
+    batch's own folder.
+    """
+    parts = urlsplit(uri)
+    own_folder = str((settings.data_dir / "batches").resolve())
+    in_own_folder = parts.scheme == "file" and _inside(
+        os.path.normpath(unquote(parts.path)), own_folder
+    )
+    in_own_bucket = (
+        parts.scheme == "s3" and bool(settings.s3.endpoint) and parts.netloc == settings.s3.bucket
+    )
+    if in_own_folder or in_own_bucket:
+        raise Unprocessable(
+            "the output may not be inside the service's own store; leave output out to "
+            "write the results there",
+            code="invalid_output",
+        )
+    return output_location(uri, settings)
+
+
 def output_location(uri: str, settings: Settings) -> Location:
     """Parse an output URI; the default output under ``VQ_DATA_DIR`` is always allowed."""
     parts = urlsplit(uri)

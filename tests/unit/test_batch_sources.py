@@ -10,6 +10,7 @@ import pytest
 from persistence.batch_sources import (
     LocalFolder,
     Location,
+    client_output,
     manifest_keys,
     output_location,
     parse_location,
@@ -85,3 +86,30 @@ def test_a_folder_lists_sorted_relative_keys_and_never_leaves_itself(tmp_path: P
     for bad in ("../secret.txt", "missing.jpg", "b"):
         with pytest.raises(NotFound):
             folder.get(bad)
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "file://{data}/batches/another-batch/",  # another tenant's default output
+        "file://{data}/batches/",
+        "file://{data}/batches/x/../another-batch/",
+        "s3://vq-images/batches/another-batch/",  # the image bucket, on the S3 endpoint
+        "s3://vq-images/",
+    ],
+)
+def test_a_client_cannot_name_the_services_own_store_as_output(tmp_path: Path, uri: str) -> None:
+    settings = _settings(tmp_path, [str(tmp_path / "roots")], s3="http://127.0.0.1:9")
+    settings.s3.bucket = "vq-images"
+    with pytest.raises(Unprocessable) as caught:
+        client_output(uri.format(data=tmp_path), settings)
+    assert caught.value.code == "invalid_output"
+    # the service itself still reads and writes a batch's own default output there
+    assert output_location(f"file://{tmp_path}/batches/abc/", settings).path.endswith("/abc")
+
+
+def test_a_client_output_elsewhere_is_parsed_as_before(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, [], s3="http://127.0.0.1:9")
+    settings.s3.bucket = "vq-images"
+    out = client_output("s3://their-bucket/results", settings)
+    assert (out.bucket, out.path) == ("their-bucket", "results/")

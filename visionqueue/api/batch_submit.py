@@ -17,7 +17,13 @@ from pydantic import BaseModel, Field
 
 from jobs.celery_app import BATCH_PLAN_TASK
 from persistence import batches_repo
-from persistence.batch_sources import default_output, open_location, output_location, parse_location
+from persistence.batch_sources import (
+    client_output,
+    default_output,
+    open_location,
+    output_location,
+    parse_location,
+)
 from persistence.db import session_scope
 from persistence.models import Batch, new_job_id
 from visionqueue.api.resources import FrontResources
@@ -62,7 +68,11 @@ def submit_batch(
     if next(iter(itertools.islice(reader.keys(), 1)), None) is None:
         raise Unprocessable(f"the source {source} holds no objects", code="source_empty")
     batch_id = new_job_id()
-    output = output_location(request.output or default_output(batch_id, settings), settings)
+    output = (
+        client_output(request.output, settings)
+        if request.output
+        else output_location(default_output(batch_id, settings), settings)
+    )
     with session_scope(res.engine) as session:
         batch = batches_repo.create_batch(
             session,
