@@ -53,7 +53,12 @@ def raw_rate(stored: Any, payloads: list[bytes], seconds: float, batch: int = 16
 
 
 def served_load(
-    models: list[str], payloads: list[bytes], concurrency: int, seconds: float, workdir: Path
+    models: list[str],
+    payloads: list[bytes],
+    concurrency: int,
+    seconds: float,
+    workdir: Path,
+    backend: str = "onnxruntime",
 ) -> LoadResult:
     """Serve ``models`` (the first is the default) and load the default with ``/predict``."""
     from tests.support.servers import bento_server
@@ -62,7 +67,7 @@ def served_load(
         "BENTOML_HOME": os.environ["BENTOML_HOME"],
         "VQ_MODELS": ",".join(models),
         "VQ_DATA_DIR": str(workdir / f"data-{'-'.join(models)}"),
-        "VQ_INFERENCE_BACKEND": "onnxruntime",
+        "VQ_INFERENCE_BACKEND": backend,
     }
     with bento_server(env, workdir / f"bento-{'-'.join(models)}.log", timeout=600) as url:
         run_load(url, payloads, 4, 5)  # warm-up

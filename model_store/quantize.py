@@ -1,8 +1,10 @@
-"""int8 versions of a stored model, with the evidence: ONNX Runtime static quantization.
+"""int8 versions of a stored model, with the evidence: static quantization to a QDQ graph.
 
 ``quantize_version`` takes a stored fp32 version (any format: a torch model is exported to
 ONNX first), calibrates activation ranges on a folder of images, writes a QDQ int8 graph
-(int8 weights per channel, uint8 activations) and stores it as a new version of the same
+with one of the ``RECIPES`` (the default, ``DEFAULT_RECIPE``: ONNX Runtime, 7-bit int8
+weights per channel, uint8 activations, MinMax ranges; every recipe is measured for
+agreement and speed in docs/benchmarks-int8.md) and stores it as a new version of the same
 name, with an agreement report against the fp32 version on held-out images: top-1
 agreement, mean top-5 overlap and the largest probability difference. Both sides run the
 same uint8 crops (``to_model_input``) and the same normalisation (``normalize_numpy``), so
@@ -28,8 +30,72 @@ logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 INT8_FILE = "model.int8.onnx"
-METHOD = "onnxruntime static QDQ: int8 weights per channel, uint8 activations, MinMax calibration"
 BATCH = 16
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One way to make the int8 graph; its ``text`` is stored with the version."""
+
+    name: str
+    tool: str  # "onnxruntime" (quantize_static) or "nncf" (OpenVINO's NNCF)
+    text: str
+    calibration: str = "minmax"  # onnxruntime: minmax, percentile or entropy
+    reduce_range: bool = False  # onnxruntime: 7-bit weights
+    keep_float: bool = False  # the first and last weighted layers stay float
+    keep_depthwise: bool = False  # with keep_float: every depthwise conv stays float too
+
+
+RECIPES = {
+    r.name: r
+    for r in (
+        Recipe("ort-minmax", "onnxruntime", "onnxruntime static QDQ, MinMax ranges"),
+        Recipe(
+            "ort-minmax-7bit",
+            "onnxruntime",
+            "onnxruntime static QDQ, MinMax ranges, 7-bit weights",
+            reduce_range=True,
+        ),
+        Recipe(
+            "ort-percentile-7bit",
+            "onnxruntime",
+            "onnxruntime static QDQ, Percentile ranges, 7-bit weights",
+            calibration="percentile",
+            reduce_range=True,
+        ),
+        Recipe(
+            "ort-entropy-7bit",
+            "onnxruntime",
+            "onnxruntime static QDQ, Entropy ranges, 7-bit weights",
+            calibration="entropy",
+            reduce_range=True,
+        ),
+        Recipe(
+            "ort-minmax-7bit-ends-float",
+            "onnxruntime",
+            "onnxruntime static QDQ, MinMax ranges, 7-bit weights, first and last layer float",
+            reduce_range=True,
+            keep_float=True,
+        ),
+        Recipe(
+            "ort-minmax-7bit-dw-float",
+            "onnxruntime",
+            "onnxruntime static QDQ, MinMax ranges, 7-bit weights, first, last and depthwise "
+            "layers float",
+            reduce_range=True,
+            keep_float=True,
+            keep_depthwise=True,
+        ),
+        Recipe("nncf", "nncf", "NNCF (OpenVINO) post-training quantization, QDQ graph"),
+        Recipe(
+            "nncf-ends-float",
+            "nncf",
+            "NNCF (OpenVINO) post-training quantization, QDQ graph, first and last layer float",
+            keep_float=True,
+        ),
+    )
+}
+DEFAULT_RECIPE = "ort-minmax-7bit"  # the levers measured: docs/benchmarks-int8.md
 
 
 @dataclass(frozen=True)
@@ -137,23 +203,66 @@ def fp32_graph(stored: StoredModel, folder: Path) -> Path:
     return export_onnx(module.eval(), folder / "fp32.onnx", crop)
 
 
-def quantize_graph(source: Path, target: Path, crops: np.ndarray, prep: Preprocessing) -> Path:
+def float_nodes(graph: Path, depthwise: bool = False) -> list[str]:
+    """The first and last weighted nodes (conv, gemm, matmul), and maybe every depthwise conv."""
+    import onnx
+
+    model = onnx.load(str(graph), load_external_data=False)
+    weighted = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    if not weighted:
+        return []
+    keep = {weighted[0].name, weighted[-1].name}
+    if depthwise:
+        keep |= {n.name for n in weighted if is_depthwise(n)}
+    return sorted(keep)
+
+
+def is_depthwise(node: Any) -> bool:
+    """A grouped conv with more than one group (one filter per channel, in practice)."""
+    groups = [a.i for a in node.attribute if a.name == "group"]
+    return node.op_type == "Conv" and bool(groups) and groups[0] > 1
+
+
+def quantize_graph(
+    source: Path,
+    target: Path,
+    crops: np.ndarray,
+    prep: Preprocessing,
+    recipe: Recipe | None = None,
+) -> Path:
     """Write the static int8 (QDQ) version of the graph at ``source`` to ``target``."""
+    from model_store.formats import onnx_input
+    from model_store.onnx_backend import normalize_numpy
+
+    recipe = recipe or RECIPES[DEFAULT_RECIPE]
+    name, _ = onnx_input(source)
+    batches = [normalize_numpy(crops[i : i + 1], prep.mean, prep.std) for i in range(len(crops))]
+    keep = float_nodes(source, recipe.keep_depthwise) if recipe.keep_float else []
+    if recipe.tool == "nncf":
+        return nncf_static(source, target, name, batches, keep)
+    return ort_static(source, target, name, batches, keep, recipe)
+
+
+def ort_static(
+    source: Path,
+    target: Path,
+    name: str,
+    batches: list[np.ndarray],
+    keep: list[str],
+    recipe: Recipe,
+) -> Path:
+    """ONNX Runtime's ``quantize_static``: int8 weights per channel, uint8 activations."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
+        CalibrationMethod,
         QuantFormat,
         QuantType,
         quantize_static,
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from model_store.formats import onnx_input
-    from model_store.onnx_backend import normalize_numpy
-
-    name, _ = onnx_input(source)
     prepared = target.with_suffix(".prep.onnx")
     quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-    batches = [normalize_numpy(crops[i : i + 1], prep.mean, prep.std) for i in range(len(crops))]
 
     class CropReader(CalibrationDataReader):  # type: ignore[misc]
         """The normalised calibration crops, one at a time."""
@@ -165,24 +274,54 @@ def quantize_graph(source: Path, target: Path, crops: np.ndarray, prep: Preproce
             batch = next(self._batches, None)
             return None if batch is None else {name: batch}
 
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }
     quantize_static(
         str(prepared),
         str(target),
         CropReader(),
         quant_format=QuantFormat.QDQ,
         per_channel=True,
-        # int8 weights: ONNX Runtime's fast u8s8 kernels. On AVX2 CPUs without VNNI they
-        # can saturate; uint8 weights agreed more on a trained EfficientNet-Lite0 (71% vs
-        # 47% top-1) but ran 4x slower than fp32 (docs/benchmarks-int8.md)
+        # 7-bit weights: on AVX2 CPUs without VNNI the u8s8 kernels add pairs of
+        # products in int16, which saturates with full-range weights
+        reduce_range=recipe.reduce_range,
         weight_type=QuantType.QInt8,
         activation_type=QuantType.QUInt8,
+        calibrate_method=methods[recipe.calibration],
+        nodes_to_exclude=keep,
     )
     prepared.unlink(missing_ok=True)
     return target
 
 
+def nncf_static(
+    source: Path, target: Path, name: str, batches: list[np.ndarray], keep: list[str]
+) -> Path:
+    """OpenVINO's NNCF post-training quantization of the ONNX graph (a QDQ graph out)."""
+    import nncf
+    import onnx
+
+    model = onnx.load(str(source))
+    dataset = nncf.Dataset(batches, lambda batch: {name: batch})
+    quantized = nncf.quantize(
+        model,
+        dataset,
+        subset_size=len(batches),
+        ignored_scope=nncf.IgnoredScope(names=keep) if keep else None,
+    )
+    onnx.save(quantized, str(target))
+    return target
+
+
 def quantize_version(
-    name: str, source_tag: str, calibration: Path, holdout: Path | None = None
+    name: str,
+    source_tag: str,
+    calibration: Path,
+    holdout: Path | None = None,
+    recipe: str = DEFAULT_RECIPE,
 ) -> tuple[StoredModel, Agreement]:
     """Store an int8 version of ``source_tag`` under ``name``; return it and its agreement."""
     import bentoml
@@ -193,6 +332,8 @@ def quantize_version(
     from model_store.store import as_stored, get_model
 
     check_name(name)
+    if recipe not in RECIPES:
+        raise WeightsError(f"unknown int8 recipe {recipe!r}; choose from {', '.join(RECIPES)}")
     source = get_model(source_tag)
     prep = Preprocessing.from_spec(source.metadata.get("preprocessing"))
     calib_files, held_files, held_from = split_files(calibration, holdout)
@@ -200,7 +341,8 @@ def quantize_version(
     with tempfile.TemporaryDirectory(prefix="vq-int8-") as tmp:
         folder = Path(tmp)
         fp32 = fp32_graph(source, folder)
-        int8 = quantize_graph(fp32, folder / INT8_FILE, load_crops(calib_files, prep), prep)
+        crops = load_crops(calib_files, prep)
+        int8 = quantize_graph(fp32, folder / INT8_FILE, crops, prep, RECIPES[recipe])
         held = load_crops(held_files, prep)
         report = agreement(
             softmax_of(OnnxRunner(fp32, threads), held, prep),
@@ -213,7 +355,8 @@ def quantize_version(
             "file": INT8_FILE,
             "quantization": {
                 "precision": "int8",
-                "method": METHOD,
+                "method": RECIPES[recipe].text,
+                "recipe": recipe,
                 "source": source.tag,
                 "calibration": {"folder": str(calibration), "images": len(calib_files)},
                 "agreement": report.to_dict(),

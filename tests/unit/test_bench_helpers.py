@@ -186,3 +186,21 @@ def test_stack_processes_are_named_by_role(cmdline: list[str], role: str) -> Non
     from bench.lone import process_role
 
     assert process_role(cmdline) == role
+
+
+def test_bench_int8_takes_photos_spread_over_a_folder(tmp_path: Any) -> None:
+    import argparse
+
+    from bench.int8 import image_sets
+
+    for name, folder in (("calib", "c"), ("held", "h")):
+        (tmp_path / folder).mkdir()
+        for i in range(10):
+            (tmp_path / folder / f"{name}{i:02d}.jpg").write_bytes(images.jpeg(40, 30))
+    args = argparse.Namespace(
+        calibration_dir=tmp_path / "c", holdout_dir=tmp_path / "h", calibration=5, held=20
+    )
+    calib, held, described = image_sets(args, tmp_path / "work")
+    assert [p.resolve().name for p in calib] == [f"calib{i:02d}.jpg" for i in (0, 2, 4, 6, 8)]
+    assert len(held) == 10 and described["independent"] == "10"  # no more than the folder has
+    assert not {p.resolve() for p in calib} & {p.resolve() for p in held}

@@ -12,9 +12,18 @@ from typing import Any
 import numpy as np
 import pytest
 
+from model_store.preprocess import Preprocessing
 from model_store.promotions import promote, read_record
-from model_store.quantize import agreement, quantize_version, split_files
+from model_store.quantize import (
+    RECIPES,
+    agreement,
+    float_nodes,
+    quantize_graph,
+    quantize_version,
+    split_files,
+)
 from model_store.weights import WeightsError
+from tests.support.checkpoints import ONNX_PREP, onnx_fruit
 from tests.support.images import skimage_photo
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,6 +65,77 @@ def test_held_out_images_are_never_calibration_images(tmp_path: Path) -> None:
     empty.mkdir()
     with pytest.raises(WeightsError, match="holds no images"):
         split_files(empty, None)
+
+
+@pytest.fixture(scope="module")
+def fruit_graph(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray, Preprocessing]:
+    """A small real ONNX classifier (MobileNetV3-Small, 160x160) and 12 crops to calibrate on."""
+    folder = tmp_path_factory.mktemp("fruit")
+    graph, _, _ = onnx_fruit(folder)
+    crops = np.random.default_rng(3).integers(0, 256, (12, 160, 160, 3), dtype=np.uint8)
+    return graph, crops, Preprocessing.from_spec(ONNX_PREP)
+
+
+def _quantized_weights(graph: Path) -> dict[str, str]:
+    """Which weighted node reads its weight through a DequantizeLinear (int8) or not (float)."""
+    import onnx
+
+    model = onnx.load(str(graph))
+    producers = {out: node for node in model.graph.node for out in node.output}
+    kinds = {}
+    for node in model.graph.node:
+        if node.op_type in ("Conv", "Gemm", "MatMul"):
+            weight = producers.get(node.input[1])
+            int8 = weight is not None and weight.op_type == "DequantizeLinear"
+            kinds[node.name] = "int8" if int8 else "float"
+    return kinds
+
+
+def test_seven_bit_weights_stay_within_plus_minus_64(fruit_graph, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import onnx
+    from onnx import numpy_helper
+
+    graph, crops, prep = fruit_graph
+    full = quantize_graph(graph, tmp_path / "full.onnx", crops, prep, RECIPES["ort-minmax"])
+    seven = quantize_graph(graph, tmp_path / "7.onnx", crops, prep, RECIPES["ort-minmax-7bit"])
+
+    def widest(path: Path) -> int:
+        model = onnx.load(str(path))
+        ints = [
+            numpy_helper.to_array(init)
+            for init in model.graph.initializer
+            if init.data_type == onnx.TensorProto.INT8 and init.dims
+        ]
+        return max(int(np.abs(w.astype(np.int32)).max()) for w in ints)
+
+    assert widest(full) == 127  # per channel: each channel's largest weight maps to 127
+    assert widest(seven) <= 64
+
+
+@pytest.mark.parametrize("recipe", ["ort-minmax-7bit-ends-float", "nncf-ends-float"])
+def test_ends_float_recipes_leave_the_first_and_last_layer_float(  # type: ignore[no-untyped-def]
+    fruit_graph, tmp_path: Path, recipe: str
+) -> None:
+    from model_store.onnx_backend import OnnxRunner, normalize_numpy
+    from model_store.openvino_backend import OpenVinoRunner
+
+    graph, crops, prep = fruit_graph
+    first, last = float_nodes(graph)
+    out = quantize_graph(graph, tmp_path / "q.onnx", crops, prep, RECIPES[recipe])
+    kinds = _quantized_weights(out)
+    assert kinds[first] == kinds[last] == "float"
+    assert sum(kind == "int8" for kind in kinds.values()) > len(kinds) / 2
+    if recipe.startswith("ort"):  # (NNCF also leaves the squeeze-excitation convs float)
+        assert sorted(n for n, kind in kinds.items() if kind == "float") == [first, last]
+    batch = normalize_numpy(crops[:4], prep.mean, prep.std)
+    assert OnnxRunner(out, 1).logits(batch).shape == (4, 6)
+    assert OpenVinoRunner(out, 1).logits(batch).shape == (4, 6)
+
+
+def test_an_unknown_recipe_is_refused(stored_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    folder = _photos(tmp_path / "calib", PHOTOS[:2])
+    with pytest.raises(WeightsError, match="unknown int8 recipe 'int4'"):
+        quantize_version("resnet18", stored_model.tag, folder, None, recipe="int4")
 
 
 @pytest.fixture(scope="module")
