@@ -6,10 +6,13 @@ import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
 from visionqueue.dataplane.cpu_priority import background_executor, thread_nice
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.skipif(
     sys.platform != "linux", reason="nice values are per thread on Linux"
@@ -41,18 +44,25 @@ t.start(); started.wait()
 lower_this_process(7)
 after = threading.Thread(target=lambda: print(thread_nice(threading.get_native_id())))
 after.start(); after.join()
-print(sorted({thread_nice(int(tid)) for tid in os.listdir("/proc/self/task")}))
+nices = set()
+for tid in os.listdir("/proc/self/task"):
+    try:
+        nices.add(thread_nice(int(tid)))
+    except ProcessLookupError:  # a thread that ended after the listing
+        pass
+print(sorted(nices))
 """
 
 
 def test_lowering_a_process_reaches_its_threads_and_those_started_later() -> None:
-    out = subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-c", LOWER],
         capture_output=True,
         text=True,
-        check=True,
-        env={**os.environ, "PYTHONPATH": os.getcwd()},
-    ).stdout.split("\n")
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout.split("\n")
     base = os.getpriority(os.PRIO_PROCESS, 0)
     assert out[0] == str(max(base, 7))  # a thread started after it inherits it
     assert out[1] == f"[{max(base, 7)}]"  # every thread that was running
