@@ -18,6 +18,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, and_, func, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import Update
 
 from persistence import deliveries_repo
 from persistence.db import session_scope
@@ -257,34 +258,28 @@ def _claimable(now: datetime) -> Any:
     )
 
 
+def _while_ours(chunk: ClaimedChunk) -> Update:
+    """An UPDATE of ``chunk`` that matches only while it runs under our fence."""
+    return update(BatchChunk).where(
+        BatchChunk.batch_id == chunk.batch_id,
+        BatchChunk.seq == chunk.seq,
+        BatchChunk.fence == chunk.fence,
+        BatchChunk.status == "running",
+    )
+
+
 def renew_chunk(session: Session, chunk: ClaimedChunk, lease_s: float) -> bool:
     """Extend the lease while the fence is still ours."""
     moved = changed_rows(
         session,
-        update(BatchChunk)
-        .where(
-            BatchChunk.batch_id == chunk.batch_id,
-            BatchChunk.seq == chunk.seq,
-            BatchChunk.fence == chunk.fence,
-            BatchChunk.status == "running",
-        )
-        .values(lease_until=utcnow() + timedelta(seconds=lease_s)),
+        _while_ours(chunk).values(lease_until=utcnow() + timedelta(seconds=lease_s)),
     )
     return moved == 1
 
 
 def release_chunk(session: Session, chunk: ClaimedChunk) -> None:
     """Hand a chunk back at once (a transient failure): the next claim takes it."""
-    session.execute(
-        update(BatchChunk)
-        .where(
-            BatchChunk.batch_id == chunk.batch_id,
-            BatchChunk.seq == chunk.seq,
-            BatchChunk.fence == chunk.fence,
-            BatchChunk.status == "running",
-        )
-        .values(status="pending", lease_until=None, leased_by=None)
-    )
+    session.execute(_while_ours(chunk).values(status="pending", lease_until=None, leased_by=None))
 
 
 def complete_chunk(
@@ -299,14 +294,9 @@ def complete_chunk(
     and finish the batch when this was its last chunk. False: the write is fenced off."""
     stored = changed_rows(
         session,
-        update(BatchChunk)
-        .where(
-            BatchChunk.batch_id == chunk.batch_id,
-            BatchChunk.seq == chunk.seq,
-            BatchChunk.fence == chunk.fence,
-            BatchChunk.status == "running",
-        )
-        .values(status="done", lines=lines, done=done, failed=failed, lease_until=None),
+        _while_ours(chunk).values(
+            status="done", lines=lines, done=done, failed=failed, lease_until=None
+        ),
     )
     if stored != 1:
         return False
