@@ -119,10 +119,10 @@ def _classify_keys(
             return data
         try:
             return prepare_crop(data, max_pixels, draft, how)
+        # decode_image maps every decode failure to InvalidImage: anything else is a bug,
+        # which fails the chunk's attempt (retried, then attempts_exhausted lines)
         except VQError as exc:  # corrupt, not an image, too large: its own error line
             return exc
-        except Exception:
-            return VQError("the object could not be decoded", code="invalid_image")
 
     threads = max(1, settings.model.preprocess_threads)
     with ThreadPoolExecutor(min(16, len(keys)), "vq-batch-fetch") as fetch_pool:
