@@ -130,10 +130,9 @@ class PriorityBatchQueue:
             (Priority.INTERACTIVE,) if background is not None else tuple(Priority)
         )
         self._lane_classes = tuple(c for c in Priority if c not in self._serial_classes)
-        self._busy_lanes = 0
         self._lane_wake: asyncio.Event | None = None
         self._lane_runner: asyncio.Task[None] | None = None
-        self._lane_passes: set[asyncio.Task[None]] = set()
+        self._lane_passes: set[asyncio.Task[None]] = set()  # the passes running in lanes
         self._max_batch = dict(max_batch)
         self._share_every = share_every
         self._metrics = metrics or _NoMetrics()
@@ -265,13 +264,13 @@ class PriorityBatchQueue:
         """Keep up to ``lanes`` job and bulk passes running on the background forward."""
         assert self._lane_wake is not None and self._background is not None
         while True:
-            priority = self._pick(self._lane_classes) if self._busy_lanes < self._lanes else None
+            busy = len(self._lane_passes) >= self._lanes
+            priority = None if busy else self._pick(self._lane_classes)
             if priority is None:
                 self._lane_wake.clear()
                 await self._lane_wake.wait()
                 continue
             batch = self._take(priority)
-            self._busy_lanes += 1
             task = asyncio.get_running_loop().create_task(
                 self._run_batch(priority, batch, self._background)
             )
@@ -280,7 +279,6 @@ class PriorityBatchQueue:
 
     def _lane_done(self, task: asyncio.Task[None]) -> None:
         self._lane_passes.discard(task)
-        self._busy_lanes -= 1
         if self._lane_wake is not None:
             self._lane_wake.set()
 
