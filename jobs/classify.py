@@ -1,9 +1,10 @@
 """Run one job: claim it under a lease, classify its image through the batched service, and
 store the outcome together with the webhook event it owes (the outbox row).
 
-Two ways to classify: through the front's ``/predict`` (``classify_bytes``), or, when the
-classifier runs on its own (``VQ_CLASSIFIER_URL``), directly: the worker decodes and crops
-with the front's own code and sends a batch's crops in one call (``classify_direct``).
+The worker fetches a batch's images, decodes and crops them itself with the front's own code
+(at its lowered CPU priority) and sends the crops in few calls, in each job's class of work:
+to the classifier service (``VQ_CLASSIFIER_URL``) or, on the embedded default, to the
+front's crops route (``jobs.classify_crops``). No job image goes through ``/predict``.
 
 Plain functions a unit test can call; the Celery task in ``jobs.tasks`` only adds retries.
 Errors are the one tree of ``visionqueue.core.errors``: an ``Unavailable`` (the store, the
@@ -19,32 +20,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from sqlalchemy.orm import Session
 
-from jobs.classifier_client import (
-    ClassifierClient,
-    front_auth_headers,
-    is_transient,
-    post_classifier,
-)
+from jobs.classify_crops import crop_and_classify
 from jobs.crash_points import BATCH_BEFORE_COMPLETION, crash_point
 from jobs.notify import owe_event
 from jobs.resources import Resources
-from model_store.answers import answer_body
-from model_store.crops import prepare_crop
-from model_store.preprocess import Preprocessing
+from model_store.answers import answer_from_rows
 from persistence import job_leases, jobs_repo
 from persistence.db import session_scope
 from persistence.models import utcnow
-from visionqueue.core.errors import ImageNotFound, Unavailable, Unprocessable, VQError
-from visionqueue.dataplane.crop_retry import CropForVersion
-from visionqueue.dataplane.priority import (
-    JOB_PRIORITY,
-    PRIORITY_HEADER,
-    Priority,
-    job_priority,
-)
+from visionqueue.core.errors import ImageNotFound, Unprocessable, VQError
+from visionqueue.dataplane.priority import Priority, job_priority
 
 logger = logging.getLogger(__name__)
 
@@ -57,37 +44,6 @@ class JobOutcome:
     latency_s: float | None = None
     webhook_url: str | None = None
     error_code: str | None = None
-
-
-def classify_bytes(
-    res: Resources,
-    data: bytes,
-    content_type: str,
-    top_k: int,
-    model: str | None = None,
-    priority: Priority = JOB_PRIORITY,
-) -> dict[str, Any]:
-    """POST the image to the front's ``/predict`` (the model's shared batching queue) in the
-    job's priority class (``X-VQ-Work-Class``: behind every person's request)."""
-    url = f"{res.settings.front_url}/predict"
-    headers = {PRIORITY_HEADER: priority.label, **front_auth_headers(res.settings.server)}
-    resp = post_classifier(
-        res.http,
-        url,
-        files={"image": ("image", data, content_type)},
-        data={"top_k": str(top_k), **({"model": model} if model else {})},
-        headers=headers,
-    )
-    if resp.status_code == 200:
-        return dict(resp.json())
-    try:
-        error = resp.json()["error"]
-        code, message = str(error["code"]), str(error["message"])
-    except (ValueError, KeyError, TypeError):
-        code, message = f"http_{resp.status_code}", "the classifier answered with an error"
-    if is_transient(resp.status_code):
-        raise Unavailable(message, code=code)
-    raise Unprocessable(message, code=code)
 
 
 def process_job(job_id: str, res: Resources) -> JobOutcome:
@@ -159,33 +115,49 @@ def process_batch(job_ids: list[str], res: Resources) -> dict[str, JobOutcome | 
 def _classify_all(
     jobs: list[job_leases.ClaimedJob], res: Resources
 ) -> dict[str, dict[str, Any] | BaseException]:
-    """Fetch and classify every job's image at once (the front merges them into one call)."""
-    if res.classifier is not None:
-        return classify_direct(jobs, res, res.classifier)
-    if len(jobs) == 1:
-        return {jobs[0].id: _classify_one(jobs[0], res)}
-    with ThreadPoolExecutor(len(jobs), thread_name_prefix="vq-batch-item") as pool:
-        results = list(pool.map(lambda job: _classify_one(job, res), jobs))
-    return {job.id: result for job, result in zip(jobs, results, strict=True)}
+    """Fetch every job's image, crop each model's share here and classify it in few calls;
+    build the answer ``/predict`` would give. A bad image fails only its own job."""
+    results: dict[str, dict[str, Any] | BaseException] = {}
+    groups: dict[tuple[str | None, Priority], list[job_leases.ClaimedJob]] = {}
+    for job in jobs:
+        groups.setdefault((job.model_name, job_priority(job.priority)[0]), []).append(job)
+    # the front's VQ_PREPROCESS_THREADS bound the decodes (and their memory) here too
+    with (
+        ThreadPoolExecutor(len(jobs), thread_name_prefix="vq-batch-item") as fetch_pool,
+        ThreadPoolExecutor(res.settings.model.preprocess_threads, "vq-crop") as crop_pool,
+    ):
+        for (model, priority), group in groups.items():
+            datas = list(fetch_pool.map(lambda job: _fetch_image(job, res), group))
+            started = time.perf_counter()
+            try:
+                cropped = crop_and_classify(
+                    res, model, datas, crop_pool, res.settings.worker.top_k, priority
+                )
+            except Exception as exc:  # handed to each job's own task: retry or fail it
+                results.update({job.id: exc for job in group})
+                continue
+            for job, outcome in zip(group, cropped.outcomes, strict=True):
+                if isinstance(outcome, VQError):
+                    results[job.id] = outcome
+                elif cropped.model is not None:
+                    predictions, how = outcome
+                    results[job.id] = answer_from_rows(
+                        predictions,
+                        cropped.model,
+                        started=started,
+                        preprocessing=how,
+                        work_class=priority.label,
+                    )
+    return results
 
 
-def _fetch_image(job: job_leases.ClaimedJob, res: Resources) -> bytes:
+def _fetch_image(job: job_leases.ClaimedJob, res: Resources) -> bytes | VQError:
+    """The job's stored image, or the error that ends (or retries) this job's run."""
     try:
         return res.store.get(job.image_key)
-    except ImageNotFound as exc:
-        raise Unprocessable("the stored image no longer exists", code="image_missing") from exc
-
-
-def _classify_one(job: job_leases.ClaimedJob, res: Resources) -> dict[str, Any] | BaseException:
-    """The image's ``/predict`` answer, or the exception that ends this job's run."""
-    try:
-        data = _fetch_image(job, res)
-        # the version promoted when the job runs serves it (policy: docs/models.md)
-        priority, _ = job_priority(job.priority)
-        return classify_bytes(
-            res, data, job.content_type, res.settings.worker.top_k, job.model_name, priority
-        )
-    except Exception as exc:  # handed to the job's own task: retry or fail that job only
+    except ImageNotFound:
+        return Unprocessable("the stored image no longer exists", code="image_missing")
+    except VQError as exc:  # the store is briefly down: this job is retried
         return exc
 
 
@@ -241,95 +213,3 @@ def release_for_retry(job_id: str, res: Resources, delay_s: float) -> None:
     grace = max(res.settings.worker.lease_s, 2 * res.settings.worker.sweep_interval_s)
     with session_scope(res.engine) as session:
         job_leases.release_for_retry(session, job_id, res.leases.holder, delay_s + grace)
-
-
-def classify_direct(
-    jobs: list[job_leases.ClaimedJob], res: Resources, classifier: ClassifierClient
-) -> dict[str, dict[str, Any] | BaseException]:
-    """Fetch, decode and crop every job's image here, exactly as the front's ``/predict`` does,
-    and classify each model's crops in one call to the classifier service; build the answer
-    ``/predict`` would give. A bad image fails only its own job."""
-    results: dict[str, dict[str, Any] | BaseException] = {}
-    by_model: dict[tuple[str, Priority], list[job_leases.ClaimedJob]] = {}
-    for job in jobs:
-        try:
-            name = classifier.model_name(job.model_name)
-        except VQError as exc:
-            results[job.id] = exc
-            continue
-        by_model.setdefault((name, job_priority(job.priority)[0]), []).append(job)
-    # the front's VQ_PREPROCESS_THREADS bound the decodes (and their memory) here too
-    with (
-        ThreadPoolExecutor(len(jobs), thread_name_prefix="vq-batch-item") as fetch_pool,
-        ThreadPoolExecutor(res.settings.model.preprocess_threads, "vq-crop") as crop_pool,
-    ):
-        for (name, priority), group in by_model.items():
-            pools = (fetch_pool, crop_pool)
-            results.update(_classify_model(name, priority, group, res, classifier, pools))
-    return results
-
-
-def _classify_model(
-    name: str,
-    priority: Priority,
-    jobs: list[job_leases.ClaimedJob],
-    res: Resources,
-    classifier: ClassifierClient,
-    pools: tuple[ThreadPoolExecutor, ThreadPoolExecutor],
-) -> dict[str, dict[str, Any] | BaseException]:
-    """One model's share of a batch: crop for its current version, one classifier call.
-
-    Crops made for a version a promotion replaced meanwhile are made again, as the front does.
-    """
-    settings = res.settings
-    max_pixels, draft = settings.server.max_image_pixels, settings.model.jpeg_draft
-    results: dict[str, dict[str, Any] | BaseException] = {}
-
-    def fetch(job: job_leases.ClaimedJob) -> bytes | Exception:
-        try:
-            return _fetch_image(job, res)
-        except Exception as exc:  # handed to the job's own task: retry or fail that job only
-            return exc
-
-    def crop(data: bytes | Exception, prep: Preprocessing) -> tuple[np.ndarray, str] | Exception:
-        if isinstance(data, Exception):
-            return data
-        try:
-            return prepare_crop(data, max_pixels, draft, prep)
-        except Exception as exc:  # a bad image fails its own job (invalid_image)
-            return exc
-
-    fetch_pool, crop_pool = pools
-    datas = list(fetch_pool.map(fetch, jobs))
-    started = time.perf_counter()
-    try:
-        attempts = CropForVersion(
-            Preprocessing.from_spec(classifier.current(name)["preprocessing"])
-        )
-    except Exception as exc:
-        return {job.id: exc for job in jobs}
-    for prep in attempts:
-        crops = list(crop_pool.map(crop, datas, [prep] * len(datas)))
-        good = [(job, c) for job, c in zip(jobs, crops, strict=True) if isinstance(c, tuple)]
-        results = {j.id: c for j, c in zip(jobs, crops, strict=True) if not isinstance(c, tuple)}
-        if not good:
-            return results
-        try:
-            probs, version = classifier.classify(
-                name, np.stack([pixels for _, (pixels, _) in good]), priority
-            )
-        except Exception as exc:
-            return {**results, **{job.id: exc for job, _ in good}}
-        attempts.ran(version)
-    top_k = settings.worker.top_k
-    for row, (job, (_, how)) in zip(probs, good, strict=True):
-        results[job.id] = answer_body(
-            row,
-            top_k,
-            name=name,
-            version=version,
-            started=started,
-            preprocessing=how,
-            work_class=priority.label,
-        )
-    return results

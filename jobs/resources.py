@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
@@ -23,7 +24,10 @@ _by_pid: dict[int, Resources] = {}
 class Resources(Backends):
     http: httpx.Client
     leases: LeaseKeeper
-    classifier: ClassifierClient | None = None  # None: classify through the front's /predict
+    classifier: ClassifierClient | None = None  # None: through the front's crops route
+    # on the embedded default: each model name (None: the default) -> served name and the
+    # preprocessing its current version crops with, as the front last said (jobs.classify_crops)
+    front_models: dict[str | None, tuple[str, dict[str, Any]]] = field(default_factory=dict)
 
 
 def build_resources(settings: Settings) -> Resources:

@@ -47,9 +47,27 @@ def answer_body(
     """Build the answer to one image: top ``k`` of its probability row, the version that ran,
     seconds since ``started`` (``time.perf_counter``), how the image was preprocessed and
     the priority class it ran in (``visionqueue.dataplane.priority``)."""
+    return answer_from_rows(
+        top_k_rows(probs, version["labels"], k),
+        model_block(name, version),
+        started=started,
+        preprocessing=preprocessing,
+        work_class=work_class,
+    )
+
+
+def answer_from_rows(
+    predictions: list[dict[str, Any]],
+    model: dict[str, Any],
+    *,
+    started: float,
+    preprocessing: str,
+    work_class: str | None = None,
+) -> dict[str, Any]:
+    """Build the answer to one image from its top-k ``predictions`` and ``model`` block."""
     body: dict[str, Any] = {
-        "predictions": top_k_rows(probs, version["labels"], k),
-        "model": model_block(name, version),
+        "predictions": predictions,
+        "model": model,
         "processing_time": round(time.perf_counter() - started, 6),
         "preprocessing": preprocessing,
     }

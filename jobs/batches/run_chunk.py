@@ -1,5 +1,5 @@
 """Run a batch's chunks: claim one under a fenced lease, fetch, decode and crop its objects
-here, classify the crops in few calls (``classify_chunk``), store its lines in one
+here, classify the crops in few calls (``jobs.classify_crops``), store its lines in one
 transaction, write its part file; repeat until none is left or the lane's time is up.
 
 Every object of a chunk gets exactly one line: an answer, or an error (a corrupt image, a
@@ -19,23 +19,22 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from jobs.batches.classify_chunk import classify_chunk, describe_model
+from jobs.classify_crops import crop_and_classify
 from jobs.crash_points import BATCH_CHUNK_BEFORE_STORE, crash_point
 from jobs.resources import Resources
-from model_store.crops import prepare_crop
-from model_store.preprocess import Preprocessing
 from persistence import batches_repo
 from persistence.batch_sources import Location, open_location, output_location, part_name
 from persistence.batches_repo import ClaimedChunk
 from persistence.db import session_scope
 from persistence.models import Batch
 from visionqueue.core.errors import Unavailable, VQError
+from visionqueue.dataplane.priority import Priority
 
 logger = logging.getLogger(__name__)
 
 MAX_CHUNK_ATTEMPTS = 5
+# A batch's calls are bulk work: behind interactive /predict and jobs (docs/priority.md).
+PRIORITY = Priority.BULK
 LANE_BUDGET_S = 60.0  # a lane hands over to a fresh message well inside the task time limit
 
 
@@ -101,11 +100,6 @@ def run_chunk(batch: Batch, chunk: ClaimedChunk, source: Any, res: Resources) ->
 def _classify_keys(
     batch: Batch, keys: list[str], source: Any, res: Resources
 ) -> tuple[list[str], int, int, str | None]:
-    settings = res.settings
-    name, spec = describe_model(res, batch.model_name)
-    prep = Preprocessing.from_spec(spec)
-    max_pixels, draft = settings.server.max_image_pixels, settings.model.jpeg_draft
-
     def fetch(key: str) -> bytes | VQError:
         try:
             return bytes(source.get(key))
@@ -114,44 +108,22 @@ def _classify_keys(
         except VQError as exc:  # missing object: its own error line
             return exc
 
-    def crop(data: bytes | VQError, how: Preprocessing) -> tuple[np.ndarray, str] | VQError:
-        if isinstance(data, VQError):
-            return data
-        try:
-            return prepare_crop(data, max_pixels, draft, how)
-        # decode_image maps every decode failure to InvalidImage: anything else is a bug,
-        # which fails the chunk's attempt (retried, then attempts_exhausted lines)
-        except VQError as exc:  # corrupt, not an image, too large: its own error line
-            return exc
-
-    threads = max(1, settings.model.preprocess_threads)
+    threads = max(1, res.settings.model.preprocess_threads)
     with ThreadPoolExecutor(min(16, len(keys)), "vq-batch-fetch") as fetch_pool:
         datas = list(fetch_pool.map(fetch, keys))
     with ThreadPoolExecutor(threads, "vq-batch-crop") as crop_pool:
-        for _ in range(3):
-            crops = list(crop_pool.map(crop, datas, [prep] * len(datas)))
-            good = [i for i, c in enumerate(crops) if isinstance(c, tuple)]
-            answer = None
-            if not good:
-                break
-            stack = np.stack([crops[i][0] for i in good])  # type: ignore[index]
-            answer = classify_chunk(res, name, stack, batch.top_k)
-            used = Preprocessing.from_spec(answer.preprocessing)
-            if used.front_key == prep.front_key:
-                break
-            prep = used  # a promotion changed the preprocessing: crop again for it
-    by_index = dict(zip(good, answer.predictions, strict=True)) if answer else {}
+        cropped = crop_and_classify(res, batch.model_name, datas, crop_pool, batch.top_k, PRIORITY)
+    model = cropped.model
     lines, done, failed = [], 0, 0
-    for i, key in enumerate(keys):
-        result = crops[i]
-        if isinstance(result, VQError):
-            error = {"code": result.code, "message": result.message}
-            lines.append(_line(key, None, answer.model if answer else None, error))
+    for key, outcome in zip(keys, cropped.outcomes, strict=True):
+        if isinstance(outcome, VQError):
+            error = {"code": outcome.code, "message": outcome.message}
+            lines.append(_line(key, None, model, error))
             failed += 1
         else:
-            lines.append(_line(key, by_index[i], answer.model if answer else None, None))
+            lines.append(_line(key, outcome[0], model, None))
             done += 1
-    return lines, done, failed, (answer.model["tag"] if answer else None)
+    return lines, done, failed, (model["tag"] if model else None)
 
 
 def _line(

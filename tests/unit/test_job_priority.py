@@ -1,29 +1,34 @@
 """A job's priority: checked at submission, kept on its row (migration 0007), claimed with it,
-shown with its class of work, and sent with the job's /predict call."""
+shown with its class of work, and sent with the crops of the job's batch."""
 
 from __future__ import annotations
 
+import io
+import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+from urllib.parse import parse_qsl, urlsplit
 
 import httpx
+import numpy as np
 import pytest
+from PIL import Image
 
-from jobs.classify import classify_bytes
+from jobs.classify import process_batch
 from jobs.lease_keeper import LeaseKeeper
 from jobs.resources import Resources
 from jobs.views import job_view
+from model_store.preprocess import IMAGENET_PREPROCESSING
 from persistence import job_leases, jobs_repo
 from persistence.db import dispose_engines, get_engine, session_scope
 from persistence.local_images import LocalImageStore
 from persistence.migrate import upgrade_database
 from visionqueue.api.submit import check_priority
-from visionqueue.core.errors import Unprocessable
+from visionqueue.core.errors import Unprocessable, UnsupportedMediaType
 from visionqueue.core.settings import DatabaseSettings, Settings
-from visionqueue.dataplane.priority import Priority
 
 
 @pytest.fixture
@@ -88,32 +93,91 @@ def test_a_job_row_from_before_0007_is_normal(res: Resources) -> None:
         assert jobs_repo.require_job(session, job_id, None).priority == "normal"
 
 
-def test_a_jobs_predict_call_says_its_class(res: Resources) -> None:
-    seen: list[str | None] = []
+class FakeFront(BaseHTTPRequestHandler):
+    """The front's two model routes and its crops route, counted (what a worker calls)."""
 
-    class Front(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers["Content-Length"]))
-            seen.append(self.headers.get("X-VQ-Work-Class"))
-            data = b'{"predictions": [], "work_class": "bulk"}'
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    calls: ClassVar[list[tuple[str, dict[str, str]]]] = []
+    spec: ClassVar[dict[str, Any]] = IMAGENET_PREPROCESSING.to_spec()
 
-        def log_message(self, *args: Any) -> None:
-            pass
+    def do_GET(self) -> None:
+        self.calls.append((self.path, {}))
+        if self.path == "/v1/models":
+            self._answer({"default": "resnet18"})
+        else:
+            self._answer({"name": "resnet18", "ready": True, "preprocessing": self.spec})
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Front)
+    def do_POST(self) -> None:
+        url = urlsplit(self.path)
+        params = dict(parse_qsl(url.query))
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        n, h, w, c = (int(v) for v in params["shape"].split(","))
+        assert len(body) == n * h * w * c
+        self.calls.append((url.path, params))
+        model = {"name": "resnet18", "tag": "resnet18:v1", "weights": "seed:0"}
+        predictions = [[{"label": "tench", "score": 1.0}]] * n
+        self._answer({"model": model, "preprocessing": self.spec, "predictions": predictions})
+
+    def _answer(self, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def _job(res: Resources, data: bytes, priority: str) -> str:
+    key = res.store.put(data, "image/png")
+    with session_scope(res.engine) as session:
+        job = jobs_repo.create_job(
+            session,
+            image_key=key,
+            image_sha256="0" * 64,
+            content_type="image/png",
+            image_size=len(data),
+            width=1,
+            height=1,
+            priority=priority,
+        )
+        return job.id
+
+
+def _png(seed: int) -> bytes:
+    buf = io.BytesIO()
+    pixels = np.random.default_rng(seed).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_a_batch_of_jobs_is_cropped_here_and_sent_once_per_class(res: Resources) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeFront)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    FakeFront.calls = []
     try:
         front = f"http://127.0.0.1:{server.server_address[1]}"
         worker = res.settings.worker.model_copy(update={"front_url": front})
         settings = res.settings.model_copy(update={"worker": worker})
         here = Resources(settings, res.engine, res.store, res.http, res.leases)
-        classify_bytes(here, b"x", "image/png", 5, None, Priority.BULK)
-        classify_bytes(here, b"x", "image/png", 5)
+        first = [_job(here, _png(i), p) for i, p in enumerate(("high", "low", "normal"))]
+        broken = _job(here, b"not an image", "normal")
+        outcomes = process_batch([*first, broken], here)
+        again = process_batch([_job(here, _png(9), "normal")], here)
     finally:
         server.shutdown()
         server.server_close()
-    assert seen == ["bulk", "jobs"]
+    assert [outcomes[j].status for j in first] == ["completed"] * 3  # type: ignore[union-attr]
+    assert isinstance(outcomes[broken], UnsupportedMediaType)  # what /predict says of it
+    assert [o.status for o in again.values()] == ["completed"]  # type: ignore[union-attr]
+    crops = [(p["priority"], p["shape"]) for path, p in FakeFront.calls if path.endswith("crops")]
+    # one call per class, the broken image never sent; the model asked about once per process
+    assert crops == [("jobs", "2,224,224,3"), ("bulk", "1,224,224,3"), ("jobs", "1,224,224,3")]
+    assert [path for path, _ in FakeFront.calls if not path.endswith("crops")] == [
+        "/v1/models",
+        "/v1/models/resnet18",
+    ]
+    with session_scope(res.engine) as session:
+        view = job_view(jobs_repo.require_job(session, first[1], None), None)
+    assert (view["work_class"], view["result"]["preprocessing"]) == ("bulk", "exact")

@@ -1,6 +1,6 @@
 """Dataset batch routes: submit, read, list, cancel, stream results, the webhook's delivery
 log and redelivery; and the crops route the workers classify a chunk through on the
-embedded default (``jobs.batches.classify_chunk``).
+embedded default (``jobs.classify_crops``).
 """
 
 from __future__ import annotations
