@@ -34,8 +34,9 @@ PROTECTED_PREFIXES = (
     "/api/",
 )
 METRICS_PATH = "/metrics"
-# what VQ_SERVICE_TOKEN opens, and nothing else: the workers' calls to the front (a job's
-# /predict; a batch chunk's crops and the model descriptions it reads first)
+# what VQ_SERVICE_TOKEN opens, and nothing else: the workers' calls to the front (the crops
+# of a batch of jobs or a batch chunk, the model descriptions they read first; /predict for
+# workers of an earlier release during a rolling upgrade)
 SERVICE_PATH = "/predict"
 SERVICE_ROUTES = frozenset({("POST", "/v1/batches/crops"), ("GET", "/v1/models")})
 SERVICE_PREFIXES = (("GET", "/v1/models/"),)
