@@ -40,7 +40,7 @@ from visionqueue.api.app import attach_front, create_api_app
 from visionqueue.api.backlog import BacklogGauges
 from visionqueue.api.health import FrontHealth
 from visionqueue.api.middleware import classifier_middleware, front_middleware
-from visionqueue.api.predict import check_top_k, request_priority
+from visionqueue.api.predict import check_top_k, request_priority, server_timing
 from visionqueue.api.resources import build_front_resources
 from visionqueue.bento.internals import batch_entry, in_bentoml_worker
 from visionqueue.bento.metrics import (
@@ -59,6 +59,7 @@ from visionqueue.dataplane.front import build_dataplane
 from visionqueue.dataplane.model_host import ModelHost, model_sources
 from visionqueue.dataplane.priority import PRIORITY_HEADER, Priority
 from visionqueue.dataplane.registry import configured_specs
+from visionqueue.dataplane.requests import Timing
 
 logger = logging.getLogger("visionqueue.service")
 
@@ -195,9 +196,12 @@ class VisionQueue:
         served); return the top ``top_k`` classes and the exact model version that answered."""
         try:
             priority = request_priority(ctx.request.headers.get(PRIORITY_HEADER))
-            return await self.dataplane.classify_upload(
-                Path(image), check_top_k(top_k), model, priority
+            timing = Timing()
+            body = await self.dataplane.classify_upload(
+                Path(image), check_top_k(top_k), model, priority, timing=timing
             )
+            ctx.response.headers["Server-Timing"] = server_timing(timing)
+            return body
         except VQError as exc:
             # BentoML gives an API that takes ``ctx`` the status of ``ctx.response``
             ctx.response.status_code = exc.status

@@ -4,7 +4,8 @@ On the server stack (PostgreSQL, Redis, an S3 server, a Celery worker): the same
 ``/predict`` traffic (Poisson arrivals, ``--rate`` per second) idle and while ``--jobs`` queued
 jobs (``/v1/jobs``, ``--per-request`` images each) drain; and the backlog drained alone.
 Reports p50/p99 under the backlog over idle, and the drain rate beside the traffic over the
-solo one, measured in one run. Writes ``docs/benchmarks-priority.md``.
+solo one, measured in one run, and where a request's time went (decode, round trip, forward
+pass: each answer's ``Server-Timing``). Writes ``docs/benchmarks-priority.md``.
 """
 
 from __future__ import annotations
@@ -37,11 +38,25 @@ class Traffic:
     p50_ms: float
     p99_ms: float
     classes: tuple[str, ...]
+    # each Server-Timing part (decode, classify, forward): its p50 and p90 in ms
+    parts: dict[str, tuple[float, float]]
+
+
+def server_timing(header: str) -> dict[str, float]:
+    """``/predict``'s ``Server-Timing`` header as {part: milliseconds}."""
+    out = {}
+    for part in filter(None, (p.strip() for p in header.split(","))):
+        name, *params = part.split(";")
+        for param in params:
+            if param.startswith("dur="):
+                out[name] = float(param[4:])
+    return out
 
 
 async def _poisson(url: str, payloads: list[bytes], rate: float, stop: threading.Event) -> Traffic:
     rng = random.Random(26)
     latencies: list[float] = []
+    timings: list[dict[str, float]] = []
     classes: set[str] = set()
     errors = 0
     tasks: list[asyncio.Task[None]] = []
@@ -55,6 +70,7 @@ async def _poisson(url: str, payloads: list[bytes], rate: float, stop: threading
                 resp = await client.post(f"{url}/predict", files={"image": ("img", data)})
                 if resp.status_code == 200:
                     classes.add(str(resp.json().get("work_class")))
+                    timings.append(server_timing(resp.headers.get("Server-Timing", "")))
                 else:
                     errors += 1
             except httpx.HTTPError:
@@ -73,6 +89,13 @@ async def _poisson(url: str, payloads: list[bytes], rate: float, stop: threading
         statistics.median(latencies) * 1000,
         percentile(latencies, 0.99) * 1000,
         tuple(sorted(classes)),
+        {
+            name: (
+                percentile([t[name] for t in timings if name in t], 0.5),
+                percentile([t[name] for t in timings if name in t], 0.9),
+            )
+            for name in sorted({n for t in timings for n in t})
+        },
     )
 
 
@@ -171,6 +194,13 @@ def upload_dataset(stack: Any, images: int) -> str:
     return "s3://dataset/photos/"
 
 
+PARTS = {
+    "decode": "decode and crop (front)",
+    "classify": "round trip to the classifier",
+    "forward": "its forward pass",
+}
+
+
 def render(result: dict[str, Any]) -> str:
     idle, busy = result["idle"], result["busy"]
     rows = [
@@ -202,6 +232,20 @@ def render(result: dict[str, Any]) -> str:
         f"{busy.sent} ({busy.errors}) | {', '.join(busy.classes)} |",
         f"| ratio | **{busy.p50_ms / idle.p50_ms:.2f}x** (goal <= 1.25x) | "
         f"**{busy.p99_ms / idle.p99_ms:.2f}x** (goal <= 1.5x) | | |",
+        "",
+        "Where a person's time goes (each answer's `Server-Timing` header; ms, p50 / p90):",
+        "",
+        "| | " + " | ".join(PARTS.values()) + " |",
+        "|---|" + "---|" * len(PARTS),
+        *(
+            f"| {label} | "
+            + " | ".join(
+                "{:.1f} / {:.1f}".format(*traffic.parts[p]) if p in traffic.parts else "-"
+                for p in PARTS
+            )
+            + " |"
+            for label, traffic in (("idle", idle), ("while the backlog drains", busy))
+        ),
         "",
         f"| backlog drain | {'jobs' if result['backlog'] == 'jobs' else 'images'}/s |",
         "|---|---|",

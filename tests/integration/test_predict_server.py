@@ -85,6 +85,20 @@ def test_default_top_k_is_five(bento_url: str) -> None:
     assert len(resp.json()["predictions"]) == 5
 
 
+def test_an_answer_says_where_its_time_went_in_server_timing(bento_url: str) -> None:
+    resp = httpx.post(f"{bento_url}/predict", files={"image": ("a.jpg", CASES["jpeg"])}, timeout=60)
+    assert resp.status_code == 200
+    timing = {
+        part.split(";")[0].strip(): float(part.split("dur=")[1].split(";")[0])
+        for part in resp.headers["Server-Timing"].split(",")
+    }
+    assert set(timing) == {"decode", "classify", "forward"}
+    # the forward pass is part of the round trip, which is part of the whole answer
+    assert 0 < timing["forward"] <= timing["classify"]
+    assert timing["decode"] > 0
+    assert timing["decode"] + timing["classify"] <= 1000 * resp.json()["processing_time"] + 0.2
+
+
 @pytest.mark.parametrize(
     ("data", "top_k", "status", "code"),
     [

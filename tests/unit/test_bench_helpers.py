@@ -204,3 +204,13 @@ def test_bench_int8_takes_photos_spread_over_a_folder(tmp_path: Any) -> None:
     assert [p.resolve().name for p in calib] == [f"calib{i:02d}.jpg" for i in (0, 2, 4, 6, 8)]
     assert len(held) == 10 and described["independent"] == "10"  # no more than the folder has
     assert not {p.resolve() for p in calib} & {p.resolve() for p in held}
+
+
+def test_the_priority_bench_reads_the_server_timing_predict_writes() -> None:
+    from bench.priority import server_timing as parse
+    from visionqueue.api.predict import server_timing
+    from visionqueue.dataplane.requests import Timing
+
+    header = server_timing(Timing(decode_s=0.0027, classify_s=0.0186, forward_s=0.0165))
+    assert parse(header) == {"decode": 2.7, "classify": 18.6, "forward": 16.5}
+    assert parse("") == {}

@@ -1,5 +1,6 @@
-"""``POST /predict``'s own rules: ``top_k``, and the priority class a call asks for (the
-classifying is the data plane's, ``visionqueue.dataplane``)."""
+"""``POST /predict``'s own rules: ``top_k``, the priority class a call asks for, and the
+``Server-Timing`` header it answers with (the classifying is the data plane's,
+``visionqueue.dataplane``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 from visionqueue.core.errors import Unprocessable
 from visionqueue.dataplane.priority import PRIORITY_HEADER, SYNC_PRIORITY, Priority
+from visionqueue.dataplane.requests import Timing
 
 MAX_TOP_K = 20
 
@@ -31,3 +33,15 @@ def request_priority(header: str | None) -> Priority:
         raise Unprocessable(
             f"{PRIORITY_HEADER} must be interactive, jobs or bulk", code="invalid_work_class"
         ) from None
+
+
+def server_timing(timing: Timing) -> str:
+    """The W3C ``Server-Timing`` value of one answer, in milliseconds (browsers' developer
+    tools show it): decoding and cropping, the round trip to the classifier, and the forward
+    pass inside it."""
+    parts = (
+        ("decode", timing.decode_s, "decode and crop"),
+        ("classify", timing.classify_s, "round trip to the classifier"),
+        ("forward", timing.forward_s, "forward pass"),
+    )
+    return ", ".join(f'{name};dur={1000 * s:.1f};desc="{desc}"' for name, s, desc in parts)

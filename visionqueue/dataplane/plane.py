@@ -25,7 +25,7 @@ from model_store.preprocess import Preprocessing
 from visionqueue.dataplane.crop_retry import CropForVersion
 from visionqueue.dataplane.priority import SYNC_PRIORITY, Priority
 from visionqueue.dataplane.registry import ServedModels
-from visionqueue.dataplane.requests import Classified, ClassifyRequest, Image, Version
+from visionqueue.dataplane.requests import Classified, ClassifyRequest, Image, Timing, Version
 
 # (seconds from sending to answer, each row's forward seconds): the front's queue-wait metric
 RoundTrip = Callable[[float, np.ndarray], None]
@@ -115,11 +115,15 @@ class DataPlane:
         model: str | None = None,
         priority: Priority = SYNC_PRIORITY,
         deadline: float | None = None,
+        timing: Timing | None = None,
     ) -> dict[str, Any]:
-        """Classify one upload exactly as ``POST /predict`` does; return its response body."""
+        """Classify one upload exactly as ``POST /predict`` does; return its response body
+        (and fill ``timing`` in, when given)."""
         started = time.perf_counter()
         request = self._bounded(ClassifyRequest([data], model or None, priority, deadline))
         classified = await self._classify(request, observe=True)
+        if timing is not None:
+            timing.record(classified)
         return answer_body(
             classified.probs[0],
             top_k,
@@ -149,6 +153,7 @@ class DataPlane:
                 if request.priority is Priority.INTERACTIVE
                 else self._limiter
             )
+            cropping = time.perf_counter()
             crops = await asyncio.gather(
                 *(self._crop(image, prep, limiter) for image in request.images)
             )
@@ -156,10 +161,19 @@ class DataPlane:
             answer, version = await self.models.classify_many(
                 name, np.stack([c for c, _ in crops]), request.priority, request.deadline
             )
+            round_trip = time.perf_counter() - sent
             if observe and self._on_round_trip is not None:
-                self._on_round_trip(time.perf_counter() - sent, answer.forward_s)
+                self._on_round_trip(round_trip, answer.forward_s)
             attempts.ran(version)
-        return Classified(name, answer.probs, version, [how for _, how in crops], answer.forward_s)
+        return Classified(
+            name,
+            answer.probs,
+            version,
+            [how for _, how in crops],
+            answer.forward_s,
+            decode_s=sent - cropping,
+            classify_s=round_trip,
+        )
 
     async def _crop(
         self, image: Image, prep: Preprocessing, limiter: anyio.CapacityLimiter

@@ -38,3 +38,19 @@ class Classified:
     version: Version  # the exact version that ran every row
     preprocessing: list[str]  # how each image was decoded: "exact" or "jpeg-draft-1/N"
     forward_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per row
+    decode_s: float = 0.0  # decoding and cropping every image (its last attempt)
+    classify_s: float = 0.0  # the round trip to the classifier (its last attempt)
+
+
+@dataclass
+class Timing:
+    """Where one request's time went, filled in by the data plane for the route to report
+    (``/predict``'s ``Server-Timing`` header): seconds."""
+
+    decode_s: float = 0.0
+    classify_s: float = 0.0
+    forward_s: float = 0.0
+
+    def record(self, classified: Classified) -> None:
+        self.decode_s, self.classify_s = classified.decode_s, classified.classify_s
+        self.forward_s = float(classified.forward_s.max()) if len(classified.forward_s) else 0.0
