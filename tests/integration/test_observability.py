@@ -274,8 +274,9 @@ def test_metric_values_match_the_workload(stack: Any, workload: Workload) -> Non
     assert front.total("vq_jobs", status="failed") >= 1
     predict = {"service_name": "visionqueue", "endpoint": "/predict"}
     predicted = front.total("bentoml_service_request_total", **predict)
+    # the person's requests only: job crops reach the front on POST /v1/batches/crops
     assert predicted - workload.front_before.total("bentoml_service_request_total", **predict) >= (
-        N_SYNC + M_JOBS
+        N_SYNC
     )
 
 
