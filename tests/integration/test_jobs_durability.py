@@ -17,6 +17,7 @@ from jobs.celery_app import SWEEP_TASK
 from persistence.image_keys import key_for
 from persistence.models import Job
 from tests.integration.jobs_factories import (
+    FINAL_STATUSES,
     broker_idle,
     database,
     job_rows,
@@ -107,7 +108,21 @@ def test_sigkilled_worker_jobs_are_redelivered_and_completed_once(stack) -> None
         stack.start_worker(name=f"rescuer-{run[:6]}")
         killed_at = time.monotonic()
         # the in-flight jobs come back once the visibility timeout (15 s) has passed
-        rows = wait_all_final(engine, ids, timeout=75)
+        try:
+            rows = wait_all_final(engine, ids, timeout=75)
+        except TimeoutError as exc:  # say which jobs and what the workers logged of them
+            stuck = {
+                i: r for i, r in job_rows(engine, ids).items() if r.status not in FINAL_STATUSES
+            }
+            logs = [stack.log_dir / f"worker-{w}-{run[:6]}.log" for w in ("doomed", "rescuer")]
+            lines = [
+                f"{log.name}: {line}"
+                for log in logs
+                for line in log.read_text(errors="replace").splitlines()
+                if any(i in line for i in stuck) or "retry" in line or "ERROR" in line
+            ]
+            rows_text = {i: (r.status, r.attempts, r.error_code) for i, r in stuck.items()}
+            raise AssertionError(f"{exc}\nstuck: {rows_text}\n" + "\n".join(lines[-60:])) from None
         recovered_s = time.monotonic() - killed_at
     wait_until(lambda: broker_idle(stack.broker_url, prefix), 10, "broker drained")
 
