@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ from model_store.weights import WeightsError
 
 logger = logging.getLogger(__name__)
 
+MIN_TOP1 = 0.99  # accuracy control's target on its validation images (issue #29)
+RANKING_IMAGES = 150  # validation images NNCF ranks the layers on
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 INT8_FILE = "model.int8.onnx"
 BATCH = 16
@@ -44,6 +47,9 @@ class Recipe:
     reduce_range: bool = False  # onnxruntime: 7-bit weights
     keep_float: bool = False  # the first and last weighted layers stay float
     keep_depthwise: bool = False  # with keep_float: every depthwise conv stays float too
+    # nncf: NNCF's accuracy control, on validation images taken from the calibration folder
+    accuracy_control: bool = False
+    runtime: str = "onnxruntime"  # the backend to serve it with; its report is measured there
 
 
 RECIPES = {
@@ -93,6 +99,15 @@ RECIPES = {
             "NNCF (OpenVINO) post-training quantization, QDQ graph, first and last layer float",
             keep_float=True,
         ),
+        Recipe(
+            "nncf-accuracy",
+            "nncf",
+            "NNCF (OpenVINO) accuracy-controlled quantization, QDQ graph: layers go back to "
+            "float until top-1 agreement with fp32 on validation images (every 2nd calibration "
+            "image) on OpenVINO is >= 99%",
+            accuracy_control=True,
+            runtime="openvino",
+        ),
     )
 }
 DEFAULT_RECIPE = "ort-minmax-7bit"  # the levers measured: docs/benchmarks-int8.md
@@ -107,6 +122,7 @@ class Agreement:
     top5_overlap: float  # mean share of the fp32 top 5 found in the int8 top 5
     max_prob_diff: float  # largest |p_int8 - p_fp32| over every class of every image
     holdout: str  # where the images came from (never used for calibration)
+    runtime: str = "onnxruntime"  # the backend both sides ran on
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -165,7 +181,9 @@ def softmax_of(runner: Any, crops: np.ndarray, prep: Preprocessing) -> np.ndarra
     return np.concatenate(rows)
 
 
-def agreement(fp32: np.ndarray, int8: np.ndarray, holdout: str) -> Agreement:
+def agreement(
+    fp32: np.ndarray, int8: np.ndarray, holdout: str, runtime: str = "onnxruntime"
+) -> Agreement:
     """Compare two ``(N, C)`` probability tables row by row."""
     top1 = float(np.mean(fp32.argmax(axis=1) == int8.argmax(axis=1)))
     k = min(5, fp32.shape[1])
@@ -173,7 +191,7 @@ def agreement(fp32: np.ndarray, int8: np.ndarray, holdout: str) -> Agreement:
     b = np.argsort(-int8, axis=1, kind="stable")[:, :k]
     overlap = float(np.mean([len(set(x) & set(y)) / k for x, y in zip(a, b, strict=True)]))
     diff = float(np.abs(fp32 - int8).max())
-    return Agreement(len(fp32), round(top1, 6), round(overlap, 6), round(diff, 6), holdout)
+    return Agreement(len(fp32), round(top1, 6), round(overlap, 6), round(diff, 6), holdout, runtime)
 
 
 def fp32_graph(stored: StoredModel, folder: Path) -> Path:
@@ -229,8 +247,12 @@ def quantize_graph(
     crops: np.ndarray,
     prep: Preprocessing,
     recipe: Recipe | None = None,
+    validation: np.ndarray | None = None,
 ) -> Path:
-    """Write the static int8 (QDQ) version of the graph at ``source`` to ``target``."""
+    """Write the static int8 (QDQ) version of the graph at ``source`` to ``target``.
+
+    ``validation`` (uint8 crops, not calibrated on) is what an accuracy-control recipe checks.
+    """
     from model_store.formats import onnx_input
     from model_store.onnx_backend import normalize_numpy
 
@@ -238,6 +260,14 @@ def quantize_graph(
     name, _ = onnx_input(source)
     batches = [normalize_numpy(crops[i : i + 1], prep.mean, prep.std) for i in range(len(crops))]
     keep = float_nodes(source, recipe.keep_depthwise) if recipe.keep_float else []
+    if recipe.accuracy_control:
+        if validation is None or not len(validation):
+            raise WeightsError(f"recipe {recipe.name} needs validation images")
+        checks = [
+            normalize_numpy(validation[i : i + 1], prep.mean, prep.std)
+            for i in range(len(validation))
+        ]
+        return nncf_accuracy_control(source, target, name, batches, checks)
     if recipe.tool == "nncf":
         return nncf_static(source, target, name, batches, keep)
     return ort_static(source, target, name, batches, keep, recipe)
@@ -316,6 +346,49 @@ def nncf_static(
     return target
 
 
+def nncf_accuracy_control(
+    source: Path, target: Path, name: str, batches: list[np.ndarray], checks: list[np.ndarray]
+) -> Path:
+    """NNCF's accuracy control: put layers back to float until top-1 agreement holds.
+
+    The metric is the share of ``checks`` (normalised crops, one per item) whose best class on
+    OpenVINO, the runtime these versions are served on, is fp32's; NNCF ranks the quantizers
+    by how far they move the outputs and reverts the worst first.
+    """
+    import nncf
+    import onnx
+    import torch
+    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
+    from model_store.openvino_backend import OpenVinoRunner
+
+    threads = torch.get_num_threads()
+    fp32 = OpenVinoRunner(source, threads)
+    items = [(check, int(fp32.logits(check)[0].argmax())) for check in checks]
+
+    def agreeing(candidate: Any, data: Iterable[tuple[np.ndarray, int]]) -> tuple[float, None]:
+        with tempfile.TemporaryDirectory(prefix="vq-int8-check-") as tmp:
+            path = Path(tmp) / "candidate.onnx"
+            onnx.save(candidate, str(path))
+            runner = OpenVinoRunner(path, threads)
+        hits = [int(runner.logits(check)[0].argmax()) == best for check, best in data]
+        return float(np.mean(hits)), None  # None: NNCF ranks layers by output differences
+
+    quantized = nncf.quantize_with_accuracy_control(
+        onnx.load(str(source)),
+        nncf.Dataset(batches, lambda batch: {name: batch}),
+        nncf.Dataset(items, lambda item: {name: item[0]}),
+        agreeing,
+        max_drop=1 - MIN_TOP1,  # fp32 agrees with itself: 1.0
+        subset_size=len(batches),
+        advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
+            ranking_subset_size=min(RANKING_IMAGES, len(items))
+        ),
+    )
+    onnx.save(quantized, str(target))
+    return target
+
+
 def quantize_version(
     name: str,
     source_tag: str,
@@ -329,36 +402,50 @@ def quantize_version(
 
     from model_store.importer import check_name
     from model_store.onnx_backend import OnnxRunner
+    from model_store.openvino_backend import OpenVinoRunner
     from model_store.store import as_stored, get_model
 
     check_name(name)
     if recipe not in RECIPES:
         raise WeightsError(f"unknown int8 recipe {recipe!r}; choose from {', '.join(RECIPES)}")
+    chosen = RECIPES[recipe]
     source = get_model(source_tag)
     prep = Preprocessing.from_spec(source.metadata.get("preprocessing"))
     calib_files, held_files, held_from = split_files(calibration, holdout)
+    check_files: list[Path] = []
+    if chosen.accuracy_control:  # its validation images are calibration images set aside
+        if len(calib_files) < 2:
+            raise WeightsError(f"recipe {recipe} needs 2 calibration images or more")
+        calib_files, check_files = calib_files[0::2], calib_files[1::2]
+    runner = OpenVinoRunner if chosen.runtime == "openvino" else OnnxRunner
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory(prefix="vq-int8-") as tmp:
         folder = Path(tmp)
         fp32 = fp32_graph(source, folder)
         crops = load_crops(calib_files, prep)
-        int8 = quantize_graph(fp32, folder / INT8_FILE, crops, prep, RECIPES[recipe])
+        checks = load_crops(check_files, prep) if check_files else None
+        int8 = quantize_graph(fp32, folder / INT8_FILE, crops, prep, chosen, checks)
         held = load_crops(held_files, prep)
         report = agreement(
-            softmax_of(OnnxRunner(fp32, threads), held, prep),
-            softmax_of(OnnxRunner(int8, threads), held, prep),
+            softmax_of(runner(fp32, threads), held, prep),
+            softmax_of(runner(int8, threads), held, prep),
             held_from,
+            chosen.runtime,
         )
+        calibrated: dict[str, Any] = {"folder": str(calibration), "images": len(calib_files)}
+        if check_files:
+            calibrated["validation_images"] = len(check_files)
         metadata = {
             **source.metadata,
             "format": "onnx",
             "file": INT8_FILE,
             "quantization": {
                 "precision": "int8",
-                "method": RECIPES[recipe].text,
+                "method": chosen.text,
                 "recipe": recipe,
+                "runtime": chosen.runtime,
                 "source": source.tag,
-                "calibration": {"folder": str(calibration), "images": len(calib_files)},
+                "calibration": calibrated,
                 "agreement": report.to_dict(),
             },
         }
