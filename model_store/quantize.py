@@ -29,7 +29,9 @@ from model_store.weights import WeightsError
 
 logger = logging.getLogger(__name__)
 
-MIN_TOP1 = 0.99  # accuracy control's target on its validation images (issue #29)
+# accuracy control's target on its validation images: 99% (issue #29) plus a margin, as the
+# held-out figure came out 0.6 points below it (99.7% -> 98.9%, docs/benchmarks-int8.md)
+MIN_TOP1 = 0.995
 RANKING_IMAGES = 150  # validation images NNCF ranks the layers on
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 INT8_FILE = "model.int8.onnx"
@@ -104,7 +106,7 @@ RECIPES = {
             "nncf",
             "NNCF (OpenVINO) accuracy-controlled quantization, QDQ graph: layers go back to "
             "float until top-1 agreement with fp32 on validation images (every 2nd calibration "
-            "image) on OpenVINO is >= 99%",
+            "image) on OpenVINO is >= 99.5%",
             accuracy_control=True,
             runtime="openvino",
         ),
