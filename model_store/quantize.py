@@ -253,14 +253,13 @@ def quantize_graph(
     ``validation`` (uint8 crops, not calibrated on) is what an accuracy-control recipe checks.
     """
     from model_store.formats import onnx_input
+    from model_store.int8_graphs import nncf_accuracy_control, nncf_static, ort_static
     from model_store.onnx_backend import normalize_numpy
 
     recipe = recipe or RECIPES[DEFAULT_RECIPE]
     name, _ = onnx_input(source)
     batches = [normalize_numpy(crops[i : i + 1], prep.mean, prep.std) for i in range(len(crops))]
     keep = float_nodes(source, recipe.keep_depthwise) if recipe.keep_float else []
-    from model_store.int8_graphs import nncf_accuracy_control, nncf_static, ort_static
-
     if recipe.accuracy_control:
         if validation is None or not len(validation):
             raise WeightsError(f"recipe {recipe.name} needs validation images")
