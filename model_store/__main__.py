@@ -5,6 +5,7 @@ python -m model_store import NAME --weights FILE [--arch ARCH] [--labels FILE] [
 python -m model_store import [--weights imagenet1k_v1|PATH|random]   # the default ResNet18
 python -m model_store list [NAME]
 python -m model_store import NAME --from NAME:TAG --quantize int8 --calibration DIR [--holdout DIR]
+                            [--recipe R]
 python -m model_store promote NAME:TAG [--force]
 python -m model_store delete NAME:TAG
 """
@@ -86,7 +87,13 @@ def add_import_arguments(imp: argparse.ArgumentParser, with_json: bool = True) -
         "--quantize",
         choices=("int8",),
         default=None,
-        help="store an int8 version of --from (ONNX Runtime static quantization)",
+        help="store an int8 version of --from (static quantization, --recipe)",
+    )
+    imp.add_argument(
+        "--recipe",
+        default=None,
+        help="with --quantize: how to make the int8 graph (RECIPES in model_store/quantize.py, "
+        "default DEFAULT_RECIPE)",
     )
     imp.add_argument(
         "--calibration", type=Path, default=None, help="with --quantize: a folder of images"
@@ -168,7 +175,10 @@ def run_quantize(name: str, args: argparse.Namespace) -> int:
         archives = model_archives()
         if archives is not None:  # the fp32 source may have been imported on another host
             fetch(args.source, archives)
-        stored, report = quantize_version(name, args.source, args.calibration, args.holdout)
+        recipe = {"recipe": args.recipe} if args.recipe else {}
+        stored, report = quantize_version(
+            name, args.source, args.calibration, args.holdout, **recipe
+        )
         if archives is not None:  # every classifier replica can load the int8 version
             publish(stored.tag, archives)
     except (WeightsError, VQError) as exc:
@@ -181,7 +191,7 @@ def run_quantize(name: str, args: argparse.Namespace) -> int:
     print(
         f"agreement with fp32 on {report.images} held-out images ({report.holdout}): "
         f"top-1 {report.top1:.2%}, top-5 overlap {report.top5_overlap:.2%}, "
-        f"max prob diff {report.max_prob_diff:.4f}"
+        f"max prob diff {report.max_prob_diff:.4f} (on {report.runtime})"
     )
     return 0
 

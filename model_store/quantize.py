@@ -5,8 +5,10 @@ ONNX first), calibrates activation ranges on a folder of images, writes a QDQ in
 with one of the ``RECIPES`` (the default, ``DEFAULT_RECIPE``: ONNX Runtime, 7-bit int8
 weights per channel, uint8 activations, MinMax ranges; every recipe is measured for
 agreement and speed in docs/benchmarks-int8.md) and stores it as a new version of the same
-name, with an agreement report against the fp32 version on held-out images: top-1
-agreement, mean top-5 overlap and the largest probability difference. Both sides run the
+name, with an agreement report against the fp32 version on held-out images, measured on
+the runtime the recipe is served on (``Recipe.runtime``): top-1 agreement, mean top-5 overlap
+and the largest probability difference. ``nncf-accuracy`` also sets aside every second
+calibration image to validate NNCF's accuracy control on. Both sides run the
 same uint8 crops (``to_model_input``) and the same normalisation (``normalize_numpy``), so
 the report measures the quantization and nothing else. ``promotions.promote`` refuses a
 version whose top-1 agreement is below ``VQ_INT8_MIN_AGREEMENT`` unless forced.
@@ -44,6 +46,9 @@ class Recipe:
     reduce_range: bool = False  # onnxruntime: 7-bit weights
     keep_float: bool = False  # the first and last weighted layers stay float
     keep_depthwise: bool = False  # with keep_float: every depthwise conv stays float too
+    # nncf: NNCF's accuracy control, on validation images taken from the calibration folder
+    accuracy_control: bool = False
+    runtime: str = "onnxruntime"  # the backend to serve it with; its report is measured there
 
 
 RECIPES = {
@@ -93,6 +98,15 @@ RECIPES = {
             "NNCF (OpenVINO) post-training quantization, QDQ graph, first and last layer float",
             keep_float=True,
         ),
+        Recipe(
+            "nncf-accuracy",
+            "nncf",
+            "NNCF (OpenVINO) accuracy-controlled quantization, QDQ graph: layers go back to "
+            "float until top-1 agreement with fp32 on validation images (every 2nd calibration "
+            "image) on OpenVINO is >= 99.5%",
+            accuracy_control=True,
+            runtime="openvino",
+        ),
     )
 }
 DEFAULT_RECIPE = "ort-minmax-7bit"  # the levers measured: docs/benchmarks-int8.md
@@ -107,6 +121,7 @@ class Agreement:
     top5_overlap: float  # mean share of the fp32 top 5 found in the int8 top 5
     max_prob_diff: float  # largest |p_int8 - p_fp32| over every class of every image
     holdout: str  # where the images came from (never used for calibration)
+    runtime: str = "onnxruntime"  # the backend both sides ran on
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -165,7 +180,9 @@ def softmax_of(runner: Any, crops: np.ndarray, prep: Preprocessing) -> np.ndarra
     return np.concatenate(rows)
 
 
-def agreement(fp32: np.ndarray, int8: np.ndarray, holdout: str) -> Agreement:
+def agreement(
+    fp32: np.ndarray, int8: np.ndarray, holdout: str, runtime: str = "onnxruntime"
+) -> Agreement:
     """Compare two ``(N, C)`` probability tables row by row."""
     top1 = float(np.mean(fp32.argmax(axis=1) == int8.argmax(axis=1)))
     k = min(5, fp32.shape[1])
@@ -173,7 +190,7 @@ def agreement(fp32: np.ndarray, int8: np.ndarray, holdout: str) -> Agreement:
     b = np.argsort(-int8, axis=1, kind="stable")[:, :k]
     overlap = float(np.mean([len(set(x) & set(y)) / k for x, y in zip(a, b, strict=True)]))
     diff = float(np.abs(fp32 - int8).max())
-    return Agreement(len(fp32), round(top1, 6), round(overlap, 6), round(diff, 6), holdout)
+    return Agreement(len(fp32), round(top1, 6), round(overlap, 6), round(diff, 6), holdout, runtime)
 
 
 def fp32_graph(stored: StoredModel, folder: Path) -> Path:
@@ -229,91 +246,31 @@ def quantize_graph(
     crops: np.ndarray,
     prep: Preprocessing,
     recipe: Recipe | None = None,
+    validation: np.ndarray | None = None,
 ) -> Path:
-    """Write the static int8 (QDQ) version of the graph at ``source`` to ``target``."""
+    """Write the static int8 (QDQ) version of the graph at ``source`` to ``target``.
+
+    ``validation`` (uint8 crops, not calibrated on) is what an accuracy-control recipe checks.
+    """
     from model_store.formats import onnx_input
+    from model_store.int8_graphs import nncf_accuracy_control, nncf_static, ort_static
     from model_store.onnx_backend import normalize_numpy
 
     recipe = recipe or RECIPES[DEFAULT_RECIPE]
     name, _ = onnx_input(source)
     batches = [normalize_numpy(crops[i : i + 1], prep.mean, prep.std) for i in range(len(crops))]
     keep = float_nodes(source, recipe.keep_depthwise) if recipe.keep_float else []
+    if recipe.accuracy_control:
+        if validation is None or not len(validation):
+            raise WeightsError(f"recipe {recipe.name} needs validation images")
+        checks = [
+            normalize_numpy(validation[i : i + 1], prep.mean, prep.std)
+            for i in range(len(validation))
+        ]
+        return nncf_accuracy_control(source, target, name, batches, checks)
     if recipe.tool == "nncf":
         return nncf_static(source, target, name, batches, keep)
     return ort_static(source, target, name, batches, keep, recipe)
-
-
-def ort_static(
-    source: Path,
-    target: Path,
-    name: str,
-    batches: list[np.ndarray],
-    keep: list[str],
-    recipe: Recipe,
-) -> Path:
-    """ONNX Runtime's ``quantize_static``: int8 weights per channel, uint8 activations."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    prepared = target.with_suffix(".prep.onnx")
-    quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-
-    class CropReader(CalibrationDataReader):  # type: ignore[misc]
-        """The normalised calibration crops, one at a time."""
-
-        def __init__(self) -> None:
-            self._batches = iter(batches)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            batch = next(self._batches, None)
-            return None if batch is None else {name: batch}
-
-    methods = {
-        "minmax": CalibrationMethod.MinMax,
-        "percentile": CalibrationMethod.Percentile,
-        "entropy": CalibrationMethod.Entropy,
-    }
-    quantize_static(
-        str(prepared),
-        str(target),
-        CropReader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        # 7-bit weights: on AVX2 CPUs without VNNI the u8s8 kernels add pairs of
-        # products in int16, which saturates with full-range weights
-        reduce_range=recipe.reduce_range,
-        weight_type=QuantType.QInt8,
-        activation_type=QuantType.QUInt8,
-        calibrate_method=methods[recipe.calibration],
-        nodes_to_exclude=keep,
-    )
-    prepared.unlink(missing_ok=True)
-    return target
-
-
-def nncf_static(
-    source: Path, target: Path, name: str, batches: list[np.ndarray], keep: list[str]
-) -> Path:
-    """OpenVINO's NNCF post-training quantization of the ONNX graph (a QDQ graph out)."""
-    import nncf
-    import onnx
-
-    model = onnx.load(str(source))
-    dataset = nncf.Dataset(batches, lambda batch: {name: batch})
-    quantized = nncf.quantize(
-        model,
-        dataset,
-        subset_size=len(batches),
-        ignored_scope=nncf.IgnoredScope(names=keep) if keep else None,
-    )
-    onnx.save(quantized, str(target))
-    return target
 
 
 def quantize_version(
@@ -329,36 +286,50 @@ def quantize_version(
 
     from model_store.importer import check_name
     from model_store.onnx_backend import OnnxRunner
+    from model_store.openvino_backend import OpenVinoRunner
     from model_store.store import as_stored, get_model
 
     check_name(name)
     if recipe not in RECIPES:
         raise WeightsError(f"unknown int8 recipe {recipe!r}; choose from {', '.join(RECIPES)}")
+    chosen = RECIPES[recipe]
     source = get_model(source_tag)
     prep = Preprocessing.from_spec(source.metadata.get("preprocessing"))
     calib_files, held_files, held_from = split_files(calibration, holdout)
+    check_files: list[Path] = []
+    if chosen.accuracy_control:  # its validation images are calibration images set aside
+        if len(calib_files) < 2:
+            raise WeightsError(f"recipe {recipe} needs 2 calibration images or more")
+        calib_files, check_files = calib_files[0::2], calib_files[1::2]
+    runner = OpenVinoRunner if chosen.runtime == "openvino" else OnnxRunner
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory(prefix="vq-int8-") as tmp:
         folder = Path(tmp)
         fp32 = fp32_graph(source, folder)
         crops = load_crops(calib_files, prep)
-        int8 = quantize_graph(fp32, folder / INT8_FILE, crops, prep, RECIPES[recipe])
+        checks = load_crops(check_files, prep) if check_files else None
+        int8 = quantize_graph(fp32, folder / INT8_FILE, crops, prep, chosen, checks)
         held = load_crops(held_files, prep)
         report = agreement(
-            softmax_of(OnnxRunner(fp32, threads), held, prep),
-            softmax_of(OnnxRunner(int8, threads), held, prep),
+            softmax_of(runner(fp32, threads), held, prep),
+            softmax_of(runner(int8, threads), held, prep),
             held_from,
+            chosen.runtime,
         )
+        calibrated: dict[str, Any] = {"folder": str(calibration), "images": len(calib_files)}
+        if check_files:
+            calibrated["validation_images"] = len(check_files)
         metadata = {
             **source.metadata,
             "format": "onnx",
             "file": INT8_FILE,
             "quantization": {
                 "precision": "int8",
-                "method": RECIPES[recipe].text,
+                "method": chosen.text,
                 "recipe": recipe,
+                "runtime": chosen.runtime,
                 "source": source.tag,
-                "calibration": {"folder": str(calibration), "images": len(calib_files)},
+                "calibration": calibrated,
                 "agreement": report.to_dict(),
             },
         }

@@ -23,7 +23,7 @@ from model_store.quantize import (
     split_files,
 )
 from model_store.weights import WeightsError
-from tests.support.checkpoints import ONNX_PREP, onnx_fruit
+from tests.support.checkpoints import ONNX_PREP, onnx_fruit, onnx_overrides
 from tests.support.images import skimage_photo
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -132,6 +132,100 @@ def test_ends_float_recipes_leave_the_first_and_last_layer_float(  # type: ignor
     assert OpenVinoRunner(out, 1).logits(batch).shape == (4, 6)
 
 
+def _openvino_top1(graph: Path, crops: np.ndarray, prep: Preprocessing) -> np.ndarray:
+    from model_store.onnx_backend import normalize_numpy
+    from model_store.openvino_backend import OpenVinoRunner
+
+    runner = OpenVinoRunner(graph, 1)
+    return runner.logits(normalize_numpy(crops, prep.mean, prep.std)).argmax(axis=1)
+
+
+def _colour_noise(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
+    """Crops of one colour each with noise of their own strength: a spread of answers."""
+    base = rng.uniform(0, 255, (n, 1, 1, 3))
+    scale = rng.uniform(0, 120, (n, 1, 1, 1))
+    noise = scale * rng.standard_normal((n, size, size, 3))
+    return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def tiny_graph(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small CNN (a depthwise conv among plain ones) whose answer changes with the image."""
+    import torch
+
+    from model_store.onnx_backend import export_onnx
+
+    torch.manual_seed(0)
+    nn = torch.nn
+    net = nn.Sequential(
+        nn.Conv2d(3, 16, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1, groups=16),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 1),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 10),
+    ).eval()
+    with torch.no_grad():  # random-init biases would name one class for every image
+        for module in net.modules():
+            if isinstance(module, nn.Conv2d | nn.Linear):
+                module.bias.zero_()
+        net[-1].weight.normal_(0, 1)
+    return export_onnx(net, tmp_path_factory.mktemp("tiny") / "tiny.onnx", 32)
+
+
+def test_accuracy_control_reverts_layers_until_the_validation_images_agree(  # type: ignore[no-untyped-def]
+    tiny_graph, tmp_path: Path
+) -> None:
+    prep = Preprocessing(resize=32, crop=32)
+    rng = np.random.default_rng(3)
+    crops, checks = _colour_noise(rng, 32, 32), _colour_noise(rng, 200, 32)
+    fp32 = _openvino_top1(tiny_graph, checks, prep)
+    assert len(set(fp32)) > 2  # the answers vary with the image
+    plain = quantize_graph(tiny_graph, tmp_path / "plain.onnx", crops, prep, RECIPES["nncf"])
+    # the plain int8 graph disagrees on some of them: there is something to restore
+    assert np.mean(_openvino_top1(plain, checks, prep) == fp32) < 0.99
+    out = quantize_graph(
+        tiny_graph, tmp_path / "ac.onnx", crops, prep, RECIPES["nncf-accuracy"], validation=checks
+    )
+    assert np.mean(_openvino_top1(out, checks, prep) == fp32) >= 0.99
+    kinds, plain_kinds = _quantized_weights(out), _quantized_weights(plain)
+    floats = sum(kind == "float" for kind in kinds.values())
+    assert floats > sum(kind == "float" for kind in plain_kinds.values())
+    assert floats < len(kinds)  # not simply the fp32 graph again
+
+
+def test_accuracy_control_needs_validation_images(fruit_graph, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    graph, crops, prep = fruit_graph
+    with pytest.raises(WeightsError, match="nncf-accuracy needs validation images"):
+        quantize_graph(graph, tmp_path / "q.onnx", crops, prep, RECIPES["nncf-accuracy"])
+
+
+def test_an_accuracy_control_version_validates_on_calibration_images_set_aside(  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    from model_store.importer import import_classifier
+
+    graph, labels, _ = onnx_fruit(tmp_path)
+    fp32 = import_classifier("fruit", graph, labels=labels, overrides=onnx_overrides())
+    calibration = _photos(tmp_path / "calibration", PHOTOS[:4])
+    holdout = _photos(tmp_path / "holdout", PHOTOS[4:])
+    stored, report = quantize_version(
+        "fruit", fp32.tag, calibration, holdout, recipe="nncf-accuracy"
+    )
+    quantization = stored.metadata["quantization"]
+    assert quantization["recipe"] == "nncf-accuracy"
+    assert quantization["calibration"]["images"] == 2  # every 2nd image validates instead
+    assert quantization["calibration"]["validation_images"] == 2
+    # measured on the runtime it is meant to be served on
+    assert quantization["runtime"] == report.runtime == "openvino"
+    assert quantization["agreement"] == report.to_dict() and report.images == 1
+
+
 def test_an_unknown_recipe_is_refused(stored_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     folder = _photos(tmp_path / "calib", PHOTOS[:2])
     with pytest.raises(WeightsError, match="unknown int8 recipe 'int4'"):
@@ -154,6 +248,8 @@ def test_an_int8_version_stores_its_agreement_report(stored_model, int8_version)
     quantization = meta["quantization"]
     assert quantization["source"] == stored_model.tag
     assert quantization["calibration"]["images"] == 3
+    assert "validation_images" not in quantization["calibration"]
+    assert quantization["runtime"] == report.runtime == "onnxruntime"
     assert quantization["agreement"] == report.to_dict()
     assert report.images == 2 and 0 <= report.top1 <= 1 and report.max_prob_diff > 0
     assert stored.summary()["quantization"] == quantization  # `models list --json`
@@ -211,23 +307,19 @@ def test_the_command_prints_the_report_and_refuses_what_is_missing(  # type: ign
     )
     assert missing.returncode == 2
     assert "needs --from NAME:TAG and --calibration DIR" in missing.stderr
-    done = subprocess.run(
-        [
-            *base,
-            "--from",
-            stored_model.tag,
-            "--quantize",
-            "int8",
-            "--calibration",
-            str(calibration),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
+    flags = ["--from", stored_model.tag, "--quantize", "int8", "--calibration", str(calibration)]
+    unknown = subprocess.run(
+        [*base, *flags, "--recipe", "int4"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert unknown.returncode == 2
+    assert "unknown int8 recipe 'int4'; choose from ort-minmax," in unknown.stderr
+    done = subprocess.run(  # a recipe other than the default, to see it go through
+        [*base, *flags, "--recipe", "ort-minmax"], capture_output=True, text=True, cwd=ROOT
     )
     assert done.returncode == 0, done.stderr
     assert f"int8 of {stored_model.tag}" in done.stdout
     assert "agreement with fp32 on 2 held-out images (every 2nd image of" in done.stdout
+    assert "(on onnxruntime)" in done.stdout
     listed = subprocess.run(
         [sys.executable, "-m", "model_store", "list", "resnet18", "--json"],
         capture_output=True,
@@ -236,3 +328,4 @@ def test_the_command_prints_the_report_and_refuses_what_is_missing(  # type: ign
     )
     rows = json.loads(listed.stdout)
     assert rows[0]["quantization"]["agreement"]["images"] == 2
+    assert rows[0]["quantization"]["recipe"] == "ort-minmax"
