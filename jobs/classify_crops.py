@@ -14,6 +14,7 @@ Repoint this module, and only this one, when the classifier path moves.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,6 +33,9 @@ from visionqueue.dataplane.crop_retry import CropForVersion
 from visionqueue.dataplane.priority import Priority
 
 CROPS_PER_CALL = 64  # 64 crops of 224x224x3 = 9.6 MB, under VQ_MAX_UPLOAD_BYTES' default
+# the front asks the classifier to describe its model within 5 s: under load a first ask can
+# miss that, and a job that failed on it waits out a retry's backoff
+DESCRIBE_PAUSES_S = (0.5, 1.0)
 
 
 @dataclass(frozen=True)
@@ -69,13 +73,23 @@ def describe_model(
     known = res.front_models
     if not fresh and model in known:
         return known[model]
+    for pause in DESCRIBE_PAUSES_S:
+        try:
+            known[model] = _describe_at_front(res, model)
+            return known[model]
+        except Unavailable:
+            time.sleep(pause)  # a worker's first batch, while the classifier is busy
+    known[model] = _describe_at_front(res, model)
+    return known[model]
+
+
+def _describe_at_front(res: Resources, model: str | None) -> tuple[str, dict[str, Any]]:
     url = f"{res.settings.front_url}/v1/models"
     name = model or str(_front_get(res, url)["default"])
     view = _front_get(res, f"{url}/{name}")
-    if not view.get("ready"):
+    if not view.get("ready"):  # the front could not reach the classifier in time
         raise Unavailable(f"model {name} is not ready", code="model_not_ready")
-    known[model] = (name, dict(view["preprocessing"]))
-    return known[model]
+    return name, dict(view["preprocessing"])
 
 
 def crop_and_classify(

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from jobs import classify_crops
 from jobs.classify import process_batch
 from jobs.lease_keeper import LeaseKeeper
 from jobs.resources import Resources
@@ -27,7 +28,7 @@ from persistence.db import dispose_engines, get_engine, session_scope
 from persistence.local_images import LocalImageStore
 from persistence.migrate import upgrade_database
 from visionqueue.api.submit import check_priority
-from visionqueue.core.errors import Unprocessable, UnsupportedMediaType
+from visionqueue.core.errors import Unavailable, Unprocessable, UnsupportedMediaType
 from visionqueue.core.settings import DatabaseSettings, Settings
 
 
@@ -98,11 +99,15 @@ class FakeFront(BaseHTTPRequestHandler):
 
     calls: ClassVar[list[tuple[str, dict[str, str]]]] = []
     spec: ClassVar[dict[str, Any]] = IMAGENET_PREPROCESSING.to_spec()
+    unready: ClassVar[int] = 0  # answers "not ready" to this many model descriptions first
 
     def do_GET(self) -> None:
         self.calls.append((self.path, {}))
         if self.path == "/v1/models":
             self._answer({"default": "resnet18"})
+        elif FakeFront.unready > 0:
+            FakeFront.unready -= 1
+            self._answer({"name": "resnet18", "ready": False, "reason": "busy"})
         else:
             self._answer({"name": "resnet18", "ready": True, "preprocessing": self.spec})
 
@@ -152,22 +157,40 @@ def _png(seed: int) -> bytes:
     return buf.getvalue()
 
 
-def test_a_batch_of_jobs_is_cropped_here_and_sent_once_per_class(res: Resources) -> None:
+@pytest.fixture
+def front(res: Resources) -> Iterator[Resources]:
+    """``res`` pointed at a ``FakeFront`` on loopback."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeFront)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    FakeFront.calls = []
+    FakeFront.calls, FakeFront.unready = [], 0
+    worker = res.settings.worker.model_copy(
+        update={"front_url": f"http://127.0.0.1:{server.server_address[1]}"}
+    )
+    settings = res.settings.model_copy(update={"worker": worker})
     try:
-        front = f"http://127.0.0.1:{server.server_address[1]}"
-        worker = res.settings.worker.model_copy(update={"front_url": front})
-        settings = res.settings.model_copy(update={"worker": worker})
-        here = Resources(settings, res.engine, res.store, res.http, res.leases)
-        first = [_job(here, _png(i), p) for i, p in enumerate(("high", "low", "normal"))]
-        broken = _job(here, b"not an image", "normal")
-        outcomes = process_batch([*first, broken], here)
-        again = process_batch([_job(here, _png(9), "normal")], here)
+        yield Resources(settings, res.engine, res.store, res.http, res.leases)
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_model_the_front_cannot_describe_yet_is_asked_again(
+    front: Resources, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(classify_crops, "DESCRIBE_PAUSES_S", (0.0, 0.0))
+    FakeFront.unready = 2  # the first two asks find the classifier busy, the third does not
+    assert classify_crops.describe_model(front, None) == ("resnet18", FakeFront.spec)
+    FakeFront.unready = 3
+    with pytest.raises(Unavailable) as caught:  # three in a row: the job's retry takes over
+        classify_crops.describe_model(front, "other")
+    assert caught.value.code == "model_not_ready"
+
+
+def test_a_batch_of_jobs_is_cropped_here_and_sent_once_per_class(front: Resources) -> None:
+    first = [_job(front, _png(i), p) for i, p in enumerate(("high", "low", "normal"))]
+    broken = _job(front, b"not an image", "normal")
+    outcomes = process_batch([*first, broken], front)
+    again = process_batch([_job(front, _png(9), "normal")], front)
     assert [outcomes[j].status for j in first] == ["completed"] * 3  # type: ignore[union-attr]
     assert isinstance(outcomes[broken], UnsupportedMediaType)  # what /predict says of it
     assert [o.status for o in again.values()] == ["completed"]  # type: ignore[union-attr]
@@ -178,6 +201,6 @@ def test_a_batch_of_jobs_is_cropped_here_and_sent_once_per_class(res: Resources)
         "/v1/models",
         "/v1/models/resnet18",
     ]
-    with session_scope(res.engine) as session:
+    with session_scope(front.engine) as session:
         view = job_view(jobs_repo.require_job(session, first[1], None), None)
     assert (view["work_class"], view["result"]["preprocessing"]) == ("bulk", "exact")
