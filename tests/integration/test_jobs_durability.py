@@ -121,7 +121,12 @@ def test_sigkilled_worker_jobs_are_redelivered_and_completed_once(stack) -> None
                 for line in log.read_text(errors="replace").splitlines()
                 if any(i in line for i in stuck) or "retry" in line or "ERROR" in line
             ]
-            rows_text = {i: (r.status, r.attempts, r.error_code) for i, r in stuck.items()}
+            rows_text = {
+                i: (r.status, r.attempts, r.leased_by, str(r.lease_until)) for i, r in stuck.items()
+            }
+            lines.append(f"outcomes: {dict(worker_outcomes(*logs))}; now {datetime.now(UTC)}")
+            broker = redis.Redis.from_url(stack.broker_url)
+            lines += [f"redis {key!r}: {broker.type(key)!r}" for key in broker.keys(f"*{prefix}*")]
             raise AssertionError(f"{exc}\nstuck: {rows_text}\n" + "\n".join(lines[-60:])) from None
         recovered_s = time.monotonic() - killed_at
     wait_until(lambda: broker_idle(stack.broker_url, prefix), 10, "broker drained")

@@ -208,7 +208,7 @@ class ModelSettings(_Group):
         "classifier busy, jobs and bulk still get one pass in every N + 2.",
     )
     background_nice: int = Field(
-        19,
+        10,
         ge=0,
         le=19,
         description="CPU nice value of work no person waits for: job and bulk forward passes "

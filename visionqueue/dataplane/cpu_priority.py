@@ -3,11 +3,11 @@
 On a small host the classifier, the front's decodes and the job workers share a few cores.
 The priority queue decides which forward pass runs next, but once job work is running only
 the kernel can hand its cores to a request that just arrived. Linux keeps a nice value per
-thread: a thread at ``VQ_BACKGROUND_NICE`` (19 by default) gets about 1/70 of a core's time
-against one at 0 while both want it (at 10, a tenth), and all of it when nothing else runs,
-so background work fills what interactive work leaves and never stops. The shares add up:
-two lanes and a worker's decode threads at 10 could take a third of a core from a person's
-request; at 19 they take a few percent (docs/priority.md, measured).
+thread: a thread at ``VQ_BACKGROUND_NICE`` (10 by default) gets about a tenth of a core's
+time against one at 0 while both want it (at 19, 1/70), and all of it when nothing else
+runs, so background work fills what interactive work leaves and never stops. The whole
+Celery worker runs at that value, its broker fetches and lease renewals too: at 19 a
+saturated host starves them (docs/priority.md, measured), so 10 stays the default.
 
 Lowering a priority needs no privilege; raising it back does, so background work runs on
 threads of its own that stay low (``background_executor``), never on shared threads.
