@@ -351,9 +351,10 @@ class WorkerSettings(_Group):
         "",
         # VQ_WORKER_CLASSIFIER_URL: its former name (it never meant VQ_CLASSIFIER_URL's classifier)
         validation_alias=AliasChoices("VQ_WORKER_FRONT_URL", "VQ_WORKER_CLASSIFIER_URL"),
-        description="URL of the front whose /predict the worker classifies through; empty = "
-        "this deployment's own (VQ_PUBLIC_URL, else VQ_HOST and VQ_PORT). Its former name "
-        "VQ_WORKER_CLASSIFIER_URL still works. Unused with VQ_CLASSIFIER_URL.",
+        description="URL of the front the worker classifies through (it posts a batch's crops "
+        "to POST /v1/batches/crops); empty = this deployment's own (VQ_PUBLIC_URL, else "
+        "VQ_HOST and VQ_PORT). Its former name VQ_WORKER_CLASSIFIER_URL still works. Unused "
+        "with VQ_CLASSIFIER_URL.",
     )
     task_time_limit_s: int = Field(300, ge=10, description="Hard time limit of a job task.")
     max_retries: int = Field(10, ge=0, description="Retries of a job on transient errors.")
