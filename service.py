@@ -33,14 +33,13 @@ from typing import Any
 
 import bentoml
 import numpy as np
-from starlette.responses import JSONResponse
 
 from model_store.serving import check_memory, resolve_served
 from visionqueue.api.app import attach_front, create_api_app
 from visionqueue.api.backlog import BacklogGauges
 from visionqueue.api.health import FrontHealth
 from visionqueue.api.middleware import classifier_middleware, front_middleware
-from visionqueue.api.predict import check_top_k, request_priority, server_timing
+from visionqueue.api.predict import predict_upload
 from visionqueue.api.resources import build_front_resources
 from visionqueue.bento.internals import batch_entry, in_bentoml_worker
 from visionqueue.bento.metrics import (
@@ -50,16 +49,14 @@ from visionqueue.bento.metrics import (
     route_metrics,
 )
 from visionqueue.bento.patches import NO_SESSION_RECYCLING, apply_bentoml_patches
-from visionqueue.core.errors import VQError
 from visionqueue.core.logging_setup import configure_logging
 from visionqueue.core.settings import get_settings
 from visionqueue.dataplane.classifier_apis import add_batch_apis
 from visionqueue.dataplane.crop_socket import serve_crops, socket_paths
 from visionqueue.dataplane.front import build_dataplane
 from visionqueue.dataplane.model_host import ModelHost, model_sources
-from visionqueue.dataplane.priority import PRIORITY_HEADER, Priority
+from visionqueue.dataplane.priority import Priority
 from visionqueue.dataplane.registry import configured_specs
-from visionqueue.dataplane.requests import Timing
 
 logger = logging.getLogger("visionqueue.service")
 
@@ -194,18 +191,7 @@ class VisionQueue:
     ) -> Any:
         """Classify one image (multipart field ``image``) with ``model`` (default: the first
         served); return the top ``top_k`` classes and the exact model version that answered."""
-        try:
-            priority = request_priority(ctx.request.headers.get(PRIORITY_HEADER))
-            timing = Timing()
-            body = await self.dataplane.classify_upload(
-                Path(image), check_top_k(top_k), model, priority, timing=timing
-            )
-            ctx.response.headers["Server-Timing"] = server_timing(timing)
-            return body
-        except VQError as exc:
-            # BentoML gives an API that takes ``ctx`` the status of ``ctx.response``
-            ctx.response.status_code = exc.status
-            return JSONResponse(exc.to_body(), status_code=exc.status, headers=exc.headers())
+        return await predict_upload(self.dataplane, Path(image), ctx, top_k, model)
 
 
 for _middleware, _options in front_middleware(_settings.server, api_app):

@@ -59,9 +59,7 @@ class Cropped:
     model: dict[str, Any] | None
 
 
-def describe_model(
-    res: Resources, model: str | None, fresh: bool = False
-) -> tuple[str, dict[str, Any]]:
+def describe_model(res: Resources, model: str | None) -> tuple[str, dict[str, Any]]:
     """The served model ``model`` means and its current version's preprocessing spec.
 
     On the embedded default the front is asked once per process and model; an answer made
@@ -69,9 +67,9 @@ def describe_model(
     """
     if res.classifier is not None:
         name = res.classifier.model_name(model)
-        return name, dict(res.classifier.current(name, fresh=fresh)["preprocessing"])
+        return name, dict(res.classifier.current(name)["preprocessing"])
     known = res.front_models
-    if not fresh and model in known:
+    if model in known:
         return known[model]
     for pause in DESCRIBE_PAUSES_S:
         try:

@@ -4,9 +4,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from visionqueue.core.errors import Unprocessable
+from starlette.responses import JSONResponse
+
+from visionqueue.core.errors import Unprocessable, VQError
+from visionqueue.dataplane.plane import DataPlane
 from visionqueue.dataplane.priority import PRIORITY_HEADER, SYNC_PRIORITY, Priority
 from visionqueue.dataplane.requests import Timing
 
@@ -45,3 +49,22 @@ def server_timing(timing: Timing) -> str:
         ("forward", timing.forward_s, "forward pass"),
     )
     return ", ".join(f'{name};dur={1000 * s:.1f};desc="{desc}"' for name, s, desc in parts)
+
+
+async def predict_upload(
+    dataplane: DataPlane, image: Path, ctx: Any, top_k: Any, model: str
+) -> Any:
+    """Answer ``POST /predict`` on ``ctx`` (the route's ``bentoml.Context``): the body, with
+    its ``Server-Timing``; a refused request in our error envelope and status."""
+    try:
+        priority = request_priority(ctx.request.headers.get(PRIORITY_HEADER))
+        timing = Timing()
+        body = await dataplane.classify_upload(
+            image, check_top_k(top_k), model, priority, timing=timing
+        )
+        ctx.response.headers["Server-Timing"] = server_timing(timing)
+        return body
+    except VQError as exc:
+        # BentoML gives an API that takes ``ctx`` the status of ``ctx.response``
+        ctx.response.status_code = exc.status
+        return JSONResponse(exc.to_body(), status_code=exc.status, headers=exc.headers())
