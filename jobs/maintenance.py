@@ -14,11 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from jobs.celery_app import Queues
 from jobs.celery_app import app as celery_app
 from jobs.classify import exhaust_if_spent
 from jobs.fs_broker import queue_folder, queued_job_ids
 from jobs.notify import relay_due
-from jobs.redis_unacked import unacked_job_ids
+from jobs.redis_unacked import redis_view
 from jobs.resources import Resources
 from persistence import job_leases, locks
 from persistence.db import session_scope
@@ -46,21 +47,20 @@ def taken_and_unleased(res: Resources) -> Callable[[str], bool] | None:
     """Return whether a pending, unleased job's message was taken (by a worker that died).
 
     The embedded broker deletes a message as a worker takes it: a job with no message file
-    left. Redis keeps it in its unacked hash: a job named there. None for other brokers (AMQP
-    gives a dead consumer's messages back at once).
+    left. Redis keeps it in its unacked hash (a job named there), or lost it with a worker
+    killed between taking and noting it (a job no longer queued, ``jobs.redis_unacked``).
+    None for other brokers (AMQP gives a dead consumer's messages back at once).
     """
     folder = queue_folder(res.settings)
     if folder is not None:
         queued = queued_job_ids(folder)
         return lambda job_id: job_id not in queued
     try:
-        unacked = unacked_job_ids(celery_app)
+        view = redis_view(celery_app, Queues.of(res.settings).jobs)
     except Exception:  # kombu/redis errors differ; the rest of the sweep needs no broker
         logger.warning("sweep: the broker did not say which messages were taken; next sweep")
         return None
-    if unacked is None:
-        return None
-    return lambda job_id: job_id in unacked
+    return None if view is None else view.taken
 
 
 def sweep_once(res: Resources) -> SweepReport:

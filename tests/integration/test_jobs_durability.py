@@ -105,9 +105,11 @@ def test_sigkilled_worker_jobs_are_redelivered_and_completed_once(stack) -> None
         assert in_flight, "the worker was killed with no job in flight"
         assert len(done_before) < 40
 
-        stack.start_worker(name=f"rescuer-{run[:6]}")
+        # with the sweeper, as every deployment runs: a message Redis gives back after the
+        # visibility timeout (15 s) while the dead worker's lease (15 s from its last
+        # renewal) still holds is dropped, and the sweep sends it again once the lease lapses
+        stack.start_worker(name=f"rescuer-{run[:6]}", beat=True)
         killed_at = time.monotonic()
-        # the in-flight jobs come back once the visibility timeout (15 s) has passed
         try:
             rows = wait_all_final(engine, ids, timeout=75)
         except TimeoutError as exc:  # say which jobs and what the workers logged of them

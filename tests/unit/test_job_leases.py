@@ -260,11 +260,11 @@ def test_a_broker_that_cannot_say_what_was_taken_does_not_stop_the_sweep(
 
     import jobs.maintenance as maintenance
 
-    def redis_down(app: object) -> set[str]:
+    def redis_down(app: object, queue: str) -> None:
         raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
 
     monkeypatch.setattr(maintenance, "queue_folder", lambda settings: None)  # a Redis deployment
-    monkeypatch.setattr(maintenance, "unacked_job_ids", redis_down)
+    monkeypatch.setattr(maintenance, "redis_view", redis_down)
     dead = new_job(res.engine)
     claim(res.engine, dead, "dead")
     lapse(res.engine, dead)
