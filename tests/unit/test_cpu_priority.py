@@ -66,3 +66,30 @@ def test_lowering_a_process_reaches_its_threads_and_those_started_later() -> Non
     base = os.getpriority(os.PRIO_PROCESS, 0)
     assert out[0] == str(max(base, 7))  # a thread started after it inherits it
     assert out[1] == f"[{max(base, 7)}]"  # every thread that was running
+
+
+SESSION = """
+from visionqueue.dataplane.cpu_priority import lower_this_process
+lower_this_process(9)
+print(open("/proc/self/autogroup").read().split()[-1])
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/autogroup").exists(), reason="a kernel without autogroups")
+@pytest.mark.parametrize("own_session", [True, False])
+def test_a_process_in_a_session_of_its_own_lowers_its_scheduling_group_too(
+    own_session: bool,
+) -> None:
+    # with autogroups, Linux shares a core between sessions before it looks at nice values
+    done = subprocess.run(
+        [sys.executable, "-c", SESSION],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        start_new_session=own_session,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    ours = Path("/proc/self/autogroup").read_text().split()[-1]
+    # a process sharing its session (a worker run from a terminal) leaves the session alone
+    assert done.stdout.strip() == ("9" if own_session else ours)
+    assert Path("/proc/self/autogroup").read_text().split()[-1] == ours

@@ -250,3 +250,10 @@ def test_the_classifier_override_points_the_api_and_the_workers_at_it() -> None:
         assert svc[name]["environment"] == {**services()[name]["environment"], **added}, name
     others = set(APP_SERVICES) - {"api", "worker"}
     assert {name: svc[name] for name in others} == {name: services()[name] for name in others}
+
+
+def test_the_workers_weigh_less_than_the_api_when_both_want_a_core() -> None:
+    # in containers, cgroup weights decide between them; the workers' nice values only count
+    # inside their own container (docs/priority.md)
+    stack = services()
+    assert int(stack["worker"]["cpu_shares"]) < int(stack["api"].get("cpu_shares", 1024))

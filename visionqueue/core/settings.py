@@ -213,7 +213,8 @@ class ModelSettings(_Group):
         le=19,
         description="CPU nice value of work no person waits for: job and bulk forward passes "
         "(side by side on single-threaded ONNX Runtime sessions, beside the interactive "
-        "pass) and the Celery workers. The kernel then gives a "
+        "pass) and the Celery workers (with the scheduling group of a worker's own session). "
+        "The kernel then gives a "
         "person's request the cores first; 0 = off (job passes take turns with interactive "
         "ones, at full priority). See docs/priority.md.",
     )

@@ -9,6 +9,9 @@ runs, so background work fills what interactive work leaves and never stops. The
 Celery worker runs at that value, its broker fetches and lease renewals too: at 19 a
 saturated host starves them (docs/priority.md, measured), so 10 stays the default.
 
+Linux's autogroups share a core between sessions before nice values count, so a worker that
+leads a session of its own lowers its session's group too (``lower_this_session``).
+
 Lowering a priority needs no privilege; raising it back does, so background work runs on
 threads of its own that stay low (``background_executor``), never on shared threads.
 """
@@ -46,6 +49,28 @@ def lower_this_process(nice: int) -> None:
             os.setpriority(os.PRIO_PROCESS, tid, nice)
         except (OSError, AttributeError):
             logger.debug("could not lower thread %d's CPU priority", tid, exc_info=True)
+    lower_this_session(nice)
+
+
+def lower_this_session(nice: int) -> bool:
+    """Give this process' scheduling group (its autogroup) ``nice`` too, if it leads its own
+    session; return whether it did.
+
+    With ``sched_autogroup_enabled`` (the default of many distributions' kernels) Linux first
+    shares a core between sessions, and a thread's nice value only counts against threads of
+    its own session: a worker started in a session of its own (``make run`` starts each
+    process so) got as much of a core as the classifier's whole session, whatever its threads'
+    nice. A process that shares its session (a worker run from a terminal) leaves it alone.
+    """
+    if nice <= 0 or os.getsid(0) != os.getpid():
+        return False
+    try:
+        with open("/proc/self/autogroup", "w") as fh:
+            fh.write(str(nice))
+    except OSError:  # no autogroups (not Linux, a kernel without them), or forbidden
+        logger.debug("could not lower this session's CPU priority", exc_info=True)
+        return False
+    return True
 
 
 def background_executor(threads: int, nice: int, name: str) -> ThreadPoolExecutor:
