@@ -56,8 +56,9 @@ def lower_this_session(nice: int) -> bool:
     """Give this process' scheduling group (its autogroup) ``nice`` too, if it leads its own
     session; return whether it did.
 
-    With ``sched_autogroup_enabled`` (the default of many distributions' kernels) Linux first
-    shares a core between sessions, and a thread's nice value only counts against threads of
+    With ``sched_autogroup_enabled`` (a common kernel default; it applies to processes in the
+    root cgroup, not under systemd's or a container's cgroups) Linux first shares a core
+    between sessions, and a thread's nice value only counts against threads of
     its own session: a worker started in a session of its own (``make run`` starts each
     process so) got as much of a core as the classifier's whole session, whatever its threads'
     nice. A process that shares its session (a worker run from a terminal) leaves it alone.
