@@ -26,11 +26,11 @@ from jobs.fs_broker import job_headers
 from jobs.lease_keeper import LeaseKeeper
 from jobs.redis_unacked import redis_view
 from jobs.resources import Resources
-from persistence import jobs_repo
 from persistence.db import dispose_engines, get_engine, session_scope
 from persistence.local_images import LocalImageStore
 from persistence.migrate import upgrade_database
 from persistence.models import Job, utcnow
+from tests.support.rows import create_job_row
 from tests.support.stack import REDIS_URL
 from visionqueue.core.settings import BrokerSettings, DatabaseSettings, Settings, WorkerSettings
 
@@ -64,17 +64,8 @@ def res(tmp_path: Path) -> Iterator[Resources]:
 
 
 def queued_job(res: Resources, app: object) -> str:
-    digest = uuid.uuid4().hex * 2
+    job_id = create_job_row(res.engine)
     with session_scope(res.engine) as session:
-        job_id = jobs_repo.create_job(
-            session,
-            image_key=f"images/{digest[:2]}/{digest}",
-            image_sha256=digest,
-            content_type="image/png",
-            image_size=10,
-            width=2,
-            height=2,
-        ).id
         past = utcnow() - timedelta(seconds=60)  # long enough for a live worker to lease it
         session.execute(update(Job).where(Job.id == job_id).values(created_at=past, queued_at=past))
     app.send_task(CLASSIFY_TASK, args=[job_id], headers=job_headers(job_id))  # type: ignore[attr-defined]

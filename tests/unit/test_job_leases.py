@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -24,6 +23,7 @@ from persistence.db import dispose_engines, get_engine, session_scope
 from persistence.local_images import LocalImageStore
 from persistence.migrate import upgrade_database
 from persistence.models import Job, utcnow
+from tests.support.rows import create_job_row
 from visionqueue.core.settings import DatabaseSettings, Settings, WorkerSettings
 
 LEASE = 15.0
@@ -46,18 +46,7 @@ def res(tmp_path: Path) -> Iterator[Resources]:
 
 
 def new_job(engine: Engine, webhook_url: str | None = None) -> str:
-    digest = uuid.uuid4().hex * 2
-    with session_scope(engine) as session:
-        return jobs_repo.create_job(
-            session,
-            image_key=f"images/{digest[:2]}/{digest}",
-            image_sha256=digest,
-            content_type="image/png",
-            image_size=10,
-            width=2,
-            height=2,
-            webhook_url=webhook_url,
-        ).id
+    return create_job_row(engine, image_size=10, width=2, height=2, webhook_url=webhook_url)
 
 
 def claim(engine: Engine, job_id: str, holder: str) -> job_leases.ClaimedJob | None:
