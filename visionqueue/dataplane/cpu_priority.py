@@ -52,9 +52,9 @@ def lower_this_process(nice: int) -> None:
     lower_this_session(nice)
 
 
-def lower_this_session(nice: int) -> bool:
+def lower_this_session(nice: int) -> None:
     """Give this process' scheduling group (its autogroup) ``nice`` too, if it leads its own
-    session; return whether it did.
+    session.
 
     With ``sched_autogroup_enabled`` (a common kernel default; it applies to processes in the
     root cgroup, not under systemd's or a container's cgroups) Linux first shares a core
@@ -64,14 +64,12 @@ def lower_this_session(nice: int) -> bool:
     nice. A process that shares its session (a worker run from a terminal) leaves it alone.
     """
     if nice <= 0 or os.getsid(0) != os.getpid():
-        return False
+        return
     try:
         with open("/proc/self/autogroup", "w") as fh:
             fh.write(str(nice))
     except OSError:  # no autogroups (not Linux, a kernel without them), or forbidden
         logger.debug("could not lower this session's CPU priority", exc_info=True)
-        return False
-    return True
 
 
 def background_executor(threads: int, nice: int, name: str) -> ThreadPoolExecutor:
