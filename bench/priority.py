@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 
+from bench import cpu_share
 from bench.load import percentile, submit_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,11 +113,11 @@ def drain(
     per_request: int,
     rate: float = 0.0,
     priority: str = "normal",
-) -> tuple[float, Traffic | None]:
+) -> tuple[float, Traffic | None, dict[str, float]]:
     """Queue ``jobs`` jobs with the worker stopped, start it, time the drain (with traffic).
 
-    Returns jobs per second from the worker's start to the last completion, and the
-    traffic's latencies over the drain.
+    Returns jobs per second from the worker's start to the last completion, the traffic's
+    latencies over the drain, and where the CPU went meanwhile (``bench.cpu_share``).
     """
     from sqlalchemy import create_engine, text
 
@@ -134,6 +135,7 @@ def drain(
     )
     worker = stack.start_worker(concurrency=16)
     started = time.monotonic()
+    cpu_start = cpu_share.sample(stack.env["VQ_DATA_DIR"])
     if rate:
         sender.start()
     try:
@@ -143,20 +145,22 @@ def drain(
                     break
             time.sleep(0.2)
         elapsed = time.monotonic() - started
+        cpu = cpu_share.shares(cpu_start, cpu_share.sample(stack.env["VQ_DATA_DIR"]))
     finally:
         stop.set()
         if rate:
             sender.join()
         stack.stop_worker(worker)
         engine.dispose()
-    return jobs / elapsed, (box[0] if box else None)
+    return jobs / elapsed, (box[0] if box else None), cpu
 
 
 def batch_drain(
     stack: Any, payloads: list[bytes], source: str, images: int, rate: float = 0.0
-) -> tuple[float, Traffic | None]:
+) -> tuple[float, Traffic | None, dict[str, float]]:
     """Run one dataset batch over ``source`` (``images`` objects) with a worker started for
-    it, with ``/predict`` traffic meanwhile; return its images per second and the traffic."""
+    it, with ``/predict`` traffic meanwhile; return its images per second, the traffic and
+    where the CPU went."""
     from bench.batches import run_batch
 
     stop = threading.Event()
@@ -165,17 +169,19 @@ def batch_drain(
         target=lambda: box.append(asyncio.run(_poisson(stack.url, payloads, rate, stop)))
     )
     worker = stack.start_worker(concurrency=6)
+    cpu_start = cpu_share.sample(stack.env["VQ_DATA_DIR"])
     if rate:
         sender.start()
     try:
         result = run_batch(stack.url, source, {}, 1800)
+        cpu = cpu_share.shares(cpu_start, cpu_share.sample(stack.env["VQ_DATA_DIR"]))
     finally:
         stop.set()
         if rate:
             sender.join()
         stack.stop_worker(worker)
     assert result["images"] == images and not result["failed"], result
-    return float(result["images_per_s"]), (box[0] if box else None)
+    return float(result["images_per_s"]), (box[0] if box else None), cpu
 
 
 def upload_dataset(stack: Any, images: int) -> str:
@@ -253,6 +259,16 @@ def render(result: dict[str, Any]) -> str:
         f"| beside the traffic | {result['shared']:.1f} |",
         f"| ratio | **{result['shared'] / result['solo']:.2f}x** (goal >= 0.7x) |",
         "",
+        "Where the CPU went during each drain (`bench.cpu_share`; cores: 1.00 is one core busy "
+        "all along; `other` is the rest of the host):",
+        "",
+        "| drain | " + " | ".join(cpu_share.PARTS) + " |",
+        "|---|" + "---|" * len(cpu_share.PARTS),
+        *(
+            f"| {label} | " + " | ".join(f"{cpu[p]:.2f}" for p in cpu_share.PARTS) + " |"
+            for label, cpu in result["cpu"].items()
+        ),
+        "",
         "Settings: " + ", ".join(f"`{k}={v}`" for k, v in sorted(result["settings"].items())),
         "",
     ]
@@ -298,16 +314,18 @@ def main(argv: list[str] | None = None) -> int:
         idle = traffic_for(stack.url, data, args.rate, args.idle_seconds)
         print(f"  idle: p50 {idle.p50_ms:.0f} ms p99 {idle.p99_ms:.0f} ms", flush=True)
         if args.backlog == "jobs":
-            solo, _ = drain(stack, data, args.jobs, args.per_request, priority=args.priority)
+            solo, _, solo_cpu = drain(
+                stack, data, args.jobs, args.per_request, priority=args.priority
+            )
             print(f"  drain alone: {solo:.1f} jobs/s", flush=True)
-            shared, busy = drain(
+            shared, busy, shared_cpu = drain(
                 stack, data, args.jobs, args.per_request, args.rate, priority=args.priority
             )
         else:
             source = upload_dataset(stack, args.jobs)
-            solo, _ = batch_drain(stack, data, source, args.jobs)
+            solo, _, solo_cpu = batch_drain(stack, data, source, args.jobs)
             print(f"  batch alone: {solo:.1f} images/s", flush=True)
-            shared, busy = batch_drain(stack, data, source, args.jobs, args.rate)
+            shared, busy, shared_cpu = batch_drain(stack, data, source, args.jobs, args.rate)
         assert busy is not None
         print(
             f"  drain beside /predict: {shared:.1f} jobs/s; p50 {busy.p50_ms:.0f} ms "
@@ -328,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         "busy": busy,
         "solo": solo,
         "shared": shared,
+        "cpu": {"alone": solo_cpu, "beside the traffic": shared_cpu},
         "settings": settings,
     }
     Path(args.output).write_text(render(result))
