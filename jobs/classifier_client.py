@@ -1,20 +1,26 @@
-"""The classifier service over HTTP, for workers on the direct path (``VQ_CLASSIFIER_URL``).
+"""The workers' client of the classifier service, for the crops they classify without the front.
 
-The synchronous twin of the data plane's remote transport, on the same definitions
-(docs/dataplane.md): BentoML's JSON protocol, as the front's remote dependency speaks it:
-``POST /packed_{api}`` with ``{"crops": [...]}`` (``visionqueue.dataplane.crops_wire``) answers
-wire rows (``visionqueue.dataplane.rows``), ``POST /model_info`` describes a model's current
-version and every version it has served (kept in the registry's ``VersionBook``).
+``ClassifierClient`` chunks a batch's crops, reads the answer's wire rows
+(``visionqueue.dataplane.rows``) and keeps the versions they name (the registry's
+``VersionBook``) over a ``Wire``:
+
+- ``HttpWire``, a classifier served on its own (``VQ_CLASSIFIER_URL``): the synchronous twin
+  of the data plane's remote transport (docs/dataplane.md), BentoML's JSON protocol:
+  ``POST /prioritized_{api}`` with packed crops (``visionqueue.dataplane.crops_wire``), ``POST
+  /model_info`` for a model's current version and every version it has served;
+- ``jobs.crop_socket_wire.SocketWire``, the crop sockets of the classifier the front started
+  on this host.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import numpy as np
 
+from jobs.metrics import worker_metrics
 from model_store.serving import ServedSpec
 from visionqueue.core.errors import ModelNotReady, Unavailable, Unprocessable
 from visionqueue.core.settings import ServerSettings
@@ -58,58 +64,39 @@ def is_transient(status: int) -> bool:
     return status in (408, 429, *REFUSED_CREDENTIALS) or status >= 500
 
 
-class ClassifierClient:
-    """Classify crops on a model's batch API; learn the versions its rows name."""
+class Wire(Protocol):
+    """How a worker reaches the classifier: its batch APIs and its model descriptions."""
 
-    def __init__(
-        self,
-        url: str,
-        http: httpx.Client,
-        specs: list[ServedSpec],
-        max_batch: int,
-        token: str = "",
-    ) -> None:
+    via: str  # vq_worker_classifier_calls_total's label for the calls it carries
+
+    def call(self, api: str, crops: np.ndarray, priority: Priority) -> np.ndarray:
+        """Classify ``(N, S, S, 3)`` uint8 crops with the batch API ``api`` in ``priority``;
+        return the wire rows."""
+        ...
+
+    def describe(self, name: str) -> dict[str, Any]:
+        """The classifier's ``model_info`` for ``name``."""
+        ...
+
+
+class HttpWire:
+    """A classifier served on its own (``VQ_CLASSIFIER_URL``), over BentoML's JSON protocol."""
+
+    via = "classifier_url"
+
+    def __init__(self, url: str, http: httpx.Client, token: str = "") -> None:
         self.url = url.rstrip("/")
         self._http = http
         self._headers = {"Content-Type": "application/json"}
         if token:  # VQ_CLASSIFIER_TOKEN
             self._headers["Authorization"] = f"Bearer {token}"
-        self._models = served_entries(specs)  # the front's registry entries, without transport
-        self._max_batch = max_batch
 
-    def model_name(self, model: str | None) -> str:
-        """The served model called ``model`` (the default for None or ""); 404 otherwise."""
-        return find_served(self._models, model).name
+    def call(self, api: str, crops: np.ndarray, priority: Priority) -> np.ndarray:
+        body = {"crops": pack_crops(crops), "priority": priority.label}
+        return np.asarray(self._post(prioritized_api(api), body), np.float32)
 
-    def current(self, name: str, fresh: bool = False) -> dict[str, Any]:
-        """The description of ``name``'s current version (asked once, then on a new tag id)."""
-        book = self._models[name].book
-        if fresh or book.current is None:
-            return book.learn(self._post("model_info", {"name": name}))
-        return book.current
-
-    def classify(
-        self, name: str, crops: np.ndarray, priority: Priority = JOB_PRIORITY
-    ) -> tuple[np.ndarray, dict[str, Any]]:
-        """Classify ``(N, H, W, 3)`` uint8 crops on ``name``'s priority queue in ``priority``
-        (one call per ``VQ_BATCH_MAX_SIZE``; ``prioritized_{api}``, docs/priority.md); return
-        ``(N, C)`` probabilities and the version that ran."""
-        api = prioritized_api(self._models[name].api)
-        size = self._max_batch
-        calls = [
-            {"crops": pack_crops(crops[i : i + size]), "priority": priority.label}
-            for i in range(0, len(crops), size)
-        ]
-        answer = answer_rows.unpack(
-            np.concatenate([np.asarray(self._post(api, call), np.float32) for call in calls])
-        )
-        tag_id = answer.one_version()
-        if tag_id is None:
-            raise ModelNotReady(f"{name} is switching versions; retry", retry_after=1)
-        book = self._models[name].book
-        if not book.knows(tag_id):
-            self.current(name, fresh=True)  # a promotion happened: learn the new version
-        return answer.probs, book.ran(name, tag_id)
+    def describe(self, name: str) -> dict[str, Any]:
+        return dict(self._post("model_info", {"name": name}))
 
     def _post(self, route: str, body: dict[str, Any]) -> Any:
         resp = post_classifier(
@@ -126,3 +113,44 @@ class ClassifierClient:
         if is_transient(resp.status_code):
             raise Unavailable(message, code="classifier_unavailable")
         raise Unprocessable(message, code=f"classifier_http_{resp.status_code}")
+
+
+class ClassifierClient:
+    """Classify crops on a model's batch API over ``wire``; learn the versions its rows name."""
+
+    def __init__(self, wire: Wire, specs: list[ServedSpec], max_batch: int) -> None:
+        self.wire = wire
+        self._models = served_entries(specs)  # the front's registry entries, without transport
+        self._max_batch = max_batch
+
+    def model_name(self, model: str | None) -> str:
+        """The served model called ``model`` (the default for None or ""); 404 otherwise."""
+        return find_served(self._models, model).name
+
+    def current(self, name: str, fresh: bool = False) -> dict[str, Any]:
+        """The description of ``name``'s current version (asked once, then on a new tag id)."""
+        book = self._models[name].book
+        if fresh or book.current is None:
+            return book.learn(self.wire.describe(name))
+        return book.current
+
+    def classify(
+        self, name: str, crops: np.ndarray, priority: Priority = JOB_PRIORITY
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Classify ``(N, H, W, 3)`` uint8 crops on ``name``'s priority queue in ``priority``
+        (one call per ``VQ_BATCH_MAX_SIZE``, docs/priority.md); return ``(N, C)``
+        probabilities and the version that ran."""
+        api, size = self._models[name].api, self._max_batch
+        calls = worker_metrics().classifier_calls.labels(via=self.wire.via)
+        rows = []
+        for i in range(0, len(crops), size):
+            rows.append(self.wire.call(api, crops[i : i + size], priority))
+            calls.inc()
+        answer = answer_rows.unpack(np.concatenate(rows))
+        tag_id = answer.one_version()
+        if tag_id is None:
+            raise ModelNotReady(f"{name} is switching versions; retry", retry_after=1)
+        book = self._models[name].book
+        if not book.knows(tag_id):
+            self.current(name, fresh=True)  # a promotion happened: learn the new version
+        return answer.probs, book.ran(name, tag_id)

@@ -2,12 +2,20 @@
 
 Jobs and dataset batches both fetch their images, decode and crop them in the worker (with
 the front's own code, at the worker's lowered CPU priority: docs/priority.md) and send a
-batch's crops in few calls, in their class of work. Two routes, the same answer: with
-``VQ_CLASSIFIER_URL`` the worker calls the classifier service itself (``ClassifierClient``,
-packed crops, one call per ``VQ_BATCH_MAX_SIZE``); on the embedded default, where the
-classifier runs inside the Bento server and only the front reaches it, the worker posts the
-raw crops to the front's ``POST /v1/batches/crops`` (one request per ``CROPS_PER_CALL``),
-which puts them on the model's priority queue. Either way: no per-image request.
+batch's crops in few calls, in their class of work. Three routes, the same answer:
+
+- with ``VQ_CLASSIFIER_URL`` the worker calls the classifier service itself
+  (``ClassifierClient`` over ``HttpWire``: packed crops, one call per ``VQ_BATCH_MAX_SIZE``);
+- on the embedded default the classifier runs inside the Bento server. A worker on the same
+  host sends raw crops straight into its crop sockets (``jobs.crop_socket_wire``, one call
+  per ``VQ_BATCH_MAX_SIZE``), which the front names (``GET /v1/batches/crops/classifier``):
+  the front, at the server's CPU priority, never touches them;
+- a worker that cannot open those sockets (another host or container,
+  ``VQ_CLASSIFIER_TRANSPORT=http``, a front from before the route) posts the raw crops to the
+  front's ``POST /v1/batches/crops`` (one request per ``CROPS_PER_CALL``), which puts them on
+  the model's priority queue.
+
+No per-image request on any of them.
 
 Repoint this module, and only this one, when the classifier path moves.
 """
@@ -18,12 +26,20 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 
-from jobs.classifier_client import front_auth_headers, is_transient, post_classifier
+from jobs.classifier_client import (
+    ClassifierClient,
+    front_auth_headers,
+    is_transient,
+    post_classifier,
+)
+from jobs.crop_socket_wire import CropSocketsGone, SocketWire, reachable
+from jobs.metrics import worker_metrics
 from jobs.resources import Resources
 from model_store.answers import model_block, top_k_rows
 from model_store.crops import prepare_crop
@@ -31,11 +47,15 @@ from model_store.preprocess import Preprocessing
 from visionqueue.core.errors import Unavailable, Unprocessable, VQError
 from visionqueue.dataplane.crop_retry import CropForVersion
 from visionqueue.dataplane.priority import Priority
+from visionqueue.dataplane.registry import configured_specs
 
 CROPS_PER_CALL = 64  # 64 crops of 224x224x3 = 9.6 MB, under VQ_MAX_UPLOAD_BYTES' default
 # the front asks the classifier to describe its model within 5 s: under load a first ask can
 # miss that, and a job that failed on it waits out a retry's backoff
 DESCRIBE_PAUSES_S = (0.5, 1.0)
+# how a front from before GET /v1/batches/crops/classifier answers it: unknown, or refused to
+# the workers' service token (which opened only the routes that front had)
+OLDER_FRONT = frozenset({401, 403, 404})
 
 
 @dataclass(frozen=True)
@@ -66,19 +86,68 @@ def describe_model(res: Resources, model: str | None) -> tuple[str, dict[str, An
     by a version with other preprocessing updates it (``crop_and_classify``).
     """
     if res.classifier is not None:
-        name = res.classifier.model_name(model)
-        return name, dict(res.classifier.current(name)["preprocessing"])
+        return _described(res.classifier, model)
     known = res.front_models
     if model in known:
         return known[model]
     for pause in DESCRIBE_PAUSES_S:
         try:
-            known[model] = _describe_at_front(res, model)
+            known[model] = _describe_via_front(res, model)
             return known[model]
         except Unavailable:
             time.sleep(pause)  # a worker's first batch, while the classifier is busy
-    known[model] = _describe_at_front(res, model)
+    known[model] = _describe_via_front(res, model)
     return known[model]
+
+
+def local_classifier(res: Resources) -> ClassifierClient | None:
+    """The crop sockets of the front's classifier, when this process can open them; None:
+    post to the front. Asked of the front once per process (again after the sockets went)."""
+    if not res.local_checked:
+        res.local = _open_local(res)  # the front unreachable: Unavailable, asked next time
+        res.local_checked = True
+    return res.local
+
+
+def _open_local(res: Resources) -> ClassifierClient | None:
+    model = res.settings.model
+    if model.classifier_transport != "socket":
+        return None
+    url = f"{res.settings.front_url}/v1/batches/crops/classifier"
+
+    def ask_front(name: str | None) -> dict[str, Any]:
+        return _front_get(res, url, {"model": name} if name else None)
+
+    try:
+        resp = res.http.get(url, headers=front_auth_headers(res.settings.server))
+    except httpx.HTTPError as exc:  # asked again on the next attempt
+        raise Unavailable("the front could not be reached", code="classifier_unavailable") from exc
+    if resp.status_code in OLDER_FRONT:  # a front from before the route: its crops route it is
+        return None
+    if resp.status_code != 200:
+        raise front_error(resp, url)  # starting, overloaded: asked again on the next attempt
+    paths = [Path(p) for p in resp.json().get("sockets", [])]
+    if not reachable(paths):  # another host or container, another user, or HTTP only
+        return None
+    return ClassifierClient(
+        SocketWire(ask_front, paths), configured_specs(model), model.batch_max_size
+    )
+
+
+def _forget_local(res: Resources) -> None:
+    """The crop sockets went (a restarted server): ask the front again on the next call."""
+    res.local, res.local_checked = None, False
+    res.front_models.clear()
+
+
+def _described(client: ClassifierClient, model: str | None) -> tuple[str, dict[str, Any]]:
+    name = client.model_name(model)
+    return name, dict(client.current(name)["preprocessing"])
+
+
+def _describe_via_front(res: Resources, model: str | None) -> tuple[str, dict[str, Any]]:
+    local = local_classifier(res)
+    return _described(local, model) if local is not None else _describe_at_front(res, model)
 
 
 def _describe_at_front(res: Resources, model: str | None) -> tuple[str, dict[str, Any]]:
@@ -105,6 +174,21 @@ def crop_and_classify(
     promotion replaced meanwhile are made again for the version that ran. ``Unavailable``
     (the classifier, the front) is worth a retry of the whole call.
     """
+    try:
+        return _crop_and_classify(res, model, sources, crop_pool, top_k, priority)
+    except CropSocketsGone:
+        _forget_local(res)  # the attempt is retried: through whatever the front says then
+        raise
+
+
+def _crop_and_classify(
+    res: Resources,
+    model: str | None,
+    sources: Sequence[bytes | VQError],
+    crop_pool: ThreadPoolExecutor,
+    top_k: int,
+    priority: Priority,
+) -> Cropped:
     settings = res.settings
     max_pixels, draft = settings.server.max_image_pixels, settings.model.jpeg_draft
     name, spec = describe_model(res, model)
@@ -144,8 +228,9 @@ def classify_crops(
 ) -> ChunkAnswer:
     """Classify ``(N, S, S, 3)`` uint8 crops on ``name`` in ``priority``; ``Unavailable`` is
     worth a retry."""
-    if res.classifier is not None:
-        probs, version = res.classifier.classify(name, crops, priority)
+    direct = res.classifier or res.local
+    if direct is not None:
+        probs, version = direct.classify(name, crops, priority)
         return ChunkAnswer(
             [top_k_rows(row, version["labels"], top_k) for row in probs],
             model_block(name, version),
@@ -167,9 +252,9 @@ def classify_crops(
     )
 
 
-def _front_get(res: Resources, url: str) -> dict[str, Any]:
+def _front_get(res: Resources, url: str, params: dict[str, str] | None = None) -> dict[str, Any]:
     try:
-        resp = res.http.get(url, headers=front_auth_headers(res.settings.server))
+        resp = res.http.get(url, params=params, headers=front_auth_headers(res.settings.server))
     except httpx.HTTPError as exc:
         raise Unavailable("the front could not be reached", code="classifier_unavailable") from exc
     if resp.status_code != 200:
@@ -198,6 +283,7 @@ def _front_crops(
     )
     if resp.status_code != 200:
         raise front_error(resp, "/v1/batches/crops")
+    worker_metrics().classifier_calls.labels(via="front").inc()
     return dict(resp.json())
 
 

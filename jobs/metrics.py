@@ -16,6 +16,7 @@ from persistence.outcome_counts import LATENCY_BUCKETS, WEBHOOK_BUCKETS
 # Failure series that exist from start-up at 0, so Prometheus' increase() counts the first one.
 COMMON_JOB_FAILURES = ("invalid_image", "image_missing", "classifier_unavailable")
 COMMON_WEBHOOK_ERRORS = ("timeout", "connect_error", "http_500", "forbidden_address")
+CLASSIFIER_ROUTES = ("crop_socket", "front", "classifier_url")
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class WorkerMetrics:
     webhook_exhausted: Counter
     webhook_latency: Histogram
     job_batch_size: Histogram
+    classifier_calls: Counter
 
 
 @functools.cache
@@ -59,6 +61,12 @@ def worker_metrics() -> WorkerMetrics:
             "Jobs a worker process claimed, classified and stored together (VQ_WORKER_BATCH_SIZE)",
             buckets=(1, 2, 4, 8, 16, 32, 64),
         ),
+        classifier_calls=Counter(
+            "vq_worker_classifier_calls",
+            "Calls that classified a worker's crops, by the way they went to the classifier "
+            "(crop_socket, front, classifier_url: jobs.classify_crops)",
+            ["via"],
+        ),
     )
 
 
@@ -69,3 +77,5 @@ def prime_failure_series() -> None:
         metrics.job_failure.labels(code=code)
     for error in COMMON_WEBHOOK_ERRORS:
         metrics.webhook_failure.labels(error=error)
+    for via in CLASSIFIER_ROUTES:
+        metrics.classifier_calls.labels(via=via)

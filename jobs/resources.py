@@ -1,5 +1,6 @@
-"""Per-process resources of a worker: engine, image store, HTTP client, leases and, on the direct
-path (``VQ_CLASSIFIER_URL``), the classifier's client (never across fork)."""
+"""Per-process resources of a worker: engine, image store, HTTP client, leases and the
+classifier's client: at ``VQ_CLASSIFIER_URL``, or the crop sockets of the classifier the
+front started on this host (never across fork)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from jobs.classifier_client import ClassifierClient
+from jobs.classifier_client import ClassifierClient, HttpWire
 from jobs.lease_keeper import LeaseKeeper
 from persistence.backends import Backends, open_backends
 from visionqueue.core.settings import Settings, get_settings
@@ -24,7 +25,11 @@ _by_pid: dict[int, Resources] = {}
 class Resources(Backends):
     http: httpx.Client
     leases: LeaseKeeper
-    classifier: ClassifierClient | None = None  # None: through the front's crops route
+    classifier: ClassifierClient | None = None  # VQ_CLASSIFIER_URL's: set at start-up
+    # on the embedded default: the crop sockets of the front's classifier when this process
+    # can open them, None to post to the front's crops route; asked once (jobs.classify_crops)
+    local: ClassifierClient | None = None
+    local_checked: bool = False
     # on the embedded default: each model name (None: the default) -> served name and the
     # preprocessing its current version crops with, as the front last said (jobs.classify_crops)
     front_models: dict[str | None, tuple[str, dict[str, Any]]] = field(default_factory=dict)
@@ -40,9 +45,8 @@ def build_resources(settings: Settings) -> Resources:
     if model.classifier_url:
         specs = configured_specs(model)
         token = model.classifier_token.get_secret_value()
-        classifier = ClassifierClient(
-            model.classifier_url, http, specs, model.batch_max_size, token=token
-        )
+        wire = HttpWire(model.classifier_url, http, token=token)
+        classifier = ClassifierClient(wire, specs, model.batch_max_size)
     return Resources(
         settings=settings,
         engine=engine,

@@ -22,6 +22,7 @@ COUNTERS = (
     "vq_class_images_classified_total",
     "vq_class_forward_passes_total",
     "vq_class_deadline_expired_total",
+    "vq_worker_classifier_calls_total",
 )
 GAUGES = (
     "bentoml_service_request_in_progress",

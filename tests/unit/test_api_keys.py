@@ -97,12 +97,18 @@ def test_the_service_token_opens_predict_only_and_owns_no_jobs() -> None:
 def test_the_service_token_opens_the_batch_workers_calls_and_nothing_else() -> None:
     app = ApiKeyAuth(_owner_echo, api_keys=["key-a"], service_token="workers-own")
     service = {"Authorization": "Bearer workers-own"}
-    opened = [("POST", "/v1/batches/crops"), ("GET", "/v1/models"), ("GET", "/v1/models/effnet")]
+    opened = [
+        ("POST", "/v1/batches/crops"),
+        ("GET", "/v1/batches/crops/classifier"),
+        ("GET", "/v1/models"),
+        ("GET", "/v1/models/effnet"),
+    ]
     for method, path in opened:
         resp = _request(app, method, path, service)
         assert (resp.status_code, resp.text) == (200, "None"), (method, path)  # no owner
     refused = [
         ("GET", "/v1/batches/crops"),  # a batch named "crops", as the anonymous owner
+        ("GET", "/v1/batches/crops/results"),  # its results
         ("GET", "/v1/batches"),
         ("POST", "/v1/batches"),
         ("GET", "/v1/batches/b-1/deliveries"),

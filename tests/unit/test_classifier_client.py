@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from pydantic import SecretStr
 
-from jobs.classifier_client import ClassifierClient, front_auth_headers
+from jobs.classifier_client import ClassifierClient, HttpWire, front_auth_headers
 from model_store.serving import served_specs, tag_id
 from tests.support.servers import free_port
 from visionqueue.core.errors import ModelNotFound, Unavailable, Unprocessable
@@ -61,7 +61,7 @@ def classifier_answering(status: int) -> Iterator[str]:
 
 
 def client(url: str, max_batch: int = 16) -> ClassifierClient:
-    return ClassifierClient(url, httpx.Client(timeout=5), SPECS, max_batch)
+    return ClassifierClient(HttpWire(url, httpx.Client(timeout=5)), SPECS, max_batch)
 
 
 def test_an_unreachable_classifier_is_unavailable() -> None:

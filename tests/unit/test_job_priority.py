@@ -95,15 +95,20 @@ def test_a_job_row_from_before_0007_is_normal(res: Resources) -> None:
 
 
 class FakeFront(BaseHTTPRequestHandler):
-    """The front's two model routes and its crops route, counted (what a worker calls)."""
+    """The front's two model routes and its crops routes, counted (what a worker calls); its
+    classifier is called over HTTP, so it names no crop socket."""
 
     calls: ClassVar[list[tuple[str, dict[str, str]]]] = []
     spec: ClassVar[dict[str, Any]] = IMAGENET_PREPROCESSING.to_spec()
     unready: ClassVar[int] = 0  # answers "not ready" to this many model descriptions first
+    # its answer to GET /v1/batches/crops/classifier: no socket (its classifier is over HTTP)
+    probe: ClassVar[tuple[int, dict[str, Any]]] = (200, {"sockets": []})
 
     def do_GET(self) -> None:
         self.calls.append((self.path, {}))
-        if self.path == "/v1/models":
+        if self.path == "/v1/batches/crops/classifier":
+            self._answer(self.probe[1], self.probe[0])
+        elif self.path == "/v1/models":
             self._answer({"default": "resnet18"})
         elif FakeFront.unready > 0:
             FakeFront.unready -= 1
@@ -122,9 +127,9 @@ class FakeFront(BaseHTTPRequestHandler):
         predictions = [[{"label": "tench", "score": 1.0}]] * n
         self._answer({"model": model, "preprocessing": self.spec, "predictions": predictions})
 
-    def _answer(self, body: dict[str, Any]) -> None:
+    def _answer(self, body: dict[str, Any], status: int = 200) -> None:
         data = json.dumps(body).encode()
-        self.send_response(200)
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -163,6 +168,7 @@ def front(res: Resources) -> Iterator[Resources]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeFront)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     FakeFront.calls, FakeFront.unready = [], 0
+    FakeFront.probe = (200, {"sockets": []})
     worker = res.settings.worker.model_copy(
         update={"front_url": f"http://127.0.0.1:{server.server_address[1]}"}
     )
@@ -198,9 +204,38 @@ def test_a_batch_of_jobs_is_cropped_here_and_sent_once_per_class(front: Resource
     # one call per class, the broken image never sent; the model asked about once per process
     assert crops == [("jobs", "2,224,224,3"), ("bulk", "1,224,224,3"), ("jobs", "1,224,224,3")]
     assert [path for path, _ in FakeFront.calls if not path.endswith("crops")] == [
+        "/v1/batches/crops/classifier",  # no socket this process can open: post to the front
         "/v1/models",
         "/v1/models/resnet18",
     ]
     with session_scope(front.engine) as session:
         view = job_view(jobs_repo.require_job(session, first[1], None), None)
     assert (view["work_class"], view["result"]["preprocessing"]) == ("bulk", "exact")
+
+
+@pytest.mark.parametrize(
+    "probe",
+    [
+        (200, {"sockets": ["/nonexistent/Classifier-crops-1.sock"]}),  # another host's path
+        (404, {"error": {"code": "not_found", "message": "Not Found"}}),  # a front before it
+        (401, {"error": {"code": "unauthorized", "message": "no"}}),  # its token refused
+    ],
+)
+def test_a_worker_that_cannot_open_the_named_sockets_posts_to_the_front(
+    front: Resources, probe: tuple[int, dict[str, Any]]
+) -> None:
+    FakeFront.probe = probe
+    outcomes = process_batch([_job(front, _png(1), "normal")], front)
+    assert [o.status for o in outcomes.values()] == ["completed"]  # type: ignore[union-attr]
+    assert [path for path, _ in FakeFront.calls if path.endswith("crops")] == ["/v1/batches/crops"]
+    assert (front.local, front.local_checked) == (None, True)  # not asked again
+
+
+def test_a_front_that_is_starting_is_asked_about_its_sockets_again(front: Resources) -> None:
+    FakeFront.probe = (503, {"error": {"code": "model_not_ready", "message": "starting"}})
+    with pytest.raises(Unavailable):
+        classify_crops.local_classifier(front)
+    assert not front.local_checked
+    FakeFront.probe = (200, {"sockets": []})
+    assert classify_crops.local_classifier(front) is None
+    assert front.local_checked

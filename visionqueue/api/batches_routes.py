@@ -1,6 +1,7 @@
 """Dataset batch routes: submit, read, list, cancel, stream results, the webhook's delivery
-log and redelivery; and the crops route the workers classify a chunk through on the
-embedded default (``jobs.classify_crops``).
+log and redelivery; and the two routes of the workers' crops on the embedded default
+(``jobs.classify_crops``): the one they classify a chunk through, and the one that says where
+the classifier's crop sockets are, for a worker on this host to call them itself.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from visionqueue.api.batch_submit import BatchRequest, submit_batch
 from visionqueue.api.openapi_errors import error_responses
 from visionqueue.api.redelivery import queue_delivery, schedule_redelivery
 from visionqueue.api.routes import owner, resources
-from visionqueue.api.state import served_models
+from visionqueue.api.state import current_dataplane, served_models
 from visionqueue.core.errors import BadRequest, Conflict, NotFound
 from visionqueue.core.webhook_events import batch_event_type_for
 from visionqueue.dataplane.priority import Priority
@@ -188,3 +189,20 @@ async def classify_crops(
         "preprocessing": version["preprocessing"],
         "predictions": [top_k_rows(row, version["labels"], top_k) for row in rows.probs],
     }
+
+
+@router.get("/v1/batches/crops/classifier", include_in_schema=False)
+async def crops_classifier(request: Request, model: str = "") -> Any:
+    """Where a worker on this host may send a chunk's crops itself, and how to read the answer.
+
+    ``sockets``: the classifier's crop sockets (empty when the front calls it over HTTP);
+    with ``model``: its batch API on them and its versions as the classifier describes them
+    (``model_info``), asked afresh (503 while the classifier loads).
+    """
+    dataplane = current_dataplane(request)
+    body: dict[str, Any] = {"sockets": [str(path) for path in dataplane.crop_sockets]}
+    if model:
+        served = dataplane.models.get(model)
+        described = await dataplane.models.described(served.name)
+        body.update(model=served.name, api=served.api, described=described)
+    return body

@@ -64,9 +64,9 @@ class ServerSettings(_Group):
     service_token: SecretStr = Field(
         SecretStr(""),
         description="The workers' own credential for their calls to the front (/predict, a "
-        "batch chunk's POST /v1/batches/crops and GET /v1/models) and nothing else: give the "
-        "front and the workers the same value; the workers then need no tenant's API key. "
-        "Empty = workers send the first of VQ_API_KEYS.",
+        "chunk's POST /v1/batches/crops and GET /v1/batches/crops/classifier, GET /v1/models) "
+        "and nothing else: give the front and the workers the same value; the workers then "
+        "need no tenant's API key. Empty = workers send the first of VQ_API_KEYS.",
     )
     signing_key: SecretStr = Field(
         SecretStr(""),
@@ -241,9 +241,10 @@ class ModelSettings(_Group):
     classifier_transport: Literal["http", "socket"] = Field(
         "socket",
         description="How the front calls the classifier it starts itself: 'socket' (one Unix "
-        "socket per classifier worker into the same batch queues; ~3 ms less per call) or "
-        "'http' (BentoML's inter-service client). A classifier at VQ_CLASSIFIER_URL is always "
-        "called over HTTP.",
+        "socket per classifier worker into the same batch queues; ~3 ms less per call; a "
+        "worker on the same host sends its crops there too, bypassing the front) or 'http' "
+        "(BentoML's inter-service client; a worker given 'http' posts its crops to the "
+        "front). A classifier at VQ_CLASSIFIER_URL is always called over HTTP.",
     )
     classifier_url: str = Field(
         "",
@@ -352,10 +353,11 @@ class WorkerSettings(_Group):
         "",
         # VQ_WORKER_CLASSIFIER_URL: its former name (it never meant VQ_CLASSIFIER_URL's classifier)
         validation_alias=AliasChoices("VQ_WORKER_FRONT_URL", "VQ_WORKER_CLASSIFIER_URL"),
-        description="URL of the front the worker classifies through (it posts a batch's crops "
-        "to POST /v1/batches/crops); empty = this deployment's own (VQ_PUBLIC_URL, else "
-        "VQ_HOST and VQ_PORT). Its former name VQ_WORKER_CLASSIFIER_URL still works. Unused "
-        "with VQ_CLASSIFIER_URL.",
+        description="URL of the front the worker classifies through: it names its "
+        "classifier's crop sockets, which a worker on the same host sends a batch's crops to, "
+        "and takes them itself otherwise (POST /v1/batches/crops); empty = this deployment's "
+        "own (VQ_PUBLIC_URL, else VQ_HOST and VQ_PORT). Its former name "
+        "VQ_WORKER_CLASSIFIER_URL still works. Unused with VQ_CLASSIFIER_URL.",
     )
     task_time_limit_s: int = Field(300, ge=10, description="Hard time limit of a job task.")
     max_retries: int = Field(10, ge=0, description="Retries of a job on transient errors.")

@@ -233,6 +233,11 @@ class CropSocketClient:
         self._next_id = 0
         self._turn = 0
 
+    @property
+    def paths(self) -> list[Path]:
+        """The crop socket of each classifier worker, as the front was told at start-up."""
+        return [link.path for link in self._links]
+
     async def call(
         self, api: str, crops: np.ndarray, work_class: int = 0, timeout_s: float | None = None
     ) -> np.ndarray:

@@ -34,11 +34,8 @@ def build_dataplane(
     model = settings.model
     if model.classifier_token.get_secret_value():
         send_token(classifier, model.classifier_token.get_secret_value())
-    transport = front_transport(
-        classifier,
-        remote=bool(model.classifier_url),
-        socket=crop_socket_client(settings, classifier_service),
-    )
+    socket = crop_socket_client(settings, classifier_service)
+    transport = front_transport(classifier, remote=bool(model.classifier_url), socket=socket)
     # two calls outstanding per classifier process keep each one's next batch queued
     in_flight = model.calls_in_flight * model.classifier_workers
     models = ServedModels(configured_specs(model), transport, model.batch_max_size, in_flight)
@@ -53,4 +50,5 @@ def build_dataplane(
         anyio.CapacityLimiter(model.preprocess_threads),
         on_round_trip=observe,
         deadline_ms=model.predict_deadline_ms,
+        crop_sockets=tuple(socket.paths) if socket is not None else (),
     )

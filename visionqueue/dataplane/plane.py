@@ -67,8 +67,12 @@ class DataPlane:
         limiter: anyio.CapacityLimiter,
         on_round_trip: RoundTrip | None = None,
         deadline_ms: int = 0,
+        crop_sockets: tuple[Path, ...] = (),
     ) -> None:
         self.models = models
+        # the classifier's crop sockets, which a worker on this host may call itself
+        # (``jobs.classify_crops``); empty when the front calls its classifier over HTTP
+        self.crop_sockets = crop_sockets
         self._deadline_s = deadline_ms / 1000 if deadline_ms else None  # VQ_PREDICT_DEADLINE_MS
         self._limits = limits
         self._limiter = limiter  # VQ_PREPROCESS_THREADS: decodes (and their memory) at once

@@ -146,6 +146,14 @@ class ServedModels:
             return model.book.learn(described)
         return model.current
 
+    async def described(self, name: str | None = None) -> dict[str, Any]:
+        """The classifier's ``model_info`` for ``name`` as the book now holds it, asked afresh:
+        the current version and every version it has answered with, by tag id."""
+        model = self.get(name)
+        current = await self.info(model.name, fresh=True)
+        versions = {str(tag_id): version for tag_id, version in model.book.versions.items()}
+        return {**current, "versions": versions}
+
     async def lookup(self, name: str, version: str | None = None, fresh: bool = True) -> Version:
         """Return the description of ``name`` at ``version`` (a tag or its version part).
 

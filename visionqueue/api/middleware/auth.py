@@ -5,8 +5,9 @@ protocol routes (``/v2/models``, ``/predictions``, ``/api``) need ``Authorizatio
 into ``scope["state"]["vq_owner"]`` for the job routes. Without keys they are open and the
 owner is None. With ``VQ_METRICS_TOKEN`` set, ``/metrics`` needs ``Authorization: Bearer
 TOKEN``. ``VQ_SERVICE_TOKEN`` opens the workers' calls (``/predict``, ``POST
-/v1/batches/crops``, ``GET /v1/models[/NAME]``) and nothing else, with no owner: the workers
-then need no tenant's key. Keys are compared in constant time.
+/v1/batches/crops``, ``GET /v1/batches/crops/classifier``, ``GET /v1/models[/NAME]``) and
+nothing else, with no owner: the workers then need no tenant's key. Keys are compared in
+constant time.
 
 ``ClassifierTokenAuth`` guards the classifier service the same way (``VQ_CLASSIFIER_TOKEN``):
 every route but the health probes, so that its unauthenticated port can leave a private network.
@@ -38,7 +39,13 @@ METRICS_PATH = "/metrics"
 # of a batch of jobs or a batch chunk, the model descriptions they read first; /predict for
 # workers of an earlier release during a rolling upgrade)
 SERVICE_PATH = "/predict"
-SERVICE_ROUTES = frozenset({("POST", "/v1/batches/crops"), ("GET", "/v1/models")})
+SERVICE_ROUTES = frozenset(
+    {
+        ("POST", "/v1/batches/crops"),
+        ("GET", "/v1/batches/crops/classifier"),
+        ("GET", "/v1/models"),
+    }
+)
 SERVICE_PREFIXES = (("GET", "/v1/models/"),)
 # BentoML's own probes on the classifier: orchestrators ask them without credentials
 PROBE_PATHS = frozenset({"/livez", "/readyz", "/healthz"})
