@@ -274,7 +274,8 @@ def test_metric_values_match_the_workload(stack: Any, workload: Workload) -> Non
     assert front.total("vq_jobs", status="failed") >= 1
     predict = {"service_name": "visionqueue", "endpoint": "/predict"}
     predicted = front.total("bentoml_service_request_total", **predict)
-    # the person's requests only: job crops reach the front on POST /v1/batches/crops
+    # the person's requests only: job crops go to the classifier's crop socket (or the
+    # front's POST /v1/batches/crops), never to /predict
     assert predicted - workload.front_before.total("bentoml_service_request_total", **predict) >= (
         N_SYNC
     )

@@ -2,8 +2,8 @@
 
 On the embedded default the front names the classifier's crop sockets (``GET
 /v1/batches/crops/classifier``); a worker that can open them never posts a chunk to the
-front's ``POST /v1/batches/crops`` (BentoML's request counter for that route stays put) and
-the classifier's crop-socket calls count its chunks instead. A worker told
+front's ``POST /v1/batches/crops``: its ``vq_worker_classifier_calls_total`` counts its calls
+under ``crop_socket``, and the classifier's crop-socket calls count them too. A worker told
 ``VQ_CLASSIFIER_TRANSPORT=http`` posts to the front as before. Either way the job's answer is
 the one ``/predict`` gives, and a classifier worker killed between two jobs (its sockets
 reopened by BentoML's restart) costs the next job nothing but a reconnect.
@@ -15,8 +15,10 @@ import contextlib
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
+import psutil
 import pytest
 
 from tests.integration.observability_factories import Scrape
@@ -91,16 +93,24 @@ def test_a_worker_on_this_host_skips_the_front_and_one_told_http_does_not(stack:
 def test_a_restarted_classifier_worker_costs_the_next_job_a_reconnect(stack: Stack) -> None:
     with worker(stack) as metrics:
         classified(stack, "astronaut.png")  # the worker's thread holds a socket connection now
-        (classifier,) = [
-            proc
-            for proc in started_by(Path(stack.env["VQ_DATA_DIR"]))
-            if "classifier" in proc.cmdline()
-        ]
+        (classifier,) = classifier_workers(stack)
         classifier.send_signal(signal.SIGKILL)
         wait_until(lambda: predicted_or_none(stack), 120, "the classifier restarted")
         assert classified(stack, "coffee.png") == predicted(stack, "coffee.png")
         # the second job reconnected to a socket instead of falling back to the front
         assert calls(metrics) == {"crop_socket": 2, "front": 0, "classifier_url": 0}
+
+
+def classifier_workers(stack: Stack) -> list[psutil.Process]:
+    """The classifier worker processes of the stack's ``bentoml serve`` (other servers of the
+    session share its data folder: found by its port)."""
+    port = str(urlsplit(stack.url).port)
+    (server,) = [
+        proc
+        for proc in started_by(Path(stack.env["VQ_DATA_DIR"]))
+        if "serve" in proc.cmdline() and port in proc.cmdline()
+    ]
+    return [p for p in server.children(recursive=True) if "classifier" in p.cmdline()]
 
 
 def predicted_or_none(stack: Stack) -> bool:
