@@ -174,21 +174,6 @@ def crop_and_classify(
     promotion replaced meanwhile are made again for the version that ran. ``Unavailable``
     (the classifier, the front) is worth a retry of the whole call.
     """
-    try:
-        return _crop_and_classify(res, model, sources, crop_pool, top_k, priority)
-    except CropSocketsGone:
-        _forget_local(res)  # the attempt is retried: through whatever the front says then
-        raise
-
-
-def _crop_and_classify(
-    res: Resources,
-    model: str | None,
-    sources: Sequence[bytes | VQError],
-    crop_pool: ThreadPoolExecutor,
-    top_k: int,
-    priority: Priority,
-) -> Cropped:
     settings = res.settings
     max_pixels, draft = settings.server.max_image_pixels, settings.model.jpeg_draft
     name, spec = describe_model(res, model)
@@ -230,7 +215,11 @@ def classify_crops(
     worth a retry."""
     direct = res.classifier or res.local
     if direct is not None:
-        probs, version = direct.classify(name, crops, priority)
+        try:
+            probs, version = direct.classify(name, crops, priority)
+        except CropSocketsGone:
+            _forget_local(res)  # the attempt is retried: through whatever the front says then
+            raise
         return ChunkAnswer(
             [top_k_rows(row, version["labels"], top_k) for row in probs],
             model_block(name, version),

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
 import signal
 import socket
-import subprocess
-import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.support.crop_servers import socket_folder, start_crop_server
 from visionqueue.dataplane.crop_socket import (
     CropSocketClient,
     CropSocketError,
@@ -27,39 +23,11 @@ from visionqueue.dataplane.crop_socket import (
 )
 from visionqueue.dataplane.socket_frames import REQUEST
 
-ROOT = Path(__file__).resolve().parents[2]
-# a classifier worker in a process of its own (so that it can die): each crop's answer row
-# is its pixel sum and the worker's name; a crop of value 0 is never answered
-WORKER = """
-import asyncio, sys
-import numpy as np
-from visionqueue.dataplane.crop_socket import serve_crops
-
-class Metrics:
-    def started(self, api): pass
-    def finished(self, api, status, seconds): pass
-
-async def infer(api, crops, *_):
-    if crops.max() == 0:
-        await asyncio.Event().wait()
-    sums = crops.reshape(len(crops), -1).sum(axis=1, dtype=np.float32)
-    return np.stack([sums, np.full_like(sums, float(sys.argv[2]))], axis=1)
-
-async def main():
-    server = await serve_crops(__import__("pathlib").Path(sys.argv[1]), frozenset({"classify"}), infer, Metrics())
-    print("listening", flush=True)
-    await server.serve_forever()
-
-asyncio.run(main())
-"""
-
 
 @pytest.fixture
 def sockets() -> Iterator[Path]:
-    """A short folder for Unix sockets (a pytest tmp_path can pass AF_UNIX's 107 bytes)."""
-    folder = Path(tempfile.mkdtemp(prefix="vqcs-"))
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
+    with socket_folder() as folder:
+        yield folder
 
 
 class Recorded:
@@ -98,18 +66,6 @@ async def echo(api: str, crops: np.ndarray, *_: object) -> np.ndarray:
 
 def crops_of(*values: int) -> np.ndarray:
     return np.stack([np.full((224, 224, 3), v, np.uint8) for v in values])
-
-
-def start_worker(path: Path, name: int) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", WORKER, str(path), str(name)],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "listening"
-    return proc
 
 
 def test_each_caller_gets_its_own_rows_bit_for_bit(sockets: Path) -> None:
@@ -157,7 +113,7 @@ def test_a_dead_classifier_fails_its_calls_at_once_and_its_restart_is_reconnecte
     sockets: Path,
 ) -> None:
     path = sockets / "c-1.sock"
-    worker = start_worker(path, 1)
+    worker = start_crop_server(path, 1)
 
     async def main() -> tuple[BaseException | None, BaseException | None, np.ndarray]:
         nonlocal worker
@@ -170,7 +126,7 @@ def test_a_dead_classifier_fails_its_calls_at_once_and_its_restart_is_reconnecte
         # the caller's own deadline never fires: the broken connection ends the call
         lost = await asyncio.wait_for(asyncio.gather(hung, return_exceptions=True), 60)
         refused = await asyncio.gather(client.call("classify", crops_of(1)), return_exceptions=True)
-        worker = start_worker(path, 2)  # BentoML's arbiter restarts a dead worker
+        worker = start_crop_server(path, 2)  # BentoML's arbiter restarts a dead worker
         return lost[0], refused[0], await client.call("classify", crops_of(1))
 
     try:

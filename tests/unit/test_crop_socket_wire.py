@@ -1,17 +1,14 @@
 """A worker's blocking client of the classifier's crop sockets: rows, class, restarts, fallback.
 
 Each classifier worker runs in a process of its own (so that it can die and come back at the
-same path, as BentoML restarts one), serving the real ``serve_crops``; its answer row for a
-crop is the crop's pixel sum, the class of work the frame carried and the worker's name.
+same path, as BentoML restarts one), serving the real ``serve_crops``
+(``tests.support.crop_servers``): its answer row for a crop is the crop's pixel sum, the
+worker's number and the class of work the frame carried.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
-import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,43 +17,15 @@ import numpy as np
 import pytest
 
 from jobs.crop_socket_wire import CropSocketsGone, SocketWire, reachable
+from tests.support.crop_servers import socket_folder, start_crop_server
 from visionqueue.core.errors import Unavailable, Unprocessable
 from visionqueue.dataplane.priority import Priority
-
-ROOT = Path(__file__).resolve().parents[2]
-WORKER = """
-import asyncio, pathlib, sys
-import numpy as np
-from visionqueue.dataplane.crop_socket import serve_crops
-
-class Metrics:
-    def started(self, api): pass
-    def finished(self, api, status, seconds): pass
-
-async def infer(api, crops, work_class, timeout_s):
-    if crops.max() == 255:
-        raise RuntimeError("a bug in the model")
-    sums = crops.reshape(len(crops), -1).sum(axis=1, dtype=np.float32)
-    return np.stack(
-        [sums, np.full_like(sums, work_class), np.full_like(sums, float(sys.argv[2]))], axis=1
-    )
-
-async def main():
-    path = pathlib.Path(sys.argv[1])
-    server = await serve_crops(path, frozenset({"classify"}), infer, Metrics())
-    print("listening", flush=True)
-    await server.serve_forever()
-
-asyncio.run(main())
-"""
 
 
 @pytest.fixture
 def folder() -> Iterator[Path]:
-    """A short folder for Unix sockets (AF_UNIX paths stop at 107 bytes)."""
-    path = Path(tempfile.mkdtemp(prefix="vqsw-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with socket_folder() as path:
+        yield path
 
 
 class Classifiers:
@@ -66,15 +35,8 @@ class Classifiers:
         self.procs: list[subprocess.Popen[str]] = []
 
     def start(self, path: Path, name: int) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", WORKER, str(path), str(name)],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+        proc = start_crop_server(path, name)
         self.procs.append(proc)
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "listening"
         return proc
 
     def stop(self, proc: subprocess.Popen[str]) -> None:
@@ -120,8 +82,8 @@ def test_rows_come_back_in_their_class_and_one_connection_serves_every_call(
     wire = SocketWire(front, [path])
     jobs = wire.call("classify", crops_of(1, 2), Priority.JOBS)
     bulk = wire.call("classify", crops_of(3), Priority.BULK)
-    assert jobs.tolist() == [[192.0, 1.0, 1.0], [384.0, 1.0, 1.0]]
-    assert bulk.tolist() == [[576.0, 2.0, 1.0]]
+    assert jobs.tolist() == [[192.0, 1.0, 1.0], [384.0, 1.0, 1.0]]  # sum, worker, class
+    assert bulk.tolist() == [[576.0, 1.0, 2.0]]
     assert front.asked == []  # the sockets it was built with answered: no need to ask
 
 
@@ -147,10 +109,10 @@ def test_a_restarted_classifier_costs_a_reconnect_not_a_failed_call(
     first = classifiers.start(path, 1)
     front = Front([path])
     wire = SocketWire(front, [path])
-    assert wire.call("classify", crops_of(1), Priority.JOBS)[0, 2] == 1.0
+    assert wire.call("classify", crops_of(1), Priority.JOBS)[0, 1] == 1.0
     classifiers.stop(first)
     classifiers.start(path, 2)  # BentoML's restart: the same path, a new listener
-    assert wire.call("classify", crops_of(1), Priority.JOBS)[0, 2] == 2.0
+    assert wire.call("classify", crops_of(1), Priority.JOBS)[0, 1] == 2.0
     assert front.asked == []
 
 
@@ -161,11 +123,11 @@ def test_sockets_that_moved_are_asked_of_the_front_and_none_at_all_is_gone(
     first = classifiers.start(old, 1)
     front = Front([old])
     wire = SocketWire(front, [old])
-    assert wire.call("classify", crops_of(1), Priority.JOBS)[0, 2] == 1.0
+    assert wire.call("classify", crops_of(1), Priority.JOBS)[0, 1] == 1.0
     classifiers.stop(first)
     classifiers.start(new, 2)  # a restarted server: a new private folder
     front.sockets = [new]
-    assert wire.call("classify", crops_of(1), Priority.JOBS)[0, 2] == 2.0
+    assert wire.call("classify", crops_of(1), Priority.JOBS)[0, 1] == 2.0
     assert front.asked == [None]  # asked once, when the old socket refused
     front.sockets = []  # the front now calls its classifier over HTTP
     classifiers.stop(classifiers.procs[-1])

@@ -18,7 +18,9 @@ import pytest
 from PIL import Image
 
 from jobs import classify_crops
+from jobs.classifier_client import ClassifierClient
 from jobs.classify import process_batch
+from jobs.crop_socket_wire import CropSocketsGone, SocketWire
 from jobs.lease_keeper import LeaseKeeper
 from jobs.resources import Resources
 from jobs.views import job_view
@@ -30,6 +32,7 @@ from persistence.migrate import upgrade_database
 from visionqueue.api.submit import check_priority
 from visionqueue.core.errors import Unavailable, Unprocessable, UnsupportedMediaType
 from visionqueue.core.settings import DatabaseSettings, Settings
+from visionqueue.dataplane.registry import configured_specs
 
 
 @pytest.fixture
@@ -239,3 +242,20 @@ def test_a_front_that_is_starting_is_asked_about_its_sockets_again(front: Resour
     FakeFront.probe = (200, {"sockets": []})
     assert classify_crops.local_classifier(front) is None
     assert front.local_checked
+
+
+def test_sockets_gone_send_the_retry_back_to_the_front(front: Resources) -> None:
+    """A server restarted elsewhere: the attempt fails (its task retries it), and the next
+    attempt asks the front where to send its crops."""
+    sockets = SocketWire(lambda name: {"sockets": []}, [Path("/nonexistent/c-1.sock")])
+    front.local = ClassifierClient(sockets, configured_specs(front.settings.model), 16)
+    front.local_checked = True
+    front.front_models[None] = ("resnet18", FakeFront.spec)  # described before the restart
+    job = _job(front, _png(2), "normal")
+    (outcome,) = process_batch([job], front).values()
+    assert isinstance(outcome, CropSocketsGone)  # Unavailable: its task retries it
+    assert (front.local, front.local_checked) == (None, False)
+    # the next attempt (here: the next job; a retry waits out its lease) asks the front again
+    (after,) = process_batch([_job(front, _png(3), "normal")], front).values()
+    assert after.status == "completed"  # type: ignore[union-attr]
+    assert [path for path, _ in FakeFront.calls if path.endswith("crops")] == ["/v1/batches/crops"]
