@@ -240,6 +240,13 @@ def is_depthwise(node: Any) -> bool:
     return node.op_type == "Conv" and bool(groups) and groups[0] > 1
 
 
+def quantizes(graph: Path) -> bool:
+    """Whether the ONNX graph at ``graph`` quantizes anything (has a QuantizeLinear node)."""
+    import onnx
+
+    return any(node.op_type == "QuantizeLinear" for node in onnx.load(str(graph)).graph.node)
+
+
 def quantize_graph(
     source: Path,
     target: Path,
@@ -267,7 +274,14 @@ def quantize_graph(
             normalize_numpy(validation[i : i + 1], prep.mean, prep.std)
             for i in range(len(validation))
         ]
-        return nncf_accuracy_control(source, target, name, batches, checks)
+        out = nncf_accuracy_control(source, target, name, batches, checks)
+        if not quantizes(out):
+            raise WeightsError(
+                f"recipe {recipe.name}: accuracy control put every layer back to float to agree "
+                "on the validation images, which leaves an fp32 graph, not an int8 version (int8 "
+                "answers differ most on CPUs without int8 dot products, VNNI)"
+            )
+        return out
     if recipe.tool == "nncf":
         return nncf_static(source, target, name, batches, keep)
     return ort_static(source, target, name, batches, keep, recipe)
