@@ -12,7 +12,7 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, delete, text
 
-from persistence import deliveries_repo
+from persistence import deliveries_repo, outcome_counts
 from persistence import jobs_repo as repo
 from persistence.db import get_engine, session_scope
 from persistence.migrate import alembic_config, upgrade_database
@@ -169,6 +169,49 @@ def test_concurrent_claims_in_open_transactions_serialise(engine: Engine) -> Non
             return repo.complete_job(session, job_id, {"worker": n}, "t", "o")
 
     assert sorted(_run_together(2, worker), key=str) == [False, True]
+
+
+def test_batches_finished_together_never_deadlock_on_the_totals(engine: Engine) -> None:
+    # two workers each complete a batch of two jobs in one transaction, their latency
+    # buckets in opposite orders (as the CI run's 300 jobs did): per-job counter upserts
+    # locked one bucket row each, then waited for each other's
+    now = datetime.now(UTC)
+    ages = {"fresh": timedelta(seconds=1.5), "old": timedelta(seconds=20)}
+    batches = [
+        [create_job_row(engine, created_at=now - ages[age]) for age in order]
+        for order in (("fresh", "old"), ("old", "fresh"))
+    ]
+    for batch in batches:
+        with session_scope(engine) as session:
+            assert all(repo.claim_job(session, job_id) for job_id in batch)
+    halfway = threading.Barrier(2)
+
+    def finish(n: int) -> None:
+        with session_scope(engine) as session:
+            first, second = batches[n]
+            assert repo.complete_job(session, first, {"n": n}, "t", "o")
+            halfway.wait(timeout=10)
+            assert repo.complete_job(session, second, {"n": n}, "t", "o")
+
+    assert _run_together(2, finish) == [None, None]
+    with session_scope(engine) as session:
+        totals = outcome_counts.read(session)
+    assert totals.success == 4
+    assert totals.latency_buckets == {"2.0": 2, "30.0": 2}
+
+
+def test_a_rolled_back_finish_is_not_counted(engine: Engine) -> None:
+    job_id = create_job_row(engine)
+    with session_scope(engine) as session:
+        repo.claim_job(session, job_id)
+    with pytest.raises(RuntimeError), session_scope(engine) as session:
+        assert repo.complete_job(session, job_id, {}, "t", "o")
+        raise RuntimeError("the batch failed before its commit")
+    with session_scope(engine) as session:
+        assert outcome_counts.read(session).success == 0
+        assert repo.complete_job(session, job_id, {}, "t", "o")
+    with session_scope(engine) as session:
+        assert outcome_counts.read(session).success == 1
 
 
 def test_stale_pending_sweep(engine: Engine) -> None:
