@@ -294,6 +294,52 @@ def test_lanes_keep_jobs_before_bulk_and_share_with_bulk() -> None:
     assert order == [1, 10, 11, 50, 12, 13, 51, 14]
 
 
+def test_starved_lanes_get_a_pass_on_the_serial_path_within_share_every() -> None:
+    share_every = 3
+
+    async def scenario() -> tuple[list[list[int]], list[list[int]], int]:
+        # lanes the kernel gives no CPU (SCHED_IDLE beside interactive passes on every
+        # core): their passes never end while the people keep the serial path busy
+        serial, lanes = CountedForward(hold_first=False), GatedForward("lanes")
+        queue = PriorityBatchQueue(
+            serial, sizes(interactive=1, jobs=1), share_every, background=lanes, lanes=1
+        )
+        stuck = asyncio.create_task(queue.submit("m", crops(1), J))
+        await settle()
+        assert lanes.passes == [[1]]
+        waiting = [asyncio.create_task(queue.submit("m", crops(10 + i), J)) for i in range(2)]
+        people = [asyncio.create_task(queue.submit("m", crops(100 + i), INT)) for i in range(8)]
+        # before the serial path lent passes, the waiting jobs never ran
+        await asyncio.wait_for(asyncio.gather(*waiting, *people), 10)
+        ran_in_lanes = len(lanes.passes)
+        lanes.release_all()
+        await stuck
+        return [ids for _, ids in serial.passes], lanes.passes, ran_in_lanes
+
+    on_serial, in_lanes, ran_in_lanes = asyncio.run(scenario())
+    # every share_every interactive passes in a row, a waiting job pass runs on the serial path
+    assert on_serial == [[100], [101], [102], [10], [103], [104], [105], [11], [106], [107]]
+    assert in_lanes == [[1]] and ran_in_lanes == 1
+
+
+def test_a_serial_path_that_went_idle_lends_no_pass() -> None:
+    async def scenario() -> list[list[int]]:
+        serial, lanes = CountedForward(hold_first=False), GatedForward("lanes")
+        queue = PriorityBatchQueue(serial, sizes(jobs=1), 2, background=lanes, lanes=1)
+        stuck = asyncio.create_task(queue.submit("m", crops(1), J))
+        waiting = asyncio.create_task(queue.submit("m", crops(2), J))
+        await settle()
+        for person in range(5):  # one at a time: the serial path idles between them
+            await queue.submit("m", crops(100 + person), INT)
+        lanes.release_all()
+        while not (stuck.done() and waiting.done()):
+            lanes.release_all()
+            await settle()
+        return [ids for _, ids in serial.passes]
+
+    assert asyncio.run(scenario()) == [[100], [101], [102], [103], [104]]
+
+
 def test_lanes_need_a_background_forward_and_lanes() -> None:
     forward = CountedForward(hold_first=False)
     with pytest.raises(ValueError):

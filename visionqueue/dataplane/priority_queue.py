@@ -29,7 +29,12 @@ forward while interactive passes keep the serial one to themselves. The classifi
 runs the lanes on single-threaded sessions in threads of lowered CPU priority
 (``cpu_priority``), so a person's pass arriving while job passes run is not queued behind
 them: the kernel gives its threads the cores, and the job passes go on with what is left.
-Between ``jobs`` and ``bulk`` the order and the sharing rule above still hold.
+Between ``jobs`` and ``bulk`` the order and the sharing rule above still hold. What is left
+can be nothing: interactive passes back to back on every core leave a lane (at
+``SCHED_IDLE``, almost) no CPU. So the sharing rule spans the two paths too: once the
+serial path has run ``share_every`` interactive passes in a row while job or bulk calls
+waited for a lane, it runs the next job or bulk batch itself, at the interactive pass's
+priority (a serial path that goes idle left the lanes the cores, and starts counting again).
 """
 
 from __future__ import annotations
@@ -138,6 +143,8 @@ class PriorityBatchQueue:
         self._metrics = metrics or _NoMetrics()
         self._queues: dict[Priority, list[_Call]] = {c: [] for c in Priority}
         self._passed_over = dict.fromkeys(Priority, 0)
+        # interactive passes the serial path ran in a row while lane work waited
+        self._serial_streak = 0
         self._seq = itertools.count()
         self._batches = itertools.count(1)
         self._wake: asyncio.Event | None = None
@@ -252,13 +259,30 @@ class PriorityBatchQueue:
     async def _run(self) -> None:
         assert self._wake is not None
         while True:
-            priority = self._pick(self._serial_classes)
+            priority = self._lent_class()
             if priority is None:
+                priority = self._pick(self._serial_classes)
+            if priority is None:
+                self._serial_streak = 0  # the cores had a gap: the lanes had it
                 self._wake.clear()
                 await self._wake.wait()
                 continue
             batch = self._take(priority)
             await self._run_batch(priority, batch, self._forward)
+
+    def _lent_class(self) -> Priority | None:
+        """With lanes: the job or bulk class the serial path runs next instead of an
+        interactive pass (``share_every`` of those in a row while lane work waited)."""
+        if not self._lane_classes or not any(self._drop_done(c) for c in self._serial_classes):
+            return None  # no lanes, or no interactive pass to run: nothing is passed over
+        if not any(self._drop_done(c) for c in self._lane_classes):
+            self._serial_streak = 0
+            return None
+        if self._serial_streak < self._share_every:
+            self._serial_streak += 1  # the interactive pass about to run passes them over
+            return None
+        self._serial_streak = 0
+        return self._pick(self._lane_classes)
 
     async def _run_lanes(self) -> None:
         """Keep up to ``lanes`` job and bulk passes running on the background forward."""
