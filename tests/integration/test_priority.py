@@ -10,13 +10,16 @@ passes while a long bulk pass runs is answered 504 in v2's own shape, and the cl
 ``vq_class_images_classified_total{work_class="interactive"}`` proves its forward pass never
 ran. Both on the serial path (``VQ_BACKGROUND_NICE=0``: one forward pass at a time); with
 background lanes (the default) the person's pass runs beside the job passes, which go on in
-threads of lowered priority, and the same backlog is overtaken.
+threads at ``SCHED_IDLE`` (the lanes' two threads in the classifier, no other thread of the
+server), and the same backlog is overtaken.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +29,7 @@ import pytest
 
 from tests.integration.observability_factories import Scrape
 from tests.support import images
+from tests.support.launcher import started_by
 from tests.support.servers import bento_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -119,7 +123,7 @@ def wait_for_passes(url: str, work_class: str, at_least: float) -> float:
 
 @pytest.mark.parametrize("path", ["serial", "lanes"])
 def test_a_person_is_served_ahead_of_a_queued_job_backlog(
-    path: str, request: pytest.FixtureRequest
+    path: str, request: pytest.FixtureRequest, session_dir: Path
 ) -> None:
     url: str = request.getfixturevalue("url" if path == "serial" else "lanes_url")
     start, start_images = passes(url, "jobs"), images_of(url, "jobs")
@@ -129,6 +133,7 @@ def test_a_person_is_served_ahead_of_a_queued_job_backlog(
         before = wait_for_passes(url, "jobs", start + 3)
         resp = httpx.post(f"{url}/predict", files={"image": ("p.jpg", person)}, timeout=120)
         after = passes(url, "jobs")
+        idle = idle_threads(session_dir / ("priority" if path == "serial" else "priority-lanes"))
     total = passes(url, "jobs") - start
     assert resp.status_code == 200, resp.text
     assert resp.json()["work_class"] == "interactive"
@@ -144,6 +149,20 @@ def test_a_person_is_served_ahead_of_a_queued_job_backlog(
     print(f"{path}: job passes while the person waited: {ran_meanwhile}; after: {left_behind}")
     assert ran_meanwhile <= (4 if path == "serial" else 8), (ran_meanwhile, left_behind)
     assert left_behind >= 20, (ran_meanwhile, left_behind)  # a real queue was overtaken
+    # the two lanes run at SCHED_IDLE (VQ_BACKGROUND_POLICY=idle), in the classifier only
+    assert idle == ({"classifier": 2} if path == "lanes" else {}), idle
+
+
+def idle_threads(folder: Path) -> dict[str, int]:
+    """Threads at ``SCHED_IDLE`` in each process of the server whose data is in ``folder``."""
+    found: dict[str, int] = {}
+    for proc in started_by(folder / "data"):
+        role = "classifier" if "classifier" in proc.cmdline() else "other"
+        for thread in proc.threads():
+            with contextlib.suppress(OSError):  # a thread that ended meanwhile
+                if os.sched_getscheduler(thread.id) == os.SCHED_IDLE:
+                    found[role] = found.get(role, 0) + 1
+    return found
 
 
 def test_a_request_past_its_timeout_is_answered_504_and_never_classified(url: str) -> None:

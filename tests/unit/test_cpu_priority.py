@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from visionqueue.dataplane.cpu_priority import background_executor, thread_nice
+from visionqueue.dataplane.cpu_priority import background_executor, thread_is_idle, thread_nice
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,6 +27,18 @@ def test_a_background_pool_runs_at_its_nice_value_and_leaves_the_caller_alone() 
         }
     assert seen == {max(mine, 10)}
     assert thread_nice(threading.get_native_id()) == mine
+
+
+def test_an_idle_pool_runs_at_sched_idle_and_leaves_the_caller_alone() -> None:
+    def policy() -> tuple[bool, int]:
+        tid = threading.get_native_id()
+        return thread_is_idle(tid), thread_nice(tid)
+
+    mine = policy()
+    with background_executor(2, 10, "test-idle", idle=True) as pool:
+        seen = {pool.submit(policy).result() for _ in range(4)}
+    assert seen == {(True, max(mine[1], 10))}
+    assert policy() == mine and not mine[0]
 
 
 def test_a_nice_of_zero_changes_nothing() -> None:

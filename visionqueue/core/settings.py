@@ -213,10 +213,19 @@ class ModelSettings(_Group):
         le=19,
         description="CPU nice value of work no person waits for: job and bulk forward passes "
         "(side by side on single-threaded ONNX Runtime sessions, beside the interactive "
-        "pass) and the Celery workers (with the scheduling group of a worker's own session). "
-        "The kernel then gives a "
+        "pass; further lowered by VQ_BACKGROUND_POLICY) and the Celery workers (with the "
+        "scheduling group of a worker's own session). The kernel then gives a "
         "person's request the cores first; 0 = off (job passes take turns with interactive "
         "ones, at full priority). See docs/priority.md.",
+    )
+    background_policy: Literal["idle", "nice"] = Field(
+        "idle",
+        description="How the classifier's job and bulk lanes yield the CPU: idle = Linux's "
+        "SCHED_IDLE (the kernel hands their core to any other thread the moment it wants it, "
+        "the front's and the database's in other sessions too); nice = VQ_BACKGROUND_NICE "
+        "only, which weighs them against the classifier's own threads. The Celery workers "
+        "stay at VQ_BACKGROUND_NICE either way; VQ_BACKGROUND_NICE=0 turns lanes off. See "
+        "docs/priority.md.",
     )
     predict_deadline_ms: int = Field(
         0,

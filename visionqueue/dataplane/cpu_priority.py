@@ -12,6 +12,10 @@ saturated host starves them (docs/priority.md, measured), so 10 stays the defaul
 Linux's autogroups share a core between sessions before nice values count, so a worker that
 leads a session of its own lowers its session's group too (``lower_this_session``).
 
+The classifier's lanes go further by default (``VQ_BACKGROUND_POLICY=idle``): Linux's
+``SCHED_IDLE`` policy, which the kernel preempts at once for any other thread and which
+counts against no other session (``idle_this_thread``; docs/priority.md, measured).
+
 Lowering a priority needs no privilege; raising it back does, so background work runs on
 threads of its own that stay low (``background_executor``), never on shared threads.
 """
@@ -72,11 +76,38 @@ def lower_this_session(nice: int) -> None:
         logger.debug("could not lower this session's CPU priority", exc_info=True)
 
 
-def background_executor(threads: int, nice: int, name: str) -> ThreadPoolExecutor:
-    """A pool of ``threads`` threads that run at ``nice`` from their start."""
-    return ThreadPoolExecutor(threads, name, initializer=lower_this_thread, initargs=(nice,))
+def idle_this_thread(nice: int) -> None:
+    """Run the calling thread at ``SCHED_IDLE`` (Linux), at ``nice`` where that is refused.
+
+    A nice value only weighs a thread against others of its own scheduling group, and the
+    kernel lets it finish its time slice before a thread that wakes takes the core. A
+    ``SCHED_IDLE`` thread is preempted the moment any other thread of any group wants its
+    core, and the scheduler counts a core that runs only such threads as free when it
+    places a waking one: what a classifier lane running beside a person's request (and
+    beside the front's decodes, in another session) should be. Lowering the policy needs no
+    privilege; raising it back does, so only threads of their own should call this.
+    """
+    lower_this_thread(nice)  # kept where SCHED_IDLE is refused, harmless where it is not
+    try:
+        os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
+    except (OSError, AttributeError):  # not Linux, or a sandbox that forbids it
+        logger.debug("could not give this thread the idle scheduling policy", exc_info=True)
+
+
+def background_executor(
+    threads: int, nice: int, name: str, idle: bool = False
+) -> ThreadPoolExecutor:
+    """A pool of ``threads`` threads that run at ``nice`` (and ``SCHED_IDLE`` if ``idle``)
+    from their start."""
+    start = idle_this_thread if idle else lower_this_thread
+    return ThreadPoolExecutor(threads, name, initializer=start, initargs=(nice,))
 
 
 def thread_nice(tid: int) -> int:
     """The nice value of thread ``tid`` of this process (for tests and probes)."""
     return os.getpriority(os.PRIO_PROCESS, tid)
+
+
+def thread_is_idle(tid: int) -> bool:
+    """Whether thread ``tid`` runs at ``SCHED_IDLE`` (for tests and probes)."""
+    return bool(os.sched_getscheduler(tid) == os.SCHED_IDLE)

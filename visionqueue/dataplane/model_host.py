@@ -83,7 +83,8 @@ class ModelHost:
         model, most = settings.model, settings.model.batch_max_size
         nice = model.background_nice
         self._turns = PassTurns()
-        self._lanes = background_executor(self.threads, nice, "vq-lane") if nice else None
+        idle = model.background_policy == "idle"
+        self._lanes = background_executor(self.threads, nice, "vq-lane", idle) if nice else None
         self.queue = PriorityBatchQueue(
             self._forward,
             {
