@@ -240,11 +240,20 @@ def is_depthwise(node: Any) -> bool:
     return node.op_type == "Conv" and bool(groups) and groups[0] > 1
 
 
-def quantizes(graph: Path) -> bool:
-    """Whether the ONNX graph at ``graph`` quantizes anything (has a QuantizeLinear node)."""
+def weight_kinds(graph: Path) -> dict[str, str]:
+    """Each weighted node (conv, gemm, matmul) of ``graph``: ``int8`` if it reads its weight
+    through a DequantizeLinear, else ``float``."""
     import onnx
 
-    return any(node.op_type == "QuantizeLinear" for node in onnx.load(str(graph)).graph.node)
+    model = onnx.load(str(graph))
+    producers = {out: node for node in model.graph.node for out in node.output}
+    kinds = {}
+    for node in model.graph.node:
+        if node.op_type in ("Conv", "Gemm", "MatMul"):
+            weight = producers.get(node.input[1])
+            int8 = weight is not None and weight.op_type == "DequantizeLinear"
+            kinds[node.name] = "int8" if int8 else "float"
+    return kinds
 
 
 def quantize_graph(
@@ -275,7 +284,7 @@ def quantize_graph(
             for i in range(len(validation))
         ]
         out = nncf_accuracy_control(source, target, name, batches, checks)
-        if not quantizes(out):
+        if "int8" not in weight_kinds(out).values():
             raise WeightsError(
                 f"recipe {recipe.name}: accuracy control put every layer back to float to agree "
                 "on the validation images, which leaves an fp32 graph, not an int8 version (int8 "

@@ -21,6 +21,7 @@ from model_store.quantize import (
     quantize_graph,
     quantize_version,
     split_files,
+    weight_kinds,
 )
 from model_store.weights import WeightsError
 from tests.support.checkpoints import ONNX_PREP, onnx_fruit, onnx_overrides
@@ -76,21 +77,6 @@ def fruit_graph(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndar
     return graph, crops, Preprocessing.from_spec(ONNX_PREP)
 
 
-def _quantized_weights(graph: Path) -> dict[str, str]:
-    """Which weighted node reads its weight through a DequantizeLinear (int8) or not (float)."""
-    import onnx
-
-    model = onnx.load(str(graph))
-    producers = {out: node for node in model.graph.node for out in node.output}
-    kinds = {}
-    for node in model.graph.node:
-        if node.op_type in ("Conv", "Gemm", "MatMul"):
-            weight = producers.get(node.input[1])
-            int8 = weight is not None and weight.op_type == "DequantizeLinear"
-            kinds[node.name] = "int8" if int8 else "float"
-    return kinds
-
-
 def test_seven_bit_weights_stay_within_plus_minus_64(fruit_graph, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     import onnx
     from onnx import numpy_helper
@@ -122,7 +108,7 @@ def test_ends_float_recipes_leave_the_first_and_last_layer_float(  # type: ignor
     graph, crops, prep = fruit_graph
     first, last = float_nodes(graph)
     out = quantize_graph(graph, tmp_path / "q.onnx", crops, prep, RECIPES[recipe])
-    kinds = _quantized_weights(out)
+    kinds = weight_kinds(out)
     assert kinds[first] == kinds[last] == "float"
     assert sum(kind == "int8" for kind in kinds.values()) > len(kinds) / 2
     if recipe.startswith("ort"):  # (NNCF also leaves the squeeze-excitation convs float)
@@ -199,7 +185,7 @@ def test_accuracy_control_reverts_layers_until_the_validation_images_agree(  # t
         tiny_graph, tmp_path / "ac.onnx", crops, prep, RECIPES["nncf-accuracy"], validation=checks
     )
     assert np.mean(_openvino_top1(out, checks, prep) == fp32) >= 0.99
-    kinds, plain_kinds = _quantized_weights(out), _quantized_weights(plain)
+    kinds, plain_kinds = weight_kinds(out), weight_kinds(plain)
     floats = sum(kind == "float" for kind in kinds.values())
     assert floats > sum(kind == "float" for kind in plain_kinds.values())
     assert floats < len(kinds)  # not simply the fp32 graph again
