@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +30,7 @@ from tests.integration.observability_factories import Scrape
 from tests.support import images
 from tests.support.launcher import started_by
 from tests.support.servers import bento_server
+from visionqueue.dataplane.cpu_priority import thread_is_idle
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -160,7 +160,7 @@ def idle_threads(folder: Path) -> dict[str, int]:
         role = "classifier" if "classifier" in proc.cmdline() else "other"
         for thread in proc.threads():
             with contextlib.suppress(OSError):  # a thread that ended meanwhile
-                if os.sched_getscheduler(thread.id) == os.SCHED_IDLE:
+                if thread_is_idle(thread.id):
                     found[role] = found.get(role, 0) + 1
     return found
 
