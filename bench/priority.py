@@ -41,6 +41,26 @@ class Traffic:
     classes: tuple[str, ...]
     # each Server-Timing part (decode, classify, forward): its p50 and p90 in ms
     parts: dict[str, tuple[float, float]]
+    # the slowest 1% of answered requests: their mean latency and mean of each part, in ms
+    tail: dict[str, float]
+
+
+def slowest(
+    answered: list[tuple[float, dict[str, float]]], share: float = 0.01
+) -> dict[str, float]:
+    """The mean of each ``Server-Timing`` part over the slowest ``share`` of ``answered``
+    (latency in seconds, parts in ms), with their mean latency as ``total`` and what no part
+    covers (HTTP, the front's event loop, the client) as ``rest``: where a tail's time went."""
+    if not answered:
+        return {}
+    worst = sorted(answered, key=lambda a: a[0], reverse=True)[
+        : max(1, round(len(answered) * share))
+    ]
+    out = {"total": statistics.fmean(a[0] * 1000 for a in worst)}
+    for name in sorted({n for _, t in worst for n in t}):
+        out[name] = statistics.fmean(t.get(name, 0.0) for _, t in worst)
+    out["rest"] = out["total"] - out.get("decode", 0.0) - out.get("classify", 0.0)
+    return out
 
 
 def server_timing(header: str) -> dict[str, float]:
@@ -58,6 +78,7 @@ async def _poisson(url: str, payloads: list[bytes], rate: float, stop: threading
     rng = random.Random(26)
     latencies: list[float] = []
     timings: list[dict[str, float]] = []
+    answered: list[tuple[float, dict[str, float]]] = []
     classes: set[str] = set()
     errors = 0
     tasks: list[asyncio.Task[None]] = []
@@ -72,6 +93,7 @@ async def _poisson(url: str, payloads: list[bytes], rate: float, stop: threading
                 if resp.status_code == 200:
                     classes.add(str(resp.json().get("work_class")))
                     timings.append(server_timing(resp.headers.get("Server-Timing", "")))
+                    answered.append((time.perf_counter() - t0, timings[-1]))
                 else:
                     errors += 1
             except httpx.HTTPError:
@@ -97,6 +119,7 @@ async def _poisson(url: str, payloads: list[bytes], rate: float, stop: threading
             )
             for name in sorted({n for t in timings for n in t})
         },
+        slowest(answered),
     )
 
 
@@ -248,6 +271,21 @@ def render(result: dict[str, Any]) -> str:
             + " | ".join(
                 "{:.1f} / {:.1f}".format(*traffic.parts[p]) if p in traffic.parts else "-"
                 for p in PARTS
+            )
+            + " |"
+            for label, traffic in (("idle", idle), ("while the backlog drains", busy))
+        ),
+        "",
+        "The slowest 1% of answered requests, mean ms (`rest`: what no part covers: HTTP, the "
+        "front's event loop, the client):",
+        "",
+        "| | requests' latency | " + " | ".join(PARTS.values()) + " | rest |",
+        "|---|---|" + "---|" * len(PARTS) + "---|",
+        *(
+            f"| {label} | "
+            + " | ".join(
+                f"{traffic.tail[p]:.1f}" if p in traffic.tail else "-"
+                for p in ("total", *PARTS, "rest")
             )
             + " |"
             for label, traffic in (("idle", idle), ("while the backlog drains", busy))

@@ -249,3 +249,18 @@ def test_the_priority_bench_reads_the_server_timing_predict_writes() -> None:
     header = server_timing(Timing(decode_s=0.0027, classify_s=0.0186, forward_s=0.0165))
     assert parse(header) == {"decode": 2.7, "classify": 18.6, "forward": 16.5}
     assert parse("") == {}
+
+
+def test_the_priority_bench_says_where_its_slowest_requests_spent_their_time() -> None:
+    from bench.priority import slowest
+
+    quick = [(0.030, {"decode": 5.0, "classify": 20.0, "forward": 18.0})] * 198
+    slow = [
+        (0.300, {"decode": 10.0, "classify": 250.0, "forward": 60.0}),
+        (0.200, {"decode": 30.0, "classify": 150.0, "forward": 40.0}),
+    ]
+    tail = slowest(quick + slow[::-1], share=0.01)
+    assert tail == pytest.approx(
+        {"total": 250.0, "decode": 20.0, "classify": 200.0, "forward": 50.0, "rest": 30.0}
+    )
+    assert slowest([]) == {}
