@@ -18,6 +18,7 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,8 @@ class Traffic:
     parts: dict[str, tuple[float, float]]
     # the slowest 1% of answered requests: their mean latency and mean of each part, in ms
     tail: dict[str, float]
+    # every request's latency in seconds, for the ratios' intervals
+    latencies_s: tuple[float, ...] = ()
 
 
 def slowest(
@@ -61,6 +64,26 @@ def slowest(
         out[name] = statistics.fmean(t.get(name, 0.0) for _, t in worst)
     out["rest"] = out["total"] - out.get("decode", 0.0) - out.get("classify", 0.0)
     return out
+
+
+def ratio_interval(
+    idle: Sequence[float], busy: Sequence[float], q: float, rounds: int = 2000
+) -> tuple[float, float]:
+    """A 95% bootstrap interval for the ``q`` percentile of ``busy`` over that of ``idle``.
+
+    How far the ratio could move with another sample of the same traffic on the same host: a
+    p99 of ~500 requests is their five slowest. It does not cover the host changing between
+    the two windows (another tenant's load), which moves it further.
+    """
+    if not idle or not busy:
+        return float("nan"), float("nan")
+    rng = random.Random(26)
+    ratios = sorted(
+        percentile(rng.choices(busy, k=len(busy)), q)
+        / percentile(rng.choices(idle, k=len(idle)), q)
+        for _ in range(rounds)
+    )
+    return ratios[int(0.025 * rounds)], ratios[int(0.975 * rounds) - 1]
 
 
 def server_timing(header: str) -> dict[str, float]:
@@ -120,6 +143,7 @@ async def _poisson(url: str, payloads: list[bytes], rate: float, stop: threading
             for name in sorted({n for t in timings for n in t})
         },
         slowest(answered),
+        tuple(latencies),
     )
 
 
@@ -261,6 +285,11 @@ def render(result: dict[str, Any]) -> str:
         f"{busy.sent} ({busy.errors}) | {', '.join(busy.classes)} |",
         f"| ratio | **{busy.p50_ms / idle.p50_ms:.2f}x** (goal <= 1.25x) | "
         f"**{busy.p99_ms / idle.p99_ms:.2f}x** (goal <= 1.5x) | | |",
+        "| 95% interval of the ratio (bootstrap over this run's requests) | "
+        "{:.2f}-{:.2f}x | {:.2f}-{:.2f}x | | |".format(
+            *ratio_interval(idle.latencies_s, busy.latencies_s, 0.5),
+            *ratio_interval(idle.latencies_s, busy.latencies_s, 0.99),
+        ),
         "",
         "Where a person's time goes (each answer's `Server-Timing` header; ms, p50 / p90):",
         "",

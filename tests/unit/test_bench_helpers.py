@@ -264,3 +264,19 @@ def test_the_priority_bench_says_where_its_slowest_requests_spent_their_time() -
         {"total": 250.0, "decode": 20.0, "classify": 200.0, "forward": 50.0, "rest": 30.0}
     )
     assert slowest([]) == {}
+
+
+def test_the_priority_bench_gives_its_ratios_an_interval_that_holds_them() -> None:
+    import random
+
+    from bench.priority import ratio_interval
+
+    rng = random.Random(1)
+    idle = [rng.lognormvariate(-3.0, 0.5) for _ in range(600)]
+    busy = [2 * x for x in idle[:500]]  # the same traffic, every request twice as slow
+    for q in (0.5, 0.99):
+        low, high = ratio_interval(idle, busy, q)
+        assert low < 2.0 < high
+        assert high - low < (0.6 if q == 0.5 else 2.0)
+    low, high = ratio_interval(idle, idle, 0.5)
+    assert low < 1.0 < high
