@@ -35,17 +35,26 @@ ROOT = Path(__file__).resolve().parents[1]
 class Traffic:
     """Open-loop ``/predict`` latencies over one window."""
 
-    sent: int
+    # every request's latency in seconds, answered or not
+    latencies_s: tuple[float, ...]
     errors: int
-    p50_ms: float
-    p99_ms: float
     classes: tuple[str, ...]
     # each Server-Timing part (decode, classify, forward): its p50 and p90 in ms
     parts: dict[str, tuple[float, float]]
     # the slowest 1% of answered requests: their mean latency and mean of each part, in ms
     tail: dict[str, float]
-    # every request's latency in seconds, for the ratios' intervals
-    latencies_s: tuple[float, ...] = ()
+
+    @property
+    def sent(self) -> int:
+        return len(self.latencies_s)
+
+    @property
+    def p50_ms(self) -> float:
+        return statistics.median(self.latencies_s) * 1000
+
+    @property
+    def p99_ms(self) -> float:
+        return percentile(list(self.latencies_s), 0.99) * 1000
 
 
 def slowest(
@@ -100,7 +109,7 @@ def server_timing(header: str) -> dict[str, float]:
 async def _poisson(url: str, payloads: list[bytes], rate: float, stop: threading.Event) -> Traffic:
     rng = random.Random(26)
     latencies: list[float] = []
-    timings: list[dict[str, float]] = []
+    # each answered request's latency (s) and Server-Timing parts (ms)
     answered: list[tuple[float, dict[str, float]]] = []
     classes: set[str] = set()
     errors = 0
@@ -110,18 +119,20 @@ async def _poisson(url: str, payloads: list[bytes], rate: float, stop: threading
         async def one(i: int) -> None:
             nonlocal errors
             t0 = time.perf_counter()
+            timing: dict[str, float] | None = None
             try:
                 data = payloads[i % len(payloads)]
                 resp = await client.post(f"{url}/predict", files={"image": ("img", data)})
                 if resp.status_code == 200:
                     classes.add(str(resp.json().get("work_class")))
-                    timings.append(server_timing(resp.headers.get("Server-Timing", "")))
-                    answered.append((time.perf_counter() - t0, timings[-1]))
+                    timing = server_timing(resp.headers.get("Server-Timing", ""))
                 else:
                     errors += 1
             except httpx.HTTPError:
                 errors += 1
             latencies.append(time.perf_counter() - t0)
+            if timing is not None:
+                answered.append((latencies[-1], timing))
 
         i = 0
         while not stop.is_set():
@@ -129,11 +140,10 @@ async def _poisson(url: str, payloads: list[bytes], rate: float, stop: threading
             i += 1
             await asyncio.sleep(rng.expovariate(rate))  # arrivals do not wait for answers
         await asyncio.gather(*tasks)
+    timings = [t for _, t in answered]
     return Traffic(
-        len(latencies),
+        tuple(latencies),
         errors,
-        statistics.median(latencies) * 1000,
-        percentile(latencies, 0.99) * 1000,
         tuple(sorted(classes)),
         {
             name: (
@@ -143,7 +153,6 @@ async def _poisson(url: str, payloads: list[bytes], rate: float, stop: threading
             for name in sorted({n for t in timings for n in t})
         },
         slowest(answered),
-        tuple(latencies),
     )
 
 
