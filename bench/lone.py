@@ -118,6 +118,8 @@ def process_role(cmdline: list[str]) -> str:
         return "S3 server (moto)"
     if "postgres" in line:
         return "postgres"
+    if "visionqueue.dataplane.lane_process" in cmdline:  # the classifier's job passes
+        return "classifier"
     if "--service-name" in cmdline[:-1]:  # one of BentoML's service workers
         name = cmdline[cmdline.index("--service-name") + 1]
         return "classifier" if name.lower() == "classifier" else "front"

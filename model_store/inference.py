@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,7 @@ def load_classifier(
     compile_cache_dir: str | None = None,
     metadata: dict[str, Any] | None = None,
     background_session: bool = False,
+    background_runner: Callable[[Path], Any] | None = None,
 ) -> BatchClassifier:
     """Load a stored model (its ``metadata`` says which kind) into a ready ``BatchClassifier``.
 
@@ -147,7 +149,9 @@ def load_classifier(
     Runtime or OpenVINO, TorchScript archives run eagerly (``compile`` and the graph
     backends need the Python module), ``channels_last`` included. ``background_session``
     opens a second, single-threaded ONNX Runtime session for background passes where the
-    model runs on ONNX Runtime's CPU provider (the classifier's ``background`` is then set).
+    model runs on ONNX Runtime's CPU provider (the classifier's ``background`` is then set);
+    ``background_runner`` builds it instead from the graph's path (the classifier's lane
+    process, ``visionqueue.dataplane.lane_process``).
     """
     import torch
 
@@ -212,7 +216,8 @@ def load_classifier(
         from model_store.runtimes import CPU_PROVIDER
 
         if runner.provider == CPU_PROVIDER:
-            classifier.background = OnnxRunner(runner.path, 1)
+            make = background_runner or (lambda path: OnnxRunner(path, 1))
+            classifier.background = make(runner.path)
     # warm-up (and, for "compile", compilation) at start-up, never on a first request
     for batch in sorted({1, max(1, warmup_batch)}):
         zeros = np.zeros((batch, prep.crop, prep.crop, 3), dtype=np.uint8)

@@ -10,8 +10,9 @@ passes while a long bulk pass runs is answered 504 in v2's own shape, and the cl
 ``vq_class_images_classified_total{work_class="interactive"}`` proves its forward pass never
 ran. Both on the serial path (``VQ_BACKGROUND_NICE=0``: one forward pass at a time); with
 background lanes (the default) the person's pass runs beside the job passes, which go on in
-threads at ``SCHED_IDLE`` (the lanes' two threads in the classifier, no other thread of the
-server), and the same backlog is overtaken.
+threads at ``SCHED_IDLE`` (the lanes' two threads in the classifier, which send each pass to
+the lane process, and that process' two lanes, no other thread of the server), and the same
+backlog is overtaken. The lane process leads a session (a scheduling group) of its own.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from tests.integration.observability_factories import Scrape
@@ -149,15 +152,27 @@ def test_a_person_is_served_ahead_of_a_queued_job_backlog(
     print(f"{path}: job passes while the person waited: {ran_meanwhile}; after: {left_behind}")
     assert ran_meanwhile <= (4 if path == "serial" else 8), (ran_meanwhile, left_behind)
     assert left_behind >= 20, (ran_meanwhile, left_behind)  # a real queue was overtaken
-    # the two lanes run at SCHED_IDLE (VQ_BACKGROUND_POLICY=idle), in the classifier only
+    # the two lanes run at SCHED_IDLE (VQ_BACKGROUND_POLICY=idle), in the lane process (with
+    # what their runtime starts from them), and so do the two classifier threads that hand
+    # them their passes; nothing else does
+    lane_threads = idle.pop("lanes", 0)
     assert idle == ({"classifier": 2} if path == "lanes" else {}), idle
+    assert lane_threads >= 2 if path == "lanes" else lane_threads == 0, lane_threads
+    if path == "lanes":  # the lane process leads a session, a scheduling group, of its own
+        (lanes,) = [p for p in started_by(session_dir / "priority-lanes" / "data") if is_lanes(p)]
+        assert os.getsid(lanes.pid) == lanes.pid
+
+
+def is_lanes(proc: psutil.Process) -> bool:
+    return "visionqueue.dataplane.lane_process" in proc.cmdline()
 
 
 def idle_threads(folder: Path) -> dict[str, int]:
     """Threads at ``SCHED_IDLE`` in each process of the server whose data is in ``folder``."""
     found: dict[str, int] = {}
     for proc in started_by(folder / "data"):
-        role = "classifier" if "classifier" in proc.cmdline() else "other"
+        role = "lanes" if is_lanes(proc) else "other"
+        role = "classifier" if "classifier" in proc.cmdline() else role
         for thread in proc.threads():
             with contextlib.suppress(OSError):  # a thread that ended meanwhile
                 if thread_is_idle(thread.id):

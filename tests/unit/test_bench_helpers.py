@@ -180,6 +180,8 @@ def test_the_benchmark_page_says_which_options_a_reduced_run_changed(
             "classifier",
         ),
         (["/venv/bin/celery", "-A", "jobs.celery_app:app", "worker"], "celery worker"),
+        # the classifier's lane process: its job and bulk passes are the classifier's work
+        (["python", "-m", "visionqueue.dataplane.lane_process", "--nice", "10", "5"], "classifier"),
     ],
 )
 def test_stack_processes_are_named_by_role(cmdline: list[str], role: str) -> None:

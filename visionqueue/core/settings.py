@@ -227,6 +227,14 @@ class ModelSettings(_Group):
         "stay at VQ_BACKGROUND_NICE either way; VQ_BACKGROUND_NICE=0 turns lanes off. See "
         "docs/priority.md.",
     )
+    background_process: bool = Field(
+        True,
+        description="Run the classifier's job and bulk lanes in a process of their own (one "
+        "per classifier worker), in a session whose scheduling group is at nice 19: Linux "
+        "shares a core between groups before it looks at a thread's policy, so lanes inside "
+        "the classifier's own group slowed a person's forward pass there. false = lanes are "
+        "threads of the classifier (the behaviour before). See docs/priority.md.",
+    )
     predict_deadline_ms: int = Field(
         0,
         ge=0,

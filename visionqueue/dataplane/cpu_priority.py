@@ -14,7 +14,9 @@ leads a session of its own lowers its session's group too (``lower_this_session`
 
 The classifier's lanes go further by default (``VQ_BACKGROUND_POLICY=idle``): Linux's
 ``SCHED_IDLE`` policy, which the kernel preempts at once for any other thread and which
-counts against no other session (``idle_this_thread``; docs/priority.md, measured).
+counts against no other session (``idle_this_thread``; docs/priority.md, measured). A policy
+orders threads within one scheduling group only, so the lanes run in a process and session
+of their own (``visionqueue.dataplane.lane_process``), whose group is lowered too.
 
 Lowering a priority needs no privilege; raising it back does, so background work runs on
 threads of its own that stay low (``background_executor``), never on shared threads.

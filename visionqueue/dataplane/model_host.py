@@ -22,6 +22,7 @@ from model_store.serving import ModelSlot, PromotionWatcher, ServedSpec, resolve
 from visionqueue.core.settings import Settings
 from visionqueue.dataplane import rows
 from visionqueue.dataplane.cpu_priority import background_executor
+from visionqueue.dataplane.lane_process import LaneProcess
 from visionqueue.dataplane.priority import Priority
 from visionqueue.dataplane.priority_queue import PriorityBatchQueue, QueueMetrics
 from visionqueue.dataplane.turns import PassTurns
@@ -68,6 +69,16 @@ class ModelHost:
         self._default = specs[0].name
         self.metrics = metrics
         self.threads = configure_threads(settings.model.torch_threads)
+        # job and bulk passes run in a process (and scheduling group) of their own, where lanes
+        # run (docs/priority.md); the lanes' threads here normalise, send and wait
+        background = settings.model
+        self.lane_process = (
+            LaneProcess(
+                self.threads, background.background_nice, background.background_policy == "idle"
+            )
+            if background.background_nice and background.background_process
+            else None
+        )
         # a promoted version wins over VQ_MODELS for its name, also across restarts
         stored = resolve_served(specs, record, self._fetch)
         self.slots = {name: ModelSlot(name, self._load) for name in stored}
@@ -156,6 +167,7 @@ class ModelHost:
             or str(self._settings.data_dir.resolve() / "torch-compile"),
             metadata=stored.metadata,
             background_session=bool(model_cfg.background_nice),
+            background_runner=self.lane_process.runner if self.lane_process else None,
         )
         info = model.info
         logger.info(
