@@ -17,11 +17,12 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from model_store.inference import load_classifier
+from model_store.inference import BatchClassifier, load_classifier
 from model_store.onnx_backend import OnnxRunner
 from visionqueue.dataplane.cpu_priority import thread_is_idle
 from visionqueue.dataplane.lane_process import SESSION_NICE, LaneError, LaneProcess, LaneRunner
@@ -32,14 +33,14 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def graph(stored_model) -> Path:  # type: ignore[no-untyped-def]
     """The ONNX export of the test model (what the classifier's lanes run)."""
-    classifier = load_classifier(
-        stored_model.path,
-        stored_model.tag,
-        stored_model.weights_origin,
-        tuple(str(i) for i in range(1000)),
-        backend="onnxruntime",
-    )
-    return Path(classifier.onnx.path)
+    return Path(on_onnxruntime(stored_model).onnx.path)
+
+
+def on_onnxruntime(stored_model, **options: Any) -> BatchClassifier:  # type: ignore[no-untyped-def]
+    """The test model loaded as the classifier loads it, on ONNX Runtime."""
+    labels = tuple(str(i) for i in range(1000))
+    where = (stored_model.path, stored_model.tag, stored_model.weights_origin, labels)
+    return load_classifier(*where, backend="onnxruntime", **options)
 
 
 @pytest.fixture(scope="module")
@@ -67,14 +68,8 @@ def test_the_classifier_uses_the_lane_process_for_its_background_passes(
     stored_model,  # type: ignore[no-untyped-def]
     lanes: LaneProcess,
 ) -> None:
-    classifier = load_classifier(
-        stored_model.path,
-        stored_model.tag,
-        stored_model.weights_origin,
-        tuple(str(i) for i in range(1000)),
-        backend="onnxruntime",
-        background_session=True,
-        background_runner=lanes.runner,
+    classifier = on_onnxruntime(
+        stored_model, background_session=True, background_runner=lanes.runner
     )
     assert isinstance(classifier.background, LaneRunner)
     assert lanes.pid is not None  # the warm-up's background pass started it
