@@ -138,6 +138,17 @@ def test_a_pass_the_model_refuses_is_an_error_and_the_lane_goes_on(
     assert lanes.pid == pid  # not restarted: the errors were the model's, answered
 
 
+def test_a_lane_process_that_cannot_start_fails_the_pass_and_is_tried_again(
+    graph: Path, batch: np.ndarray, lanes: LaneProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python")
+    with pytest.raises(LaneError, match="could not start"):
+        lanes.logits(graph, batch[:1])
+    assert lanes.pid is None
+    monkeypatch.undo()
+    assert lanes.logits(graph, batch[:1]).shape == (1, 1000)
+
+
 def test_the_lane_process_ends_when_its_classifier_is_killed(graph: Path) -> None:
     script = textwrap.dedent(
         f"""

@@ -100,6 +100,12 @@ class LaneProcess:
                     raise LaneError(f"the lane process failed twice: {exc!r}") from exc
                 logger.warning("lane process lost (%r): started again, pass retried", exc)
                 continue
+            except LaneError:
+                raise
+            except Exception as exc:  # a frame out of step: this connection is unusable
+                conn.close()
+                self._replace(generation)
+                raise LaneError(f"the lane process answered out of step: {exc!r}") from exc
             self._free.put((generation, conn))
             return out
         raise AssertionError("unreachable")
@@ -136,6 +142,7 @@ class LaneProcess:
             if self._proc is not None:
                 self._proc.kill()
                 self._proc.wait()
+                self._proc = None  # a start that fails is tried again by the next pass
             self._start()
 
     def _start(self) -> None:
@@ -154,6 +161,10 @@ class LaneProcess:
                 env=env,
                 stdin=subprocess.DEVNULL,
             )
+        except OSError as exc:
+            for parent, _ in pairs:
+                parent.close()
+            raise LaneError(f"could not start the lane process: {exc!r}") from exc
         finally:
             for _, child in pairs:
                 child.close()
