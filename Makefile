@@ -14,7 +14,7 @@ check:          ## ruff lint + format check + mypy + import layering (lint-impor
 	@scripts/check
 
 bench:          ## benchmark raw pipeline vs served; writes docs/benchmarks.md (dataset batches included), docs/benchmarks-models.md, docs/benchmarks-priority.md and docs/benchmarks-int8.md
-	@scripts/bootstrap && scripts/services --bench && .venv/bin/python -m bench && .venv/bin/python -m bench.models && .venv/bin/python -m bench.batches && .venv/bin/python -m bench.priority && .venv/bin/python -m bench.int8 --served
+	@scripts/bootstrap && scripts/services --bench && .venv/bin/python -m bench && .venv/bin/python -m bench.models && .venv/bin/python -m bench.batches && .venv/bin/python -m bench.priority --rounds 3 && .venv/bin/python -m bench.int8 --served
 
 soak:           ## 60 s at concurrency 64 + 500 jobs on the default stack; writes docs/soak.md
 	@scripts/bootstrap && .venv/bin/python -m bench.soak

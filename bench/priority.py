@@ -33,20 +33,35 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @dataclass(frozen=True)
 class Traffic:
-    """Open-loop ``/predict`` latencies over one window."""
+    """Open-loop ``/predict`` latencies over one window (or several, ``pooled``)."""
 
     # every request's latency in seconds, answered or not
     latencies_s: tuple[float, ...]
     errors: int
     classes: tuple[str, ...]
-    # each Server-Timing part (decode, classify, forward): its p50 and p90 in ms
-    parts: dict[str, tuple[float, float]]
-    # the slowest 1% of answered requests: their mean latency and mean of each part, in ms
-    tail: dict[str, float]
+    # each answered request's latency (s) and Server-Timing parts (ms)
+    answered: tuple[tuple[float, dict[str, float]], ...]
 
     @property
     def sent(self) -> int:
         return len(self.latencies_s)
+
+    @property
+    def parts(self) -> dict[str, tuple[float, float]]:
+        """Each Server-Timing part (decode, classify, forward): its p50 and p90 in ms."""
+        timings = [t for _, t in self.answered]
+        return {
+            name: (
+                percentile([t[name] for t in timings if name in t], 0.5),
+                percentile([t[name] for t in timings if name in t], 0.9),
+            )
+            for name in sorted({n for t in timings for n in t})
+        }
+
+    @property
+    def tail(self) -> dict[str, float]:
+        """The slowest 1% of answered requests: their mean latency and each part's, in ms."""
+        return slowest(list(self.answered))
 
     @property
     def p50_ms(self) -> float:
@@ -140,19 +155,16 @@ async def _poisson(url: str, payloads: list[bytes], rate: float, stop: threading
             i += 1
             await asyncio.sleep(rng.expovariate(rate))  # arrivals do not wait for answers
         await asyncio.gather(*tasks)
-    timings = [t for _, t in answered]
+    return Traffic(tuple(latencies), errors, tuple(sorted(classes)), tuple(answered))
+
+
+def pooled(windows: Sequence[Traffic]) -> Traffic:
+    """One ``Traffic`` of every request of ``windows`` (the rounds of one run)."""
     return Traffic(
-        tuple(latencies),
-        errors,
-        tuple(sorted(classes)),
-        {
-            name: (
-                percentile([t[name] for t in timings if name in t], 0.5),
-                percentile([t[name] for t in timings if name in t], 0.9),
-            )
-            for name in sorted({n for t in timings for n in t})
-        },
-        slowest(answered),
+        tuple(x for w in windows for x in w.latencies_s),
+        sum(w.errors for w in windows),
+        tuple(sorted({c for w in windows for c in w.classes})),
+        tuple(a for w in windows for a in w.answered),
     )
 
 
@@ -256,6 +268,29 @@ def upload_dataset(stack: Any, images: int) -> str:
     return "s3://dataset/photos/"
 
 
+@dataclass(frozen=True)
+class Round:
+    """One round of a run: an idle window, the backlog alone, the backlog beside traffic."""
+
+    idle: Traffic
+    busy: Traffic
+    solo: float  # the backlog's rate alone, jobs or images per second
+    shared: float  # its rate beside the traffic
+    solo_cpu: dict[str, float]
+    shared_cpu: dict[str, float]
+
+    @property
+    def ratios(self) -> tuple[float, float, float]:
+        """p50 and p99 beside the backlog over idle, and the drain beside over alone."""
+        idle, busy = self.idle, self.busy
+        return busy.p50_ms / idle.p50_ms, busy.p99_ms / idle.p99_ms, self.shared / self.solo
+
+
+def mean_shares(samples: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Each part's mean CPU share over the rounds."""
+    return {p: statistics.fmean(s.get(p, 0.0) for s in samples) for p in cpu_share.PARTS}
+
+
 PARTS = {
     "decode": "decode and crop (front)",
     "classify": "round trip to the classifier",
@@ -286,6 +321,16 @@ def render(result: dict[str, Any]) -> str:
             "(concurrency 6)."
         ),
         "",
+        *(
+            [
+                f"{len(result['rounds'])} rounds on one stack, each an idle window, the "
+                "backlog alone and the backlog beside the traffic: the figures below pool "
+                "every round's requests (and the drain rates their work over their time).",
+                "",
+            ]
+            if len(result["rounds"]) > 1
+            else []
+        ),
         "| | p50 ms | p99 ms | requests (errors) | classes answered |",
         "|---|---|---|---|---|",
         f"| idle | {idle.p50_ms:.0f} | {idle.p99_ms:.0f} | {idle.sent} ({idle.errors}) | "
@@ -298,6 +343,21 @@ def render(result: dict[str, Any]) -> str:
         "{:.2f}-{:.2f}x | {:.2f}-{:.2f}x | | |".format(
             *ratio_interval(idle.latencies_s, busy.latencies_s, 0.5),
             *ratio_interval(idle.latencies_s, busy.latencies_s, 0.99),
+        ),
+        *(
+            [
+                "",
+                "Each round on its own (p50, p99 and drain ratios):",
+                "",
+                "| round | p50 | p99 | drain |",
+                "|---|---|---|---|",
+                *(
+                    "| {} | {:.2f}x | {:.2f}x | {:.2f}x |".format(n, *r.ratios)
+                    for n, r in enumerate(result["rounds"], 1)
+                ),
+            ]
+            if len(result["rounds"]) > 1
+            else []
         ),
         "",
         "Where a person's time goes (each answer's `Server-Timing` header; ms, p50 / p90):",
@@ -371,6 +431,9 @@ def main(argv: list[str] | None = None) -> int:
         choices=("jobs", "batch"),
         help="jobs: --jobs queued jobs; batch: one dataset batch over --jobs photos in S3",
     )
+    # one round's p99 moves more between runs than most levers do: several rounds, idle and
+    # busy windows taking turns, pool their requests (3 rounds: ~1,800 per window)
+    parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--output", default=str(ROOT / "docs" / "benchmarks-priority.md"))
     args = parser.parse_args(argv)
     load_start = os.getloadavg()[0]
@@ -385,29 +448,30 @@ def main(argv: list[str] | None = None) -> int:
     }
     env.update(settings)
     data = payloads()
+    rounds: list[Round] = []
     with production_stack(env, workdir / "logs", redis_db=13) as stack:
         traffic_for(stack.url, data, args.rate, 5)  # warm-up
-        idle = traffic_for(stack.url, data, args.rate, args.idle_seconds)
-        print(f"  idle: p50 {idle.p50_ms:.0f} ms p99 {idle.p99_ms:.0f} ms", flush=True)
-        if args.backlog == "jobs":
-            solo, _, solo_cpu = drain(
-                stack, data, args.jobs, args.per_request, priority=args.priority
+        source = upload_dataset(stack, args.jobs) if args.backlog == "batch" else ""
+        for n in range(1, args.rounds + 1):
+            idle = traffic_for(stack.url, data, args.rate, args.idle_seconds)
+            print(f"  round {n}, idle: p50 {idle.p50_ms:.0f} ms p99 {idle.p99_ms:.0f} ms")
+            if args.backlog == "jobs":
+                solo, _, solo_cpu = drain(
+                    stack, data, args.jobs, args.per_request, priority=args.priority
+                )
+                shared, busy, shared_cpu = drain(
+                    stack, data, args.jobs, args.per_request, args.rate, priority=args.priority
+                )
+            else:
+                solo, _, solo_cpu = batch_drain(stack, data, source, args.jobs)
+                shared, busy, shared_cpu = batch_drain(stack, data, source, args.jobs, args.rate)
+            assert busy is not None
+            print(
+                f"  round {n}, drain alone {solo:.1f}/s, beside /predict {shared:.1f}/s; "
+                f"p50 {busy.p50_ms:.0f} ms p99 {busy.p99_ms:.0f} ms",
+                flush=True,
             )
-            print(f"  drain alone: {solo:.1f} jobs/s", flush=True)
-            shared, busy, shared_cpu = drain(
-                stack, data, args.jobs, args.per_request, args.rate, priority=args.priority
-            )
-        else:
-            source = upload_dataset(stack, args.jobs)
-            solo, _, solo_cpu = batch_drain(stack, data, source, args.jobs)
-            print(f"  batch alone: {solo:.1f} images/s", flush=True)
-            shared, busy, shared_cpu = batch_drain(stack, data, source, args.jobs, args.rate)
-        assert busy is not None
-        print(
-            f"  drain beside /predict: {shared:.1f} jobs/s; p50 {busy.p50_ms:.0f} ms "
-            f"p99 {busy.p99_ms:.0f} ms",
-            flush=True,
-        )
+            rounds.append(Round(idle, busy, solo, shared, solo_cpu, shared_cpu))
     result = {
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": machine(),
@@ -418,11 +482,16 @@ def main(argv: list[str] | None = None) -> int:
         "per_request": args.per_request,
         "priority": args.priority,
         "backlog": args.backlog,
-        "idle": idle,
-        "busy": busy,
-        "solo": solo,
-        "shared": shared,
-        "cpu": {"alone": solo_cpu, "beside the traffic": shared_cpu},
+        "idle": pooled([r.idle for r in rounds]),
+        "busy": pooled([r.busy for r in rounds]),
+        # the same work each round: over the rounds, work done / time taken
+        "solo": statistics.harmonic_mean([r.solo for r in rounds]),
+        "shared": statistics.harmonic_mean([r.shared for r in rounds]),
+        "cpu": {
+            "alone": mean_shares([r.solo_cpu for r in rounds]),
+            "beside the traffic": mean_shares([r.shared_cpu for r in rounds]),
+        },
+        "rounds": rounds,
         "settings": settings,
     }
     Path(args.output).write_text(render(result))

@@ -282,3 +282,33 @@ def test_the_priority_bench_gives_its_ratios_an_interval_that_holds_them() -> No
         assert high - low < (0.6 if q == 0.5 else 2.0)
     low, high = ratio_interval(idle, idle, 0.5)
     assert low < 1.0 < high
+
+
+def test_the_priority_bench_pools_its_rounds_and_shows_each() -> None:
+    from bench import cpu_share
+    from bench.priority import Round, Traffic, pooled, render
+
+    def window(latencies_ms: list[float], classify_ms: float, errors: int = 0) -> Traffic:
+        answered = tuple((ms / 1000, {"classify": classify_ms}) for ms in latencies_ms)
+        return Traffic(tuple(a[0] for a in answered), errors, ("interactive",), answered)
+
+    cpu = dict.fromkeys(cpu_share.PARTS, 0.5)
+    first = Round(window([10.0] * 99 + [50.0], 8.0), window([20.0] * 100, 16.0), 10, 8, cpu, cpu)
+    second = Round(window([30.0] * 100, 24.0), window([30.0] * 100, 24.0, 1), 30, 30, cpu, cpu)
+    assert first.ratios == pytest.approx((2.0, 0.4, 0.8))
+    both = pooled([first.busy, second.busy])
+    assert both.sent == 200 and both.errors == 1 and both.classes == ("interactive",)
+    assert both.p50_ms == pytest.approx(25.0)  # every request of both windows
+    assert both.parts["classify"][1] == pytest.approx(24.0)  # the second window's, at p90
+    assert both.tail["total"] == pytest.approx(30.0)  # its 2 slowest: the second window's
+    result = {
+        "when": "now", "machine": "m", "load_start": 0.0, "load_end": 0.0, "rate": 5.0,
+        "jobs": 100, "per_request": 10, "priority": "normal", "backlog": "jobs",
+        "idle": pooled([first.idle, second.idle]), "busy": both,
+        "solo": 15.0, "shared": 12.0, "cpu": {"alone": cpu, "beside the traffic": cpu},
+        "rounds": [first, second], "settings": {},
+    }  # fmt: skip
+    text = render(result)
+    assert "2 rounds on one stack" in text
+    assert "| 1 | 2.00x | 0.40x | 0.80x |" in text and "| 2 | 1.00x | 1.00x | 1.00x |" in text
+    assert "rounds on one stack" not in render({**result, "rounds": [first]})
