@@ -88,11 +88,9 @@ class LaneProcess:
                 conn.send_bytes(json.dumps({"graph": str(graph), "shape": batch.shape}).encode())
                 conn.send_bytes(batch.data.cast("B"))
                 header = json.loads(conn.recv_bytes())
-                if "error" in header:
-                    self._free.put((generation, conn))
-                    raise LaneError(header["error"])
-                out = np.empty(header["shape"], dtype=np.float32)
-                conn.recv_bytes_into(out.data.cast("B"))
+                out = None if "error" in header else np.empty(header["shape"], np.float32)
+                if out is not None:
+                    conn.recv_bytes_into(out.data.cast("B"))
             except (EOFError, OSError) as exc:
                 conn.close()
                 self._replace(generation)
@@ -100,13 +98,13 @@ class LaneProcess:
                     raise LaneError(f"the lane process failed twice: {exc!r}") from exc
                 logger.warning("lane process lost (%r): started again, pass retried", exc)
                 continue
-            except LaneError:
-                raise
             except Exception as exc:  # a frame out of step: this connection is unusable
                 conn.close()
                 self._replace(generation)
                 raise LaneError(f"the lane process answered out of step: {exc!r}") from exc
             self._free.put((generation, conn))
+            if out is None:  # the model's error, answered: the connection stays usable
+                raise LaneError(header["error"])
             return out
         raise AssertionError("unreachable")
 

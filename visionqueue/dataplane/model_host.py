@@ -69,21 +69,19 @@ class ModelHost:
         self._default = specs[0].name
         self.metrics = metrics
         self.threads = configure_threads(settings.model.torch_threads)
+        model, most = settings.model, settings.model.batch_max_size
+        nice = model.background_nice
+        idle = model.background_policy == "idle"
         # job and bulk passes run in a process (and scheduling group) of their own, where lanes
         # run (docs/priority.md); the lanes' threads here normalise, send and wait
-        background = settings.model
         self.lane_process = (
-            LaneProcess(
-                self.threads, background.background_nice, background.background_policy == "idle"
-            )
-            if background.background_nice and background.background_process
-            else None
+            LaneProcess(self.threads, nice, idle) if nice and model.background_process else None
         )
         # a promoted version wins over VQ_MODELS for its name, also across restarts
         stored = resolve_served(specs, record, self._fetch)
         self.slots = {name: ModelSlot(name, self._load) for name in stored}
-        for name, model in stored.items():
-            self.slots[name].load(model.tag)
+        for name, version in stored.items():
+            self.slots[name].load(version.tag)
         self.watcher = PromotionWatcher(self.slots, record, settings.model.promotion_poll_s)
         self.watcher.start()
         self._api_models = {spec.api: spec.name for spec in specs}
@@ -91,10 +89,7 @@ class ModelHost:
         # BentoML's dispatcher's largest batch. Job and bulk passes run side by side in
         # ``threads`` lanes of lowered CPU priority (docs/priority.md), VQ_BACKGROUND_NICE=0:
         # one forward pass at a time
-        model, most = settings.model, settings.model.batch_max_size
-        nice = model.background_nice
         self._turns = PassTurns()
-        idle = model.background_policy == "idle"
         self._lanes = background_executor(self.threads, nice, "vq-lane", idle) if nice else None
         self.queue = PriorityBatchQueue(
             self._forward,
